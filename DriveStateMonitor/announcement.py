@@ -1,0 +1,49 @@
+"""Kinetic drive announcements (UDP multicast, port 8123), sans-IO.
+
+A drive sends one JSON object per datagram about every 5 s. Other devices announce on the same group
+with other shapes; a datagram without `serial_number` (or, failing that, `world_wide_name`) is not a
+drive's and is rejected with a reason, never an exception.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, NamedTuple, Optional
+
+REJECT_NOT_JSON = "not_json"
+REJECT_NOT_OBJECT = "not_object"
+REJECT_NO_SERIAL = "no_serial"
+REJECT_REASONS = (REJECT_NOT_JSON, REJECT_NOT_OBJECT, REJECT_NO_SERIAL)
+
+
+class Announcement(NamedTuple):
+    serial_number: str
+    fields: Dict[str, Any]  # the object exactly as the drive sent it
+
+
+class Rejected(NamedTuple):
+    reason: str  # one of REJECT_REASONS
+    detail: str
+
+
+def parse_announcement(datagram: bytes) -> "Announcement | Rejected":
+    """Parses one datagram into an Announcement, or says why it is not one."""
+    try:
+        fields = json.loads(datagram.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return Rejected(REJECT_NOT_JSON, "not UTF-8 JSON: %s" % str(exc)[:80])
+    if not isinstance(fields, dict):
+        return Rejected(REJECT_NOT_OBJECT, "JSON %s, not an object" % type(fields).__name__)
+    serial = _identity(fields.get("serial_number"))
+    if serial is None:
+        serial = _identity(fields.get("world_wide_name"))
+    if serial is None:
+        return Rejected(REJECT_NO_SERIAL, "no serial_number or world_wide_name")
+    return Announcement(serial, fields)
+
+
+def _identity(value: Any) -> Optional[str]:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None

@@ -1,0 +1,357 @@
+"""The Drive State Monitor daemon: wires sockets, protocols and the drive store onto one event loop.
+
+Data flow: socket -> StreamTransport -> QueryConnection / StatusConnection (sans-IO parsers) ->
+DriveStore -> replies -> StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement
+-> DriveStore.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from . import __version__
+from .announcement import Rejected, parse_announcement
+from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
+from .drive_store import DriveStore
+from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, EXIT_SOCKET_LISTEN,
+                         DatagramReader, EventLoop, Listener, StreamTransport)
+from .interfaces import Interface, select_interfaces
+from .multicast_socket import MulticastSetupError, open_multicast_socket
+from .options import parse_options
+from .query_protocol import END_BYTE, Query, encode_reply, error_reply
+from .query_service import QueryConnection
+from .single_instance import (QUERY_SOCKET, InstanceLock, ensure_run_dir, read_pid)
+from .status_protocol import StatusReport
+from .status_service import StatusConnection
+
+log = logging.getLogger("dsm")
+
+LISTEN_BACKLOG = 1024
+# On SIGTERM/SIGINT, replies already being sent get this long to finish.
+SHUTDOWN_GRACE_S = 5.0
+
+
+class StartupError(Exception):
+    """Start-up failed; `exit_code` is the documented code (2 socket creation, 3 listen)."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def open_tcp_listener(port: int, what: str) -> socket.socket:
+    """A listening TCP socket on every address (IPv6 dual-stack where the host has IPv6)."""
+    try:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            address: tuple = ("::", port)
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = ("0.0.0.0", port)
+    except OSError as exc:
+        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot bind the %s port %d: %s"
+                               % (what, port, exc.strerror or exc))
+        try:
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on the %s port %d: %s"
+                               % (what, port, exc.strerror or exc))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_unix_listener(path: str, what: str) -> socket.socket:
+    """A listening Unix stream socket at `path`, replacing a stale one (we hold the lock)."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc))
+    try:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot replace %s: %s" % (path, exc.strerror))
+        try:
+            sock.bind(path)
+            # Any local user may query, as anyone on the network may query the TCP port.
+            os.chmod(path, 0o666)
+        except OSError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot bind the %s socket %s: %s"
+                               % (what, path, exc.strerror or exc))
+        try:
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on %s: %s" % (path, exc.strerror))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def peer_label(kind: str, addr: Any) -> str:
+    if isinstance(addr, tuple):
+        host = addr[0]
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        return "%s %s:%d" % (kind, host, addr[1])
+    return "%s unix" % kind
+
+
+class DriveStateMonitor:
+    """The daemon: start() binds everything (or raises StartupError), run() serves until a signal."""
+
+    def __init__(self, options: argparse.Namespace, clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.clock = clock
+        self.loop = EventLoop()
+        self.store = DriveStore(history=options.history)
+        self.lock = InstanceLock(options.run_dir)
+        self.interfaces: List[Interface] = []
+        self._iface_names: Dict[int, str] = {}
+        self.listeners: List[Any] = []
+        self.transports: Set[StreamTransport] = set()
+        self.counters: Dict[str, int] = collections.Counter()
+        self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
+        self.log_handler: Optional[ReopenableFileHandler] = None
+        self.ports: Dict[str, int] = {}
+        self.started_at = clock()
+        self._cached_m = (-1, b"")
+        self._cached_s = (-1, b"")
+        self._shutdown_deadline: Optional[float] = None
+        self._shutdown_code = EXIT_OK
+        self._unix_paths: List[str] = []
+
+    # --- start and stop -----------------------------------------------------------------------
+    def start(self) -> bool:
+        """Takes the lock and opens every socket; False if another DSM already runs here."""
+        opts = self.options
+        try:
+            ensure_run_dir(opts.run_dir)
+            if not self.lock.acquire():
+                return False
+        except OSError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot use the run dir %s: %s"
+                               % (opts.run_dir, exc))
+        try:
+            self.interfaces = select_interfaces(opts.interfaces)
+        except ValueError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc)
+        self._iface_names = {iface.index: iface.name for iface in self.interfaces}
+
+        query_sock = open_tcp_listener(opts.query_port, "query")
+        self._add_listener(query_sock, "query", self._accept_query)
+        status_sock = open_tcp_listener(opts.status_port, "status")
+        self._add_listener(status_sock, "status", self._accept_status)
+        unix_path = os.path.join(opts.run_dir, QUERY_SOCKET)
+        unix_sock = open_unix_listener(unix_path, "query")
+        self._unix_paths.append(unix_path)
+        self._add_listener(unix_sock, "query-unix", self._accept_query)
+        try:
+            mcast_sock = open_multicast_socket(opts.mcast_group, opts.mcast_port, self.interfaces)
+        except MulticastSetupError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, str(exc))
+        self.listeners.append(DatagramReader(self.loop, mcast_sock, "multicast",
+                                             self._on_datagram, with_ifindex=True))
+        self.ports = {
+            "query_port": query_sock.getsockname()[1],
+            "status_port": status_sock.getsockname()[1],
+            "mcast_port": mcast_sock.getsockname()[1],
+        }
+        self.loop.on_signals([signal.SIGTERM, signal.SIGINT, signal.SIGHUP], self._on_signal)
+        self.loop.add_before_sleep(self._check_shutdown)
+        self.lock.write_info(dict(pid=os.getpid(), version=__version__, started=self.started_at,
+                                  run_dir=os.path.abspath(opts.run_dir),
+                                  query_socket=unix_path, **self.ports))
+        log.info("Drive State Monitor %s started, pid %d", __version__, os.getpid())
+        log.info("queries on TCP port %d and %s; statuses on TCP port %d",
+                 self.ports["query_port"], unix_path, self.ports["status_port"])
+        log.info("hearing %s:%d on %s", opts.mcast_group, self.ports["mcast_port"],
+                 ", ".join("%s (%s)" % (i.name, i.ipv4) for i in self.interfaces) or "no interface")
+        return True
+
+    def run(self) -> int:
+        """Serves until SIGTERM (0), SIGINT (1) or the kill switch (4); returns the exit code."""
+        return self.loop.run()
+
+    def close(self) -> None:
+        """Closes every socket and releases the lock; safe after a failed start."""
+        for transport in list(self.transports):
+            transport.close()
+        for listener in self.listeners:
+            listener.close()
+        self.listeners = []
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.loop.close()
+        self.lock.release()
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            if self.log_handler is not None:
+                self.log_handler.reopen()
+            log.info("SIGHUP: log file reopened")
+            return
+        code = EXIT_INTERRUPT if signum == signal.SIGINT else EXIT_OK
+        self.begin_shutdown(code, "SIGINT" if signum == signal.SIGINT else "SIGTERM")
+
+    def begin_shutdown(self, exit_code: int, why: str) -> None:
+        """Stops accepting and hearing; replies in flight get SHUTDOWN_GRACE_S to finish."""
+        if self._shutdown_deadline is not None:
+            return
+        log.info("%s: stopping (replies in flight get %.0f s)", why, SHUTDOWN_GRACE_S)
+        self._shutdown_code = exit_code
+        self._shutdown_deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        for listener in self.listeners:
+            listener.close()
+        for transport in list(self.transports):
+            transport.close_when_flushed()
+
+    def _check_shutdown(self) -> None:
+        if self._shutdown_deadline is None:
+            return
+        if not self.transports or time.monotonic() >= self._shutdown_deadline:
+            if self.transports:
+                log.warning("%d connection(s) still sending at the deadline; closing them",
+                            len(self.transports))
+            self.loop.stop(self._shutdown_code)
+        else:
+            # Wake up in time for the deadline even if no socket becomes ready.
+            self.loop.call_at(self._shutdown_deadline, lambda: None)
+
+    # --- connections --------------------------------------------------------------------------
+    def _add_listener(self, sock: socket.socket, label: str,
+                      accept: Callable[[socket.socket, Any, str], None]) -> None:
+        self.listeners.append(Listener(self.loop, sock, label,
+                                       lambda conn, addr: accept(conn, addr, label)))
+
+    def _new_transport(self, conn: socket.socket, addr: Any, kind: str) -> StreamTransport:
+        transport = StreamTransport(self.loop, conn, peer_label(kind, addr),
+                                    on_close=self.transports.discard)
+        self.transports.add(transport)
+        self.counters["connections_" + kind.split("-")[0]] += 1
+        return transport
+
+    def _accept_query(self, conn: socket.socket, addr: Any, label: str) -> None:
+        transport = self._new_transport(conn, addr, label)
+        transport.start(QueryConnection(transport, self.answer_query))
+
+    def _accept_status(self, conn: socket.socket, addr: Any, label: str) -> None:
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = self._new_transport(conn, addr, label)
+        transport.start(StatusConnection(transport, self.store_status, self._complain))
+
+    # --- what the protocols ask of the store -------------------------------------------------
+    def answer_query(self, query: Query, source: str) -> bytes:
+        """The reply (JSON + end byte) to one query."""
+        kind = query.kind
+        if kind == "m":
+            self.counters["queries_m"] += 1
+            version = self.store.drives_version
+            if self._cached_m[0] != version:
+                self._cached_m = (version, self.store.multicast_json() + END_BYTE)
+            return self._cached_m[1]
+        if kind == "s":
+            self.counters["queries_s"] += 1
+            version = self.store.statuses_version
+            if self._cached_s[0] != version:
+                self._cached_s = (version, self.store.status_json() + END_BYTE)
+            return self._cached_s[1]
+        if kind == "w":
+            self.counters["queries_w"] += 1
+            wiped = self.store.wipe()
+            log.info("wipe requested by %s: %s", source, wiped)
+            return encode_reply({"wiped": wiped})
+        if self.options.fault_injection and query.bad_token.startswith("!crash"):
+            raise RuntimeError("fault injection: %s" % query.bad_token)
+        self.counters["queries_bad"] += 1
+        self._complain(source, "unknown query %r" % query.bad_token)
+        return error_reply(query.bad_token)
+
+    def store_status(self, report: StatusReport, source: str) -> Optional[str]:
+        """Stores one status; None when stored, else why it was refused."""
+        if not self.store.record_status(report.serial_number, report.entry_json):
+            return "status table full: %d serial numbers" % self.store.max_status_serials
+        self.counters["statuses"] += 1
+        return None
+
+    def _on_datagram(self, data: bytes, sender: Any, ifindex: int) -> None:
+        now = self.clock()
+        iface = self._iface_names.get(ifindex) or _interface_name(ifindex)
+        self.counters["announcements"] += 1
+        if self.store.refresh_repeat(data, now, sender[0], iface):
+            return
+        parsed = parse_announcement(data)
+        if isinstance(parsed, Rejected):
+            self.counters["announcements_rejected_" + parsed.reason] += 1
+            self._complain("multicast %s:%d on %s" % (sender[0], sender[1], iface), parsed.detail)
+            return
+        if not self.store.record_announcement(parsed.serial_number, parsed.fields, data, now,
+                                              sender[0], iface):
+            self.counters["announcements_rejected_table_full"] += 1
+
+    def _complain(self, source: str, what: str) -> None:
+        self.bad_input.complain(self.clock(), source, what)
+
+
+def _interface_name(ifindex: int) -> str:
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return "if%d" % ifindex
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the DSM in the foreground; returns the exit code."""
+    options = parse_options(argv, prog="DriveStateMonitor.py")
+    try:
+        handler = configure_logging(options.log_file)
+    except OSError as exc:
+        print("DriveStateMonitor: cannot open the log file %s: %s" % (options.log_file, exc),
+              file=sys.stderr)
+        return EXIT_SOCKET_CREATE
+    daemon = DriveStateMonitor(options)
+    daemon.log_handler = handler
+    try:
+        try:
+            if not daemon.start():
+                pid = read_pid(options.run_dir)
+                message = "a DSM is already running%s (run dir %s); sharing it" % (
+                    " with pid %d" % pid if pid else "", options.run_dir)
+                log.info(message)
+                if options.log_file:
+                    print(message)
+                return EXIT_OK
+        except StartupError as exc:
+            log.error("%s", exc)
+            if options.log_file and sys.stderr.isatty():
+                print("DriveStateMonitor: %s" % exc, file=sys.stderr)
+            return exc.exit_code
+        code = daemon.run()
+        log.info("stopped, exit code %d", code)
+        return code
+    except KeyboardInterrupt:  # before the signal handlers are in place
+        return EXIT_INTERRUPT
+    finally:
+        daemon.close()

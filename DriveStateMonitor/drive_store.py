@@ -1,0 +1,180 @@
+"""What the DSM knows about drives: the newest announcement of each, and each serial's statuses.
+
+Pure: no sockets, and every method that needs the time takes it (`now`, epoch seconds).
+
+The `m` and `s` replies are assembled from per-drive JSON fragments that are rebuilt only for the
+drives that changed since the last query, so a query over 10,000 drives of which a few changed costs a
+join, not 10,000 `json.dumps` calls. A drive that repeats its previous announcement byte for byte —
+what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup, no JSON parsing.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import time
+from typing import Any, Deque, Dict, List, Optional
+
+# Fields the DSM adds beside the drive's own; `last_seen` keeps the original tool's format.
+LAST_SEEN = "last_seen"
+LAST_SEEN_FORMAT = "%Y %b %d %H:%M:%S"
+ADDED_FIELDS = (LAST_SEEN, "last_seen_epoch", "source_address", "interface")
+DEFAULT_HISTORY = 20
+# A flood of announcements with random serial numbers must not eat the memory: new drives past
+# this many are refused (and counted) until `w` clears the table.
+DEFAULT_MAX_DRIVES = 100_000
+DEFAULT_MAX_STATUS_SERIALS = 100_000
+
+
+class DriveRecord:
+    __slots__ = ("serial", "fields", "raw", "fields_prefix", "last_seen", "source_address",
+                 "interface", "fragment")
+
+    def __init__(self, serial: str) -> None:
+        self.serial = serial
+        self.fields: Dict[str, Any] = {}
+        self.raw = b""
+        self.fields_prefix = ""  # the drive's own fields as JSON without the closing brace
+        self.last_seen = 0.0
+        self.source_address = ""
+        self.interface = ""
+        self.fragment: Optional[str] = None  # `"serial": {...}` for the `m` reply, None when stale
+
+
+class DriveStore:
+    """Drive announcements and status histories, with cached `m` and `s` replies."""
+
+    def __init__(self, history: int = DEFAULT_HISTORY, max_drives: int = DEFAULT_MAX_DRIVES,
+                 max_status_serials: int = DEFAULT_MAX_STATUS_SERIALS) -> None:
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        self.history = history
+        self.max_drives = max_drives
+        self.max_status_serials = max_status_serials
+        self.drives: Dict[str, DriveRecord] = {}
+        self._serial_by_raw: Dict[bytes, str] = {}
+        self.statuses: Dict[str, Deque[bytes]] = {}
+        self._status_fragments: Dict[str, str] = {}
+        # Bumped by every change, so a caller can cache a whole reply until the data moves.
+        self.drives_version = 0
+        self.statuses_version = 0
+        self.refused_drives = 0
+        self.refused_status_serials = 0
+        self._last_seen_text: Dict[int, str] = {}
+
+    # --- announcements ------------------------------------------------------------------------
+    def refresh_repeat(self, raw: bytes, now: float, source_address: str, interface: str) -> bool:
+        """Records `raw` if it repeats a drive's current announcement byte for byte."""
+        serial = self._serial_by_raw.get(raw)
+        if serial is None:
+            return False
+        drive = self.drives[serial]
+        drive.last_seen = now
+        drive.source_address = source_address
+        drive.interface = interface
+        drive.fragment = None
+        self.drives_version += 1
+        return True
+
+    def record_announcement(self, serial: str, fields: Dict[str, Any], raw: bytes, now: float,
+                            source_address: str, interface: str) -> bool:
+        """Stores a drive's newest announcement; False if the drive table is full."""
+        drive = self.drives.get(serial)
+        if drive is None:
+            if len(self.drives) >= self.max_drives:
+                self.refused_drives += 1
+                return False
+            drive = self.drives[serial] = DriveRecord(serial)
+        if drive.raw != raw:
+            if self._serial_by_raw.get(drive.raw) == serial:
+                del self._serial_by_raw[drive.raw]
+            drive.raw = raw
+            self._serial_by_raw[raw] = serial
+            drive.fields = fields
+            own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
+            drive.fields_prefix = json.dumps(own)[:-1]
+        drive.last_seen = now
+        drive.source_address = source_address
+        drive.interface = interface
+        drive.fragment = None
+        self.drives_version += 1
+        return True
+
+    def drive_view(self, serial: str) -> Dict[str, Any]:
+        """One drive as the `m` reply shows it."""
+        drive = self.drives[serial]
+        view = {key: value for key, value in drive.fields.items() if key not in ADDED_FIELDS}
+        view.update(self._added_fields(drive))
+        return view
+
+    def multicast_json(self) -> bytes:
+        """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}."""
+        parts: List[str] = []
+        for drive in self.drives.values():
+            if drive.fragment is None:
+                added = json.dumps(self._added_fields(drive))[1:]
+                joiner = ", " if drive.fields_prefix != "{" else ""
+                drive.fragment = "%s: %s%s%s" % (json.dumps(drive.serial), drive.fields_prefix,
+                                                 joiner, added)
+            parts.append(drive.fragment)
+        return ("{" + ", ".join(parts) + "}").encode("utf-8")
+
+    def _added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
+        return {
+            LAST_SEEN: self._format_last_seen(drive.last_seen),
+            "last_seen_epoch": round(drive.last_seen, 3),
+            "source_address": drive.source_address,
+            "interface": drive.interface,
+        }
+
+    def _format_last_seen(self, epoch: float) -> str:
+        # Drives announcing every 5 s share a handful of distinct seconds: format each once.
+        second = int(epoch)
+        text = self._last_seen_text.get(second)
+        if text is None:
+            if len(self._last_seen_text) > 256:
+                self._last_seen_text.clear()
+            text = self._last_seen_text[second] = time.strftime(LAST_SEEN_FORMAT,
+                                                                time.localtime(second))
+        return text
+
+    # --- statuses -----------------------------------------------------------------------------
+    def record_status(self, serial: str, entry_json: bytes) -> bool:
+        """Appends one status entry (pre-serialised JSON); False if the serial table is full."""
+        history = self.statuses.get(serial)
+        if history is None:
+            if len(self.statuses) >= self.max_status_serials:
+                self.refused_status_serials += 1
+                return False
+            history = self.statuses[serial] = collections.deque(maxlen=self.history)
+        history.append(entry_json)
+        self._status_fragments.pop(serial, None)
+        self.statuses_version += 1
+        return True
+
+    def status_json(self) -> bytes:
+        """The `s` reply's JSON: {serial: [{time_stamp, status}, ...]}, oldest first."""
+        parts: List[str] = []
+        fragments = self._status_fragments
+        for serial, history in self.statuses.items():
+            fragment = fragments.get(serial)
+            if fragment is None:
+                entries = b", ".join(history).decode("utf-8")
+                fragment = fragments[serial] = "%s: [%s]" % (json.dumps(serial), entries)
+            parts.append(fragment)
+        return ("{" + ", ".join(parts) + "}").encode("utf-8")
+
+    # --- wiping -------------------------------------------------------------------------------
+    def wipe(self) -> Dict[str, int]:
+        """Forgets every drive and status; says how much was forgotten."""
+        wiped = {
+            "drives": len(self.drives),
+            "status_serials": len(self.statuses),
+            "statuses": sum(len(history) for history in self.statuses.values()),
+        }
+        self.drives.clear()
+        self._serial_by_raw.clear()
+        self.statuses.clear()
+        self._status_fragments.clear()
+        self.drives_version += 1
+        self.statuses_version += 1
+        return wiped

@@ -1,0 +1,518 @@
+"""The event loop: one thread, one selector, timers on a heap.
+
+Theory of operation
+-------------------
+This is Redis's ae.c in Python. `EventLoop.run()` repeats one pass: wait for readiness (the timeout is
+the nearest timer), run the handlers of the ready sockets, run the timers that are due, then the
+"before sleep" hooks. Connections do not send when a protocol writes: `StreamTransport.write` queues
+the bytes and marks the transport dirty, and the before-sleep flush sends each dirty transport's output
+with one `send` — pipelined requests cost one system call. Only output the kernel would not take makes
+the transport register for writability.
+
+The loop knows sockets, buffers, timers and signals, and nothing about drives: protocol objects get
+`data_received(bytes)`, `eof_received()`, `writing_drained()` and `connection_lost()` calls and answer
+through `transport.write()`, as in asyncio's selector transports.
+
+An exception escaping a handler closes that handler's connection, is logged with its traceback and is
+counted by the kill switch (the original tool's rule: more than 5 within 24 hours stops the daemon with
+exit code 4).
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import heapq
+import logging
+import selectors
+import signal
+import socket
+import struct
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+log = logging.getLogger("dsm.loop")
+
+EXIT_OK = 0
+EXIT_INTERRUPT = 1
+EXIT_SOCKET_CREATE = 2
+EXIT_SOCKET_LISTEN = 3
+EXIT_KILL_SWITCH = 4
+
+# One recv per readiness event keeps a flooding client from starving the others; 256 KiB is what a
+# busy connection can usefully hand over in one pass.
+RECV_SIZE = 256 * 1024
+# A protocol stops producing replies while this much output waits for a slow reader, and resumes
+# below the low mark (asyncio's defaults are 64 KiB / 16 KiB; our replies are larger).
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+# Accepting many connections per event, as asyncio's backlog loop does, keeps bursts cheap.
+ACCEPTS_PER_EVENT = 64
+# Out of file descriptors: stop accepting for a moment instead of spinning on the ready listener.
+ACCEPT_BACKOFF_S = 0.1
+DATAGRAMS_PER_EVENT = 512
+
+
+class KillSwitch:
+    """Counts handler failures; trips when more than `limit` fall within `window_s` seconds."""
+
+    def __init__(self, limit: int = 5, window_s: float = 24 * 3600.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: Deque[float] = collections.deque()
+
+    def record(self, now: float) -> bool:
+        """Records one failure at `now`; returns True when the limit is passed."""
+        self._failures.append(now)
+        while self._failures and self._failures[0] <= now - self.window_s:
+            self._failures.popleft()
+        return len(self._failures) > self.limit
+
+
+class Timer:
+    """A scheduled callback; `cancel()` makes the heap skip it."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """A selectors loop with timers, before-sleep hooks, a dirty-transport flush and signals."""
+
+    def __init__(self, kill_switch: Optional[KillSwitch] = None) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: List[Tuple[float, int, Timer]] = []
+        self._timer_seq = 0
+        self._dirty: Set["StreamTransport"] = set()
+        self._before_sleep: List[Callable[[], None]] = []
+        self._running = False
+        self.exit_code = EXIT_OK
+        self.kill_switch = kill_switch or KillSwitch()
+        self.handler_failures = 0
+        self._signal_waker: Optional[_SignalWaker] = None
+
+    # --- registration -------------------------------------------------------------------------
+    def register(self, sock: socket.socket, events: int, handler: Any) -> None:
+        """Watches `sock`; `handler.on_readable()` / `on_writable()` run when it is ready."""
+        self._selector.register(sock, events, handler)
+
+    def modify(self, sock: socket.socket, events: int, handler: Any) -> None:
+        self._selector.modify(sock, events, handler)
+
+    def unregister(self, sock: socket.socket) -> None:
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Runs `callback` once `time.monotonic()` reaches `when`."""
+        timer = Timer(when, callback)
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def add_before_sleep(self, hook: Callable[[], None]) -> None:
+        """Runs `hook` at the end of every pass, before the loop waits again."""
+        self._before_sleep.append(hook)
+
+    def mark_dirty(self, transport: "StreamTransport") -> None:
+        self._dirty.add(transport)
+
+    def on_signals(self, signums: List[int], callback: Callable[[int], None]) -> None:
+        """Delivers the given signals to `callback` from inside the loop, never from a handler."""
+        if self._signal_waker is None:
+            self._signal_waker = _SignalWaker(self, callback)
+        for signum in signums:
+            # A Python-level handler must exist for the C handler to write to the wakeup fd; it does
+            # nothing itself so that no work runs at an arbitrary bytecode.
+            signal.signal(signum, _ignore_signal)
+
+    # --- running ------------------------------------------------------------------------------
+    def stop(self, exit_code: int = EXIT_OK) -> None:
+        """Ends `run()` after the current pass, which then returns `exit_code`."""
+        self.exit_code = exit_code
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def run(self) -> int:
+        """Runs passes until `stop()`; returns the exit code given to it."""
+        self._running = True
+        while self._running:
+            self.run_once()
+        return self.exit_code
+
+    def run_once(self, max_wait: Optional[float] = None) -> None:
+        """One pass: wait, dispatch ready sockets, run due timers, run before-sleep hooks."""
+        timeout = self._next_timeout() if not self._dirty else 0.0
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        try:
+            ready = self._selector.select(timeout)
+        except InterruptedError:
+            ready = []
+        for key, mask in ready:
+            handler = key.data
+            try:
+                if mask & selectors.EVENT_READ:
+                    handler.on_readable()
+                if mask & selectors.EVENT_WRITE and not getattr(handler, "closed", False):
+                    handler.on_writable()
+            except Exception as exc:  # the kill switch decides; one bad connection never ends the loop
+                self.handler_failed(handler, exc)
+        self._run_due_timers()
+        for hook in self._before_sleep:
+            try:
+                hook()
+            except Exception as exc:
+                self.handler_failed(None, exc)
+        self.flush_dirty()
+
+    def flush_dirty(self) -> None:
+        while self._dirty:
+            transport = self._dirty.pop()
+            try:
+                transport.flush()
+            except Exception as exc:
+                self.handler_failed(transport, exc)
+
+    def handler_failed(self, handler: Any, exc: BaseException) -> None:
+        """Closes the failing connection, logs the traceback, and trips the kill switch if due."""
+        self.handler_failures += 1
+        log.error("unexpected error in %s; closing it", getattr(handler, "label", handler),
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        abort = getattr(handler, "abort", None)
+        if abort is not None:
+            try:
+                abort()
+            except Exception:
+                log.exception("error while closing %s", getattr(handler, "label", handler))
+        if self.kill_switch.record(time.time()):
+            log.critical("kill switch: more than %d handler failures within %.0f s; stopping",
+                         self.kill_switch.limit, self.kill_switch.window_s)
+            self.stop(EXIT_KILL_SWITCH)
+
+    def _next_timeout(self) -> Optional[float]:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            timer.cancelled = True
+            try:
+                timer.callback()
+            except Exception as exc:
+                self.handler_failed(None, exc)
+
+    def close(self) -> None:
+        if self._signal_waker is not None:
+            self._signal_waker.close()
+            self._signal_waker = None
+        self._selector.close()
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    pass
+
+
+class _SignalWaker:
+    """The self-pipe: `signal.set_wakeup_fd` writes each signal number into a socket we select on."""
+
+    label = "signal waker"
+
+    def __init__(self, loop: EventLoop, callback: Callable[[int], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        signal.set_wakeup_fd(self._wsock.fileno(), warn_on_full_buffer=False)
+        loop.register(self._rsock, selectors.EVENT_READ, self)
+
+    def on_readable(self) -> None:
+        try:
+            data = self._rsock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        for signum in data:
+            self._callback(signum)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._loop.unregister(self._rsock)
+        self._rsock.close()
+        self._wsock.close()
+
+
+class StreamTransport:
+    """One connected stream socket: an input path to its protocol and a queued output buffer.
+
+    The protocol object must offer `data_received(bytes)`, `eof_received()`, `connection_lost()` and
+    may offer `writing_drained()` (called when output falls below LOW_WATER after passing HIGH_WATER).
+    """
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, label: str,
+                 max_output: Optional[int] = None,
+                 on_close: Optional[Callable[["StreamTransport"], None]] = None) -> None:
+        self.loop = loop
+        self.on_close = on_close
+        self.sock = sock
+        self.label = label
+        self.protocol: Any = None
+        self.max_output = max_output
+        self.closed = False
+        self._out: Deque[memoryview] = collections.deque()
+        self.output_size = 0
+        self._reading = True
+        self._want_write = False
+        self._close_when_flushed = False
+        self._above_high_water = False
+        self._registered_events = 0
+        self._eof = False
+        sock.setblocking(False)
+
+    def start(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self._update_interest()
+
+    # --- output -------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Queues `data`; it is sent at the end of this loop pass."""
+        if self.closed or not data:
+            return
+        self._out.append(memoryview(data))
+        self.output_size += len(data)
+        if self.output_size >= HIGH_WATER:
+            self._above_high_water = True
+        if self.max_output is not None and self.output_size > self.max_output:
+            log.warning("%s: output buffer passed %d bytes; client is not reading; closing",
+                        self.label, self.max_output)
+            self.abort()
+            return
+        self.loop.mark_dirty(self)
+
+    def close_when_flushed(self) -> None:
+        """Closes the connection once every queued byte has been sent."""
+        self._close_when_flushed = True
+        self.loop.mark_dirty(self)
+
+    def flush(self) -> None:
+        """Sends what the kernel takes; waits for writability only for the rest."""
+        if self.closed:
+            return
+        while self._out:
+            if len(self._out) > 1 and self.output_size <= 64 * 1024:
+                # Many small replies (pipelining): one send instead of one per reply.
+                joined = memoryview(b"".join(self._out))
+                self._out.clear()
+                self._out.append(joined)
+            chunk = self._out[0]
+            try:
+                sent = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.debug("%s: send failed: %s", self.label, exc)
+                self.abort()
+                return
+            self.output_size -= sent
+            if sent == len(chunk):
+                self._out.popleft()
+            else:
+                self._out[0] = chunk[sent:]
+                break
+        if self._above_high_water and self.output_size <= LOW_WATER:
+            self._above_high_water = False
+            drained = getattr(self.protocol, "writing_drained", None)
+            if drained is not None:
+                drained()
+                if self.closed:
+                    return
+        if not self._out and self._close_when_flushed:
+            self.close()
+            return
+        self._update_interest()
+
+    def on_writable(self) -> None:
+        self.flush()
+
+    # --- input --------------------------------------------------------------------------------
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # reset by peer and friends: only this connection is lost
+            log.debug("%s: recv failed: %s", self.label, exc)
+            self.abort()
+            return
+        if data:
+            self.protocol.data_received(data)
+        else:
+            self._eof = True
+            self._reading = False
+            self._update_interest()
+            self.protocol.eof_received()
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._update_interest()
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self.closed and not self._eof:
+            self._reading = True
+            self._update_interest()
+
+    @property
+    def reading(self) -> bool:
+        return self._reading
+
+    def _update_interest(self) -> None:
+        if self.closed:
+            return
+        events = (selectors.EVENT_READ if self._reading else 0) | \
+                 (selectors.EVENT_WRITE if self._out else 0)
+        if events == self._registered_events:
+            return
+        if events and self._registered_events:
+            self.loop.modify(self.sock, events, self)
+        elif events:
+            self.loop.register(self.sock, events, self)
+        else:
+            self.loop.unregister(self.sock)
+        self._registered_events = events
+
+    # --- closing ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Closes at once, dropping unsent output, and tells the protocol."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.unregister(self.sock)
+        self._out.clear()
+        self.output_size = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.on_close is not None:
+            self.on_close(self)
+        if self.protocol is not None:
+            self.protocol.connection_lost()
+
+    abort = close
+
+
+class Listener:
+    """A listening stream socket that accepts in batches and backs off when out of descriptors."""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, label: str,
+                 on_accept: Callable[[socket.socket, Any], None]) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.label = label
+        self.on_accept = on_accept
+        self.closed = False
+        sock.setblocking(False)
+        loop.register(sock, selectors.EVENT_READ, self)
+
+    def on_readable(self) -> None:
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("%s: cannot accept (%s); pausing accepts for %.1f s",
+                              self.label, exc.strerror, ACCEPT_BACKOFF_S)
+                    self.loop.unregister(self.sock)
+                    self.loop.call_later(ACCEPT_BACKOFF_S, self._resume)
+                    return
+                raise
+            self.on_accept(conn, addr)
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.register(self.sock, selectors.EVENT_READ, self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.unregister(self.sock)
+            self.sock.close()
+
+    abort = close
+
+
+class DatagramReader:
+    """Reads a datagram socket in batches; `on_datagram(data, sender, ifindex)` gets each one."""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, label: str,
+                 on_datagram: Callable[[bytes, Tuple[str, int], int], None],
+                 with_ifindex: bool) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.label = label
+        self.on_datagram = on_datagram
+        self.with_ifindex = with_ifindex
+        self.closed = False
+        sock.setblocking(False)
+        loop.register(sock, selectors.EVENT_READ, self)
+
+    def on_readable(self) -> None:
+        for _ in range(DATAGRAMS_PER_EVENT):
+            try:
+                if self.with_ifindex:
+                    data, ancdata, _flags, sender = self.sock.recvmsg(65536, 64)
+                    ifindex = _ifindex_from_pktinfo(ancdata)
+                else:
+                    data, sender = self.sock.recvfrom(65536)
+                    ifindex = 0
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors queued on the socket: not fatal
+                log.debug("%s: recv failed: %s", self.label, exc)
+                return
+            self.on_datagram(data, sender, ifindex)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.unregister(self.sock)
+            self.sock.close()
+
+    def abort(self) -> None:
+        # A failing datagram handler loses one datagram; the socket stays, since nothing else hears
+        # the drives.
+        pass
+
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+
+
+def _ifindex_from_pktinfo(ancdata: List[Tuple[int, int, bytes]]) -> int:
+    for level, kind, payload in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 4:
+            return struct.unpack("=i", payload[:4])[0]
+    return 0

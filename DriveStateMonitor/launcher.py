@@ -1,0 +1,142 @@
+"""runDSM and stopDSM: start the daemon detached (or share the running one), and stop it."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from .event_loop import EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK
+from .options import DEFAULT_RUN_DIR, PACKAGE_DIR, build_parser
+from .query_protocol import END_BYTE
+from .single_instance import QUERY_SOCKET, lock_is_held, read_pid
+
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 15.0
+POLL_S = 0.05
+DAEMON_SCRIPT = os.path.join(PACKAGE_DIR, "DriveStateMonitor.py")
+
+
+def log_file_for(log_dir: str, now: Optional[float] = None) -> str:
+    """The original's dated log file: <log-dir>/<YYYY-MM-DD>_DSMlog.txt."""
+    return os.path.join(log_dir, time.strftime("%Y-%m-%d", time.localtime(now)) + "_DSMlog.txt")
+
+
+def answers_queries(run_dir: str, timeout: float = 2.0) -> bool:
+    """True when the DSM in `run_dir` answers an `s` query on its Unix socket."""
+    path = os.path.join(run_dir, QUERY_SOCKET)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(b"s")
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while not reply.endswith(END_BYTE):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return False
+                reply += chunk
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_dsm(argv: Optional[List[str]] = None) -> int:
+    """runDSM: starts the DSM detached, waits until it answers, says where it logs."""
+    parser = build_parser(prog="runDSM")
+    parser.description = ("Start the Drive State Monitor in the background (or share the one "
+                          "already running) and wait until it answers queries.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = parser.parse_args(argv)
+    run_dir = options.run_dir
+    try:
+        if lock_is_held(run_dir):
+            return _already_running(run_dir)
+        os.makedirs(options.log_dir, exist_ok=True)
+        log_file = options.log_file or log_file_for(options.log_dir)
+        if options.log_file is None:
+            argv += ["--log-file", log_file]
+        with open(log_file, "a") as log_out, open(os.devnull, "rb") as devnull:
+            child = subprocess.Popen([sys.executable, DAEMON_SCRIPT] + argv, stdin=devnull,
+                                     stdout=log_out, stderr=log_out, start_new_session=True,
+                                     close_fds=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            code = child.poll()
+            if code is not None:
+                if code == EXIT_OK and lock_is_held(run_dir):
+                    return _already_running(run_dir)  # another runDSM won the race
+                print("runDSM: the DSM exited with code %d while starting; log %s:\n%s"
+                      % (code, log_file, _tail(log_file)), file=sys.stderr)
+                return code
+            if answers_queries(run_dir):
+                print("runDSM: DSM started, pid %d; logging to %s" % (child.pid, log_file))
+                return EXIT_OK
+            time.sleep(POLL_S)
+        print("runDSM: the DSM (pid %d) did not answer within %.0f s; log %s" % (
+            child.pid, START_TIMEOUT_S, log_file), file=sys.stderr)
+        return EXIT_KILL_SWITCH
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPT
+    except OSError as exc:
+        print("runDSM: %s" % exc, file=sys.stderr)
+        return 2
+
+
+def _already_running(run_dir: str) -> int:
+    pid = read_pid(run_dir)
+    print("runDSM: a DSM is already running%s (run dir %s); sharing it"
+          % (" with pid %d" % pid if pid else "", run_dir))
+    return EXIT_OK
+
+
+def stop_dsm(argv: Optional[List[str]] = None) -> int:
+    """stopDSM: SIGTERM to the running DSM, then wait for it to exit."""
+    parser = argparse.ArgumentParser(prog="stopDSM", description="Stop the running Drive State "
+                                     "Monitor (SIGTERM), and wait until it has exited.")
+    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
+                        help="the run dir of the DSM to stop (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S, metavar="SECONDS",
+                        help="how long to wait for it to exit (default %(default)s)")
+    options = parser.parse_args(argv)
+    run_dir = options.run_dir
+    try:
+        if not lock_is_held(run_dir):
+            print("stopDSM: no DSM is running (run dir %s)" % run_dir)
+            return EXIT_OK
+        pid = read_pid(run_dir)
+        if pid is None:
+            print("stopDSM: a DSM holds the lock in %s but wrote no pid file" % run_dir,
+                  file=sys.stderr)
+            return EXIT_KILL_SWITCH
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + options.timeout
+        while lock_is_held(run_dir):
+            if time.monotonic() >= deadline:
+                print("stopDSM: the DSM (pid %d) is still running after %.0f s"
+                      % (pid, options.timeout), file=sys.stderr)
+                return EXIT_KILL_SWITCH
+            time.sleep(POLL_S)
+        print("stopDSM: DSM (pid %d) stopped" % pid)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPT
+    except PermissionError:
+        print("stopDSM: not allowed to signal the DSM (it belongs to another user)", file=sys.stderr)
+        return EXIT_KILL_SWITCH

@@ -1,0 +1,59 @@
+"""The multicast socket: bound to the group's port, joined once per chosen interface.
+
+SO_REUSEADDR lets MulticastListener.py bind the same group and port beside a running DSM; on Linux
+both then receive every datagram. IP_PKTINFO tells on which interface a datagram arrived.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from typing import List
+
+from .event_loop import IP_PKTINFO
+from .interfaces import Interface
+
+# Drives announce in bursts at start-up; a large receive buffer rides them out between loop passes.
+RECEIVE_BUFFER = 8 * 1024 * 1024
+
+
+class MulticastSetupError(OSError):
+    """Creating, binding or joining failed; the message says which step and why."""
+
+
+def open_multicast_socket(group: str, port: int, interfaces: List[Interface]) -> socket.socket:
+    """A non-blocking UDP socket bound to (group, port) and joined to `group` on each interface."""
+    try:
+        group_packed = socket.inet_aton(group)
+    except OSError:
+        raise MulticastSetupError("bad multicast group address %r" % group) from None
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    except OSError as exc:
+        raise MulticastSetupError("cannot create the multicast socket: %s" % exc) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError:
+            pass  # the kernel caps it; the default still works
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        try:
+            # Binding the group address (not 0.0.0.0) keeps other groups' traffic on the port out.
+            sock.bind((group, port))
+        except OSError as exc:
+            raise MulticastSetupError("cannot bind multicast %s:%d: %s"
+                                      % (group, port, exc.strerror or exc)) from None
+        for iface in interfaces:
+            # struct ip_mreqn: group, local address, interface index — the index makes the join
+            # land on that interface even where two interfaces share an address.
+            mreqn = group_packed + socket.inet_aton(iface.ipv4) + struct.pack("=i", iface.index)
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            except OSError as exc:
+                raise MulticastSetupError("cannot join %s on %s (%s): %s" % (
+                    group, iface.name, iface.ipv4, exc.strerror or exc)) from None
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,85 @@
+"""Command-line options shared by DriveStateMonitor.py and runDSM (the names are fixed: tools use them)."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_QUERY_PORT = 2203
+DEFAULT_STATUS_PORT = 3110
+DEFAULT_MCAST_GROUP = "239.1.2.3"
+DEFAULT_MCAST_PORT = 8123
+DEFAULT_HISTORY = 20
+DEFAULT_RUN_DIR = "/tmp/DriveStateMonitor"
+DEFAULT_LOG_DIR = os.path.join(PACKAGE_DIR, "Logs")
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a port number: %r" % text) from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("port out of range 0-65535: %d" % value)
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a whole number: %r" % text) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1: %d" % value)
+    return value
+
+
+def interface_list(text: str) -> List[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no interface named")
+    return names
+
+
+def add_multicast_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interfaces", type=interface_list, default=None, metavar="NAME[,NAME...]",
+        help="interfaces to hear drive announcements on (default: every interface that is up and "
+             "has an IPv4 address at start-up, loopback included)")
+    parser.add_argument("--mcast-group", default=DEFAULT_MCAST_GROUP, metavar="ADDR",
+                        help="multicast group of the drive announcements (default %(default)s)")
+    parser.add_argument("--mcast-port", type=port, default=DEFAULT_MCAST_PORT, metavar="PORT",
+                        help="UDP port of the drive announcements (default %(default)s)")
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Drive State Monitor: hears Kinetic drive announcements, takes status reports "
+                    "from test scripts, and answers queries (m, s, w).")
+    add_multicast_options(parser)
+    parser.add_argument("--query-port", type=port, default=DEFAULT_QUERY_PORT, metavar="PORT",
+                        help="TCP port for the m/s/w queries (default %(default)s; 0 picks a free "
+                             "port, written to <run-dir>/dsm.json)")
+    parser.add_argument("--status-port", type=port, default=DEFAULT_STATUS_PORT, metavar="PORT",
+                        help="TCP port for status reports from test scripts (default %(default)s)")
+    parser.add_argument("--history", type=positive_int, default=DEFAULT_HISTORY, metavar="N",
+                        help="statuses kept per serial number, oldest dropped first "
+                             "(default %(default)s)")
+    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
+                        help="lock, pid file, dsm.json and the Unix socket dsm.sock "
+                             "(default %(default)s)")
+    parser.add_argument("--log-dir", default=DEFAULT_LOG_DIR, metavar="DIR",
+                        help="where runDSM writes the dated log file <date>_DSMlog.txt "
+                             "(default: Logs/ beside the scripts)")
+    parser.add_argument("--log-file", default=None, metavar="FILE",
+                        help="log to FILE instead of standard error (runDSM sets it; SIGHUP "
+                             "reopens it for logrotate)")
+    # Test-only: a query '!crash' raises inside the handler, to exercise the kill switch for real.
+    parser.add_argument("--fault-injection", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)

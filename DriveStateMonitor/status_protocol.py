@@ -1,0 +1,214 @@
+"""The status protocol (port 3110), sans-IO.
+
+Theory of operation
+-------------------
+A test script sends one dict `{'serial_number': x, 'time_stamp': y, 'status': z}` as JSON or as a
+Python literal, and waits for the end byte `\\x04`. The original read a single `recv` and parsed it, so
+existing scripts send the object with no terminator at all and keep the connection open: a message is
+therefore complete at `\\x04`, at a newline, at the end of the stream, or as soon as the bytes form
+one complete object (its outermost brace closes, counting brackets outside string literals).
+
+`StatusParser.receive_data` scans each byte once: it remembers the bracket depth and whether it is
+inside a string, so a message dripping in one byte at a time costs O(n), not O(n²). Bytes that can
+never become an object (the first one is not `{`, the nesting passes MAX_DEPTH, the message passes
+max_message bytes) are rejected at once — never a silent wait — and the rest of them up to the next
+`\\x04` or newline is dropped without a second error. Whitespace, newlines and `\\x04` between
+messages are separators.
+
+`parse_status` turns one framed message into a `StatusReport` or raises `StatusError`; nothing is
+stored unless every field is there.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any, List, NamedTuple, Optional
+
+END_BYTE = b"\x04"
+# Statuses are a few dozen bytes; 1 MiB leaves room for a traceback in `status` and still bounds what
+# one connection can make us hold.
+MAX_MESSAGE = 1024 * 1024
+# Deeper nesting than any status needs; it also keeps json/ast far from their recursion limits.
+MAX_DEPTH = 32
+REQUIRED_FIELDS = ("serial_number", "time_stamp", "status")
+
+_OPEN = frozenset(b"{[(")
+_QUOTES = frozenset(b"\"'")
+_DQUOTE = ord('"')
+_BACKSLASH = ord("\\")
+_NEWLINE = ord("\n")
+_END = END_BYTE[0]
+_BRACE = ord("{")
+# The scan jumps from one byte that matters to the next with a compiled pattern instead of a Python
+# loop over every byte.
+_DELIMITER = re.compile(rb"[\n\x04]")
+_NOT_SEPARATOR = re.compile(rb"[^ \t\r\n\x0b\x0c\x04]")
+_OUTSIDE_STRING = re.compile(rb"[{}\[\]()\"'\n\x04]")
+_IN_DOUBLE = re.compile(rb'["\\\n\x04]')
+_IN_SINGLE = re.compile(rb"['\\\n\x04]")
+
+
+class StatusError(ValueError):
+    """A message that cannot be stored; str(error) is the reason sent back to the client."""
+
+
+class StatusReport(NamedTuple):
+    serial_number: str
+    entry_json: bytes  # `{"time_stamp": ..., "status": ...}`, serialised once for the `s` reply
+    time_stamp: Any
+    status: Any
+
+
+class Framed(NamedTuple):
+    """One framed message, or an error for bytes that can never be one."""
+    message: Optional[bytes]
+    error: Optional[str] = None
+
+
+class StatusParser:
+    """Frames status messages out of the bytes of one connection."""
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()  # the message in progress, from its opening brace
+        self._scanned = 0        # how far into _buf the scan has got
+        self._depth = 0
+        self._quote = 0          # the quote byte of the string we are inside, or 0
+        self._discarding = False  # an error was sent; drop bytes up to the next delimiter
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> List[Framed]:
+        """Returns every message (or immediate error) that `data` completes, in order."""
+        out: List[Framed] = []
+        buf = self._buf
+        buf += data
+        pos = self._scanned
+        while pos < len(buf):
+            if self._discarding:
+                match = _DELIMITER.search(buf, pos)
+                if match is None:
+                    buf.clear()
+                    pos = 0
+                    break
+                del buf[:match.end()]
+                pos = 0
+                self._discarding = False
+                continue
+            if pos == 0:
+                match = _NOT_SEPARATOR.search(buf)
+                if match is None:
+                    buf.clear()
+                    break
+                del buf[:match.start()]
+                if buf[0] != _BRACE:
+                    out.append(Framed(None, "not a status object: a message must be a dict "
+                                            "starting with '{'"))
+                    self._discarding = True
+                    continue
+            pattern = _IN_DOUBLE if self._quote == _DQUOTE else \
+                _IN_SINGLE if self._quote else _OUTSIDE_STRING
+            match = pattern.search(buf, pos)
+            if match is None:
+                pos = len(buf)
+                break
+            at = match.start()
+            byte = buf[at]
+            pos = at + 1
+            if byte == _END or byte == _NEWLINE:
+                out.append(Framed(bytes(buf[:at])))
+                del buf[:pos]
+                pos = self._restart()
+            elif byte == _BACKSLASH:  # only searched for inside strings
+                if at + 1 >= len(buf):
+                    pos = at  # the escaped byte has not arrived; look again with more data
+                    break
+                pos = at + 2
+            elif self._quote:
+                self._quote = 0  # the closing quote
+            elif byte in _QUOTES:
+                self._quote = byte
+            elif byte in _OPEN:
+                self._depth += 1
+                if self._depth > MAX_DEPTH:
+                    out.append(Framed(None, "message nested deeper than %d levels" % MAX_DEPTH))
+                    del buf[:pos]
+                    pos = self._restart(discard=True)
+            else:  # a closing bracket
+                self._depth -= 1
+                if self._depth <= 0:
+                    out.append(Framed(bytes(buf[:pos])))
+                    del buf[:pos]
+                    pos = self._restart()
+        self._scanned = pos
+        if len(buf) > self.max_message and not self._discarding:
+            out.append(Framed(None, "message longer than %d bytes" % self.max_message))
+            buf.clear()
+            self._scanned = self._restart(discard=True)
+        return out
+
+    def eof_received(self) -> List[Framed]:
+        """The end of the stream completes whatever is buffered."""
+        message = bytes(self._buf) if not self._discarding and self._buf.strip() else b""
+        self._buf.clear()
+        self._scanned = self._restart()
+        return [Framed(message)] if message else []
+
+    def _restart(self, discard: bool = False) -> int:
+        self._depth = 0
+        self._quote = 0
+        self._discarding = discard
+        return 0
+
+
+def parse_status(message: bytes) -> StatusReport:
+    """Parses one framed message (JSON, or a Python literal read safely) into a report."""
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StatusError("message is not valid UTF-8") from None
+    value = _load(text)
+    if not isinstance(value, dict):
+        raise StatusError("not a status object: expected a dict, got %s" % type(value).__name__)
+    missing = [field for field in REQUIRED_FIELDS if field not in value]
+    if missing:
+        raise StatusError("missing field%s: %s; a status needs serial_number, time_stamp and status"
+                          % ("s" if len(missing) > 1 else "", ", ".join(missing)))
+    serial = value["serial_number"]
+    if isinstance(serial, bool) or not isinstance(serial, (str, int)):
+        raise StatusError("serial_number must be a string")
+    serial = str(serial)
+    if not serial:
+        raise StatusError("serial_number is empty")
+    try:
+        entry_json = json.dumps({"time_stamp": value["time_stamp"], "status": value["status"]},
+                                allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError):
+        raise StatusError("time_stamp and status must be JSON values (strings, numbers, lists, dicts)") \
+            from None
+    return StatusReport(serial, entry_json, value["time_stamp"], value["status"])
+
+
+def _load(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    except RecursionError:
+        raise StatusError("message nested too deeply") from None
+    try:
+        # Scripts send str(dict): single quotes, True/None. literal_eval evaluates no code.
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise StatusError("not valid JSON or a Python dict literal") from None
+
+
+def ack() -> bytes:
+    return END_BYTE
+
+
+def error_reply(reason: str) -> bytes:
+    return json.dumps({"error": reason}).encode("utf-8") + END_BYTE

@@ -1,0 +1,57 @@
+"""A status connection (port 3110): each framed message stored and acknowledged, or refused."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from .event_loop import HIGH_WATER, StreamTransport
+from .status_protocol import (StatusError, StatusParser, StatusReport, ack, error_reply,
+                              parse_status)
+
+# Stores a report; returns None when stored, or the reason it was refused.
+StoreStatus = Callable[[StatusReport, str], Optional[str]]
+# Told about each refused message: (source, reason).
+ReportBadInput = Callable[[str, str], None]
+
+
+class StatusConnection:
+    """Frames, parses and stores the statuses of one connection, answering `\\x04` or an error each."""
+
+    def __init__(self, transport: StreamTransport, store: StoreStatus,
+                 bad_input: ReportBadInput, max_message: Optional[int] = None) -> None:
+        self.transport = transport
+        self.store = store
+        self.bad_input = bad_input
+        self.parser = StatusParser(max_message) if max_message else StatusParser()
+
+    def data_received(self, data: bytes) -> None:
+        for framed in self.parser.receive_data(data):
+            self._answer(framed.message, framed.error)
+        if self.transport.output_size >= HIGH_WATER:
+            # A client that sends without reading its acks waits for itself, not us.
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None:
+        for framed in self.parser.eof_received():
+            self._answer(framed.message, framed.error)
+        self.transport.close_when_flushed()
+
+    def writing_drained(self) -> None:
+        self.transport.resume_reading()
+
+    def connection_lost(self) -> None:
+        pass
+
+    def _answer(self, message: Optional[bytes], error: Optional[str]) -> None:
+        if message is not None:
+            try:
+                report = parse_status(message)
+            except StatusError as exc:
+                error = str(exc)
+            else:
+                error = self.store(report, self.transport.label)
+                if error is None:
+                    self.transport.write(ack())
+                    return
+        reason = error or "not a status"
+        self.bad_input(self.transport.label, reason)
+        self.transport.write(error_reply(reason))
