@@ -1,0 +1,28 @@
+"""Puts the repository root on sys.path (however pytest is started) and provides the DSM fixtures."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from dsm_harness import DsmFactory  # noqa: E402
+
+
+@pytest.fixture
+def dsm_factory():
+    """Starts DSM processes for a test and stops every one of them by pid afterwards."""
+    factory = DsmFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def dsm(dsm_factory):
+    """One running DSM on free loopback ports."""
+    return dsm_factory.start()

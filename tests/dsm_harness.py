@@ -1,0 +1,236 @@
+"""Runs real DSM processes for integration tests: free ports, a private run dir, loopback multicast.
+
+Every process started here is stopped by its pid when the test ends, pass or fail (see the `dsm`
+fixture in conftest.py). Waiting is always for a condition with a deadline, never a fixed sleep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "DriveStateMonitor")
+DAEMON = os.path.join(PACKAGE, "DriveStateMonitor.py")
+END = b"\x04"
+LOOPBACK = "127.0.0.1"
+# Tests use their own group so they never meet a lab's real drives or a live DSM.
+TEST_GROUP = "239.1.2.99"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Polls `condition` until it returns something truthy; fails the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def short_temp_dir() -> str:
+    # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer.
+    return tempfile.mkdtemp(prefix="dsmt")
+
+
+def recv_until_end(sock: socket.socket, timeout: float = 10.0, count: int = 1) -> bytes:
+    """Reads until `count` end bytes have arrived (or the peer closes)."""
+    sock.settimeout(timeout)
+    data = b""
+    while data.count(END) < count:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Reads until the peer closes."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def send_announcement(payload: bytes, port: int, group: str = TEST_GROUP) -> None:
+    """Sends one datagram to the group, out of the loopback interface only."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LOOPBACK))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        sock.sendto(payload, (group, port))
+
+
+def announcement(serial: str, **extra: Any) -> bytes:
+    fields: Dict[str, Any] = {
+        "serial_number": serial, "world_wide_name": "5 000c50 %s" % serial,
+        "manufacturer": "Seagate", "model": "ST4000NK0001", "firmware_version": "3.1.7",
+        "protocol_version": "3.0.6", "port": 8123, "tlsPort": 8443,
+        "network_interfaces": [{"name": "eth0", "mac_addr": "00:c9:58:01:aa:10",
+                                "ipv4_addr": "10.20.30.41", "ipv6_addr": "fe80::2c9:58ff:fe01:aa10"}],
+    }
+    fields.update(extra)
+    return json.dumps(fields).encode()
+
+
+class DsmProcess:
+    """One DSM started by a test, with helpers to talk to it."""
+
+    def __init__(self, args: List[str], run_dir: str, log_dir: str, mcast_port: int,
+                 env: Optional[Dict[str, str]] = None, prefix: Optional[List[str]] = None) -> None:
+        self.run_dir = run_dir
+        self.log_dir = log_dir
+        self.mcast_port = mcast_port
+        self.log_path = os.path.join(log_dir, "dsm-test.log")
+        self.args = args
+        self.info: Dict[str, Any] = {}
+        command = (prefix or []) + [sys.executable, DAEMON] + args
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 10.0) -> "DsmProcess":
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError("DSM exited with %s while starting:\n%s"
+                                     % (self.proc.returncode, self.log_text()))
+            info_path = os.path.join(self.run_dir, "dsm.json")
+            if not os.path.exists(info_path):
+                return False
+            with open(info_path) as f:
+                self.info = json.load(f)
+            return self.info.get("pid") == self.proc.pid
+        wait_for(ready, timeout, "the DSM to start")
+        return self
+
+    @property
+    def query_port(self) -> int:
+        return self.info["query_port"]
+
+    @property
+    def status_port(self) -> int:
+        return self.info["status_port"]
+
+    @property
+    def unix_socket(self) -> str:
+        return os.path.join(self.run_dir, "dsm.sock")
+
+    def log_text(self) -> str:
+        self._log.flush()
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def connect_query(self) -> socket.socket:
+        return socket.create_connection((LOOPBACK, self.query_port), timeout=10)
+
+    def query(self, data: bytes, unix: bool = False) -> bytes:
+        """Sends `data`, half-closes, and returns everything the DSM sends before closing."""
+        if unix:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(self.unix_socket)
+        else:
+            sock = self.connect_query()
+        with sock:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            return recv_all(sock)
+
+    def query_json(self, letter: str) -> Any:
+        reply = self.query(letter.encode())
+        assert reply.endswith(END), reply[-200:]
+        return json.loads(reply[:-1])
+
+    def send_status(self, data: bytes) -> bytes:
+        """The lab scripts' way: connect, send one message with no terminator, wait for `\\x04`."""
+        with socket.create_connection((LOOPBACK, self.status_port), timeout=10) as sock:
+            sock.sendall(data)
+            return recv_until_end(sock)
+
+    def announce(self, payload: bytes) -> None:
+        send_announcement(payload, self.mcast_port)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """Stops the process by its pid, whatever state it is in."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+class DsmFactory:
+    """Starts DSMs on free ports with `--interfaces lo` and private run and log dirs."""
+
+    def __init__(self) -> None:
+        self.processes: List[DsmProcess] = []
+        self.dirs: List[str] = []
+
+    def new_dirs(self) -> str:
+        base = short_temp_dir()
+        self.dirs.append(base)
+        return base
+
+    def start(self, *extra: str, wait: bool = True, run_dir: Optional[str] = None,
+              mcast_port: Optional[int] = None, interfaces: str = "lo",
+              env: Optional[Dict[str, str]] = None,
+              prefix: Optional[List[str]] = None) -> DsmProcess:
+        base = self.new_dirs()
+        run_dir = run_dir or os.path.join(base, "run")
+        log_dir = os.path.join(base, "logs")
+        os.makedirs(log_dir, exist_ok=True)
+        mcast_port = mcast_port or free_udp_port()
+        args = ["--interfaces", interfaces, "--query-port", "0", "--status-port", "0",
+                "--mcast-group", TEST_GROUP, "--mcast-port", str(mcast_port),
+                "--run-dir", run_dir, "--log-dir", log_dir] + list(extra)
+        dsm = DsmProcess(args, run_dir, log_dir, mcast_port, env=env, prefix=prefix)
+        self.processes.append(dsm)
+        return dsm.wait_ready() if wait else dsm
+
+    def cleanup(self) -> None:
+        for dsm in self.processes:
+            try:
+                dsm.stop()
+            except Exception:
+                dsm.proc.kill()
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_script(args: List[str], timeout: float = 30.0, **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout, universal_newlines=True,
+                          **kwargs)
