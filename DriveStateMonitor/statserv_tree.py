@@ -1,0 +1,978 @@
+"""The Status Server's store: a tree of directories and data objects, pure and clock-free.
+
+Theory of operation
+-------------------
+Every entry ("node") lives in one dict keyed by its normalized absolute path, so a lookup never walks
+the tree; a directory also keeps its children by name, for listings and RMDIR's emptiness check. A
+node is a DIRECTORY, an OBJECT, or a PLACEHOLDER. A placeholder is a name somebody holds that does not
+exist (value NONEXISTENT): it stays in the dict, so holds and monitors survive, but not in its parent's
+children, so reads, listings and SAVE do not see it. Creating the name again turns the same node back
+into an object, so a monitor keeps working across remove and re-create.
+
+Use counts. An existing entry is held by its directory (pointer integrity); TOUCH, TOUCHDIR and MONITOR
+add holders, keyed by an opaque owner (the protocol uses its session object). Removing an entry that
+still has holders leaves a placeholder; a placeholder is freed the moment its last holder lets go.
+`release_owner` drops everything one owner held (a closing connection) and expires the objects it had
+TOUCHed with AUTOEXPIRE.
+
+Changes. Every change (creation, new value, expiry, removal) bumps the global revision and goes through
+`_changed`, which tells the node's own monitors and its directory's monitors. A monitor remembers only
+*which* names changed since its subscriber last collected (itself as '', or a child's name), so memory
+stays bounded by the size of the tree however slow the subscriber is. The subscriber's
+`notify(path)` is called once, at the first change after a collect; later changes are coalesced and
+the subscriber reads the latest values with `collect`. DEADBAND is measured from the value the
+subscriber last collected. MINPERIOD: after a notification the monitor stays quiet for the period; a
+change in that time is remembered and notified when the period ends.
+
+Time. Nothing here reads a clock: whatever depends on time takes `now` (epoch seconds). Object
+lifetimes and the ends of monitors' quiet periods share one heap of (when, seq, target); a target
+remembers the seq of its one live entry, and entries whose seq no longer matches are stale and are
+dropped when they reach the top (lazy invalidation). An update that only pushes a lifetime further
+out does not touch the heap: the old entry, when it comes due, sees the later deadline and re-queues
+itself, so thousands of updates a second cost no heap traffic. The event loop sleeps until
+`next_deadline()` and then calls `expire_due(now)`, which handles both expiries and quiet-period ends.
+Reads that take `now` catch up on anything overdue first, so they never show a stale value.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import re
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+
+__all__ = [
+    "StatServError", "ValueWord", "Tree", "resolve", "quote_string", "escape_text", "unescape_text",
+    "format_saved_value",
+    "NONEXISTENT", "UNDEFINED", "EXPIRED", "DIRECTORY", "TYPE_NAMES", "ERROR_CODES",
+    "MAX_VALUE_BYTES", "MAX_OBJECTS",
+]
+
+# Error codes, as the spec lists them.
+SYNTAX = "SYNTAX"
+NONEXISTENT_CODE = "NONEXISTENT"
+EXISTS = "EXISTS"
+NOTDIR = "NOTDIR"
+ISDIR = "ISDIR"
+NOTEMPTY = "NOTEMPTY"
+TYPE = "TYPE"
+TOOLONG = "TOOLONG"
+LIMIT = "LIMIT"
+DENIED = "DENIED"
+PROTOCOL = "PROTOCOL"
+ERROR_CODES = frozenset({SYNTAX, NONEXISTENT_CODE, EXISTS, NOTDIR, ISDIR, NOTEMPTY, TYPE, TOOLONG,
+                         LIMIT, DENIED, PROTOCOL})
+
+# CFHT capped values at 255 characters; drive announcements can carry longer fields.
+MAX_VALUE_BYTES = 4096
+# CFHT's store held over 42,000 objects in daily use; leave room above that.
+MAX_OBJECTS = 100_000
+
+TYPE_STRING, TYPE_INT, TYPE_FLOAT, TYPE_BOOL = "string", "int", "float", "bool"
+TYPE_NAMES = (TYPE_STRING, TYPE_INT, TYPE_FLOAT, TYPE_BOOL)
+_TYPE_OF_PYTHON = {str: TYPE_STRING, bool: TYPE_BOOL, int: TYPE_INT, float: TYPE_FLOAT}
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+_INT_TEXT = re.compile(r"[+-]?[0-9]+\Z")
+
+
+class StatServError(Exception):
+    """A request failed; `code` is one of ERROR_CODES and becomes `! CODE text` on the wire."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+    def __str__(self) -> str:
+        return "%s %s" % (self.code, self.text)
+
+
+class ValueWord(str):
+    """An invalid value (NONEXISTENT, UNDEFINED, EXPIRED) or DIRECTORY in listings.
+
+    A distinct type, so the string value "EXPIRED" is never mistaken for the word EXPIRED."""
+
+    __slots__ = ()
+
+
+NONEXISTENT = ValueWord("NONEXISTENT")
+UNDEFINED = ValueWord("UNDEFINED")
+EXPIRED = ValueWord("EXPIRED")
+DIRECTORY = ValueWord("DIRECTORY")  # not a value: how list_dir/collect/monitor report a directory
+_WORDS = {w: w for w in (NONEXISTENT, UNDEFINED, EXPIRED)}
+
+_KIND_DIR, _KIND_OBJECT, _KIND_PLACEHOLDER = "directory", "object", "placeholder"
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+# Printable 7-bit ASCII without space: a name must survive the protocol's space-separated
+# arguments and SAVE's "name = value" lines unquoted.
+_NAME_CHARS = re.compile(r"[\x21-\x7e]+\Z")
+
+
+def resolve(path: str, cwd: str = "/") -> str:
+    """Return `path` as a normalized absolute path, `.` and `..` resolved against `cwd` as UNIX does.
+
+    `cwd` must itself be normalized and absolute. Raises StatServError(SYNTAX) for an empty name or
+    characters outside printable 7-bit ASCII."""
+    if not path or not _NAME_CHARS.match(path):
+        raise StatServError(SYNTAX, "invalid name %r (printable 7-bit ASCII, no spaces)" % (path,))
+    if path[0] == "/":
+        # Fast path: already normalized, the common case for the daemon's own publishing.
+        if "//" not in path and "/." not in path and (path == "/" or path[-1] != "/"):
+            return path
+        parts = path.split("/")
+    else:
+        parts = cwd.split("/") + path.split("/")
+    normalized: List[str] = []
+    for part in parts:
+        if part == "" or part == ".":
+            continue
+        if part == "..":
+            if normalized:
+                normalized.pop()
+            continue
+        normalized.append(part)
+    return "/" + "/".join(normalized)
+
+
+def _parent_of(path: str) -> Optional[str]:
+    if path == "/":
+        return None
+    head = path.rpartition("/")[0]
+    return head or "/"
+
+
+def _join(directory: str, name: str) -> str:
+    return directory + name if directory == "/" else directory + "/" + name
+
+
+# ---------------------------------------------------------------------------------------------
+# Value text: quoting for the wire and for SAVE, typing of PUT's text
+
+_NEEDS_ESCAPE = re.compile('[\\\\"\x00-\x1f\x7f\x85\u2028\u2029]')
+_SIMPLE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPE_SEQUENCE = re.compile(r'\\(?:x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|[\\"nrt])')
+_UNESCAPES = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _escape_char(match: "re.Match[str]") -> str:
+    ch = match.group()
+    simple = _SIMPLE_ESCAPES.get(ch)
+    if simple is not None:
+        return simple
+    code = ord(ch)
+    return "\\x%02x" % code if code < 0x100 else "\\u%04x" % code
+
+
+def escape_text(text: str) -> str:
+    """Backslash-escape quotes, backslashes and anything that could end a line."""
+    return _NEEDS_ESCAPE.sub(_escape_char, text)
+
+
+def unescape_text(text: str) -> str:
+    """Invert escape_text."""
+    if "\\" not in text:
+        return text
+
+    def replace(match: "re.Match[str]") -> str:
+        body = match.group()[1:]
+        if body[0] in "xu":
+            return chr(int(body[1:], 16))
+        return _UNESCAPES[body]
+
+    return _ESCAPE_SEQUENCE.sub(replace, text)
+
+
+def quote_string(text: str) -> str:
+    """`"text"` with escapes: one line whatever the string holds."""
+    return '"' + escape_text(text) + '"'
+
+
+def format_saved_value(value: Any) -> str:
+    """A value as SAVE writes it: strings quoted, TRUE/FALSE, floats with a point (`10.`), words bare."""
+    if type(value) is ValueWord:
+        return str(value)
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _format_float(value)
+    return quote_string(value)
+
+
+def _format_float(number: float) -> str:
+    text = repr(number)
+    if not math.isfinite(number):
+        return text  # 'inf', '-inf', 'nan': read back by load as floats
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        if "." not in mantissa:
+            mantissa += "."
+        return mantissa + "e" + exponent
+    return text[:-1] if text.endswith(".0") else text
+
+
+def _parse_typed(text: str, type_name: str) -> Any:
+    """PUT's text as a value of the object's type; TYPE if it does not fit."""
+    if type_name == TYPE_STRING:
+        return text
+    stripped = text.strip()
+    if type_name == TYPE_INT:
+        if _INT_TEXT.match(stripped):
+            try:
+                return int(stripped)
+            except ValueError:  # more digits than int() accepts
+                pass
+    elif type_name == TYPE_FLOAT:
+        if stripped and "_" not in stripped:
+            try:
+                return float(stripped)
+            except ValueError:
+                pass
+    elif type_name == TYPE_BOOL:
+        lowered = stripped.lower()
+        if lowered in _TRUE_WORDS:
+            return True
+        if lowered in _FALSE_WORDS:
+            return False
+    raise StatServError(TYPE, "%s is not a valid %s" % (quote_string(text[:40]), type_name))
+
+
+def _type_of_python(value: Any) -> str:
+    type_name = _TYPE_OF_PYTHON.get(type(value))
+    if type_name is not None:
+        return type_name
+    for python_type in (bool, int, float, str):  # subclasses; bool before int
+        if isinstance(value, python_type):
+            return _TYPE_OF_PYTHON[python_type]
+    raise StatServError(TYPE, "cannot store a %s" % type(value).__name__)
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes and monitors
+
+
+class _Node:
+    __slots__ = ("path", "parent_path", "name", "kind", "children", "value", "type_name", "comment",
+                 "lifetime", "deadline", "autoexpire_owner", "mtime", "revision", "holders",
+                 "monitors", "timer_at", "timer_seq")
+
+    def __init__(self, path: str, kind: str) -> None:
+        self.path = path
+        self.parent_path = _parent_of(path)
+        self.name = path.rpartition("/")[2]
+        self.kind = kind
+        self.children: Optional[Dict[str, _Node]] = {} if kind == _KIND_DIR else None
+        self.value: Any = NONEXISTENT
+        self.type_name = TYPE_STRING
+        self.comment = ""
+        self.lifetime = 0.0
+        self.deadline: Optional[float] = None
+        self.autoexpire_owner: Any = None
+        self.mtime = 0.0
+        self.revision = 0
+        self.holders: Set[Any] = set()
+        self.monitors: Dict[Any, _Monitor] = {}
+        self.timer_at: Optional[float] = None
+        self.timer_seq: Optional[int] = None
+
+
+class _Monitor:
+    __slots__ = ("subscriber", "path", "deadband", "min_period", "reported", "changed_names",
+                 "notified", "quiet_until", "active", "timer_at", "timer_seq")
+
+    def __init__(self, subscriber: Any, path: str, deadband: float, min_period: float) -> None:
+        self.subscriber = subscriber
+        self.path = path
+        self.deadband = deadband
+        self.min_period = min_period
+        self.reported: Any = None          # value at the last collect, for DEADBAND
+        self.changed_names: Set[str] = set()  # '' = the monitored node itself, else a child's name
+        self.notified = False              # notify() called and not yet collected
+        self.quiet_until = float("-inf")   # MINPERIOD: no notify() before this
+        self.active = True
+        self.timer_at: Optional[float] = None
+        self.timer_seq: Optional[int] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The tree
+
+
+class Tree:
+    """The store. Paths given to its methods are absolute (or relative to `/`)."""
+
+    def __init__(self, *, max_value_bytes: int = MAX_VALUE_BYTES,
+                 max_objects: int = MAX_OBJECTS) -> None:
+        self.max_value_bytes = max_value_bytes
+        self.max_objects = max_objects
+        self.revision = 0
+        self._nodes: Dict[str, _Node] = {"/": _Node("/", _KIND_DIR)}
+        self._held_by_owner: Dict[Any, Set[str]] = {}
+        self._autoexpire_by_owner: Dict[Any, Set[str]] = {}
+        self._monitors_by_subscriber: Dict[Any, Dict[str, _Monitor]] = {}
+        # Monitors with uncollected changes, per subscriber, in order of first change.
+        self._changed_by_subscriber: Dict[Any, Dict[str, _Monitor]] = {}
+        self._timers: List[Tuple[float, int, Any]] = []
+        self._timer_seqs = itertools.count()
+        self._monitor_count = 0
+        # Sessions that asked for TRACE; the protocol layer owns what that means. Kept here because
+        # the tree is the one object every session shares.
+        self.tracers: Set[Any] = set()
+
+    def __len__(self) -> int:
+        """Entries (objects, directories, placeholders) other than the root: what max_objects caps."""
+        return len(self._nodes) - 1
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def _normalized(self, path: str) -> str:
+        return path if path in self._nodes else resolve(path)
+
+    def _existing(self, path: str) -> _Node:
+        node = self._nodes.get(self._normalized(path))
+        if node is None or node.kind == _KIND_PLACEHOLDER:
+            raise StatServError(NONEXISTENT_CODE, "%s does not exist" % path)
+        return node
+
+    def _object(self, path: str) -> _Node:
+        node = self._existing(path)
+        if node.kind == _KIND_DIR:
+            raise StatServError(ISDIR, "%s is a directory" % path)
+        return node
+
+    def _directory(self, path: str) -> _Node:
+        node = self._existing(path)
+        if node.kind != _KIND_DIR:
+            raise StatServError(NOTDIR, "%s is not a directory" % path)
+        return node
+
+    def exists(self, path: str) -> bool:
+        """True for an existing object or directory (not a placeholder)."""
+        node = self._nodes.get(self._normalized(path))
+        return node is not None and node.kind != _KIND_PLACEHOLDER
+
+    def kind(self, path: str) -> Optional[str]:
+        """'directory', 'object', or None if the name does not exist."""
+        node = self._nodes.get(self._normalized(path))
+        if node is None or node.kind == _KIND_PLACEHOLDER:
+            return None
+        return node.kind
+
+    def get(self, path: str, now: float) -> Any:
+        """The value (str, int, float, bool) or UNDEFINED/EXPIRED. NONEXISTENT/ISDIR errors."""
+        self._catch_up(now)
+        return self._object(path).value
+
+    def value_state(self, path: str, now: float) -> Any:
+        """Like get, but an absent name gives the word NONEXISTENT instead of an error."""
+        self._catch_up(now)
+        node = self._nodes.get(self._normalized(path))
+        if node is None:
+            return NONEXISTENT
+        if node.kind == _KIND_DIR:
+            raise StatServError(ISDIR, "%s is a directory" % path)
+        return node.value
+
+    def list_dir(self, path: str, now: Optional[float] = None) -> List[Tuple[str, Any]]:
+        """(name, value) of a directory's entries, sorted; a subdirectory's value is DIRECTORY."""
+        if now is not None:
+            self._catch_up(now)
+        directory = self._directory(path)
+        return [(name, DIRECTORY if child.kind == _KIND_DIR else child.value)
+                for name, child in sorted(directory.children.items())]
+
+    def stat(self, path: str, now: Optional[float] = None) -> Dict[str, Any]:
+        """Every attribute of an entry, in a fixed order (the protocol prints them as they come)."""
+        if now is not None:
+            self._catch_up(now)
+        node = self._existing(path)
+        use_count = 1 + len(node.holders) + len(node.monitors)  # 1: its directory's entry
+        if node.kind == _KIND_DIR:
+            return {"name": node.path, "kind": node.kind, "comment": node.comment,
+                    "entries": len(node.children), "time": node.mtime, "revision": node.revision,
+                    "usecount": use_count, "monitors": len(node.monitors)}
+        return {"name": node.path, "kind": node.kind, "type": node.type_name, "value": node.value,
+                "comment": node.comment, "lifetime": node.lifetime,
+                "autoexpire": node.autoexpire_owner is not None, "owner": node.autoexpire_owner,
+                "time": node.mtime, "revision": node.revision, "usecount": use_count,
+                "monitors": len(node.monitors)}
+
+    # -- creation ------------------------------------------------------------------------------
+
+    def _check_room(self, new_nodes: int) -> None:
+        if new_nodes and len(self._nodes) - 1 + new_nodes > self.max_objects:
+            raise StatServError(LIMIT, "the store is full (%d entries)" % self.max_objects)
+
+    def _check_length(self, text: str, what: str) -> None:
+        limit = self.max_value_bytes
+        # len(text) bounds the UTF-8 length from below and len*4 from above: encode only if needed.
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit):
+            raise StatServError(TOOLONG, "%s longer than %d bytes" % (what, limit))
+
+    def _make_parents(self, path: str, now: float, new_leaf: bool) -> None:
+        """Create every missing directory above `path`; NOTDIR if an ancestor is an object.
+
+        Checks all limits before creating anything, so a failure leaves the tree unchanged."""
+        missing: List[str] = []
+        ancestor = _parent_of(path)
+        while ancestor is not None:
+            node = self._nodes.get(ancestor)
+            if node is not None and node.kind == _KIND_DIR:
+                break
+            if node is not None and node.kind == _KIND_OBJECT:
+                raise StatServError(NOTDIR, "%s is not a directory" % ancestor)
+            missing.append(ancestor)
+            ancestor = _parent_of(ancestor)
+        self._check_room(sum(1 for p in missing if p not in self._nodes) + (1 if new_leaf else 0))
+        for directory in reversed(missing):
+            self._link(self._nodes.get(directory) or _Node(directory, _KIND_DIR), _KIND_DIR)
+            self._changed(self._nodes[directory], now)
+
+    def _link(self, node: _Node, kind: str) -> None:
+        """Make `node` an existing entry of `kind`, in the dict and its directory's children."""
+        node.kind = kind
+        if kind == _KIND_DIR:
+            node.children = {}
+            node.value = NONEXISTENT
+        else:
+            node.value = UNDEFINED
+        self._nodes[node.path] = node
+        self._nodes[node.parent_path].children[node.name] = node
+
+    def _create_object(self, path: str, now: float) -> _Node:
+        """An UNDEFINED object at `path` (a placeholder there is reused); no change is reported yet."""
+        node = self._nodes.get(path)
+        if node is not None and node.kind == _KIND_DIR:
+            raise StatServError(ISDIR, "%s is a directory" % path)
+        self._make_parents(path, now, new_leaf=node is None)
+        node = node or _Node(path, _KIND_OBJECT)
+        node.type_name = TYPE_STRING
+        self._link(node, _KIND_OBJECT)
+        return node
+
+    def touch(self, path: str, now: float, *, owner: Any = None, comment: Optional[str] = None,
+              lifetime: Optional[float] = None, autoexpire: bool = False,
+              type_name: Optional[str] = None) -> None:
+        """Create the object (UNDEFINED, parents too) if absent, update the given attributes, and
+        hold it for `owner`. AUTOEXPIRE makes `owner` the one whose release expires it."""
+        path = self._normalized(path)
+        if type_name is not None and type_name not in TYPE_NAMES:
+            raise StatServError(TYPE, "unknown type %r (string, int, float, bool)" % type_name)
+        if comment is not None:
+            self._check_length(comment, "comment")
+        node = self._nodes.get(path)
+        if path == "/" or (node is not None and node.kind == _KIND_DIR):
+            raise StatServError(ISDIR, "%s is a directory" % path)
+        created = node is None or node.kind == _KIND_PLACEHOLDER
+        if not created and type_name is not None and type_name != node.type_name \
+                and type(node.value) is not ValueWord:
+            raise StatServError(TYPE, "%s holds a %s" % (path, node.type_name))
+        if created:
+            node = self._create_object(path, now)
+        if type_name is not None:
+            node.type_name = type_name
+        if comment is not None:
+            node.comment = comment
+        if lifetime is not None:
+            node.lifetime = lifetime
+            if node.value is not EXPIRED:
+                self._start_lifetime(node, now)
+        if autoexpire and owner is not None:
+            node.autoexpire_owner = owner
+            self._autoexpire_by_owner.setdefault(owner, set()).add(path)
+        if created:
+            self._changed(node, now)
+        elif comment is not None or lifetime is not None or type_name is not None:
+            self._bump_revision(node, now)
+        if owner is not None:
+            self._hold(node, owner)
+
+    def touch_dir(self, path: str, now: float, *, owner: Any = None,
+                  comment: Optional[str] = None) -> None:
+        """Create the directory and its parents if absent, set its comment, hold it for `owner`."""
+        path = self._normalized(path)
+        if comment is not None:
+            self._check_length(comment, "comment")
+        node = self._nodes.get(path)
+        if node is not None and node.kind == _KIND_OBJECT:
+            raise StatServError(EXISTS, "%s is an object" % path)
+        if node is None or node.kind == _KIND_PLACEHOLDER:
+            self._make_parents(path, now, new_leaf=node is None)
+            node = node or _Node(path, _KIND_DIR)
+            self._link(node, _KIND_DIR)
+            node.comment = comment or ""
+            self._changed(node, now)
+        elif comment is not None and comment != node.comment:
+            node.comment = comment
+            self._bump_revision(node, now)
+        if owner is not None:
+            self._hold(node, owner)
+
+    def _hold(self, node: _Node, owner: Any) -> None:
+        node.holders.add(owner)
+        self._held_by_owner.setdefault(owner, set()).add(node.path)
+
+    # -- values --------------------------------------------------------------------------------
+
+    def put(self, path: str, text: str, now: float, *, lifetime: Optional[float] = None) -> None:
+        """Update an existing object from text, converted to its type (TYPE if it does not fit)."""
+        node = self._object(path)
+        self._check_length(text, "value")
+        self._store(node, _parse_typed(text, node.type_name), now, lifetime)
+
+    def set_value(self, path: str, value: Any, now: float, *, lifetime: Optional[float] = None,
+                  comment: Optional[str] = None) -> None:
+        """The daemon's publish: create parents and object if absent; the type follows the Python
+        value (str, int, float, bool). An unchanged value only refreshes the lifetime."""
+        node = self._nodes.get(path)
+        if node is None or node.kind != _KIND_OBJECT:  # slow path: normalize, create
+            path = self._normalized(path)
+            node = self._nodes.get(path)
+            if node is None or node.kind != _KIND_OBJECT:
+                node = self._create_object(path, now)
+        type_name = _type_of_python(value)
+        if type_name == TYPE_STRING:
+            self._check_length(value, "value")
+        if comment is not None and comment != node.comment:
+            self._check_length(comment, "comment")
+            node.comment = comment
+            self._bump_revision(node, now)
+        node.type_name = type_name
+        self._store(node, value, now, lifetime)
+
+    def _store(self, node: _Node, value: Any, now: float, lifetime: Optional[float]) -> None:
+        if lifetime is not None:
+            node.lifetime = lifetime
+        self._start_lifetime(node, now)
+        old = node.value
+        if type(old) is type(value) and old == value:
+            return  # same value: a refresh, not a change
+        node.value = value
+        self._changed(node, now)
+
+    def _start_lifetime(self, node: _Node, now: float) -> None:
+        if not node.lifetime:
+            node.deadline = None
+            return
+        deadline = now + node.lifetime
+        node.deadline = deadline
+        # A later deadline needs no new entry: the pending one re-queues itself when it comes due.
+        if node.timer_seq is None or deadline < node.timer_at:
+            self._schedule(node, deadline)
+
+    def _expire(self, node: _Node, now: float) -> None:
+        node.deadline = None
+        if node.value is not EXPIRED:
+            node.value = EXPIRED
+            self._changed(node, now)
+
+    # -- removal -------------------------------------------------------------------------------
+
+    def remove(self, path: str, now: float) -> None:
+        """Remove an object; if anyone holds it, a NONEXISTENT placeholder stays."""
+        self._unlink(self._object(path), now)
+
+    def remove_dir(self, path: str, now: float) -> None:
+        """Remove an empty directory (NOTEMPTY otherwise; the root: DENIED)."""
+        node = self._directory(path)
+        if node.path == "/":
+            raise StatServError(DENIED, "cannot remove the root directory")
+        if node.children:
+            raise StatServError(NOTEMPTY, "%s is not empty" % path)
+        self._unlink(node, now)
+
+    def remove_subtree(self, path: str, now: float) -> int:
+        """Remove `path` and everything under it (the root itself stays); an absent path is fine.
+
+        Returns the number of data objects removed (directories not counted)."""
+        node = self._nodes.get(self._normalized(path))
+        if node is None or node.kind == _KIND_PLACEHOLDER:
+            return 0
+        preorder: List[_Node] = []
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            preorder.append(current)
+            if current.kind == _KIND_DIR:
+                stack.extend(current.children.values())
+        removed_objects = 0
+        for current in reversed(preorder):  # children before their directory
+            if current.path == "/":
+                continue
+            if current.kind == _KIND_OBJECT:
+                removed_objects += 1
+            self._unlink(current, now)
+        return removed_objects
+
+    def _unlink(self, node: _Node, now: float) -> None:
+        del self._nodes[node.parent_path].children[node.name]
+        node.children = None
+        node.comment = ""
+        node.lifetime = 0.0
+        node.deadline = None
+        node.autoexpire_owner = None
+        node.type_name = TYPE_STRING
+        node.value = NONEXISTENT
+        if node.holders or node.monitors:
+            node.kind = _KIND_PLACEHOLDER
+        else:
+            del self._nodes[node.path]
+            node.timer_seq = None
+        self._changed(node, now)
+
+    def _free_if_unheld(self, node: _Node) -> None:
+        if node.kind == _KIND_PLACEHOLDER and not node.holders and not node.monitors \
+                and self._nodes.get(node.path) is node:
+            del self._nodes[node.path]
+
+    # -- owners --------------------------------------------------------------------------------
+
+    def release_owner(self, owner: Any, now: float) -> None:
+        """Everything `owner` held is let go (its monitors end, unheld placeholders are freed) and
+        the objects it TOUCHed with AUTOEXPIRE become EXPIRED."""
+        for mon in self._monitors_by_subscriber.pop(owner, {}).values():
+            self._drop_monitor(mon)
+        self._changed_by_subscriber.pop(owner, None)
+        for path in self._held_by_owner.pop(owner, ()):
+            node = self._nodes.get(path)
+            if node is not None:
+                node.holders.discard(owner)
+                self._free_if_unheld(node)
+        for path in self._autoexpire_by_owner.pop(owner, ()):
+            node = self._nodes.get(path)
+            if node is not None and node.autoexpire_owner is owner:
+                node.autoexpire_owner = None
+                self._expire(node, now)
+        self.tracers.discard(owner)
+
+    # -- monitors ------------------------------------------------------------------------------
+
+    def monitor(self, path: str, subscriber: Any, now: float, *, deadband: float = 0.0,
+                min_period: float = 0.0) -> Any:
+        """Start (or re-configure) `subscriber`'s monitor on an object or directory and return its
+        current value: the value, a word (NONEXISTENT for a new placeholder) or DIRECTORY.
+
+        Starting a monitor counts as a collect: the next change notifies."""
+        self._catch_up(now)
+        path = self._normalized(path)
+        node = self._nodes.get(path)
+        if node is None:
+            ancestor = _parent_of(path)
+            while ancestor is not None:
+                existing = self._nodes.get(ancestor)
+                if existing is not None and existing.kind == _KIND_OBJECT:
+                    raise StatServError(NOTDIR, "%s is not a directory" % ancestor)
+                if existing is not None and existing.kind == _KIND_DIR:
+                    break
+                ancestor = _parent_of(ancestor)
+            self._check_room(1)
+            node = _Node(path, _KIND_PLACEHOLDER)
+            self._nodes[path] = node
+        monitors = self._monitors_by_subscriber.setdefault(subscriber, {})
+        mon = monitors.get(path)
+        if mon is None:
+            mon = _Monitor(subscriber, path, deadband, min_period)
+            monitors[path] = mon
+            node.monitors[subscriber] = mon
+            self._monitor_count += 1
+        else:
+            mon.deadband = deadband
+            mon.min_period = min_period
+            pending = self._changed_by_subscriber.get(subscriber)
+            if pending:
+                pending.pop(path, None)
+        self._collect_monitor(mon, now)
+        return DIRECTORY if node.kind == _KIND_DIR else node.value
+
+    def unmonitor(self, path: str, subscriber: Any) -> None:
+        """Stop `subscriber`'s monitor on `path` (NONEXISTENT if there is none)."""
+        path = self._normalized(path)
+        mon = self._monitors_by_subscriber.get(subscriber, {}).pop(path, None)
+        if mon is None:
+            raise StatServError(NONEXISTENT_CODE, "%s is not monitored" % path)
+        pending = self._changed_by_subscriber.get(subscriber)
+        if pending:
+            pending.pop(path, None)
+        self._drop_monitor(mon)
+
+    def _drop_monitor(self, mon: _Monitor) -> None:
+        mon.active = False
+        mon.timer_seq = None
+        self._monitor_count -= 1
+        node = self._nodes.get(mon.path)
+        if node is not None and node.monitors.get(mon.subscriber) is mon:
+            del node.monitors[mon.subscriber]
+            self._free_if_unheld(node)
+
+    def monitored_paths(self, subscriber: Any) -> List[str]:
+        """The paths `subscriber` monitors, sorted."""
+        return sorted(self._monitors_by_subscriber.get(subscriber, ()))
+
+    def collect(self, subscriber: Any, path: Optional[str] = None,
+                now: float = 0.0) -> List[Tuple[str, Any]]:
+        """Take `subscriber`'s uncollected changes: for `path` only, or all of them (UPDATES).
+
+        Returns (absolute path, latest value) pairs; a directory monitor yields each changed entry
+        (a directory's value is DIRECTORY, a vanished entry's NONEXISTENT). Collecting re-arms the
+        monitor: its next change calls notify() again (subject to MINPERIOD)."""
+        self._catch_up(now)
+        pending = self._changed_by_subscriber.get(subscriber)
+        if path is None:
+            if not pending:
+                return []
+            monitors = list(pending.values())
+            del self._changed_by_subscriber[subscriber]
+        else:
+            path = self._normalized(path)
+            mon = self._monitors_by_subscriber.get(subscriber, {}).get(path)
+            if mon is None:
+                return []
+            if pending:
+                pending.pop(path, None)
+            monitors = [mon]
+        collected: List[Tuple[str, Any]] = []
+        for mon in monitors:
+            collected.extend(self._collect_monitor(mon, now))
+        return collected
+
+    def _collect_monitor(self, mon: _Monitor, now: float) -> List[Tuple[str, Any]]:
+        names = sorted(mon.changed_names)
+        mon.changed_names = set()
+        mon.notified = False
+        node = self._nodes.get(mon.path)
+        mon.reported = node.value if node is not None else NONEXISTENT
+        return [(mon.path if name == "" else _join(mon.path, name),
+                 self._reported_value(mon.path if name == "" else _join(mon.path, name)))
+                for name in names]
+
+    def _reported_value(self, path: str) -> Any:
+        node = self._nodes.get(path)
+        if node is None:
+            return NONEXISTENT
+        return DIRECTORY if node.kind == _KIND_DIR else node.value
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def _bump_revision(self, node: _Node, now: float) -> None:
+        self.revision += 1
+        node.revision = self.revision
+        node.mtime = now
+
+    def _changed(self, node: _Node, now: float) -> None:
+        """Record a change of `node` and tell its monitors and its directory's monitors."""
+        self._bump_revision(node, now)
+        if node.monitors:
+            for mon in list(node.monitors.values()):
+                self._monitor_saw(mon, "", node, now)
+        parent = self._nodes.get(node.parent_path) if node.parent_path is not None else None
+        if parent is not None and parent.monitors:
+            for mon in list(parent.monitors.values()):
+                self._monitor_saw(mon, node.name, node, now)
+
+    def _monitor_saw(self, mon: _Monitor, name: str, node: _Node, now: float) -> None:
+        if (name == "" and mon.deadband > 0 and _is_number(node.value)
+                and _is_number(mon.reported) and abs(node.value - mon.reported) < mon.deadband):
+            return  # within the deadband of what the subscriber last saw: not a change
+        if not mon.changed_names:
+            self._changed_by_subscriber.setdefault(mon.subscriber, {})[mon.path] = mon
+        mon.changed_names.add(name)
+        if mon.notified:
+            return  # coalesced: the subscriber has been told and will collect the latest
+        if now >= mon.quiet_until:
+            self._notify(mon, now)
+        elif mon.timer_seq is None:
+            self._schedule(mon, mon.quiet_until)
+
+    def _notify(self, mon: _Monitor, now: float) -> None:
+        mon.notified = True
+        mon.quiet_until = now + mon.min_period
+        mon.subscriber.notify(mon.path)
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def _schedule(self, target: Any, when: float) -> None:
+        seq = next(self._timer_seqs)
+        target.timer_at = when
+        target.timer_seq = seq
+        heapq.heappush(self._timers, (when, seq, target))
+        # Entries of removed nodes linger until due; rebuild if they come to dominate the heap.
+        if len(self._timers) > 1024 and len(self._timers) > 4 * (len(self._nodes) + self._monitor_count):
+            self._timers = [entry for entry in self._timers if entry[2].timer_seq == entry[1]]
+            heapq.heapify(self._timers)
+
+    def _due_time(self, target: Any) -> Optional[float]:
+        """When `target` needs attention now, or None if it no longer does."""
+        if isinstance(target, _Node):
+            if self._nodes.get(target.path) is not target or target.kind != _KIND_OBJECT:
+                return None
+            return target.deadline
+        if target.active and target.changed_names and not target.notified:
+            return target.quiet_until
+        return None
+
+    def _live_top(self) -> Optional[Tuple[float, Any]]:
+        """Drop stale heap entries and re-queue postponed ones until the top is real."""
+        timers = self._timers
+        while timers:
+            when, seq, target = timers[0]
+            if target.timer_seq != seq:
+                heapq.heappop(timers)
+                continue
+            due = self._due_time(target)
+            if due is not None and due <= when:
+                return when, target
+            heapq.heappop(timers)
+            target.timer_seq = target.timer_at = None
+            if due is not None:
+                self._schedule(target, due)
+        return None
+
+    def next_deadline(self) -> Optional[float]:
+        """The earliest time at which expire_due has something to do, or None."""
+        top = self._live_top()
+        return top[0] if top is not None else None
+
+    def expire_due(self, now: float) -> int:
+        """Expire every object whose lifetime has run out and send the notifications whose
+        MINPERIOD has ended, both due at `now`. Returns the number of objects expired."""
+        expired = 0
+        while True:
+            top = self._live_top()
+            if top is None or top[0] > now:
+                return expired
+            heapq.heappop(self._timers)
+            target = top[1]
+            target.timer_seq = target.timer_at = None
+            if isinstance(target, _Node):
+                self._expire(target, now)
+                expired += 1
+            else:
+                self._notify(target, now)
+
+    def _catch_up(self, now: float) -> None:
+        if self._timers and self._timers[0][0] <= now:
+            self.expire_due(now)
+
+    # -- SAVE ------------------------------------------------------------------------------------
+
+    def _walk(self) -> Iterator[_Node]:
+        """Every existing entry below the root, depth first, children sorted by name."""
+        stack = [child for _, child in sorted(self._nodes["/"].children.items(), reverse=True)]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.kind == _KIND_DIR:
+                stack.extend(child for _, child in sorted(node.children.items(), reverse=True))
+
+    def dump(self) -> str:
+        """The whole store in CFHT's SAVE format, one object a line: `/path/name = value  # comment`.
+
+        A directory gets a line of its own (`/path/dir/  # comment`) only when it has a comment or
+        is empty; otherwise its objects imply it. Lifetimes, auto-expire and the type of an object
+        without a valid value are not saved (CFHT's format has no place for them)."""
+        lines: List[str] = []
+        root = self._nodes["/"]
+        if root.comment:
+            lines.append("/  # " + escape_text(root.comment))
+        for node in self._walk():
+            comment = "  # " + escape_text(node.comment) if node.comment else ""
+            if node.kind == _KIND_DIR:
+                if node.comment or not node.children:
+                    lines.append(node.path + "/" + comment)
+            else:
+                lines.append(node.path + " = " + format_saved_value(node.value) + comment)
+        return "".join(line + "\n" for line in lines)
+
+    @classmethod
+    def load(cls, text: str, now: float = 0.0, **tree_options: Any) -> "Tree":
+        """A new Tree holding what `text` (dump's format) describes. SYNTAX on a malformed line."""
+        tree = cls(**tree_options)
+        tree.restore(text, now)
+        return tree
+
+    def restore(self, text: str, now: float) -> None:
+        """Add the objects and directories `text` (dump's format) describes to this tree."""
+        for number, line in enumerate(text.split("\n"), 1):
+            if line.endswith("\r"):
+                line = line[:-1]
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                self._restore_line(line, now)
+            except StatServError as error:
+                raise StatServError(error.code, "line %d: %s" % (number, error.text)) from None
+
+    def _restore_line(self, line: str, now: float) -> None:
+        path, _, rest = line.partition(" ")
+        rest = " " + rest if rest else ""
+        if path.endswith("/") and not rest.startswith(" = "):
+            comment = _parse_saved_comment(rest)
+            if path == "/":
+                self._nodes["/"].comment = comment or ""
+            else:
+                self.touch_dir(path, now, comment=comment or "")
+            return
+        if not rest.startswith(" = "):
+            raise StatServError(SYNTAX, "expected 'name = value'")
+        value, rest = _parse_saved_value(rest[3:])
+        comment = _parse_saved_comment(rest)
+        if type(value) is ValueWord:
+            if value is NONEXISTENT:
+                return
+            self.touch(path, now, comment=comment)
+            node = self._object(path)
+            node.value = value
+        else:
+            self.set_value(path, value, now, comment=comment)
+
+
+def _parse_saved_value(text: str) -> Tuple[Any, str]:
+    """(value, rest of line) from the text after `name = `."""
+    if text.startswith('"'):
+        index = 1
+        while True:
+            index = text.find('"', index)
+            if index < 0:
+                raise StatServError(SYNTAX, "unterminated string")
+            backslashes = 0
+            while text[index - 1 - backslashes] == "\\":
+                backslashes += 1
+            if backslashes % 2 == 0:
+                return unescape_text(text[1:index]), text[index + 1:]
+            index += 1
+    token, _, _ = text.partition(" ")
+    rest = text[len(token):]
+    if token in ("TRUE", "FALSE"):
+        return token == "TRUE", rest
+    if token in _WORDS:
+        return _WORDS[token], rest
+    if _INT_TEXT.match(token):
+        return int(token), rest
+    if token and "_" not in token:
+        try:
+            return float(token), rest
+        except ValueError:
+            pass
+    raise StatServError(SYNTAX, "bad value %r" % token)
+
+
+def _parse_saved_comment(text: str) -> Optional[str]:
+    if not text.strip():
+        return None
+    stripped = text.lstrip(" ")
+    if not stripped.startswith("#"):
+        raise StatServError(SYNTAX, "unexpected text after the value: %r" % text[:40])
+    comment = stripped[1:]
+    if comment.startswith(" "):
+        comment = comment[1:]
+    return unescape_text(comment)
