@@ -1,8 +1,13 @@
-"""The Drive State Monitor daemon: wires sockets, protocols and the drive store onto one event loop.
+"""The Drive State Monitor daemon: wires sockets, protocols and the stores onto one event loop.
 
-Data flow: socket -> StreamTransport -> QueryConnection / StatusConnection (sans-IO parsers) ->
-DriveStore -> replies -> StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement
--> DriveStore.
+Data flow: socket -> StreamTransport -> QueryConnection / StatusConnection / StatServConnection
+(sans-IO parsers) -> DriveStore and the Status Server Tree -> replies and monitor notices ->
+StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement -> DriveStore, and
+DrivePublisher copies what changed into the tree under /drives.
+
+Time: the stores are pure and take `now` (epoch seconds, from `clock`); one loop timer is kept at the
+earliest deadline either store reports (lifetimes, MINPERIOD ends, drives going silent), so expiry
+fires without anyone reading.
 """
 from __future__ import annotations
 
@@ -19,15 +24,20 @@ from typing import Any, Callable, Dict, List, Optional, Set
 from . import __version__
 from .announcement import Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
+from .drive_publisher import DrivePublisher
 from .drive_store import DriveStore
 from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, EXIT_SOCKET_LISTEN,
-                         DatagramReader, EventLoop, Listener, StreamTransport)
+                         DatagramReader, EventLoop, Listener, StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
 from .multicast_socket import MulticastSetupError, open_multicast_socket
 from .options import parse_options
 from .query_protocol import END_BYTE, Query, encode_reply, error_reply
 from .query_service import QueryConnection
-from .single_instance import (QUERY_SOCKET, InstanceLock, ensure_run_dir, read_pid)
+from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensure_run_dir,
+                              read_pid)
+from .statserv_service import MAX_OUTPUT as STATSERV_MAX_OUTPUT
+from .statserv_service import StatServConnection, is_local_peer
+from .statserv_tree import Tree
 from .status_protocol import StatusReport
 from .status_service import StatusConnection
 
@@ -36,6 +46,10 @@ log = logging.getLogger("dsm")
 LISTEN_BACKLOG = 1024
 # On SIGTERM/SIGINT, replies already being sent get this long to finish.
 SHUTDOWN_GRACE_S = 5.0
+# How often /dsm/ counters are republished into the tree.
+FACTS_PERIOD_S = 1.0
+# The tree must hold /drives for many drives (about 20 objects each) beside clients' own objects.
+TREE_MAX_OBJECTS = 1_000_000
 
 
 class StartupError(Exception):
@@ -122,7 +136,11 @@ class DriveStateMonitor:
         self.options = options
         self.clock = clock
         self.loop = EventLoop()
-        self.store = DriveStore(history=options.history)
+        self.store = DriveStore(history=options.history, drive_lifetime=options.drive_lifetime)
+        self.tree = Tree(max_objects=TREE_MAX_OBJECTS)
+        self.publisher = DrivePublisher(self.tree, options.drive_lifetime)
+        self._deadline_timer: Optional[Timer] = None
+        self._deadline_at: Optional[float] = None
         self.lock = InstanceLock(options.run_dir)
         self.interfaces: List[Interface] = []
         self._iface_names: Dict[int, str] = {}
@@ -160,10 +178,16 @@ class DriveStateMonitor:
         self._add_listener(query_sock, "query", self._accept_query)
         status_sock = open_tcp_listener(opts.status_port, "status")
         self._add_listener(status_sock, "status", self._accept_status)
+        statserv_sock = open_tcp_listener(opts.statserv_port, "Status Server")
+        self._add_listener(statserv_sock, "statserv", self._accept_statserv)
         unix_path = os.path.join(opts.run_dir, QUERY_SOCKET)
         unix_sock = open_unix_listener(unix_path, "query")
         self._unix_paths.append(unix_path)
         self._add_listener(unix_sock, "query-unix", self._accept_query)
+        statserv_path = os.path.join(opts.run_dir, STATSERV_SOCKET)
+        statserv_unix = open_unix_listener(statserv_path, "Status Server")
+        self._unix_paths.append(statserv_path)
+        self._add_listener(statserv_unix, "statserv-unix", self._accept_statserv)
         try:
             mcast_sock = open_multicast_socket(opts.mcast_group, opts.mcast_port, self.interfaces)
         except MulticastSetupError as exc:
@@ -173,16 +197,21 @@ class DriveStateMonitor:
         self.ports = {
             "query_port": query_sock.getsockname()[1],
             "status_port": status_sock.getsockname()[1],
+            "statserv_port": statserv_sock.getsockname()[1],
             "mcast_port": mcast_sock.getsockname()[1],
         }
         self.loop.on_signals([signal.SIGTERM, signal.SIGINT, signal.SIGHUP], self._on_signal)
+        self.loop.add_before_sleep(self._schedule_deadline)
         self.loop.add_before_sleep(self._check_shutdown)
+        self._publish_facts()
+        self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
         self.lock.write_info(dict(pid=os.getpid(), version=__version__, started=self.started_at,
-                                  run_dir=os.path.abspath(opts.run_dir),
-                                  query_socket=unix_path, **self.ports))
+                                  run_dir=os.path.abspath(opts.run_dir), query_socket=unix_path,
+                                  statserv_socket=statserv_path, **self.ports))
         log.info("Drive State Monitor %s started, pid %d", __version__, os.getpid())
-        log.info("queries on TCP port %d and %s; statuses on TCP port %d",
-                 self.ports["query_port"], unix_path, self.ports["status_port"])
+        log.info("queries on TCP port %d and %s; statuses on TCP port %d; Status Server on TCP "
+                 "port %d and %s", self.ports["query_port"], unix_path, self.ports["status_port"],
+                 self.ports["statserv_port"], statserv_path)
         log.info("hearing %s:%d on %s", opts.mcast_group, self.ports["mcast_port"],
                  ", ".join("%s (%s)" % (i.name, i.ipv4) for i in self.interfaces) or "no interface")
         return True
@@ -256,6 +285,17 @@ class DriveStateMonitor:
         transport = self._new_transport(conn, addr, label)
         transport.start(QueryConnection(transport, self.answer_query))
 
+    def _accept_statserv(self, conn: socket.socket, addr: Any, label: str) -> None:
+        transport = StreamTransport(self.loop, conn, peer_label(label, addr),
+                                    max_output=STATSERV_MAX_OUTPUT,
+                                    on_close=self.transports.discard)
+        self.transports.add(transport)
+        self.counters["connections_statserv"] += 1
+        transport.start(StatServConnection(
+            transport, self.tree, self.clock, is_local=is_local_peer(addr),
+            on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
+            save_dir=self.options.state_dir))
+
     def _accept_status(self, conn: socket.socket, addr: Any, label: str) -> None:
         if conn.family != socket.AF_UNIX:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -281,6 +321,7 @@ class DriveStateMonitor:
         if kind == "w":
             self.counters["queries_w"] += 1
             wiped = self.store.wipe()
+            wiped["tree_objects"] = self.publisher.wipe(self.clock())
             log.info("wipe requested by %s: %s", source, wiped)
             return encode_reply({"wiped": wiped})
         if self.options.fault_injection and query.bad_token.startswith("!crash"):
@@ -294,22 +335,75 @@ class DriveStateMonitor:
         if not self.store.record_status(report.serial_number, report.entry_json):
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1
+        self.publisher.status(report.serial_number, report.time_stamp, report.status, self.clock())
         return None
 
     def _on_datagram(self, data: bytes, sender: Any, ifindex: int) -> None:
         now = self.clock()
         iface = self._iface_names.get(ifindex) or _interface_name(ifindex)
         self.counters["announcements"] += 1
-        if self.store.refresh_repeat(data, now, sender[0], iface):
+        serial = self.store.refresh_repeat(data, now, sender[0], iface)
+        if serial is None:
+            parsed = parse_announcement(data)
+            if isinstance(parsed, Rejected):
+                self.counters["announcements_rejected_" + parsed.reason] += 1
+                self._complain("multicast %s:%d on %s" % (sender[0], sender[1], iface),
+                               parsed.detail)
+                return
+            serial = parsed.serial_number
+            if not self.store.record_announcement(serial, parsed.fields, data, now, sender[0],
+                                                  iface):
+                self.counters["announcements_rejected_table_full"] += 1
+                return
+        drive = self.store.drives[serial]
+        added = self.store.added_fields(drive)
+        del added["state"]  # in the tree, a silent drive's objects read EXPIRED instead
+        self.publisher.announcement(serial, drive.fields, added, now)
+
+    # --- time ---------------------------------------------------------------------------------
+    def _schedule_deadline(self) -> None:
+        """Keeps one loop timer at the earliest deadline of the tree and the drive store."""
+        deadlines = [d for d in (self.tree.next_deadline(), self.store.next_deadline())
+                     if d is not None]
+        if not deadlines:
             return
-        parsed = parse_announcement(data)
-        if isinstance(parsed, Rejected):
-            self.counters["announcements_rejected_" + parsed.reason] += 1
-            self._complain("multicast %s:%d on %s" % (sender[0], sender[1], iface), parsed.detail)
-            return
-        if not self.store.record_announcement(parsed.serial_number, parsed.fields, data, now,
-                                              sender[0], iface):
-            self.counters["announcements_rejected_table_full"] += 1
+        due = min(deadlines)
+        if self._deadline_timer is not None and not self._deadline_timer.cancelled:
+            if self._deadline_at is not None and self._deadline_at <= due:
+                return
+            self._deadline_timer.cancel()
+        self._deadline_at = due
+        self._deadline_timer = self.loop.call_later(max(0.0, due - self.clock()),
+                                                    self._run_deadlines)
+
+    def _run_deadlines(self) -> None:
+        self._deadline_timer = None
+        self._deadline_at = None
+        now = self.clock()
+        self.counters["expirations"] += self.tree.expire_due(now)
+        for serial in self.store.expire_due(now):
+            log.info("drive %s went silent (not heard for %g s)", serial,
+                     self.options.drive_lifetime)
+
+    def _publish_facts(self) -> None:
+        now = self.clock()
+        self.publisher.facts({
+            "version": __version__,
+            "pid": os.getpid(),
+            "start_time": self.started_at,
+            "interfaces": ",".join("%s=%s" % (i.name, i.ipv4) for i in self.interfaces),
+            "drives_known": len(self.store.drives),
+            "drives_alive": sum(1 for d in self.store.drives.values() if d.alive),
+            "connections_open": len(self.transports),
+            "tree_objects": len(self.tree),
+            "counters": dict(self.counters, bad_inputs=self.bad_input.total,
+                             handler_failures=self.loop.handler_failures,
+                             tree_publish_refused=self.publisher.refused),
+        }, now)
+
+    def _publish_facts_periodically(self) -> None:
+        self._publish_facts()
+        self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
 
     def _complain(self, source: str, what: str) -> None:
         self.bad_input.complain(self.clock(), source, what)

@@ -10,14 +10,17 @@ what drives do every 5 s — is recognised by the raw bytes and costs a dict loo
 from __future__ import annotations
 
 import collections
+import heapq
 import json
 import time
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 # Fields the DSM adds beside the drive's own; `last_seen` keeps the original tool's format.
 LAST_SEEN = "last_seen"
 LAST_SEEN_FORMAT = "%Y %b %d %H:%M:%S"
-ADDED_FIELDS = (LAST_SEEN, "last_seen_epoch", "source_address", "interface")
+ADDED_FIELDS = (LAST_SEEN, "last_seen_epoch", "source_address", "interface", "state")
+ALIVE = "alive"
+EXPIRED = "expired"
 DEFAULT_HISTORY = 20
 # A flood of announcements with random serial numbers must not eat the memory: new drives past
 # this many are refused (and counted) until `w` clears the table.
@@ -27,7 +30,7 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 class DriveRecord:
     __slots__ = ("serial", "fields", "raw", "fields_prefix", "last_seen", "source_address",
-                 "interface", "fragment")
+                 "interface", "fragment", "alive", "expiry_queued")
 
     def __init__(self, serial: str) -> None:
         self.serial = serial
@@ -38,16 +41,24 @@ class DriveRecord:
         self.source_address = ""
         self.interface = ""
         self.fragment: Optional[str] = None  # `"serial": {...}` for the `m` reply, None when stale
+        self.alive = True
+        self.expiry_queued = False  # an entry for this drive is in the expiry heap
 
 
 class DriveStore:
     """Drive announcements and status histories, with cached `m` and `s` replies."""
 
     def __init__(self, history: int = DEFAULT_HISTORY, max_drives: int = DEFAULT_MAX_DRIVES,
-                 max_status_serials: int = DEFAULT_MAX_STATUS_SERIALS) -> None:
+                 max_status_serials: int = DEFAULT_MAX_STATUS_SERIALS,
+                 drive_lifetime: Optional[float] = None) -> None:
         if history < 1:
             raise ValueError("history must be at least 1")
         self.history = history
+        # A drive not heard for this long is "expired" in `m` (None: drives never expire).
+        self.drive_lifetime = drive_lifetime
+        # (deadline, serial); one entry per drive at most, re-queued when it comes due while the
+        # drive has been heard since — so announcements never grow the heap.
+        self._expiry_heap: List[Tuple[float, str]] = []
         self.max_drives = max_drives
         self.max_status_serials = max_status_serials
         self.drives: Dict[str, DriveRecord] = {}
@@ -62,18 +73,13 @@ class DriveStore:
         self._last_seen_text: Dict[int, str] = {}
 
     # --- announcements ------------------------------------------------------------------------
-    def refresh_repeat(self, raw: bytes, now: float, source_address: str, interface: str) -> bool:
-        """Records `raw` if it repeats a drive's current announcement byte for byte."""
+    def refresh_repeat(self, raw: bytes, now: float, source_address: str,
+                       interface: str) -> Optional[str]:
+        """Records `raw` if it repeats a drive's current announcement byte for byte; its serial."""
         serial = self._serial_by_raw.get(raw)
-        if serial is None:
-            return False
-        drive = self.drives[serial]
-        drive.last_seen = now
-        drive.source_address = source_address
-        drive.interface = interface
-        drive.fragment = None
-        self.drives_version += 1
-        return True
+        if serial is not None:
+            self._heard(self.drives[serial], now, source_address, interface)
+        return serial
 
     def record_announcement(self, serial: str, fields: Dict[str, Any], raw: bytes, now: float,
                             source_address: str, interface: str) -> bool:
@@ -92,18 +98,49 @@ class DriveStore:
             drive.fields = fields
             own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
             drive.fields_prefix = json.dumps(own)[:-1]
+        self._heard(drive, now, source_address, interface)
+        return True
+
+    def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str) -> None:
         drive.last_seen = now
         drive.source_address = source_address
         drive.interface = interface
+        drive.alive = True
         drive.fragment = None
         self.drives_version += 1
-        return True
+        if self.drive_lifetime is not None and not drive.expiry_queued:
+            drive.expiry_queued = True
+            heapq.heappush(self._expiry_heap, (now + self.drive_lifetime, drive.serial))
+
+    def next_deadline(self) -> Optional[float]:
+        """When `expire_due` may next have a drive to expire, or None."""
+        return self._expiry_heap[0][0] if self._expiry_heap else None
+
+    def expire_due(self, now: float) -> List[str]:
+        """Marks every drive silent for longer than the lifetime as expired; returns their serials."""
+        expired: List[str] = []
+        heap = self._expiry_heap
+        while heap and heap[0][0] <= now:
+            _, serial = heapq.heappop(heap)
+            drive = self.drives.get(serial)
+            if drive is None or not drive.expiry_queued:
+                continue  # wiped, or a stale entry
+            deadline = drive.last_seen + self.drive_lifetime
+            if deadline > now:
+                heapq.heappush(heap, (deadline, serial))
+                continue
+            drive.expiry_queued = False
+            drive.alive = False
+            drive.fragment = None
+            self.drives_version += 1
+            expired.append(serial)
+        return expired
 
     def drive_view(self, serial: str) -> Dict[str, Any]:
         """One drive as the `m` reply shows it."""
         drive = self.drives[serial]
         view = {key: value for key, value in drive.fields.items() if key not in ADDED_FIELDS}
-        view.update(self._added_fields(drive))
+        view.update(self.added_fields(drive))
         return view
 
     def multicast_json(self) -> bytes:
@@ -111,19 +148,21 @@ class DriveStore:
         parts: List[str] = []
         for drive in self.drives.values():
             if drive.fragment is None:
-                added = json.dumps(self._added_fields(drive))[1:]
+                added = json.dumps(self.added_fields(drive))[1:]
                 joiner = ", " if drive.fields_prefix != "{" else ""
                 drive.fragment = "%s: %s%s%s" % (json.dumps(drive.serial), drive.fields_prefix,
                                                  joiner, added)
             parts.append(drive.fragment)
         return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
-    def _added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
+    def added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
+        """What the DSM adds beside a drive's own fields."""
         return {
             LAST_SEEN: self._format_last_seen(drive.last_seen),
             "last_seen_epoch": round(drive.last_seen, 3),
             "source_address": drive.source_address,
             "interface": drive.interface,
+            "state": ALIVE if drive.alive else EXPIRED,
         }
 
     def _format_last_seen(self, epoch: float) -> str:
@@ -173,6 +212,7 @@ class DriveStore:
         }
         self.drives.clear()
         self._serial_by_raw.clear()
+        self._expiry_heap.clear()
         self.statuses.clear()
         self._status_fragments.clear()
         self.drives_version += 1

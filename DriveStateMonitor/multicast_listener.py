@@ -53,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     def on_datagram(data: bytes, sender: Any, ifindex: int) -> None:
         now = time.time()
         iface = names.get(ifindex, "if%d" % ifindex)
-        if store.refresh_repeat(data, now, sender[0], iface):
+        if store.refresh_repeat(data, now, sender[0], iface) is not None:
             return
         parsed = parse_announcement(data)
         if isinstance(parsed, Rejected):

@@ -11,6 +11,9 @@ DEFAULT_STATUS_PORT = 3110
 DEFAULT_MCAST_GROUP = "239.1.2.3"
 DEFAULT_MCAST_PORT = 8123
 DEFAULT_HISTORY = 20
+DEFAULT_STATSERV_PORT = 3111
+DEFAULT_DRIVE_LIFETIME = 60.0
+DEFAULT_STATE_DIR = os.path.join(PACKAGE_DIR, "State")
 DEFAULT_RUN_DIR = "/tmp/DriveStateMonitor"
 DEFAULT_LOG_DIR = os.path.join(PACKAGE_DIR, "Logs")
 
@@ -32,6 +35,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError("not a whole number: %r" % text) from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1: %d" % value)
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be more than 0 seconds: %r" % text)
     return value
 
 
@@ -64,6 +77,17 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                              "port, written to <run-dir>/dsm.json)")
     parser.add_argument("--status-port", type=port, default=DEFAULT_STATUS_PORT, metavar="PORT",
                         help="TCP port for status reports from test scripts (default %(default)s)")
+    parser.add_argument("--statserv-port", type=port, default=DEFAULT_STATSERV_PORT,
+                        metavar="PORT",
+                        help="TCP port of the Status Server line protocol (default %(default)s; "
+                             "also served on <run-dir>/statserv.sock)")
+    parser.add_argument("--drive-lifetime", type=positive_seconds, default=DEFAULT_DRIVE_LIFETIME,
+                        metavar="SECONDS",
+                        help="a drive not heard for this long reads EXPIRED in the tree and "
+                             "\"expired\" in m (default %(default)g)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help="where the Status Server's SAVE writes (default: State/ beside the "
+                             "scripts)")
     parser.add_argument("--history", type=positive_int, default=DEFAULT_HISTORY, metavar="N",
                         help="statuses kept per serial number, oldest dropped first "
                              "(default %(default)s)")

@@ -15,6 +15,7 @@ LOCK_FILE = "dsm.lock"
 PID_FILE = "dsm.pid"
 INFO_FILE = "dsm.json"  # pid and the ports actually bound (useful with port 0)
 QUERY_SOCKET = "dsm.sock"
+STATSERV_SOCKET = "statserv.sock"
 
 
 def ensure_run_dir(run_dir: str) -> None:
