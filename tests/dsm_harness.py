@@ -136,6 +136,23 @@ class DsmProcess:
         return self.info["status_port"]
 
     @property
+    def statserv_port(self) -> int:
+        return self.info["statserv_port"]
+
+    @property
+    def statserv_socket(self) -> str:
+        return os.path.join(self.run_dir, "statserv.sock")
+
+    def connect_statserv(self, unix: bool = False) -> socket.socket:
+        """A Status Server connection (line protocol), TCP or the Unix socket."""
+        if unix:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(self.statserv_socket)
+            return sock
+        return socket.create_connection((LOOPBACK, self.statserv_port), timeout=10)
+
+    @property
     def unix_socket(self) -> str:
         return os.path.join(self.run_dir, "dsm.sock")
 
@@ -214,8 +231,9 @@ class DsmFactory:
         os.makedirs(log_dir, exist_ok=True)
         mcast_port = mcast_port or free_udp_port()
         args = ["--interfaces", interfaces, "--query-port", "0", "--status-port", "0",
-                "--mcast-group", TEST_GROUP, "--mcast-port", str(mcast_port),
-                "--run-dir", run_dir, "--log-dir", log_dir] + list(extra)
+                "--statserv-port", "0", "--mcast-group", TEST_GROUP,
+                "--mcast-port", str(mcast_port), "--run-dir", run_dir, "--log-dir", log_dir,
+                "--state-dir", os.path.join(base, "state")] + list(extra)
         dsm = DsmProcess(args, run_dir, log_dir, mcast_port, env=env, prefix=prefix)
         self.processes.append(dsm)
         return dsm.wait_ready() if wait else dsm
