@@ -31,13 +31,14 @@ from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, EXIT_SOCKE
 from .interfaces import Interface, select_interfaces
 from .multicast_socket import MulticastSetupError, open_multicast_socket
 from .options import parse_options
+from .persistence import Journal, load_state
 from .query_protocol import END_BYTE, Query, encode_reply, error_reply
 from .query_service import QueryConnection
 from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensure_run_dir,
                               read_pid)
 from .statserv_service import MAX_OUTPUT as STATSERV_MAX_OUTPUT
 from .statserv_service import StatServConnection, is_local_peer
-from .statserv_tree import Tree
+from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
 from .status_service import StatusConnection
 
@@ -137,8 +138,11 @@ class DriveStateMonitor:
         self.clock = clock
         self.loop = EventLoop()
         self.store = DriveStore(history=options.history, drive_lifetime=options.drive_lifetime)
-        self.tree = Tree(max_objects=TREE_MAX_OBJECTS)
+        self.tree = JournaledTree(max_objects=TREE_MAX_OBJECTS)
         self.publisher = DrivePublisher(self.tree, options.drive_lifetime)
+        self.state = StoreState(self.store, self.tree, self.publisher)
+        self.journal = Journal(options.state_dir, options.fsync,
+                               lambda: self.state.snapshot(self.clock()), clock)
         self._deadline_timer: Optional[Timer] = None
         self._deadline_at: Optional[float] = None
         self.lock = InstanceLock(options.run_dir)
@@ -173,6 +177,7 @@ class DriveStateMonitor:
         except ValueError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc)
         self._iface_names = {iface.index: iface.name for iface in self.interfaces}
+        self._restore()
 
         query_sock = open_tcp_listener(opts.query_port, "query")
         self._add_listener(query_sock, "query", self._accept_query)
@@ -203,6 +208,10 @@ class DriveStateMonitor:
         self.loop.on_signals([signal.SIGTERM, signal.SIGINT, signal.SIGHUP], self._on_signal)
         self.loop.add_before_sleep(self._schedule_deadline)
         self.loop.add_before_sleep(self._check_shutdown)
+        # Last hook: the journal reaches the disk before this pass's replies are sent.
+        self.loop.add_before_sleep(lambda: self.journal.flush(time.monotonic()))
+        self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
+        self.loop.call_later(Journal.RETRY_S, self._watch_journal)
         self._publish_facts()
         self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
         self.lock.write_info(dict(pid=os.getpid(), version=__version__, started=self.started_at,
@@ -217,8 +226,48 @@ class DriveStateMonitor:
         return True
 
     def run(self) -> int:
-        """Serves until SIGTERM (0), SIGINT (1) or the kill switch (4); returns the exit code."""
-        return self.loop.run()
+        """Serves until SIGTERM (0), SIGINT (1) or the kill switch (4); snapshots; returns the code."""
+        code = self.loop.run()
+        self.state.attach(None)
+        if self.journal.snapshot_now():
+            log.info("snapshot written to %s", self.options.state_dir)
+        return code
+
+    # --- durability ---------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Loads the state dir (snapshot + journal) and starts a new journal after it."""
+        started = time.monotonic()
+        state_dir = self.options.state_dir
+        loaded = load_state(state_dir)
+        counts = self.state.restore(loaded, self.clock())
+        if loaded.snapshot is not None or loaded.records:
+            log.info("restored from %s in %.3f s: %s%s", state_dir, time.monotonic() - started,
+                     ", ".join("%s %d" % kv for kv in sorted(counts.items())),
+                     "; torn journal tails dropped: %s" % ", ".join(loaded.torn)
+                     if loaded.torn else "")
+        self.journal.open(loaded.next_seq)
+        self.state.attach(self.journal.record)
+
+    def _snapshot_periodically(self) -> None:
+        if self._shutdown_deadline is not None:
+            return
+        if self.journal.start_snapshot():
+            self.loop.call_later(0.1, self._poll_snapshot)
+        self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
+
+    def _poll_snapshot(self) -> None:
+        result = self.journal.poll_snapshot()
+        if result is None:
+            self.loop.call_later(0.1, self._poll_snapshot)
+        elif result:
+            log.info("snapshot %d written", self.journal.seq)
+
+    def _watch_journal(self) -> None:
+        """A failed state dir is retried: a fresh snapshot, then a new journal."""
+        if self.journal.needs_snapshot and self._shutdown_deadline is None:
+            if self.journal.start_snapshot():
+                self.loop.call_later(0.1, self._poll_snapshot)
+        self.loop.call_later(Journal.RETRY_S, self._watch_journal)
 
     def close(self) -> None:
         """Closes every socket and releases the lock; safe after a failed start."""
@@ -232,6 +281,8 @@ class DriveStateMonitor:
                 os.unlink(path)
             except OSError:
                 pass
+        self.journal.wait_for_child()
+        self.journal.close()
         self.loop.close()
         self.lock.release()
 
@@ -320,8 +371,10 @@ class DriveStateMonitor:
             return self._cached_s[1]
         if kind == "w":
             self.counters["queries_w"] += 1
+            now = self.clock()
             wiped = self.store.wipe()
-            wiped["tree_objects"] = self.publisher.wipe(self.clock())
+            wiped["tree_objects"] = self.publisher.wipe(now)
+            self.state.wiped(now)
             log.info("wipe requested by %s: %s", source, wiped)
             return encode_reply({"wiped": wiped})
         if self.options.fault_injection and query.bad_token.startswith("!crash"):
@@ -335,6 +388,7 @@ class DriveStateMonitor:
         if not self.store.record_status(report.serial_number, report.entry_json):
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1
+        self.state.status(report.serial_number, report.entry_json)
         self.publisher.status(report.serial_number, report.time_stamp, report.status, self.clock())
         return None
 
@@ -343,7 +397,9 @@ class DriveStateMonitor:
         iface = self._iface_names.get(ifindex) or _interface_name(ifindex)
         self.counters["announcements"] += 1
         serial = self.store.refresh_repeat(data, now, sender[0], iface)
-        if serial is None:
+        if serial is not None:
+            self.state.heard(serial, now, sender[0], iface)
+        else:
             parsed = parse_announcement(data)
             if isinstance(parsed, Rejected):
                 self.counters["announcements_rejected_" + parsed.reason] += 1
@@ -355,6 +411,7 @@ class DriveStateMonitor:
                                                   iface):
                 self.counters["announcements_rejected_table_full"] += 1
                 return
+            self.state.announced(serial, data, now, sender[0], iface)
         drive = self.store.drives[serial]
         added = self.store.added_fields(drive)
         del added["state"]  # in the tree, a silent drive's objects read EXPIRED instead
@@ -396,6 +453,7 @@ class DriveStateMonitor:
             "drives_alive": sum(1 for d in self.store.drives.values() if d.alive),
             "connections_open": len(self.transports),
             "tree_objects": len(self.tree),
+            "journal": self.journal.status(),
             "counters": dict(self.counters, bad_inputs=self.bad_input.total,
                              handler_failures=self.loop.handler_failures,
                              tree_publish_refused=self.publisher.refused),

@@ -353,7 +353,9 @@ class StreamTransport:
         self._update_interest()
 
     def on_writable(self) -> None:
-        self.flush()
+        # Flushed with every other dirty transport after the before-sleep hooks, so a reply never
+        # overtakes the journal flush (and fsync) of the change it acknowledges.
+        self.loop.mark_dirty(self)
 
     # --- input --------------------------------------------------------------------------------
     def on_readable(self) -> None:

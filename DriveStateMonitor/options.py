@@ -86,8 +86,17 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help="a drive not heard for this long reads EXPIRED in the tree and "
                              "\"expired\" in m (default %(default)g)")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
-                        help="where the Status Server's SAVE writes (default: State/ beside the "
+                        help="snapshot and journal of the whole store, restored at start, and "
+                             "where the Status Server's SAVE writes (default: State/ beside the "
                              "scripts)")
+    parser.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec",
+                        help="always: a change is acknowledged only once its journal record is "
+                             "on disk; everysec: fsync once a second; no: leave it to the kernel "
+                             "(default %(default)s)")
+    parser.add_argument("--snapshot-interval", type=positive_seconds, default=600.0,
+                        metavar="SECONDS",
+                        help="how often the whole store is snapshotted (default %(default)g, "
+                             "CFHT's 10 minutes; also at every stop)")
     parser.add_argument("--history", type=positive_int, default=DEFAULT_HISTORY, metavar="N",
                         help="statuses kept per serial number, oldest dropped first "
                              "(default %(default)s)")

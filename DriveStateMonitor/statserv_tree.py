@@ -637,6 +637,17 @@ class Tree:
 
     # -- owners --------------------------------------------------------------------------------
 
+    def autoexpire_paths(self, owner: Any) -> List[str]:
+        """The objects that expire when `owner` is released."""
+        return sorted(self._autoexpire_by_owner.get(owner, ()))
+
+    def expire(self, path: str, now: float) -> None:
+        """Makes an object EXPIRED now (replaying an auto-expire whose owner is gone)."""
+        node = self._object(path)
+        node.deadline = None
+        node.autoexpire_owner = None
+        self._expire(node, now)
+
     def release_owner(self, owner: Any, now: float) -> None:
         """Everything `owner` held is let go (its monitors end, unheld placeholders are freed) and
         the objects it TOUCHed with AUTOEXPIRE become EXPIRED."""
@@ -862,6 +873,62 @@ class Tree:
     def _catch_up(self, now: float) -> None:
         if self._timers and self._timers[0][0] <= now:
             self.expire_due(now)
+
+    # -- snapshots (durability) --------------------------------------------------------------
+
+    def export_entries(self, skip: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
+        """Every directory and object with all its attributes, parents first, as JSON-able dicts.
+
+        Entries under a path in `skip` (and their directories) are left out: the daemon rebuilds
+        /drives and /dsm from its own records. Holders and monitors are not exported: they belong
+        to connections, which do not survive a restart."""
+        entries: List[Dict[str, Any]] = []
+        for node in self._walk():
+            if any(node.path == prefix or node.path.startswith(prefix + "/") for prefix in skip):
+                continue
+            if node.kind == _KIND_DIR:
+                entries.append({"path": node.path, "dir": True, "comment": node.comment,
+                                "mtime": node.mtime})
+                continue
+            value = node.value
+            entry: Dict[str, Any] = {
+                "path": node.path, "type": node.type_name, "comment": node.comment,
+                "lifetime": node.lifetime, "deadline": node.deadline, "mtime": node.mtime,
+                "autoexpire": node.autoexpire_owner is not None,
+            }
+            if type(value) is ValueWord:
+                entry["word"] = str(value)
+            else:
+                entry["value"] = value
+            entries.append(entry)
+        return entries
+
+    def import_entries(self, entries: List[Dict[str, Any]], now: float) -> None:
+        """Recreates exported entries. Lifetimes keep the deadlines they had; auto-expire objects
+        come back EXPIRED, since the connection that owned them is gone."""
+        for entry in entries:
+            path = entry["path"]
+            if entry.get("dir"):
+                self.touch_dir(path, entry.get("mtime", now), comment=entry.get("comment", ""))
+                continue
+            self.touch(path, entry.get("mtime", now), comment=entry.get("comment", ""),
+                       type_name=entry.get("type", TYPE_STRING))
+            node = self._nodes[path]
+            word = entry.get("word")
+            if word is not None:
+                node.value = _WORDS.get(word, UNDEFINED)
+            else:
+                node.value = entry["value"]
+            node.lifetime = float(entry.get("lifetime") or 0.0)
+            deadline = entry.get("deadline")
+            if entry.get("autoexpire"):
+                node.value = EXPIRED
+                deadline = None
+            if deadline is not None and node.value is not EXPIRED:
+                node.deadline = float(deadline)
+                self._schedule(node, node.deadline)
+            node.mtime = entry.get("mtime", now)
+        self.expire_due(now)
 
     # -- SAVE ------------------------------------------------------------------------------------
 

@@ -1,0 +1,225 @@
+"""What survives a restart, and the journal records that carry each change to disk.
+
+Kept: every drive's newest announcement with when, from whom and where it was heard; every status
+history; every object and directory clients made in the Status Server tree, with types, comments,
+lifetimes and deadlines. Rebuilt rather than kept: /drives (from the drive records, with the times
+they were heard, so lifetimes keep counting across the restart) and /dsm (the new process's facts).
+Not kept: connections, monitors and holds — they die with the process.
+
+Journal records are short JSON arrays, the first item naming the change:
+
+    ["a", serial, datagram_text, t, source, interface]   a new or changed announcement
+    ["h", serial, t, source, interface]                  heard again (at most every lifetime/4)
+    ["s", serial, entry_json_text]                       a status
+    ["w", t]                                             the `w` wipe
+    ["tt", path, t, comment, lifetime, autoexpire, type] TOUCH
+    ["td", path, t, comment]                             TOUCHDIR
+    ["tp", path, value_text, t, lifetime]                PUT
+    ["tr", path, t] / ["trd", path, t]                   REMOVE / RMDIR
+    ["tx", path, t]                                      expired: its auto-expire owner left
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, Dict, List, Optional
+
+from .drive_publisher import DRIVES, DSM, DrivePublisher
+from .drive_store import DriveStore
+from .persistence import Loaded
+from .statserv_tree import StatServError, Tree
+
+log = logging.getLogger("dsm.state")
+
+SNAPSHOT_FORMAT = 1
+Recorder = Callable[[List[Any]], None]
+
+
+class JournaledTree(Tree):
+    """A Tree whose client-facing changes (TOUCH, TOUCHDIR, PUT, REMOVE, RMDIR) are journaled.
+
+    The daemon's own publishing (set_value, remove_subtree) is not: /drives and /dsm are rebuilt
+    from the daemon's records."""
+
+    record: Optional[Recorder] = None
+
+    def touch(self, path: str, now: float, *, owner: Any = None, comment: Optional[str] = None,
+              lifetime: Optional[float] = None, autoexpire: bool = False,
+              type_name: Optional[str] = None) -> None:
+        super().touch(path, now, owner=owner, comment=comment, lifetime=lifetime,
+                      autoexpire=autoexpire, type_name=type_name)
+        if self.record is not None:
+            self.record(["tt", path, now, comment, lifetime, bool(autoexpire and owner is not None),
+                         type_name])
+
+    def touch_dir(self, path: str, now: float, *, owner: Any = None,
+                  comment: Optional[str] = None) -> None:
+        super().touch_dir(path, now, owner=owner, comment=comment)
+        if self.record is not None:
+            self.record(["td", path, now, comment])
+
+    def put(self, path: str, text: str, now: float, *, lifetime: Optional[float] = None) -> None:
+        super().put(path, text, now, lifetime=lifetime)
+        if self.record is not None:
+            self.record(["tp", path, text, now, lifetime])
+
+    def remove(self, path: str, now: float) -> None:
+        super().remove(path, now)
+        if self.record is not None:
+            self.record(["tr", path, now])
+
+    def remove_dir(self, path: str, now: float) -> None:
+        super().remove_dir(path, now)
+        if self.record is not None:
+            self.record(["trd", path, now])
+
+    def release_owner(self, owner: Any, now: float) -> None:
+        expiring = self.autoexpire_paths(owner) if self.record is not None else []
+        super().release_owner(owner, now)
+        if self.record is not None:
+            for path in expiring:
+                self.record(["tx", path, now])
+
+
+class StoreState:
+    """Turns the stores into a snapshot and back, and changes into journal records and back."""
+
+    def __init__(self, store: DriveStore, tree: JournaledTree, publisher: DrivePublisher) -> None:
+        self.store = store
+        self.tree = tree
+        self.publisher = publisher
+        self.record: Optional[Recorder] = None
+        self._heard_recorded: Dict[str, float] = {}
+        self._owned_at_crash: Dict[str, float] = {}  # replay: auto-expire objects never released
+
+    def attach(self, record: Optional[Recorder]) -> None:
+        """Starts (or, with None, stops) sending change records to `record`."""
+        self.record = record
+        self.tree.record = record
+
+    # --- changes, as they happen --------------------------------------------------------------
+    def announced(self, serial: str, raw: bytes, now: float, source: str, interface: str) -> None:
+        if self.record is not None:
+            self.record(["a", serial, raw.decode("utf-8"), now, source, interface])
+            self._heard_recorded[serial] = now
+
+    def heard(self, serial: str, now: float, source: str, interface: str) -> None:
+        # Drives repeat themselves every 5 s; one record per quarter lifetime keeps a restarted
+        # DSM's idea of "silent" within that margin without journaling every datagram.
+        if self.record is None:
+            return
+        lifetime = self.store.drive_lifetime or 60.0
+        if now - self._heard_recorded.get(serial, float("-inf")) >= lifetime / 4:
+            self.record(["h", serial, now, source, interface])
+            self._heard_recorded[serial] = now
+
+    def status(self, serial: str, entry_json: bytes) -> None:
+        if self.record is not None:
+            self.record(["s", serial, entry_json.decode("utf-8")])
+
+    def wiped(self, now: float) -> None:
+        self._heard_recorded.clear()
+        if self.record is not None:
+            self.record(["w", now])
+
+    # --- snapshot -----------------------------------------------------------------------------
+    def snapshot(self, now: float) -> Dict[str, Any]:
+        """The whole store as a JSON-able dict."""
+        store = self.store
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "saved_at": now,
+            "drives": [[d.serial, d.raw.decode("utf-8"), d.last_seen, d.source_address, d.interface]
+                       for d in store.drives.values()],
+            "statuses": {serial: [entry.decode("utf-8") for entry in history]
+                         for serial, history in store.statuses.items()},
+            "tree": self.tree.export_entries(skip=(DRIVES, DSM)),
+        }
+
+    # --- restore ------------------------------------------------------------------------------
+    def restore(self, loaded: Loaded, now: float) -> Dict[str, int]:
+        """Rebuilds the stores from a snapshot and its journal records; counts what it applied."""
+        self.attach(None)
+        counts = {"drives": 0, "statuses": 0, "tree_entries": 0, "records": 0, "bad_records": 0}
+        snapshot = loaded.snapshot
+        if snapshot is not None:
+            for serial, raw, last_seen, source, interface in snapshot.get("drives", []):
+                self._announce(serial, raw, last_seen, source, interface)
+            for serial, entries in snapshot.get("statuses", {}).items():
+                for entry in entries:
+                    self.store.record_status(serial, entry.encode("utf-8"))
+            entries = snapshot.get("tree", [])
+            self.tree.import_entries(entries, now)
+            counts["tree_entries"] = len(entries)
+        for record in loaded.records:
+            try:
+                self.apply(record)
+                counts["records"] += 1
+            except (StatServError, ValueError, TypeError, KeyError, IndexError) as exc:
+                # A record the tree refuses now (a limit lowered since, say) is skipped, not fatal.
+                counts["bad_records"] += 1
+                log.warning("journal record %r not applied: %s", str(record)[:120], exc)
+        for path in self._owned_at_crash:
+            # Their owners' connections died with the old process: auto-expire fires now.
+            if self.tree.kind(path) == "object":
+                self.tree.expire(path, now)
+        self._owned_at_crash.clear()
+        self.store.expire_due(now)
+        self._republish(now)
+        self.tree.expire_due(now)
+        counts["drives"] = len(self.store.drives)
+        counts["statuses"] = sum(len(h) for h in self.store.statuses.values())
+        return counts
+
+    def apply(self, record: List[Any]) -> None:
+        """Applies one journal record (replay)."""
+        kind = record[0]
+        if kind == "a":
+            _, serial, raw, t, source, interface = record
+            self._announce(serial, raw, t, source, interface)
+        elif kind == "h":
+            _, serial, t, source, interface = record
+            drive = self.store.drives.get(serial)
+            if drive is not None:
+                self.store.refresh_repeat(drive.raw, t, source, interface)
+        elif kind == "s":
+            self.store.record_status(record[1], record[2].encode("utf-8"))
+        elif kind == "w":
+            self.store.wipe()
+            self.publisher.wipe(record[1])
+        elif kind == "tt":
+            _, path, t, comment, lifetime, autoexpire, type_name = record
+            self.tree.touch(path, t, comment=comment, lifetime=lifetime, type_name=type_name)
+            if autoexpire:
+                self._owned_at_crash[path] = t
+        elif kind == "tx":
+            self._owned_at_crash.pop(record[1], None)
+            if self.tree.kind(record[1]) == "object":
+                self.tree.expire(record[1], record[2])
+        elif kind == "td":
+            self.tree.touch_dir(record[1], record[2], comment=record[3])
+        elif kind == "tp":
+            _, path, text, t, lifetime = record
+            self.tree.put(path, text, t, lifetime=lifetime)
+        elif kind == "tr":
+            self._owned_at_crash.pop(record[1], None)
+            self.tree.remove(record[1], record[2])
+        elif kind == "trd":
+            self.tree.remove_dir(record[1], record[2])
+        else:
+            raise ValueError("unknown record kind %r" % kind)
+
+    def _announce(self, serial: str, raw: str, t: float, source: str, interface: str) -> None:
+        data = raw.encode("utf-8")
+        self.store.record_announcement(serial, json.loads(raw), data, t, source, interface)
+
+    def _republish(self, now: float) -> None:
+        """Rebuilds /drives from the drive records, each as of when it was last heard."""
+        for serial, drive in self.store.drives.items():
+            added = self.store.added_fields(drive)
+            del added["state"]
+            self.publisher.announcement(serial, drive.fields, added, drive.last_seen)
+        for serial, history in self.store.statuses.items():
+            if history:
+                entry = json.loads(history[-1].decode("utf-8"))
+                self.publisher.status(serial, entry.get("time_stamp"), entry.get("status"), now)
