@@ -36,8 +36,8 @@ from .query_protocol import END_BYTE, Query, encode_reply, error_reply
 from .query_service import QueryConnection
 from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensure_run_dir,
                               read_pid)
-from .statserv_service import MAX_OUTPUT as STATSERV_MAX_OUTPUT
-from .statserv_service import StatServConnection, is_local_peer
+from .access import AccessRules, is_local_peer
+from .statserv_service import StatServConnection
 from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
 from .status_service import StatusConnection
@@ -49,8 +49,6 @@ LISTEN_BACKLOG = 1024
 SHUTDOWN_GRACE_S = 5.0
 # How often /dsm/ counters are republished into the tree.
 FACTS_PERIOD_S = 1.0
-# The tree must hold /drives for many drives (about 20 objects each) beside clients' own objects.
-TREE_MAX_OBJECTS = 1_000_000
 
 
 class StartupError(Exception):
@@ -121,6 +119,29 @@ def open_unix_listener(path: str, what: str) -> socket.socket:
     return sock
 
 
+def query_refusal(code: str, why: str) -> bytes:
+    """Query and status ports: the JSON error both protocols use, with the end byte."""
+    return encode_reply({"error": why})
+
+
+def statserv_refusal(code: str, why: str) -> bytes:
+    return ("! %s %s\n" % (code, why)).encode("utf-8")
+
+
+def enable_keepalive(sock: socket.socket, idle_s: int = 60, interval_s: int = 10,
+                     count: int = 6) -> None:
+    """TCP keepalive: a peer gone without a FIN is noticed after about idle + interval * count."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s),
+                        ("TCP_KEEPCNT", count)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:
+                pass
+
+
 def peer_label(kind: str, addr: Any) -> str:
     if isinstance(addr, tuple):
         host = addr[0]
@@ -137,8 +158,13 @@ class DriveStateMonitor:
         self.options = options
         self.clock = clock
         self.loop = EventLoop()
-        self.store = DriveStore(history=options.history, drive_lifetime=options.drive_lifetime)
-        self.tree = JournaledTree(max_objects=TREE_MAX_OBJECTS)
+        self.store = DriveStore(history=options.history, drive_lifetime=options.drive_lifetime,
+                                max_drives=options.max_drives,
+                                max_status_serials=options.max_drives)
+        self.tree = JournaledTree(max_objects=options.max_objects,
+                                  max_value_bytes=options.max_value)
+        self.access = AccessRules(options.allow)
+        self._idle_watched: Set[StreamTransport] = set()
         self.publisher = DrivePublisher(self.tree, options.drive_lifetime)
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
@@ -212,6 +238,7 @@ class DriveStateMonitor:
         self.loop.add_before_sleep(lambda: self.journal.flush(time.monotonic()))
         self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
         self.loop.call_later(Journal.RETRY_S, self._watch_journal)
+        self.loop.call_later(min(opts.idle_timeout / 4, 5.0), self._close_idle)
         self._publish_facts()
         self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
         self.lock.write_info(dict(pid=os.getpid(), version=__version__, started=self.started_at,
@@ -325,36 +352,77 @@ class DriveStateMonitor:
         self.listeners.append(Listener(self.loop, sock, label,
                                        lambda conn, addr: accept(conn, addr, label)))
 
-    def _new_transport(self, conn: socket.socket, addr: Any, kind: str) -> StreamTransport:
+    def _admit(self, conn: socket.socket, addr: Any, label: str,
+               refusal: Callable[[str, str], bytes]) -> Optional[StreamTransport]:
+        """A transport for an accepted connection, or None after refusing it with a clear error."""
+        kind = label.split("-")[0]
+        why = code = None
+        if not self.access.allows(addr):
+            code = "DENIED"
+            why = "connections from %s are not allowed (--allow %s)" % (
+                peer_label(kind, addr).split(" ", 1)[1], self.access.describe())
+            self.counters["connections_refused_not_allowed"] += 1
+        elif len(self.transports) >= self.options.max_connections:
+            code = "LIMIT"
+            why = "too many connections (limit %d); try again later" % self.options.max_connections
+            self.counters["connections_refused_limit"] += 1
+        if why is not None:
+            self._complain(peer_label(kind, addr), why)
+            try:  # best effort, once: a refused client must never make us wait
+                conn.setblocking(False)
+                conn.send(refusal(code, why))
+            except OSError:
+                pass
+            conn.close()
+            return None
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = StreamTransport(self.loop, conn, peer_label(kind, addr),
+                                    max_output=self.options.max_output,
                                     on_close=self.transports.discard)
         self.transports.add(transport)
-        self.counters["connections_" + kind.split("-")[0]] += 1
+        self.counters["connections_" + kind] += 1
         return transport
 
     def _accept_query(self, conn: socket.socket, addr: Any, label: str) -> None:
-        transport = self._new_transport(conn, addr, label)
-        transport.start(QueryConnection(transport, self.answer_query))
+        transport = self._admit(conn, addr, label, query_refusal)
+        if transport is not None:
+            is_local = is_local_peer(addr)
+            transport.start(QueryConnection(
+                transport, lambda query, source: self.answer_query(query, source, is_local)))
+            self._idle_watched.add(transport)
+
+    def _accept_status(self, conn: socket.socket, addr: Any, label: str) -> None:
+        transport = self._admit(conn, addr, label, query_refusal)
+        if transport is not None:
+            transport.start(StatusConnection(transport, self.store_status, self._complain,
+                                             self.options.max_message))
+            self._idle_watched.add(transport)
 
     def _accept_statserv(self, conn: socket.socket, addr: Any, label: str) -> None:
-        transport = StreamTransport(self.loop, conn, peer_label(label, addr),
-                                    max_output=STATSERV_MAX_OUTPUT,
-                                    on_close=self.transports.discard)
-        self.transports.add(transport)
-        self.counters["connections_statserv"] += 1
+        transport = self._admit(conn, addr, label, statserv_refusal)
+        if transport is None:
+            return
+        if conn.family != socket.AF_UNIX:
+            # Watchers are quiet for days on purpose; keepalive finds the half-open ones instead.
+            enable_keepalive(conn)
         transport.start(StatServConnection(
             transport, self.tree, self.clock, is_local=is_local_peer(addr),
             on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
-            save_dir=self.options.state_dir))
+            save_dir=self.options.state_dir, max_line=self.options.max_line))
 
-    def _accept_status(self, conn: socket.socket, addr: Any, label: str) -> None:
-        if conn.family != socket.AF_UNIX:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = self._new_transport(conn, addr, label)
-        transport.start(StatusConnection(transport, self.store_status, self._complain))
+    def _close_idle(self) -> None:
+        """Closes query and status connections that have been silent for --idle-timeout."""
+        self._idle_watched &= self.transports
+        limit = time.monotonic() - self.options.idle_timeout
+        for transport in [t for t in self._idle_watched if t.last_activity < limit]:
+            log.info("%s: idle for %.0f s; closing", transport.label, self.options.idle_timeout)
+            self.counters["connections_closed_idle"] += 1
+            transport.close()
+        self.loop.call_later(min(self.options.idle_timeout / 4, 5.0), self._close_idle)
 
     # --- what the protocols ask of the store -------------------------------------------------
-    def answer_query(self, query: Query, source: str) -> bytes:
+    def answer_query(self, query: Query, source: str, is_local: bool = True) -> bytes:
         """The reply (JSON + end byte) to one query."""
         kind = query.kind
         if kind == "m":
@@ -371,6 +439,10 @@ class DriveStateMonitor:
             return self._cached_s[1]
         if kind == "w":
             self.counters["queries_w"] += 1
+            if self.options.wipe_from == "local" and not is_local:
+                self._complain(source, "w refused: --wipe-from local")
+                return encode_reply({"error": "w (wipe) is only accepted from this host's own "
+                                              "clients here (--wipe-from local)"})
             now = self.clock()
             wiped = self.store.wipe()
             wiped["tree_objects"] = self.publisher.wipe(now)

@@ -288,6 +288,7 @@ class StreamTransport:
         self._above_high_water = False
         self._registered_events = 0
         self._eof = False
+        self.last_activity = time.monotonic()  # bytes in or out; for the idle timeout
         sock.setblocking(False)
 
     def start(self, protocol: Any) -> None:
@@ -335,6 +336,8 @@ class StreamTransport:
                 self.abort()
                 return
             self.output_size -= sent
+            if sent:
+                self.last_activity = time.monotonic()
             if sent == len(chunk):
                 self._out.popleft()
             else:
@@ -368,6 +371,7 @@ class StreamTransport:
             self.abort()
             return
         if data:
+            self.last_activity = time.monotonic()
             self.protocol.data_received(data)
         else:
             self._eof = True

@@ -5,6 +5,8 @@ import argparse
 import os
 from typing import List, Optional
 
+from .access import network_list
+
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_QUERY_PORT = 2203
 DEFAULT_STATUS_PORT = 3110
@@ -109,6 +111,38 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--log-file", default=None, metavar="FILE",
                         help="log to FILE instead of standard error (runDSM sets it; SIGHUP "
                              "reopens it for logrotate)")
+    limits = parser.add_argument_group(
+        "limits and access", "every limit refuses with a clear error; see README, 'Operating it "
+        "safely'")
+    limits.add_argument("--allow", type=network_list, default=None, metavar="CIDR[,CIDR...]",
+                        help="networks allowed to connect to the TCP ports (default: any); the "
+                             "Unix sockets are always open to whoever may open the socket file")
+    limits.add_argument("--wipe-from", choices=("any", "local"), default="any",
+                        help="who may send the w query: any client (the original's rule, default) "
+                             "or only loopback and Unix-socket clients")
+    limits.add_argument("--max-connections", type=positive_int, default=1000, metavar="N",
+                        help="open client connections at most; the next is answered with an "
+                             "error and closed (default %(default)s)")
+    limits.add_argument("--max-message", type=positive_int, default=1024 * 1024, metavar="BYTES",
+                        help="largest status message (default %(default)s)")
+    limits.add_argument("--max-line", type=positive_int, default=8192, metavar="BYTES",
+                        help="longest Status Server request line (default %(default)s)")
+    limits.add_argument("--max-value", type=positive_int, default=4096, metavar="BYTES",
+                        help="longest Status Server value or comment (default %(default)s)")
+    limits.add_argument("--max-output", type=positive_int, default=64 * 1024 * 1024,
+                        metavar="BYTES",
+                        help="output waiting for one client at most; a client that does not read "
+                             "is disconnected past it (default %(default)s)")
+    limits.add_argument("--idle-timeout", type=positive_seconds, default=300.0, metavar="SECONDS",
+                        help="query and status connections silent this long are closed "
+                             "(default %(default)g); Status Server connections, which may watch "
+                             "quietly for days, use TCP keepalive instead")
+    limits.add_argument("--max-drives", type=positive_int, default=100_000, metavar="N",
+                        help="drives and status serial numbers kept at most; announcements of "
+                             "further drives are counted and dropped (default %(default)s)")
+    limits.add_argument("--max-objects", type=positive_int, default=1_000_000, metavar="N",
+                        help="Status Server tree entries at most, /drives included "
+                             "(default %(default)s)")
     # Test-only: a query '!crash' raises inside the handler, to exercise the kill switch for real.
     parser.add_argument("--fault-injection", action="store_true", help=argparse.SUPPRESS)
     return parser

@@ -2,32 +2,17 @@
 
 The session (statserv_protocol) owns the meaning; this glue moves its output to the transport — both
 replies to the client's own lines and `@`/`#` lines caused by other connections or by expiry — and
-applies back-pressure: while HIGH_WATER bytes wait for a slow reader, its lines are not read.
+applies back-pressure: while HIGH_WATER bytes wait for a slow reader, its lines are not read. Monitors
+coalesce, so only TRACE output can pile up beyond that; the transport's output cap (--max-output)
+disconnects such a client rather than letting it hold the memory.
 """
 from __future__ import annotations
 
-import ipaddress
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from .event_loop import HIGH_WATER, StreamTransport
-from .statserv_protocol import StatServSession
+from .statserv_protocol import MAX_LINE_BYTES, StatServSession
 from .statserv_tree import Tree
-
-# Monitors coalesce, so only TRACE output or a client that pipelines without reading can pile up;
-# past this the client is disconnected rather than letting it hold the memory.
-MAX_OUTPUT = 16 * 1024 * 1024
-
-
-def is_local_peer(addr: Any) -> bool:
-    """True for Unix-socket peers and loopback TCP peers (SHUTDOWN is for them only)."""
-    if not isinstance(addr, tuple):
-        return True
-    try:
-        ip = ipaddress.ip_address(addr[0].split("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
 
 
 class StatServConnection:
@@ -35,10 +20,11 @@ class StatServConnection:
 
     def __init__(self, transport: StreamTransport, tree: Tree, clock: Callable[[], float], *,
                  is_local: bool, on_shutdown: Callable[[], None],
-                 save_dir: Optional[str]) -> None:
+                 save_dir: Optional[str], max_line: int = MAX_LINE_BYTES) -> None:
         self.transport = transport
         self.session = StatServSession(tree, clock, is_local=is_local, on_output=self._send,
-                                       on_shutdown=on_shutdown, save_dir=save_dir)
+                                       on_shutdown=on_shutdown, save_dir=save_dir,
+                                       max_line=max_line)
 
     def data_received(self, data: bytes) -> None:
         self.session.receive_data(data)

@@ -1,0 +1,66 @@
+"""Who may connect: `--allow` networks for the TCP listeners, and what counts as a local client.
+
+Unix-socket clients are local and always allowed: the socket file's permissions decide who reaches
+them. IPv4 peers of the dual-stack listeners arrive as `::ffff:a.b.c.d` and are matched as IPv4.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from typing import Any, List, Optional, Union
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+def peer_ip(addr: Any) -> Optional[Address]:
+    """The peer's IP address (IPv4-mapped IPv6 unwrapped), or None for a Unix-socket peer."""
+    if not isinstance(addr, tuple):
+        return None
+    try:
+        ip = ipaddress.ip_address(str(addr[0]).split("%")[0])
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped or ip
+
+
+def is_local_peer(addr: Any) -> bool:
+    """True for Unix-socket peers and loopback TCP peers."""
+    if not isinstance(addr, tuple):
+        return True
+    ip = peer_ip(addr)
+    return ip is not None and ip.is_loopback
+
+
+def network_list(text: str) -> List[Network]:
+    """argparse type for `--allow CIDR[,CIDR...]` (a bare address is a /32 or /128)."""
+    networks: List[Network] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a network (CIDR) or address: %r" % item) from None
+    if not networks:
+        raise argparse.ArgumentTypeError("no network given")
+    return networks
+
+
+class AccessRules:
+    """`allows(addr)`: True when no `--allow` was given, for Unix peers, or for a listed network."""
+
+    def __init__(self, allowed: Optional[List[Network]]) -> None:
+        self.allowed = allowed
+
+    def allows(self, addr: Any) -> bool:
+        if self.allowed is None or not isinstance(addr, tuple):
+            return True
+        ip = peer_ip(addr)
+        return ip is not None and any(ip.version == net.version and ip in net
+                                      for net in self.allowed)
+
+    def describe(self) -> str:
+        return "any" if self.allowed is None else ", ".join(str(n) for n in self.allowed)
