@@ -237,7 +237,7 @@ class DriveStateMonitor:
         # Last hook: the journal reaches the disk before this pass's replies are sent.
         self.loop.add_before_sleep(lambda: self.journal.flush(time.monotonic()))
         self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
-        self.loop.call_later(Journal.RETRY_S, self._watch_journal)
+        self.loop.call_later(self.options.state_retry, self._watch_journal)
         self.loop.call_later(min(opts.idle_timeout / 4, 5.0), self._close_idle)
         self._publish_facts()
         self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
@@ -290,11 +290,12 @@ class DriveStateMonitor:
             log.info("snapshot %d written", self.journal.seq)
 
     def _watch_journal(self) -> None:
-        """A failed state dir is retried: a fresh snapshot, then a new journal."""
+        """A failed (or removed) state dir is retried: a fresh snapshot, then a new journal."""
+        self.journal.check_vanished()
         if self.journal.needs_snapshot and self._shutdown_deadline is None:
             if self.journal.start_snapshot():
                 self.loop.call_later(0.1, self._poll_snapshot)
-        self.loop.call_later(Journal.RETRY_S, self._watch_journal)
+        self.loop.call_later(self.options.state_retry, self._watch_journal)
 
     def close(self) -> None:
         """Closes every socket and releases the lock; safe after a failed start."""

@@ -95,6 +95,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help="always: a change is acknowledged only once its journal record is "
                              "on disk; everysec: fsync once a second; no: leave it to the kernel "
                              "(default %(default)s)")
+    parser.add_argument("--state-retry", type=positive_seconds, default=5.0, metavar="SECONDS",
+                        help="after the state dir failed (full, read-only, removed), how often to "
+                             "try again with a fresh snapshot (default %(default)g)")
     parser.add_argument("--snapshot-interval", type=positive_seconds, default=600.0,
                         metavar="SECONDS",
                         help="how often the whole store is snapshotted (default %(default)g, "

@@ -184,8 +184,6 @@ class Journal:
     (or in-process at a clean stop).
     """
 
-    RETRY_S = 5.0
-
     def __init__(self, state_dir: str, fsync: str, snapshot_source: Callable[[], Dict[str, Any]],
                  clock: Callable[[], float] = time.time) -> None:
         if fsync not in FSYNC_POLICIES:
@@ -273,7 +271,7 @@ class Journal:
         now = time.monotonic()
         if now - self._last_failure_log >= 60.0:
             self._last_failure_log = now
-            log.error("%s; serving from memory, retrying every %.0f s", self.error, self.RETRY_S)
+            log.error("%s; serving from memory and retrying", self.error)
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -373,10 +371,18 @@ class Journal:
             if old < seq:
                 _unlink(journal_path(self.state_dir, old))
 
-    def retry(self) -> None:
-        """After a failure: a fresh snapshot (holding what was dropped) and a new journal."""
-        if self.needs_snapshot and self._child is None:
-            self.start_snapshot()
+    def check_vanished(self) -> bool:
+        """True (and marked failed) if the journal file was removed under us: writes to an
+        unlinked file succeed and are lost, so a removed state dir must be noticed by looking."""
+        if self._fd is None:
+            return False
+        try:
+            gone = os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            gone = True
+        if gone:
+            self._failed("the journal file was removed", FileNotFoundError(2, "removed"))
+        return gone
 
     def close(self) -> None:
         self._close_fd()
