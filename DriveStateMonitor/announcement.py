@@ -28,7 +28,7 @@ class Rejected(NamedTuple):
 def parse_announcement(datagram: bytes) -> "Announcement | Rejected":
     """Parses one datagram into an Announcement, or says why it is not one."""
     try:
-        fields = json.loads(datagram.decode("utf-8"))
+        fields = json.loads(datagram.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return Rejected(REJECT_NOT_JSON, "not UTF-8 JSON: %s" % str(exc)[:80])
     if not isinstance(fields, dict):
@@ -39,6 +39,11 @@ def parse_announcement(datagram: bytes) -> "Announcement | Rejected":
     if serial is None:
         return Rejected(REJECT_NO_SERIAL, "no serial_number or world_wide_name")
     return Announcement(serial, fields)
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; stored, they would make every `m` reply invalid JSON.
+    raise ValueError("%s is not a JSON value" % name)
 
 
 def _identity(value: Any) -> Optional[str]:

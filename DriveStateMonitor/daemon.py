@@ -233,7 +233,7 @@ class DriveStateMonitor:
         }
         self.loop.on_signals([signal.SIGTERM, signal.SIGINT, signal.SIGHUP], self._on_signal)
         self.loop.add_before_sleep(self._schedule_deadline)
-        self.loop.add_before_sleep(self._check_shutdown)
+        self.loop.add_after_flush(self._check_shutdown)
         # Last hook: the journal reaches the disk before this pass's replies are sent.
         self.loop.add_before_sleep(lambda: self.journal.flush(time.monotonic()))
         self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
@@ -466,8 +466,12 @@ class DriveStateMonitor:
         return None
 
     def _on_datagram(self, data: bytes, sender: Any, ifindex: int) -> None:
+        iface = self._iface_names.get(ifindex)
+        if iface is None:
+            # Another program's join on an interface we did not choose: not ours to hear.
+            self.counters["announcements_rejected_other_interface"] += 1
+            return
         now = self.clock()
-        iface = self._iface_names.get(ifindex) or _interface_name(ifindex)
         self.counters["announcements"] += 1
         serial = self.store.refresh_repeat(data, now, sender[0], iface)
         if serial is not None:
@@ -534,17 +538,11 @@ class DriveStateMonitor:
 
     def _publish_facts_periodically(self) -> None:
         self._publish_facts()
+        self.bad_input.flush(self.clock())
         self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
 
     def _complain(self, source: str, what: str) -> None:
         self.bad_input.complain(self.clock(), source, what)
-
-
-def _interface_name(ifindex: int) -> str:
-    try:
-        return socket.if_indextoname(ifindex)
-    except OSError:
-        return "if%d" % ifindex
 
 
 def main(argv: Optional[List[str]] = None) -> int:

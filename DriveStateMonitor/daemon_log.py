@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -13,16 +14,33 @@ class ReopenableFileHandler(logging.StreamHandler):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        super().__init__(open(path, "a", buffering=1))
+        stream = open(path, "a", buffering=1)
+        super().__init__(stream)
+        # Under runDSM, standard output and error go to this same file (a crash's traceback lands
+        # there): they follow it to the new file on reopen.
+        self.owns_std_streams = _same_file(stream.fileno(), 2)
 
     def reopen(self) -> None:
         self.acquire()
         try:
             old = self.stream
             self.stream = open(self.path, "a", buffering=1)
+            if self.owns_std_streams:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(self.stream.fileno(), 1)
+                os.dup2(self.stream.fileno(), 2)
             old.close()
         finally:
             self.release()
+
+
+def _same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def configure_logging(log_file: Optional[str]) -> Optional[ReopenableFileHandler]:
@@ -57,14 +75,19 @@ class BadInputLog:
     def complain(self, now: float, source: str, what: str) -> None:
         self.total += 1
         if now - self._window_start >= self.window_s:
-            if self.suppressed:
-                self.logger.warning("%d more bad inputs not logged in the last %.0f s",
-                                    self.suppressed, self.window_s)
+            self.flush(now)
             self._window_start = now
             self._logged = 0
-            self.suppressed = 0
         if self._logged < self.per_window:
             self._logged += 1
             self.logger.warning("bad input from %s: %s", source, what)
         else:
             self.suppressed += 1
+
+    def flush(self, now: float) -> None:
+        """Logs the count of suppressed complaints once their window has passed (called by a
+        timer too, so the count of a flood that stopped is not lost)."""
+        if self.suppressed and now - self._window_start >= self.window_s:
+            self.logger.warning("%d more bad inputs not logged in the last %.0f s",
+                                self.suppressed, self.window_s)
+            self.suppressed = 0

@@ -91,6 +91,7 @@ class EventLoop:
         self._timer_seq = 0
         self._dirty: Set["StreamTransport"] = set()
         self._before_sleep: List[Callable[[], None]] = []
+        self._after_flush: List[Callable[[], None]] = []
         self._running = False
         self.exit_code = EXIT_OK
         self.kill_switch = kill_switch or KillSwitch()
@@ -124,6 +125,10 @@ class EventLoop:
     def add_before_sleep(self, hook: Callable[[], None]) -> None:
         """Runs `hook` at the end of every pass, before the loop waits again."""
         self._before_sleep.append(hook)
+
+    def add_after_flush(self, hook: Callable[[], None]) -> None:
+        """Runs `hook` at the very end of every pass, after the dirty transports were flushed."""
+        self._after_flush.append(hook)
 
     def mark_dirty(self, transport: "StreamTransport") -> None:
         self._dirty.add(transport)
@@ -179,6 +184,11 @@ class EventLoop:
             except Exception as exc:
                 self.handler_failed(None, exc)
         self.flush_dirty()
+        for hook in self._after_flush:
+            try:
+                hook()
+            except Exception as exc:
+                self.handler_failed(None, exc)
 
     def flush_dirty(self) -> None:
         while self._dirty:
@@ -449,13 +459,16 @@ class Listener:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if exc.errno in _OUT_OF_RESOURCES:
                     log.error("%s: cannot accept (%s); pausing accepts for %.1f s",
                               self.label, exc.strerror, ACCEPT_BACKOFF_S)
                     self.loop.unregister(self.sock)
                     self.loop.call_later(ACCEPT_BACKOFF_S, self._resume)
                     return
-                raise
+                # accept(2): pending network errors of the new connection surface here and are
+                # to be treated like EAGAIN; the listener itself is fine.
+                log.debug("%s: accept failed: %s", self.label, exc)
+                continue
             self.on_accept(conn, addr)
 
     def _resume(self) -> None:
@@ -468,7 +481,12 @@ class Listener:
             self.loop.unregister(self.sock)
             self.sock.close()
 
-    abort = close
+    def abort(self) -> None:
+        # A failure while handing over one new connection must not close the port for everyone.
+        pass
+
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class DatagramReader:

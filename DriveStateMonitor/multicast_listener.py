@@ -51,8 +51,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     names = {iface.index: iface.name for iface in interfaces}
 
     def on_datagram(data: bytes, sender: Any, ifindex: int) -> None:
+        iface = names.get(ifindex)
+        if iface is None:
+            return  # joined by another program on an interface we were not asked to hear
         now = time.time()
-        iface = names.get(ifindex, "if%d" % ifindex)
         if store.refresh_repeat(data, now, sender[0], iface) is not None:
             return
         parsed = parse_announcement(data)

@@ -12,6 +12,9 @@ from typing import List
 from .event_loop import IP_PKTINFO
 from .interfaces import Interface
 
+# Linux's IP_MULTICAST_ALL (default 1) delivers the group's datagrams from every interface on which
+# any socket of the host joined it; 0 limits this socket to its own joins.
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 # Drives announce in bursts at start-up; a large receive buffer rides them out between loop passes.
 RECEIVE_BUFFER = 8 * 1024 * 1024
 
@@ -37,6 +40,10 @@ def open_multicast_socket(group: str, port: int, interfaces: List[Interface]) ->
         except OSError:
             pass  # the kernel caps it; the default still works
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        except OSError:
+            pass  # not Linux: the daemon still drops datagrams from interfaces it did not choose
         try:
             # Binding the group address (not 0.0.0.0) keeps other groups' traffic on the port out.
             sock.bind((group, port))

@@ -119,7 +119,7 @@ class StatusParser:
             byte = buf[at]
             pos = at + 1
             if byte == _END or byte == _NEWLINE:
-                out.append(Framed(bytes(buf[:at])))
+                out.append(self._framed(bytes(buf[:at])))
                 del buf[:pos]
                 pos = self._restart()
             elif byte == _BACKSLASH:  # only searched for inside strings
@@ -140,12 +140,12 @@ class StatusParser:
             else:  # a closing bracket
                 self._depth -= 1
                 if self._depth <= 0:
-                    out.append(Framed(bytes(buf[:pos])))
+                    out.append(self._framed(bytes(buf[:pos])))
                     del buf[:pos]
                     pos = self._restart()
         self._scanned = pos
         if len(buf) > self.max_message and not self._discarding:
-            out.append(Framed(None, "message longer than %d bytes" % self.max_message))
+            out.append(Framed(None, self._too_long()))
             buf.clear()
             self._scanned = self._restart(discard=True)
         return out
@@ -155,7 +155,17 @@ class StatusParser:
         message = bytes(self._buf) if not self._discarding and self._buf.strip() else b""
         self._buf.clear()
         self._scanned = self._restart()
-        return [Framed(message)] if message else []
+        return [self._framed(message)] if message else []
+
+    def _framed(self, message: bytes) -> Framed:
+        # A message that arrived whole in one chunk must meet the same limit as one that dripped in,
+        # or whether it is stored would depend on how the stream was split.
+        if len(message) > self.max_message:
+            return Framed(None, self._too_long())
+        return Framed(message)
+
+    def _too_long(self) -> str:
+        return "message longer than %d bytes" % self.max_message
 
     def _restart(self, discard: bool = False) -> int:
         self._depth = 0
@@ -180,7 +190,10 @@ def parse_status(message: bytes) -> StatusReport:
     serial = value["serial_number"]
     if isinstance(serial, bool) or not isinstance(serial, (str, int)):
         raise StatusError("serial_number must be a string")
-    serial = str(serial)
+    try:
+        serial = str(serial)
+    except ValueError:  # an int past sys.get_int_max_str_digits(), e.g. a huge hex literal
+        raise StatusError("serial_number must be a string") from None
     if not serial:
         raise StatusError("serial_number is empty")
     try:
