@@ -1,0 +1,99 @@
+"""Kinetic drive announcements (UDP multicast), sans-IO: one datagram in, Announcement or Rejected out."""
+import json
+import os
+
+import pytest
+
+from DriveStateMonitor.announcement import (REJECT_NO_SERIAL, REJECT_NOT_JSON, REJECT_NOT_OBJECT,
+                                            REJECT_REASONS, Announcement, Rejected,
+                                            parse_announcement)
+
+SAMPLE_PATH = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "spec",
+                           "kinetic-announcement.json")
+
+
+@pytest.fixture
+def sample_bytes() -> bytes:
+    path = SAMPLE_PATH if os.path.exists(SAMPLE_PATH) else "/work/shared/spec/kinetic-announcement.json"
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_sample_kinetic_announcement_parses_with_its_serial_number(sample_bytes):
+    parsed = parse_announcement(sample_bytes)
+    assert isinstance(parsed, Announcement)
+    assert parsed.serial_number == "ZA10F3K2"
+
+
+def test_announcement_keeps_every_field_exactly_as_sent(sample_bytes):
+    parsed = parse_announcement(sample_bytes)
+    assert parsed.fields == json.loads(sample_bytes)
+    assert [i["ipv4_addr"] for i in parsed.fields["network_interfaces"]] == ["10.20.30.41",
+                                                                            "10.20.31.41"]
+    assert parsed.fields["world_wide_name"] == "5 000c50 0a1b2c3d4"
+
+
+def test_without_serial_number_world_wide_name_identifies_the_drive():
+    parsed = parse_announcement(b'{"world_wide_name": "5 000c50 0a1b2c3d4", "port": 8123}')
+    assert parsed == Announcement("5 000c50 0a1b2c3d4",
+                                  {"world_wide_name": "5 000c50 0a1b2c3d4", "port": 8123})
+
+
+@pytest.mark.parametrize("serial", ['""', '"   "', "null", "true", "1.5", "[]", "{}"])
+def test_unusable_serial_number_falls_back_to_world_wide_name(serial):
+    parsed = parse_announcement(('{"serial_number": %s, "world_wide_name": "W W N"}' % serial).encode())
+    assert parsed.serial_number == "W W N"
+
+
+def test_integer_serial_number_becomes_a_string():
+    assert parse_announcement(b'{"serial_number": 1234}').serial_number == "1234"
+
+
+def test_storage_daemon_datagram_is_rejected_as_no_serial():
+    datagram = json.dumps({"box_id": "box-7", "id": 3, "network_interfaces": [{"name": "eth0"}],
+                           "port": 6000, "version": "1.2", "used_bytes": 10,
+                           "total_bytes": 100}).encode()
+    parsed = parse_announcement(datagram)
+    assert isinstance(parsed, Rejected) and parsed.reason == REJECT_NO_SERIAL
+
+
+def test_object_with_neither_identity_is_rejected_as_no_serial():
+    assert parse_announcement(b'{"serial_number": "", "world_wide_name": " "}').reason == \
+        REJECT_NO_SERIAL
+
+
+@pytest.mark.parametrize("datagram", [b"", b"hello", b"{'serial_number': 'py-literal'}",
+                                      b'{"serial_number": "A"', b'{"serial_number": "A"} trailing',
+                                      b"\xef\xbb\xbf{}"])
+def test_non_json_is_rejected_as_not_json(datagram):
+    parsed = parse_announcement(datagram)
+    assert isinstance(parsed, Rejected) and parsed.reason == REJECT_NOT_JSON
+
+
+def test_invalid_utf8_is_rejected_as_not_json():
+    assert parse_announcement(b'{"serial_number": "\xff\xfe"}').reason == REJECT_NOT_JSON
+
+
+@pytest.mark.parametrize("datagram", [b'{"serial_number": "A", "x": NaN}',
+                                      b'{"serial_number": "A", "x": [Infinity]}',
+                                      b'{"serial_number": "A", "x": -Infinity}'])
+def test_nan_and_infinity_are_rejected_as_not_json(datagram):
+    # Stored, they would make every `m` reply invalid JSON for strict clients.
+    assert parse_announcement(datagram).reason == REJECT_NOT_JSON
+
+
+@pytest.mark.parametrize("datagram", [b"[1, 2]", b'["serial_number"]', b'"ZA1"', b"42", b"null",
+                                      b"true"])
+def test_json_that_is_not_an_object_is_rejected_as_not_object(datagram):
+    parsed = parse_announcement(datagram)
+    assert isinstance(parsed, Rejected) and parsed.reason == REJECT_NOT_OBJECT
+
+
+@pytest.mark.parametrize("datagram", [b"[" * 100_000, b'{"a":' * 100_000])
+def test_absurd_nesting_is_rejected_not_raised(datagram):
+    assert parse_announcement(datagram).reason in REJECT_REASONS
+
+
+def test_rejection_detail_is_short_for_a_long_datagram():
+    parsed = parse_announcement(b"x" * 65_000)
+    assert parsed.reason == REJECT_NOT_JSON and len(parsed.detail) < 200

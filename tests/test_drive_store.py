@@ -1,0 +1,341 @@
+"""DriveStore: announcements, repeats, status histories, the `m` / `s` JSON, wipe, versions."""
+import json
+import time
+
+import pytest
+
+from DriveStateMonitor.announcement import parse_announcement
+from DriveStateMonitor.drive_store import ADDED_FIELDS, ALIVE, EXPIRED, LAST_SEEN_FORMAT, DriveStore
+from DriveStateMonitor.status_protocol import parse_status
+
+T0 = 1433341321.25  # 2015-06-03 14:22:01.25 UTC
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def announcement_bytes(serial="ZA1", ip="10.20.30.41", **extra) -> bytes:
+    fields = {"serial_number": serial, "world_wide_name": "5 000c50 %s" % serial,
+              "manufacturer": "Seagate", "model": "ST4000NK0001", "firmware_version": "3.1.7",
+              "protocol_version": "3.0.6", "port": 8123, "tlsPort": 8443,
+              "network_interfaces": [{"name": "eth0", "mac_addr": "00:c9:58:01:aa:10",
+                                      "ipv4_addr": ip, "ipv6_addr": "fe80::1"}]}
+    fields.update(extra)
+    return json.dumps(fields).encode()
+
+
+def announce(store, raw, now=T0, source="10.20.30.41", iface="eth0"):
+    parsed = parse_announcement(raw)
+    return store.record_announcement(parsed.serial_number, parsed.fields, raw, now, source, iface)
+
+
+def status(store, serial, time_stamp, text):
+    report = parse_status(json.dumps({"serial_number": serial, "time_stamp": time_stamp,
+                                      "status": text}).encode())
+    return store.record_status(report.serial_number, report.entry_json)
+
+
+def m(store):
+    return json.loads(store.multicast_json())
+
+
+def s(store):
+    return json.loads(store.status_json())
+
+
+# --- announcements and the `m` reply ---------------------------------------------------------
+def test_empty_store_m_and_s_are_empty_objects():
+    store = DriveStore()
+    assert store.multicast_json() == b"{}" and store.status_json() == b"{}"
+
+
+def test_m_holds_fields_exactly_as_sent_plus_last_seen_and_added_fields(utc):
+    store = DriveStore()
+    raw = announcement_bytes("ZA1")
+    assert announce(store, raw, now=T0, source="10.20.30.41", iface="eth0")
+    sent = json.loads(raw)
+    assert m(store) == {"ZA1": dict(sent, last_seen="2015 Jun 03 14:22:01", last_seen_epoch=T0,
+                                    source_address="10.20.30.41", interface="eth0", state=ALIVE)}
+
+
+def test_m_keeps_drive_field_order_then_added_fields():
+    store = DriveStore()
+    raw = announcement_bytes("ZA1")
+    announce(store, raw)
+    assert list(m(store)["ZA1"]) == list(json.loads(raw)) + list(ADDED_FIELDS)
+
+
+def test_last_seen_is_local_time_in_the_original_format(monkeypatch):
+    monkeypatch.setenv("TZ", "XYZ-2")  # POSIX TZ: two hours east of UTC, no tzdata needed
+    time.tzset()
+    try:
+        store = DriveStore()
+        announce(store, announcement_bytes("ZA1"), now=T0)
+        last_seen = m(store)["ZA1"]["last_seen"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert last_seen == "2015 Jun 03 16:22:01"
+    assert time.strftime(LAST_SEEN_FORMAT, time.strptime(last_seen, LAST_SEEN_FORMAT)) == last_seen
+
+
+def test_drive_view_matches_the_m_entry():
+    store = DriveStore()
+    announce(store, announcement_bytes("ZA1"))
+    assert store.drive_view("ZA1") == m(store)["ZA1"]
+
+
+def test_drive_sending_no_fields_but_its_identity_has_valid_m_json():
+    store = DriveStore()
+    store.record_announcement("X", {}, b"raw", T0, "1.2.3.4", "lo")
+    assert set(m(store)["X"]) == set(ADDED_FIELDS)
+
+
+def test_drive_sending_our_added_field_names_shows_ours():
+    store = DriveStore()
+    raw = announcement_bytes("ZA1", last_seen="forged", interface="forged")
+    announce(store, raw, iface="eth1")
+    entry = m(store)["ZA1"]
+    assert entry["last_seen"] != "forged" and entry["interface"] == "eth1"
+
+
+def test_non_ascii_fields_survive_into_m():
+    store = DriveStore()
+    announce(store, announcement_bytes("ZA1", model="Überdrive ✓"))
+    assert m(store)["ZA1"]["model"] == "Überdrive ✓"
+
+
+def test_byte_identical_repeat_updates_last_seen_source_and_interface(utc):
+    store = DriveStore()
+    raw = announcement_bytes("ZA1")
+    announce(store, raw, now=T0)
+    m(store)  # caches the entry; the repeat must invalidate it
+    assert store.refresh_repeat(raw, T0 + 5, "10.20.31.41", "eth1") == "ZA1"
+    entry = m(store)["ZA1"]
+    assert entry["last_seen"] == "2015 Jun 03 14:22:06"
+    assert (entry["last_seen_epoch"], entry["source_address"], entry["interface"]) == \
+        (T0 + 5, "10.20.31.41", "eth1")
+
+
+def test_unknown_bytes_are_not_a_repeat():
+    store = DriveStore()
+    announce(store, announcement_bytes("ZA1"))
+    assert store.refresh_repeat(announcement_bytes("ZA1", ip="10.0.0.9"), T0, "x", "eth0") is None
+    assert DriveStore().refresh_repeat(b"{}", T0, "x", "eth0") is None
+
+
+def test_changed_announcement_replaces_the_drives_fields():
+    store = DriveStore()
+    announce(store, announcement_bytes("ZA1", ip="10.20.30.41", extra_field=1))
+    m(store)
+    announce(store, announcement_bytes("ZA1", ip="10.99.0.1"), now=T0 + 5)
+    entry = m(store)["ZA1"]
+    assert entry["network_interfaces"][0]["ipv4_addr"] == "10.99.0.1"
+    assert "extra_field" not in entry and len(m(store)) == 1
+
+
+def test_old_bytes_are_no_longer_a_repeat_after_the_drive_changed():
+    store = DriveStore()
+    old = announcement_bytes("ZA1", ip="10.20.30.41")
+    announce(store, old)
+    announce(store, announcement_bytes("ZA1", ip="10.99.0.1"))
+    assert store.refresh_repeat(old, T0 + 5, "x", "eth0") is None
+
+
+def test_each_serial_gets_its_own_entry():
+    store = DriveStore()
+    for serial in ("A", "B", "C"):
+        announce(store, announcement_bytes(serial))
+    assert sorted(m(store)) == ["A", "B", "C"]
+
+
+def test_new_drives_past_max_drives_are_refused_and_counted():
+    store = DriveStore(max_drives=2)
+    assert announce(store, announcement_bytes("A")) and announce(store, announcement_bytes("B"))
+    assert not announce(store, announcement_bytes("C"))
+    assert sorted(m(store)) == ["A", "B"] and store.refused_drives == 1
+
+
+def test_known_drive_still_updates_when_the_table_is_full():
+    store = DriveStore(max_drives=1)
+    announce(store, announcement_bytes("A"))
+    assert announce(store, announcement_bytes("A", ip="10.1.1.1"), now=T0 + 5)
+    assert m(store)["A"]["network_interfaces"][0]["ipv4_addr"] == "10.1.1.1"
+
+
+# --- expiry ------------------------------------------------------------------------------------
+def test_drives_never_expire_without_a_lifetime():
+    store = DriveStore()
+    announce(store, announcement_bytes("A"))
+    assert store.next_deadline() is None
+    assert store.expire_due(T0 + 10 ** 9) == [] and m(store)["A"]["state"] == ALIVE
+
+
+def test_silent_drive_expires_after_its_lifetime_and_shows_it_in_m():
+    store = DriveStore(drive_lifetime=30)
+    announce(store, announcement_bytes("A"), now=T0)
+    m(store)
+    assert store.next_deadline() == T0 + 30
+    assert store.expire_due(T0 + 29.9) == []
+    assert store.expire_due(T0 + 30) == ["A"]
+    assert m(store)["A"]["state"] == EXPIRED
+    assert store.expire_due(T0 + 100) == []
+
+
+def test_drive_heard_again_is_not_expired_at_the_old_deadline():
+    store = DriveStore(drive_lifetime=30)
+    raw = announcement_bytes("A")
+    announce(store, raw, now=T0)
+    store.refresh_repeat(raw, T0 + 20, "x", "eth0")
+    assert store.expire_due(T0 + 30) == []
+    assert store.expire_due(T0 + 50) == ["A"]
+
+
+def test_expired_drive_heard_again_is_alive():
+    store = DriveStore(drive_lifetime=30)
+    raw = announcement_bytes("A")
+    announce(store, raw, now=T0)
+    store.expire_due(T0 + 40)
+    assert store.refresh_repeat(raw, T0 + 45, "x", "eth0") == "A"
+    assert m(store)["A"]["state"] == ALIVE
+    assert store.expire_due(T0 + 75) == ["A"]
+
+
+def test_repeats_do_not_grow_the_expiry_queue():
+    store = DriveStore(drive_lifetime=30)
+    raw = announcement_bytes("A")
+    announce(store, raw, now=T0)
+    for i in range(1, 1000):
+        store.refresh_repeat(raw, T0 + i * 0.01, "x", "eth0")
+    assert len(store._expiry_heap) == 1
+
+
+def test_wiped_drive_is_never_reported_expired():
+    store = DriveStore(drive_lifetime=30)
+    announce(store, announcement_bytes("A"), now=T0)
+    store.wipe()
+    assert store.next_deadline() is None and store.expire_due(T0 + 100) == []
+
+
+def test_expiry_bumps_drives_version():
+    store = DriveStore(drive_lifetime=30)
+    announce(store, announcement_bytes("A"), now=T0)
+    before = store.drives_version
+    store.expire_due(T0 + 31)
+    assert store.drives_version > before
+
+
+# --- statuses and the `s` reply --------------------------------------------------------------
+def test_s_lists_statuses_oldest_first():
+    store = DriveStore()
+    for i, text in enumerate(["001", "002", "000"]):
+        status(store, "ZA1", i, text)
+    assert s(store) == {"ZA1": [{"time_stamp": 0, "status": "001"},
+                                {"time_stamp": 1, "status": "002"},
+                                {"time_stamp": 2, "status": "000"}]}
+
+
+def test_default_history_keeps_twenty_and_drops_the_oldest():
+    store = DriveStore()
+    for i in range(25):
+        status(store, "ZA1", i, "%03d" % i)
+    assert [e["time_stamp"] for e in s(store)["ZA1"]] == list(range(5, 25))
+
+
+def test_history_limit_is_per_serial():
+    store = DriveStore(history=2)
+    for i in range(3):
+        status(store, "A", i, "a")
+    status(store, "B", 9, "b")
+    assert s(store) == {"A": [{"time_stamp": 1, "status": "a"}, {"time_stamp": 2, "status": "a"}],
+                        "B": [{"time_stamp": 9, "status": "b"}]}
+
+
+def test_history_below_one_is_refused():
+    with pytest.raises(ValueError):
+        DriveStore(history=0)
+
+
+def test_s_reflects_statuses_added_after_a_previous_s():
+    store = DriveStore()
+    status(store, "A", 1, "001")
+    s(store)
+    status(store, "A", 2, "002")
+    assert [e["status"] for e in s(store)["A"]] == ["001", "002"]
+
+
+def test_new_status_serials_past_the_limit_are_refused_and_counted():
+    store = DriveStore(max_status_serials=1)
+    assert status(store, "A", 1, "x")
+    assert not status(store, "B", 1, "x")
+    assert status(store, "A", 2, "y")
+    assert list(s(store)) == ["A"] and store.refused_status_serials == 1
+
+
+# --- wipe and versions -------------------------------------------------------------------------
+def test_wipe_says_what_it_forgot_and_empties_m_and_s():
+    store = DriveStore()
+    announce(store, announcement_bytes("A"))
+    announce(store, announcement_bytes("B"))
+    for i in range(3):
+        status(store, "A", i, "x")
+    status(store, "C", 1, "y")
+    assert store.wipe() == {"drives": 2, "status_serials": 2, "statuses": 4}
+    assert m(store) == {} and s(store) == {}
+    assert store.wipe() == {"drives": 0, "status_serials": 0, "statuses": 0}
+
+
+def test_repeat_of_a_wiped_drive_is_not_recorded_and_a_fresh_announcement_is():
+    store = DriveStore()
+    raw = announcement_bytes("A")
+    announce(store, raw)
+    store.wipe()
+    assert store.refresh_repeat(raw, T0 + 5, "x", "eth0") is None
+    assert announce(store, raw, now=T0 + 5)
+    assert list(m(store)) == ["A"]
+
+
+def test_wipe_frees_room_for_new_drives():
+    store = DriveStore(max_drives=1)
+    announce(store, announcement_bytes("A"))
+    store.wipe()
+    assert announce(store, announcement_bytes("B"))
+
+
+def test_drive_changes_bump_drives_version_only():
+    store = DriveStore()
+    raw = announcement_bytes("A")
+    versions = [(store.drives_version, store.statuses_version)]
+    announce(store, raw)
+    versions.append((store.drives_version, store.statuses_version))
+    store.refresh_repeat(raw, T0 + 5, "x", "eth0")
+    versions.append((store.drives_version, store.statuses_version))
+    assert versions[0][0] < versions[1][0] < versions[2][0]
+    assert versions[0][1] == versions[1][1] == versions[2][1]
+
+
+def test_status_changes_bump_statuses_version_only():
+    store = DriveStore()
+    before = (store.drives_version, store.statuses_version)
+    status(store, "A", 1, "x")
+    assert store.drives_version == before[0] and store.statuses_version > before[1]
+
+
+def test_wipe_bumps_both_versions():
+    store = DriveStore()
+    before = (store.drives_version, store.statuses_version)
+    store.wipe()
+    assert store.drives_version > before[0] and store.statuses_version > before[1]
+
+
+def test_refusals_do_not_bump_versions():
+    store = DriveStore(max_drives=0, max_status_serials=0)
+    announce(store, announcement_bytes("A"))
+    status(store, "A", 1, "x")
+    assert (store.drives_version, store.statuses_version) == (0, 0)

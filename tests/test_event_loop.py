@@ -1,0 +1,657 @@
+"""The event loop, its transports and the query/status connection glue, over real socketpairs.
+
+Every wait is `loop.run_once(max_wait=...)` until a condition holds or a deadline passes; no sleeps.
+"""
+import errno
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from DriveStateMonitor.event_loop import (ACCEPT_BACKOFF_S, EXIT_KILL_SWITCH, EXIT_OK, HIGH_WATER,
+                                          LOW_WATER, EventLoop, KillSwitch, Listener,
+                                          StreamTransport)
+from DriveStateMonitor.query_protocol import encode_reply, error_reply as query_error_reply
+from DriveStateMonitor.query_service import QueryConnection
+from DriveStateMonitor.status_service import StatusConnection
+
+DEADLINE_S = 5.0
+
+
+# --- helpers -----------------------------------------------------------------------------------
+@pytest.fixture
+def loop():
+    loop = EventLoop()
+    yield loop
+    loop.close()
+
+
+def run_until(loop, condition, what="condition", timeout=DEADLINE_S):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s" % what)
+        loop.run_once(max_wait=0.05)
+
+
+class Recorder:
+    """A protocol that remembers what the transport told it."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.eof = False
+        self.lost = False
+        self.drained = 0
+
+    def data_received(self, data):
+        self.data += data
+
+    def eof_received(self):
+        self.eof = True
+
+    def connection_lost(self):
+        self.lost = True
+
+    def writing_drained(self):
+        self.drained += 1
+
+
+class Exploding(Recorder):
+    def data_received(self, data):
+        raise RuntimeError("boom")
+
+
+class Peer:
+    """The client end of a socketpair, read without blocking while the loop runs."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        sock.setblocking(False)
+        self.received = bytearray()
+        self.eof = False
+
+    def send(self, data):
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.setblocking(False)
+
+    def pump(self):
+        while not self.eof:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                self.eof = True
+                return
+            if not chunk:
+                self.eof = True
+            self.received += chunk
+
+    def read_until(self, loop, condition, what="peer data"):
+        def done():
+            self.pump()
+            return condition(self)
+        run_until(loop, done, what)
+
+    def close(self):
+        self.sock.close()
+
+
+class FakeTransport:
+    label = "fake"
+
+    def __init__(self):
+        self.writes = []
+        self.output_size = 0
+        self.reading = True
+        self.closing = False
+        self.closed = False
+
+    def write(self, data):
+        self.writes.append(data)
+        self.output_size += len(data)
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+    def close_when_flushed(self):
+        self.closing = True
+
+
+@pytest.fixture
+def pairs():
+    made = []
+
+    def make(loop, protocol=None, label="test", **kwargs):
+        server, client = socket.socketpair()
+        transport = StreamTransport(loop, server, label, **kwargs)
+        protocol = protocol if protocol is not None else Recorder()
+        transport.start(protocol)
+        peer = Peer(client)
+        made.append((transport, peer))
+        return transport, protocol, peer
+
+    yield make
+    for transport, peer in made:
+        transport.close()
+        peer.close()
+
+
+# --- KillSwitch --------------------------------------------------------------------------------
+def test_kill_switch_trips_only_past_five_failures():
+    switch = KillSwitch()
+    assert [switch.record(100.0 + i) for i in range(6)] == [False] * 5 + [True]
+
+
+def test_kill_switch_forgets_failures_older_than_its_window():
+    day = 24 * 3600.0
+    switch = KillSwitch(limit=5, window_s=day)
+    for i in range(5):
+        switch.record(float(i))
+    assert not switch.record(day + 0.5)  # the failure at t=0 has aged out: five remain
+    assert switch.record(day + 0.6)      # six within one day
+
+
+# --- timers and passes -------------------------------------------------------------------------
+def test_call_later_runs_the_callback_once_due(loop):
+    ran = []
+    loop.call_later(0.01, lambda: ran.append("x"))
+    run_until(loop, lambda: ran, "timer")
+    loop.run_once(max_wait=0.02)
+    assert ran == ["x"]
+
+
+def test_due_timers_run_in_time_order(loop):
+    ran = []
+    now = time.monotonic()
+    loop.call_at(now - 1, lambda: ran.append("second"))
+    loop.call_at(now - 2, lambda: ran.append("first"))
+    loop.call_at(now - 1, lambda: ran.append("third"))
+    loop.run_once(max_wait=0)
+    assert ran == ["first", "second", "third"]
+
+
+def test_cancelled_timer_never_runs(loop):
+    ran = []
+    timer = loop.call_later(0.0, lambda: ran.append("cancelled"))
+    loop.call_later(0.02, lambda: ran.append("kept"))
+    timer.cancel()
+    run_until(loop, lambda: ran, "kept timer")
+    assert ran == ["kept"]
+
+
+def test_loop_wakes_for_the_nearest_timer_not_max_wait(loop):
+    ran = []
+    loop.call_later(0.02, lambda: ran.append(True))
+    started = time.monotonic()
+    while not ran:
+        loop.run_once(max_wait=30)
+        assert time.monotonic() - started < DEADLINE_S
+    assert time.monotonic() - started < 2.0
+
+
+def test_failing_timer_counts_as_a_handler_failure_and_later_timers_still_run(loop):
+    ran = []
+    now = time.monotonic()
+    loop.call_at(now - 2, lambda: 1 / 0)
+    loop.call_at(now - 1, lambda: ran.append("after"))
+    loop.run_once(max_wait=0)
+    assert ran == ["after"] and loop.handler_failures == 1 and loop.exit_code == EXIT_OK
+
+
+def test_before_sleep_hooks_run_every_pass(loop):
+    passes = []
+    loop.add_before_sleep(lambda: passes.append(1))
+    for _ in range(3):
+        loop.run_once(max_wait=0)
+    assert len(passes) == 3
+
+
+def test_run_returns_the_exit_code_given_to_stop(loop):
+    loop.call_later(0.0, lambda: loop.stop(7))
+    assert loop.run() == 7 and not loop.running
+
+
+def test_signal_is_delivered_to_the_callback_inside_the_loop(loop):
+    got = []
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        loop.on_signals([signal.SIGUSR1], got.append)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        run_until(loop, lambda: got, "SIGUSR1")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert got == [signal.SIGUSR1]
+
+
+# --- StreamTransport ---------------------------------------------------------------------------
+def test_bytes_from_the_peer_reach_the_protocol(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    peer.send(b"hello")
+    run_until(loop, lambda: protocol.data == b"hello", "data")
+
+
+def test_writes_reach_the_peer_in_order_after_the_pass(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    for i in range(100):
+        transport.write(b"%d," % i)
+    transport.write(b"")
+    expected = b"".join(b"%d," % i for i in range(100))
+    peer.read_until(loop, lambda p: len(p.received) >= len(expected))
+    assert peer.received == expected and transport.output_size == 0
+
+
+def test_peer_end_of_stream_reaches_the_protocol(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    peer.send(b"last")
+    peer.sock.shutdown(socket.SHUT_WR)
+    run_until(loop, lambda: protocol.eof, "eof")
+    assert protocol.data == b"last" and not transport.closed and not transport.reading
+
+
+def test_partial_send_keeps_the_unsent_rest_and_sends_it_when_writable(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    payload = bytes(range(256)) * (8 * 1024 * 4)  # 8 MiB: far more than a socket buffer holds
+    transport.write(payload)
+    loop.run_once(max_wait=0)
+    assert 0 < transport.output_size < len(payload)
+    peer.read_until(loop, lambda p: len(p.received) >= len(payload), "8 MiB")
+    assert peer.received == payload and transport.output_size == 0
+
+
+def test_close_when_flushed_sends_everything_then_closes(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    payload = b"z" * (3 * 1024 * 1024)
+    transport.write(payload)
+    transport.close_when_flushed()
+    loop.run_once(max_wait=0)
+    assert not transport.closed  # the rest is still queued
+    peer.read_until(loop, lambda p: p.eof, "peer end of stream")
+    assert peer.received == payload and transport.closed and protocol.lost
+
+
+def test_close_when_flushed_with_nothing_queued_closes_at_once(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    transport.close_when_flushed()
+    loop.run_once(max_wait=0)
+    assert transport.closed and protocol.lost
+    peer.read_until(loop, lambda p: p.eof)
+
+
+def test_close_drops_unsent_output_and_tells_the_protocol_and_owner(loop):
+    closed_by = []
+    server, client = socket.socketpair()
+    try:
+        transport = StreamTransport(loop, server, "t", on_close=closed_by.append)
+        protocol = Recorder()
+        transport.start(protocol)
+        transport.write(b"never sent")
+        transport.close()
+        transport.close()
+        transport.write(b"after close")
+        assert transport.closed and protocol.lost and transport.output_size == 0
+        assert closed_by == [transport]
+        assert client.recv(100) == b""
+    finally:
+        client.close()
+
+
+def test_paused_transport_reads_nothing_until_resumed(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    transport.pause_reading()
+    peer.send(b"waiting")
+    for _ in range(5):
+        loop.run_once(max_wait=0.01)
+    assert protocol.data == b"" and not transport.reading
+    transport.resume_reading()
+    run_until(loop, lambda: protocol.data == b"waiting", "data after resume")
+
+
+def test_writing_drained_is_called_once_output_falls_below_low_water(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    transport.write(b"a" * (HIGH_WATER + 1))
+    loop.run_once(max_wait=0)
+    assert protocol.drained == 0 and transport.output_size > LOW_WATER
+    peer.read_until(loop, lambda p: protocol.drained, "writing_drained")
+    assert protocol.drained == 1
+
+
+def test_output_past_max_output_aborts_the_connection(loop, pairs):
+    transport, protocol, peer = pairs(loop, max_output=100)
+    transport.write(b"x" * 50)
+    transport.write(b"x" * 51)
+    assert transport.closed and protocol.lost
+    peer.read_until(loop, lambda p: p.eof)
+    assert loop.handler_failures == 0
+
+
+def test_send_to_a_closed_peer_closes_only_this_connection(loop, pairs):
+    transport, protocol, peer = pairs(loop)
+    other, other_protocol, other_peer = pairs(loop)
+    peer.close()
+    transport.write(b"x" * 1000)
+    run_until(loop, lambda: transport.closed, "close after failed send")
+    assert protocol.lost and loop.handler_failures == 0
+    other.write(b"still fine")
+    other_peer.read_until(loop, lambda p: p.received == b"still fine")
+
+
+def test_handler_exception_closes_that_connection_and_counts(loop, pairs):
+    bad, bad_protocol, bad_peer = pairs(loop, Exploding())
+    good, good_protocol, good_peer = pairs(loop)
+    bad_peer.send(b"trigger")
+    good_peer.send(b"ok")
+    run_until(loop, lambda: bad.closed and good_protocol.data == b"ok", "failure handled")
+    assert bad_protocol.lost and loop.handler_failures == 1 and loop.exit_code == EXIT_OK
+    bad_peer.read_until(loop, lambda p: p.eof)
+    assert not good.closed
+
+
+def test_five_handler_failures_keep_the_loop_running(loop, pairs):
+    for _ in range(5):
+        pairs(loop, Exploding())[2].send(b"x")
+    run_until(loop, lambda: loop.handler_failures == 5, "five failures")
+    assert loop.exit_code == EXIT_OK
+
+
+def test_sixth_handler_failure_stops_run_with_exit_code_4(loop, pairs):
+    for _ in range(6):
+        pairs(loop, Exploding())[2].send(b"x")
+    safety = loop.call_later(DEADLINE_S, lambda: loop.stop(99))
+    assert loop.run() == EXIT_KILL_SWITCH
+    safety.cancel()
+    assert loop.handler_failures == 6
+
+
+# --- Listener ----------------------------------------------------------------------------------
+class FlakyListeningSocket(socket.socket):
+    """A listening socket whose next `fail_with` accepts raise the given errno."""
+
+    fail_with = ()
+
+    def accept(self):
+        if self.fail_with:
+            code, self.fail_with = self.fail_with[0], self.fail_with[1:]
+            raise OSError(code, os.strerror(code))
+        return super().accept()
+
+
+def listening(cls=socket.socket):
+    sock = cls(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+def test_listener_accepts_every_pending_connection_in_one_pass(loop):
+    accepted = []
+    listener = Listener(loop, listening(), "listener", lambda conn, addr: accepted.append(conn))
+    clients = [socket.create_connection(listener.sock.getsockname()) for _ in range(3)]
+    try:
+        loop.run_once(max_wait=DEADLINE_S)
+        assert len(accepted) == 3
+    finally:
+        for sock in clients + accepted:
+            sock.close()
+        listener.close()
+
+
+def test_listener_backs_off_when_out_of_descriptors_then_accepts(loop):
+    accepted = []
+    sock = listening(FlakyListeningSocket)
+    sock.fail_with = (errno.EMFILE,)
+    listener = Listener(loop, sock, "listener", lambda conn, addr: accepted.append(conn))
+    client = socket.create_connection(sock.getsockname())
+    try:
+        started = time.monotonic()
+        passes = 0
+        while not accepted:
+            loop.run_once(max_wait=DEADLINE_S)
+            passes += 1
+            assert time.monotonic() - started < DEADLINE_S
+        assert time.monotonic() - started >= ACCEPT_BACKOFF_S * 0.9
+        assert passes <= 3  # it waited for the back-off timer rather than spinning
+        assert loop.handler_failures == 0
+    finally:
+        client.close()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_listener_keeps_listening_after_a_transient_accept_error(loop):
+    accepted = []
+    sock = listening(FlakyListeningSocket)
+    sock.fail_with = (errno.EPROTO,)
+    listener = Listener(loop, sock, "listener", lambda conn, addr: accepted.append(conn))
+    address = sock.getsockname()
+    first = socket.create_connection(address)
+    clients = [first]
+    try:
+        loop.run_once(max_wait=1.0)
+        if not listener.closed:
+            clients.append(socket.create_connection(address))
+        run_until(loop, lambda: len(accepted) >= 1 or listener.closed, "accept", timeout=2)
+        assert not listener.closed and accepted
+    finally:
+        for s in clients + accepted:
+            s.close()
+        listener.close()
+
+
+def test_closed_listener_accepts_nothing(loop):
+    listener = Listener(loop, listening(), "listener", lambda conn, addr: None)
+    listener.close()
+    listener.close()
+    assert listener.closed and listener.sock.fileno() == -1
+
+
+# --- QueryConnection ---------------------------------------------------------------------------
+def answer_query(query, label):
+    if query.kind is None:
+        return query_error_reply(query.bad_token)
+    return encode_reply({"kind": query.kind})
+
+
+def replies(data: bytes):
+    return [json.loads(part) for part in bytes(data).split(b"\x04")[:-1]]
+
+
+@pytest.fixture
+def query_conn(loop):
+    made = []
+
+    def make(answer=answer_query):
+        server, client = socket.socketpair()
+        transport = StreamTransport(loop, server, "query-test")
+        connection = QueryConnection(transport, answer)
+        transport.start(connection)
+        peer = Peer(client)
+        made.append((transport, peer))
+        return transport, connection, peer
+
+    yield make
+    for transport, peer in made:
+        transport.close()
+        peer.close()
+
+
+def test_query_letter_without_terminator_is_answered_and_connection_stays_open(loop, query_conn):
+    transport, connection, peer = query_conn()
+    peer.send(b"m")
+    peer.read_until(loop, lambda p: p.received.endswith(b"\x04"))
+    assert replies(peer.received) == [{"kind": "m"}] and not peer.eof and not transport.closed
+
+
+def test_pipelined_queries_are_answered_in_order(loop, query_conn):
+    transport, connection, peer = query_conn()
+    peer.send(b"m s\r\nw\x04m\n")
+    peer.read_until(loop, lambda p: p.received.count(b"\x04") == 4)
+    assert [r["kind"] for r in replies(peer.received)] == ["m", "s", "w", "m"]
+
+
+def test_bad_query_gets_an_error_and_the_next_query_is_answered(loop, query_conn):
+    transport, connection, peer = query_conn()
+    peer.send(b"bogus\nm")
+    peer.read_until(loop, lambda p: p.received.count(b"\x04") == 2)
+    error, answer = replies(peer.received)
+    assert "bogus" in error["error"] and answer == {"kind": "m"}
+
+
+def test_query_connection_answers_everything_then_closes_after_end_of_stream(loop, query_conn):
+    transport, connection, peer = query_conn()
+    peer.send(b"m\ns\nw")
+    peer.sock.shutdown(socket.SHUT_WR)
+    peer.read_until(loop, lambda p: p.eof, "close after answers")
+    assert [r["kind"] for r in replies(peer.received)] == ["m", "s", "w"] and transport.closed
+
+
+def test_client_not_reading_pauses_query_reading_and_gets_every_reply_later(loop, query_conn):
+    big = encode_reply({"blob": "b" * (400 * 1024)})
+    transport, connection, peer = query_conn(lambda query, label: big)
+    count = 40
+    peer.send(b"m" * count)
+    run_until(loop, lambda: not transport.reading, "paused reading")
+    for _ in range(5):
+        loop.run_once(max_wait=0.01)
+    assert transport.output_size < HIGH_WATER + len(big)  # one reply's worth past the mark
+    peer.read_until(loop, lambda p: len(p.received) >= count * len(big), "all replies")
+    assert peer.received == big * count
+
+
+def test_query_answers_wait_while_the_fake_transport_is_above_high_water():
+    transport = FakeTransport()
+    big = b"x" * HIGH_WATER
+    connection = QueryConnection(transport, lambda query, label: big)
+    connection.data_received(b"mmm")
+    assert transport.writes == [big] and not transport.reading
+    transport.output_size = 0
+    connection.writing_drained()
+    assert transport.writes == [big, big] and not transport.reading
+    transport.output_size = 0
+    connection.eof_received()
+    connection.writing_drained()
+    assert transport.writes == [big] * 3 and transport.closing
+
+
+# --- StatusConnection --------------------------------------------------------------------------
+class StatusSink:
+    def __init__(self, refuse=None):
+        self.reports = []
+        self.bad = []
+        self.refuse = refuse
+
+    def store(self, report, label):
+        if self.refuse:
+            return self.refuse
+        self.reports.append(report)
+        return None
+
+    def bad_input(self, label, reason):
+        self.bad.append(reason)
+
+
+@pytest.fixture
+def status_conn(loop):
+    made = []
+
+    def make(sink=None, max_message=None):
+        sink = sink or StatusSink()
+        server, client = socket.socketpair()
+        transport = StreamTransport(loop, server, "status-test")
+        transport.start(StatusConnection(transport, sink.store, sink.bad_input, max_message))
+        peer = Peer(client)
+        made.append((transport, peer))
+        return transport, sink, peer
+
+    yield make
+    for transport, peer in made:
+        transport.close()
+        peer.close()
+
+
+ORIGINAL = b"{'serial_number': 'ZA1', 'time_stamp': 1, 'status': '001'}"
+
+
+def test_original_style_status_is_stored_and_acknowledged_without_a_terminator(loop, status_conn):
+    transport, sink, peer = status_conn()
+    peer.send(ORIGINAL)
+    peer.read_until(loop, lambda p: p.received == b"\x04", "ack")
+    assert [(r.serial_number, r.status) for r in sink.reports] == [("ZA1", "001")]
+    assert not peer.eof
+
+
+def test_bad_status_gets_error_and_end_byte_and_the_connection_still_works(loop, status_conn):
+    transport, sink, peer = status_conn()
+    peer.send(b"{'serial_number': 'A', 'status': 1}\n" + ORIGINAL)
+    peer.read_until(loop, lambda p: p.received.count(b"\x04") == 2)
+    error = json.loads(peer.received[:peer.received.index(b"\x04")])
+    assert "time_stamp" in error["error"] and peer.received.endswith(b"}\x04\x04")
+    assert [r.serial_number for r in sink.reports] == ["ZA1"] and len(sink.bad) == 1
+
+
+def test_garbage_status_gets_one_error_at_once(loop, status_conn):
+    transport, sink, peer = status_conn()
+    peer.send(b"not a dict at all")
+    peer.read_until(loop, lambda p: p.received.endswith(b"\x04"))
+    assert list(json.loads(peer.received[:-1])) == ["error"] and len(sink.bad) == 1
+
+
+def test_refused_status_gets_the_store_reason(loop, status_conn):
+    transport, sink, peer = status_conn(StatusSink(refuse="too many serials"))
+    peer.send(ORIGINAL)
+    peer.read_until(loop, lambda p: p.received.endswith(b"\x04"))
+    assert json.loads(peer.received[:-1]) == {"error": "too many serials"}
+
+
+def test_over_long_status_gets_an_error_and_the_next_one_is_stored(loop, status_conn):
+    transport, sink, peer = status_conn(max_message=200)
+    peer.send(b"{'status': '" + b"x" * 1000 + b"'}\n" + ORIGINAL)
+    peer.read_until(loop, lambda p: p.received.count(b"\x04") == 2)
+    assert "200" in json.loads(peer.received[:peer.received.index(b"\x04")])["error"]
+    assert [r.serial_number for r in sink.reports] == ["ZA1"]
+
+
+def test_status_without_terminator_completes_at_end_of_stream_then_closes(loop, status_conn):
+    transport, sink, peer = status_conn()
+    peer.send(b'{"serial_number": "A", "time_stamp": 1, "status": "x"')
+    peer.sock.shutdown(socket.SHUT_WR)
+    peer.read_until(loop, lambda p: p.eof)
+    assert peer.received.endswith(b"\x04") and b"error" in peer.received and transport.closed
+
+
+def test_huge_integer_serial_is_refused_without_a_handler_failure(loop, status_conn):
+    transport, sink, peer = status_conn()
+    peer.send(b"{'serial_number': 0x" + b"f" * 4000 + b", 'time_stamp': 1, 'status': 2}")
+    peer.read_until(loop, lambda p: p.received.endswith(b"\x04") or p.eof)
+    assert b"serial_number" in peer.received and loop.handler_failures == 0
+
+
+def test_status_reading_pauses_while_replies_pile_up_and_resumes_when_drained():
+    transport = FakeTransport()
+    sink = StatusSink()
+    connection = StatusConnection(transport, sink.store, sink.bad_input)
+    transport.output_size = HIGH_WATER
+    connection.data_received(ORIGINAL)
+    assert not transport.reading and transport.writes == [b"\x04"]
+    connection.writing_drained()
+    assert transport.reading
+
+
+def test_status_end_of_stream_answers_the_rest_and_closes_when_flushed():
+    transport = FakeTransport()
+    sink = StatusSink()
+    connection = StatusConnection(transport, sink.store, sink.bad_input)
+    connection.data_received(b"{'serial_number': 'A', 'time_stamp': 1, 'status': 2")
+    assert transport.writes == []
+    connection.eof_received()
+    assert len(transport.writes) == 1 and transport.closing
