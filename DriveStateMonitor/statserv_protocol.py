@@ -534,6 +534,8 @@ class StatServSession:
         if self._on_shutdown is None:
             raise StatServError(DENIED, "SHUTDOWN is not available on this server")
         self._on_shutdown()
+        # Like LOGOFF: nothing pipelined after SHUTDOWN runs on a server that is going away.
+        self._closing = True
         return []
 
     def _command_help(self, args: Dict[str, str]) -> List[str]:

@@ -472,3 +472,17 @@ def test_random_command_sequences_answer_every_request(commands):
     assert len(final_lines) == len(commands)
     assert not any(line.startswith(b"! PROTOCOL") for line in final_lines)
     session.connection_lost()
+
+
+def test_nothing_pipelined_after_shutdown_is_executed():
+    from DriveStateMonitor.statserv_protocol import StatServSession
+    from DriveStateMonitor.statserv_tree import Tree
+    tree = Tree()
+    stopped = []
+    session = StatServSession(tree, lambda: 100.0, is_local=True,
+                              on_shutdown=lambda: stopped.append(True))
+    session.receive_data(b"SHUTDOWN\nTOUCH /after\nPWD\n")
+    assert stopped == [True]
+    assert session.data_to_send() == b""
+    assert session.closing
+    assert not tree.exists("/after")
