@@ -32,6 +32,8 @@ from .interfaces import Interface, select_interfaces
 from .multicast_socket import MulticastSetupError, open_multicast_socket
 from .options import parse_options
 from .persistence import Journal, load_state
+from .sd_notify import notify as sd_notify
+from .sd_notify import watchdog_interval
 from .query_protocol import END_BYTE, Query, encode_reply, error_reply
 from .query_service import QueryConnection
 from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensure_run_dir,
@@ -250,6 +252,11 @@ class DriveStateMonitor:
                  self.ports["statserv_port"], statserv_path)
         log.info("hearing %s:%d on %s", opts.mcast_group, self.ports["mcast_port"],
                  ", ".join("%s (%s)" % (i.name, i.ipv4) for i in self.interfaces) or "no interface")
+        sd_notify("READY=1\nMAINPID=%d\nSTATUS=serving queries on port %d" % (
+            os.getpid(), self.ports["query_port"]))
+        interval = watchdog_interval()
+        if interval:
+            self._ping_watchdog(interval)
         return True
 
     def run(self) -> int:
@@ -328,12 +335,18 @@ class DriveStateMonitor:
         if self._shutdown_deadline is not None:
             return
         log.info("%s: stopping (replies in flight get %.0f s)", why, SHUTDOWN_GRACE_S)
+        sd_notify("STOPPING=1\nSTATUS=stopping: %s" % why)
         self._shutdown_code = exit_code
         self._shutdown_deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for listener in self.listeners:
             listener.close()
         for transport in list(self.transports):
             transport.close_when_flushed()
+
+    def _ping_watchdog(self, interval: float) -> None:
+        """systemd's watchdog: a loop that stops turning stops pinging, and systemd restarts it."""
+        sd_notify("WATCHDOG=1")
+        self.loop.call_later(interval, lambda: self._ping_watchdog(interval))
 
     def _check_shutdown(self) -> None:
         if self._shutdown_deadline is None:

@@ -43,14 +43,40 @@ def _same_file(fd_a: int, fd_b: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+class JournalFormatter(logging.Formatter):
+    """Under systemd: `<priority>` prefixes (sd-daemon(3)) and no timestamp — the journal adds it."""
+
+    PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+                  logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6)
+        return "\n".join("<%d>%s" % (priority, line)
+                         for line in super().format(record).split("\n"))
+
+
+def stderr_is_journal() -> bool:
+    """True when systemd connected standard error to the journal ($JOURNAL_STREAM names it)."""
+    try:
+        device, inode = (int(part) for part in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
 def configure_logging(log_file: Optional[str]) -> Optional[ReopenableFileHandler]:
-    """Sends every log line, timestamped, to `log_file` (or standard error when None)."""
+    """Sends every log line, timestamped, to `log_file` (or standard error when None; under
+    systemd, to the journal with priorities)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     file_handler = ReopenableFileHandler(log_file) if log_file else None
     handler: logging.Handler = file_handler or logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if file_handler is None and stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return file_handler
