@@ -264,7 +264,7 @@ def _is_number(value: Any) -> bool:
 class _Node:
     __slots__ = ("path", "parent_path", "name", "kind", "children", "value", "type_name", "comment",
                  "lifetime", "deadline", "autoexpire_owner", "mtime", "revision", "holders",
-                 "monitors", "timer_at", "timer_seq")
+                 "monitors", "timer_at", "timer_seq", "group")
 
     def __init__(self, path: str, kind: str) -> None:
         self.path = path
@@ -277,6 +277,7 @@ class _Node:
         self.comment = ""
         self.lifetime = 0.0
         self.deadline: Optional[float] = None
+        self.group: Optional[LifetimeGroup] = None
         self.autoexpire_owner: Any = None
         self.mtime = 0.0
         self.revision = 0
@@ -284,6 +285,17 @@ class _Node:
         self.monitors: Dict[Any, _Monitor] = {}
         self.timer_at: Optional[float] = None
         self.timer_seq: Optional[int] = None
+
+
+class LifetimeGroup:
+    """One deadline shared by many objects — a drive's announcement fields — so that refreshing them
+    all costs one assignment (`group.deadline = now + lifetime`) instead of one update per object.
+    The objects' heap entries, when they come due, find the later deadline and re-queue themselves."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, deadline: float = 0.0) -> None:
+        self.deadline = deadline
 
 
 class _Monitor:
@@ -485,6 +497,7 @@ class Tree:
             node.comment = comment
         if lifetime is not None:
             node.lifetime = lifetime
+            node.group = None  # a client's own lifetime replaces the daemon's shared one
             if node.value is not EXPIRED:
                 self._start_lifetime(node, now)
         if autoexpire and owner is not None:
@@ -528,12 +541,14 @@ class Tree:
         """Update an existing object from text, converted to its type (TYPE if it does not fit)."""
         node = self._object(path)
         self._check_length(text, "value")
+        node.group = None  # a client's PUT: its own lifetime from now on
         self._store(node, _parse_typed(text, node.type_name), now, lifetime)
 
     def set_value(self, path: str, value: Any, now: float, *, lifetime: Optional[float] = None,
-                  comment: Optional[str] = None) -> None:
+                  comment: Optional[str] = None, group: Optional[LifetimeGroup] = None) -> None:
         """The daemon's publish: create parents and object if absent; the type follows the Python
-        value (str, int, float, bool). An unchanged value only refreshes the lifetime."""
+        value (str, int, float, bool). An unchanged value only refreshes the lifetime. With a
+        `group`, the lifetime ends at the group's deadline, which the caller keeps up to date."""
         node = self._nodes.get(path)
         if node is None or node.kind != _KIND_OBJECT:  # slow path: normalize, create
             path = self._normalized(path)
@@ -548,6 +563,7 @@ class Tree:
             node.comment = comment
             self._bump_revision(node, now)
         node.type_name = type_name
+        node.group = group
         self._store(node, value, now, lifetime)
 
     def _store(self, node: _Node, value: Any, now: float, lifetime: Optional[float]) -> None:
@@ -564,7 +580,7 @@ class Tree:
         if not node.lifetime:
             node.deadline = None
             return
-        deadline = now + node.lifetime
+        deadline = node.group.deadline if node.group is not None else now + node.lifetime
         node.deadline = deadline
         # A later deadline needs no new entry: the pending one re-queues itself when it comes due.
         if node.timer_seq is None or deadline < node.timer_at:
@@ -620,6 +636,7 @@ class Tree:
         node.comment = ""
         node.lifetime = 0.0
         node.deadline = None
+        node.group = None
         node.autoexpire_owner = None
         node.type_name = TYPE_STRING
         node.value = NONEXISTENT
@@ -826,6 +843,8 @@ class Tree:
         if isinstance(target, _Node):
             if self._nodes.get(target.path) is not target or target.kind != _KIND_OBJECT:
                 return None
+            if target.group is not None and target.deadline is not None:
+                return target.group.deadline
             return target.deadline
         if target.active and target.changed_names and not target.notified:
             return target.quiet_until
