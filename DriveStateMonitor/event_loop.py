@@ -28,7 +28,7 @@ import signal
 import socket
 import struct
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, List, Optional, Set, Tuple
 
 log = logging.getLogger("dsm.loop")
 
@@ -299,6 +299,10 @@ class StreamTransport:
         self._registered_events = 0
         self._eof = False
         self.last_activity = time.monotonic()  # bytes in or out; for the idle timeout
+        # Protocols stop producing past high_water; with a small output cap, well below the cap, so
+        # a client that reads is never taken for one that does not.
+        self.high_water = HIGH_WATER if max_output is None else min(HIGH_WATER, max_output // 2)
+        self.low_water = min(LOW_WATER, self.high_water // 4)
         sock.setblocking(False)
 
     def start(self, protocol: Any) -> None:
@@ -310,11 +314,14 @@ class StreamTransport:
         """Queues `data`; it is sent at the end of this loop pass."""
         if self.closed or not data:
             return
+        waiting = self.output_size
         self._out.append(memoryview(data))
         self.output_size += len(data)
-        if self.output_size >= HIGH_WATER:
+        if self.output_size >= self.high_water:
             self._above_high_water = True
-        if self.max_output is not None and self.output_size > self.max_output:
+        # One reply larger than the cap may go out on its own; output piling up on top of unsent
+        # output past the cap means the client is not reading.
+        if self.max_output is not None and waiting and self.output_size > self.max_output:
             log.warning("%s: output buffer passed %d bytes; client is not reading; closing",
                         self.label, self.max_output)
             self.abort()
@@ -353,7 +360,7 @@ class StreamTransport:
             else:
                 self._out[0] = chunk[sent:]
                 break
-        if self._above_high_water and self.output_size <= LOW_WATER:
+        if self._above_high_water and self.output_size <= self.low_water:
             self._above_high_water = False
             drained = getattr(self.protocol, "writing_drained", None)
             if drained is not None:

@@ -102,11 +102,15 @@ def write_snapshot(state_dir: str, seq: int, state: Dict[str, Any]) -> None:
     """Writes snapshot `seq` atomically: a reader sees the old file or the whole new one."""
     path = snapshot_path(state_dir, seq)
     tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, separators=(",", ":"), ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, separators=(",", ":"), ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)  # a full disk must not fill up further with half snapshots
+        raise
     _fsync_dir(state_dir)
 
 
@@ -206,13 +210,15 @@ class Journal:
         self.last_snapshot_error: Optional[str] = None
         self._child: Optional[int] = None
         self._child_seq = 0
+        self._child_recovers = False  # the running child is to end a failure
         self._last_failure_log = float("-inf")
 
     # --- records ------------------------------------------------------------------------------
     def record(self, record: Any) -> None:
         """Queues one change; it reaches the file at the next `flush()`."""
         if self.needs_snapshot:
-            return  # the snapshot that ends the failure will hold this change
+            self.records_dropped += 1  # the snapshot that ends the failure will hold this change
+            return
         self._pending.append(encode_record(record))
 
     @property
@@ -306,6 +312,7 @@ class Journal:
                 os._exit(code)
         self._child = pid
         self._child_seq = new_seq
+        self._child_recovers = self.needs_snapshot
         self.needs_snapshot = False
         self.open(new_seq)
         return True
@@ -326,7 +333,8 @@ class Journal:
             return True
         self.last_snapshot_error = "snapshot child failed (status %d)" % status
         log.error("snapshot %d failed; the journals before it are kept", self._child_seq)
-        if self._fd is None:
+        if self._child_recovers or self._fd is None:
+            # Records were dropped before this snapshot: only a complete one closes that gap.
             self.needs_snapshot = True
         return False
 

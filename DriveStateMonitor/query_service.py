@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 from typing import Callable, Deque
 
-from .event_loop import HIGH_WATER, StreamTransport
+from .event_loop import StreamTransport
 from .query_protocol import Query, QueryParser
 
 AnswerQuery = Callable[[Query, str], bytes]
@@ -13,9 +13,9 @@ AnswerQuery = Callable[[Query, str], bytes]
 class QueryConnection:
     """Answers each query of one connection in order; closes after the client's end of stream.
 
-    Replies are produced only while less than HIGH_WATER bytes wait to be sent; past that, reading
-    pauses until the client catches up, so a client that pipelines `m` and never reads holds one
-    reply's worth of memory, not thousands.
+    Replies are produced only while less than the transport's high-water mark waits to be sent;
+    past that, reading pauses until the client catches up, so a client that pipelines `m` and never
+    reads holds one reply's worth of memory, not thousands.
     """
 
     def __init__(self, transport: StreamTransport, answer: AnswerQuery) -> None:
@@ -41,7 +41,7 @@ class QueryConnection:
 
     def _answer_pending(self) -> None:
         transport = self.transport
-        while self.pending and transport.output_size < HIGH_WATER and not transport.closed:
+        while self.pending and transport.output_size < transport.high_water and not transport.closed:
             transport.write(self.answer(self.pending.popleft(), transport.label))
         if transport.closed:
             return

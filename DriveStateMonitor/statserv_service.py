@@ -2,7 +2,7 @@
 
 The session (statserv_protocol) owns the meaning; this glue moves its output to the transport — both
 replies to the client's own lines and `@`/`#` lines caused by other connections or by expiry — and
-applies back-pressure: while HIGH_WATER bytes wait for a slow reader, its lines are not read. Monitors
+applies back-pressure: while the high-water mark waits for a slow reader, its lines are not read. Monitors
 coalesce, so only TRACE output can pile up beyond that; the transport's output cap (--max-output)
 disconnects such a client rather than letting it hold the memory.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .event_loop import HIGH_WATER, StreamTransport
+from .event_loop import StreamTransport
 from .statserv_protocol import MAX_LINE_BYTES, StatServSession
 from .statserv_tree import Tree
 
@@ -31,7 +31,7 @@ class StatServConnection:
         self._send()
         if self.session.closing:
             self.transport.close_when_flushed()
-        elif self.transport.output_size >= HIGH_WATER:
+        elif self.transport.output_size >= self.transport.high_water:
             self.transport.pause_reading()
 
     def eof_received(self) -> None:

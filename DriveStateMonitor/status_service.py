@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .event_loop import HIGH_WATER, StreamTransport
+from .event_loop import StreamTransport
 from .status_protocol import (StatusError, StatusParser, StatusReport, ack, error_reply,
                               parse_status)
 
@@ -26,7 +26,7 @@ class StatusConnection:
     def data_received(self, data: bytes) -> None:
         for framed in self.parser.receive_data(data):
             self._answer(framed.message, framed.error)
-        if self.transport.output_size >= HIGH_WATER:
+        if self.transport.output_size >= self.transport.high_water:
             # A client that sends without reading its acks waits for itself, not us.
             self.transport.pause_reading()
 

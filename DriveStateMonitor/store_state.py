@@ -150,6 +150,11 @@ class StoreState:
                     self.store.record_status(serial, entry.encode("utf-8"))
             entries = snapshot.get("tree", [])
             self.tree.import_entries(entries, now)
+            for entry in entries:
+                if entry.get("autoexpire"):
+                    # Its owner was connected at the snapshot: a PUT replayed later must not
+                    # outlive that owner, who died with the old process.
+                    self._owned_at_crash[entry["path"]] = now
             counts["tree_entries"] = len(entries)
         for record in loaded.records:
             try:

@@ -105,6 +105,7 @@ class Peer:
 
 class FakeTransport:
     label = "fake"
+    high_water = HIGH_WATER
 
     def __init__(self):
         self.writes = []

@@ -1,12 +1,8 @@
-import json
-
 from dsm_harness import END, announcement, wait_for
-
 
 def test_status_then_query_round_trip(dsm):
     assert dsm.send_status(b"{'serial_number': 'ZA1', 'time_stamp': 1, 'status': '001'}") == END
     assert dsm.query_json("s") == {"ZA1": [{"time_stamp": 1, "status": "001"}]}
-
 
 def test_announcement_appears_in_m(dsm):
     dsm.announce(announcement("SN1"))

@@ -1,0 +1,438 @@
+"""Unit tests of the durability files (persistence.py) and of what is kept across a restart
+(store_state.py): pure, in memory or in a tmp dir, with injected times.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import zlib
+from typing import Any, List
+
+import pytest
+
+from DriveStateMonitor.drive_publisher import DrivePublisher
+from DriveStateMonitor.drive_store import DriveStore
+from DriveStateMonitor.persistence import (FSYNC_ALWAYS, Journal, Loaded, decode_records,
+                                           encode_record, journal_path, load_state,
+                                           snapshot_path, write_snapshot)
+from DriveStateMonitor.statserv_tree import EXPIRED, UNDEFINED
+from DriveStateMonitor.store_state import JournaledTree, StoreState
+
+RECORDS: List[Any] = [
+    ["s", "ZA1", '{"time_stamp": "t1", "status": "001"}'],
+    ["tt", "/lab/x", 100.0, "a comment", 30.0, False, "float"],
+    ["tp", "/lab/x", "41.5", 101.0, None],
+    ["td", "/lab/dir", 102.0, None],
+    ["a", "ZA1", '{"serial_number": "ZA1", "model": "\u00e9t\u00e9"}', 103.0, "10.0.0.1", "lo"],
+]
+
+
+def journal_bytes(records: List[Any]) -> bytes:
+    return b"".join(encode_record(r) for r in records)
+
+
+# --- records ------------------------------------------------------------------------------------
+def test_encoded_records_decode_to_the_same_records_and_use_every_byte():
+    data = journal_bytes(RECORDS)
+    records, used = decode_records(data)
+    assert records == RECORDS
+    assert used == len(data)
+
+
+def test_record_is_length_crc_and_compact_json():
+    encoded = encode_record(["w", 5.0])
+    length, crc = struct.unpack_from("<II", encoded)
+    payload = encoded[8:]
+    assert payload == b'["w",5.0]'
+    assert length == len(payload) and crc == zlib.crc32(payload)
+
+
+def test_empty_data_decodes_to_no_records():
+    assert decode_records(b"") == ([], 0)
+
+
+def test_torn_last_record_cut_at_every_byte_yields_the_earlier_records():
+    good = journal_bytes(RECORDS[:-1])
+    last = encode_record(RECORDS[-1])
+    for cut in range(len(last)):  # 0 .. len-1 bytes of the last record written
+        records, used = decode_records(good + last[:cut])
+        assert records == RECORDS[:-1], "cut at %d" % cut
+        assert used == len(good), "cut at %d" % cut
+
+
+@pytest.mark.parametrize("position", ["length", "crc", "payload"])
+def test_corrupt_record_stops_replay_there_and_nothing_after_it_is_trusted(position):
+    parts = [encode_record(r) for r in RECORDS]
+    victim = bytearray(parts[2])
+    index = {"length": 0, "crc": 5, "payload": 12}[position]
+    victim[index] ^= 0x5A
+    data = b"".join(parts[:2]) + bytes(victim) + b"".join(parts[3:])
+    records, used = decode_records(data)
+    assert records == RECORDS[:2]
+    assert used == len(parts[0]) + len(parts[1])
+
+
+def test_huge_length_field_is_taken_for_a_torn_record_not_an_allocation():
+    data = encode_record(RECORDS[0]) + struct.pack("<II", 0xFFFFFFF0, 0) + b"x" * 16
+    records, used = decode_records(data)
+    assert records == RECORDS[:1]
+    assert used == len(encode_record(RECORDS[0]))
+
+
+def test_record_with_a_valid_crc_but_no_json_stops_replay():
+    payload = b"\xff\xfenot json"
+    bad = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    records, _ = decode_records(encode_record(RECORDS[0]) + bad + encode_record(RECORDS[1]))
+    assert records == RECORDS[:1]
+
+
+# --- load_state ---------------------------------------------------------------------------------
+def write_journal(state_dir: str, seq: int, data: bytes) -> str:
+    path = journal_path(state_dir, seq)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def test_empty_or_missing_state_dir_loads_nothing(tmp_path):
+    for state_dir in (str(tmp_path), str(tmp_path / "absent")):
+        loaded = load_state(state_dir)
+        assert loaded.snapshot is None and loaded.records == [] and loaded.torn == []
+        assert loaded.next_seq == 1
+
+
+def test_load_picks_newest_snapshot_and_only_the_journals_from_it_on(tmp_path):
+    state_dir = str(tmp_path)
+    write_snapshot(state_dir, 1, {"format": 1, "which": "old"})
+    write_snapshot(state_dir, 3, {"format": 1, "which": "new"})
+    write_journal(state_dir, 1, journal_bytes([["w", 1.0]]))
+    write_journal(state_dir, 2, journal_bytes([["w", 2.0]]))
+    write_journal(state_dir, 3, journal_bytes([["w", 3.0], ["w", 3.5]]))
+    write_journal(state_dir, 4, journal_bytes([["w", 4.0]]))
+    loaded = load_state(state_dir)
+    assert loaded.snapshot == {"format": 1, "which": "new"}
+    assert loaded.snapshot_seq == 3
+    assert loaded.records == [["w", 3.0], ["w", 3.5], ["w", 4.0]]
+    assert loaded.next_seq == 5
+
+
+def test_without_a_snapshot_every_journal_is_replayed_oldest_first(tmp_path):
+    state_dir = str(tmp_path)
+    write_journal(state_dir, 2, journal_bytes([["w", 2.0]]))
+    write_journal(state_dir, 10, journal_bytes([["w", 10.0]]))
+    write_journal(state_dir, 1, journal_bytes([["w", 1.0]]))
+    loaded = load_state(state_dir)
+    assert loaded.records == [["w", 1.0], ["w", 2.0], ["w", 10.0]]
+    assert loaded.next_seq == 11
+
+
+@pytest.mark.parametrize("corruption", [b"{\"format\": 1, \"dri", b"", b"[1, 2]", b"\x00\xff"])
+def test_corrupt_newest_snapshot_falls_back_to_the_older_one_and_its_journals(tmp_path,
+                                                                              corruption):
+    state_dir = str(tmp_path)
+    write_snapshot(state_dir, 1, {"format": 1, "which": "old"})
+    write_journal(state_dir, 1, journal_bytes([["w", 1.0]]))
+    write_journal(state_dir, 2, journal_bytes([["w", 2.0]]))
+    with open(snapshot_path(state_dir, 2), "wb") as f:
+        f.write(corruption)
+    loaded = load_state(state_dir)
+    assert loaded.snapshot == {"format": 1, "which": "old"}
+    assert loaded.snapshot_seq == 1
+    assert loaded.records == [["w", 1.0], ["w", 2.0]]
+    assert loaded.next_seq == 3
+
+
+def test_torn_tail_is_reported_cut_off_and_later_appends_stay_readable(tmp_path):
+    state_dir = str(tmp_path)
+    good = journal_bytes(RECORDS[:3])
+    path = write_journal(state_dir, 1, good + encode_record(RECORDS[3])[:7])
+    loaded = load_state(state_dir)
+    assert loaded.records == RECORDS[:3]
+    assert loaded.torn == [path]
+    assert os.path.getsize(path) == len(good)
+    with open(path, "ab") as f:  # what the next run appends after the cut
+        f.write(encode_record(["w", 9.0]))
+    assert load_state(state_dir).records == RECORDS[:3] + [["w", 9.0]]
+
+
+def test_load_without_repair_leaves_the_torn_file_alone(tmp_path):
+    state_dir = str(tmp_path)
+    data = journal_bytes(RECORDS[:2]) + b"garbage"
+    path = write_journal(state_dir, 1, data)
+    loaded = load_state(state_dir, repair=False)
+    assert loaded.records == RECORDS[:2] and loaded.torn == [path]
+    with open(path, "rb") as f:
+        assert f.read() == data
+
+
+def test_write_snapshot_leaves_no_temporary_file(tmp_path):
+    write_snapshot(str(tmp_path), 7, {"format": 1})
+    assert os.listdir(str(tmp_path)) == ["snapshot-7.json"]
+    with open(snapshot_path(str(tmp_path), 7)) as f:
+        assert json.load(f) == {"format": 1}
+
+
+def test_failed_snapshot_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError):
+        write_snapshot(str(tmp_path), 3, {"format": 1})
+    monkeypatch.undo()
+    assert os.listdir(str(tmp_path)) == []
+
+
+# --- Journal ------------------------------------------------------------------------------------
+def test_journal_writes_queued_records_at_flush_and_fsyncs_with_always(tmp_path):
+    journal = Journal(str(tmp_path / "state"), FSYNC_ALWAYS, lambda: {"format": 1})
+    assert journal.open(1)
+    journal.record(["w", 1.0])
+    journal.record(["w", 2.0])
+    assert load_state(journal.state_dir).records == []  # queued, not written yet
+    journal.flush(0.0)
+    assert load_state(journal.state_dir).records == [["w", 1.0], ["w", 2.0]]
+    status = journal.status()
+    assert (status["state"], status["records_written"], status["fsyncs"]) == ("ok", 2, 1)
+    journal.close()
+
+
+def test_journal_snapshot_now_removes_older_files_and_restarts_from_the_snapshot(tmp_path):
+    state_dir = str(tmp_path)
+    journal = Journal(state_dir, FSYNC_ALWAYS, lambda: {"format": 1, "n": 42}, clock=lambda: 77.0)
+    journal.open(1)
+    journal.record(["w", 1.0])
+    assert journal.snapshot_now()
+    assert sorted(os.listdir(state_dir)) == ["snapshot-2.json"]
+    loaded = load_state(state_dir)
+    assert loaded.snapshot == {"format": 1, "n": 42} and loaded.records == []
+    assert journal.status()["last_snapshot"] == 77.0
+
+
+def test_journal_on_a_vanished_file_reports_failing_and_drops_records_until_a_snapshot(tmp_path):
+    state_dir = str(tmp_path / "state")
+    journal = Journal(state_dir, FSYNC_ALWAYS, lambda: {"format": 1})
+    journal.open(1)
+    os.unlink(journal_path(state_dir, 1))
+    assert journal.check_vanished()
+    assert journal.status()["state"] == "failing"
+    journal.record(["w", 1.0])
+    journal.flush(0.0)
+    assert journal.records_written == 0
+    assert journal.snapshot_now()
+    assert journal.status()["state"] == "ok"
+
+
+def test_journal_refuses_an_unknown_fsync_policy(tmp_path):
+    with pytest.raises(ValueError):
+        Journal(str(tmp_path), "sometimes", dict)
+
+
+# --- store_state: snapshot and restore ----------------------------------------------------------
+def make_state(drive_lifetime: float = 60.0) -> StoreState:
+    store = DriveStore(history=20, drive_lifetime=drive_lifetime)
+    tree = JournaledTree()
+    return StoreState(store, tree, DrivePublisher(tree, drive_lifetime))
+
+
+def announce(state: StoreState, serial: str, now: float, **extra: Any) -> None:
+    fields = {"serial_number": serial, "model": "ST4000NK0001", "firmware_version": "3.1.7"}
+    fields.update(extra)
+    raw = json.dumps(fields).encode()
+    assert state.store.record_announcement(serial, fields, raw, now, "10.1.2.3", "eth0")
+    state.announced(serial, raw, now, "10.1.2.3", "eth0")
+
+
+def status_entry(stamp: str, status: str) -> bytes:
+    return json.dumps({"time_stamp": stamp, "status": status}).encode()
+
+
+def populate(state: StoreState, now: float) -> None:
+    announce(state, "ZA1", now - 5.0)
+    announce(state, "ZB2", now - 1.0, model="ST8000")
+    for index in range(3):
+        entry = status_entry("t%d" % index, "%03d" % index)
+        state.store.record_status("ZA1", entry)
+        state.status("ZA1", entry)
+    tree = state.tree
+    tree.touch_dir("/lab/bench3", now, comment="bench three")
+    tree.touch("/lab/bench3/temperature", now, comment="probe", lifetime=30.0, type_name="float")
+    tree.put("/lab/bench3/temperature", "41.5", now)
+    tree.touch("/lab/count", now, type_name="int")
+    tree.put("/lab/count", "7", now)
+    tree.touch("/lab/flag", now, type_name="bool")
+    tree.put("/lab/flag", "TRUE", now)
+    tree.touch("/lab/name", now, comment="just a string")
+    tree.put("/lab/name", "hello world", now)
+    tree.touch("/lab/undefined", now)
+
+
+def restored(loaded: Loaded, now: float, drive_lifetime: float = 60.0) -> StoreState:
+    fresh = make_state(drive_lifetime)
+    fresh.restore(loaded, now)
+    return fresh
+
+
+def snapshot_of(state: StoreState, now: float) -> Loaded:
+    loaded = Loaded()
+    # Through JSON, as the file is: only JSON-able data survives.
+    loaded.snapshot = json.loads(json.dumps(state.snapshot(now)))
+    return loaded
+
+
+def test_snapshot_restore_round_trip_keeps_drives_statuses_and_tree_entries():
+    now = 1_700_000_000.0
+    state = make_state()
+    populate(state, now)
+    fresh = restored(snapshot_of(state, now), now + 2.0)
+    assert fresh.store.multicast_json() == state.store.multicast_json()
+    assert fresh.store.status_json() == state.store.status_json()
+    tree = fresh.tree
+    for path, value in [("/lab/bench3/temperature", 41.5), ("/lab/count", 7),
+                        ("/lab/flag", True), ("/lab/name", "hello world"),
+                        ("/lab/undefined", UNDEFINED)]:
+        assert tree.get(path, now + 2.0) == value, path
+        before, after = state.tree.stat(path), tree.stat(path)
+        for key in ("type", "comment", "lifetime"):
+            assert after[key] == before[key], (path, key)
+    assert tree.stat("/lab/bench3")["comment"] == "bench three"
+    assert tree.get("/drives/ZB2/model", now + 2.0) == "ST8000"
+    assert tree.get("/drives/ZA1/status", now + 2.0) == "002"
+
+
+def test_restored_lifetime_keeps_its_original_deadline():
+    now = 1_700_000_000.0
+    state = make_state()
+    populate(state, now)  # temperature: LIFETIME=30 from `now`
+    loaded = snapshot_of(state, now + 1.0)
+    assert restored(loaded, now + 29.0).tree.get("/lab/bench3/temperature", now + 29.0) == 41.5
+    assert restored(loaded, now + 31.0).tree.get("/lab/bench3/temperature",
+                                                 now + 31.0) is EXPIRED
+    still = restored(loaded, now + 29.0).tree
+    still.expire_due(now + 30.5)
+    assert still.get("/lab/bench3/temperature", now + 30.5) is EXPIRED
+
+
+def test_drives_silent_longer_than_their_lifetime_come_back_expired():
+    now = 1_700_000_000.0
+    state = make_state(drive_lifetime=10.0)
+    announce(state, "OLD", now - 20.0)
+    announce(state, "NEW", now - 1.0)
+    fresh = restored(snapshot_of(state, now), now, drive_lifetime=10.0)
+    drives = json.loads(fresh.store.multicast_json())
+    assert drives["OLD"]["state"] == "expired"
+    assert drives["NEW"]["state"] == "alive"
+    assert fresh.tree.get("/drives/OLD/model", now) is EXPIRED
+    assert fresh.tree.get("/drives/NEW/model", now) == "ST4000NK0001"
+
+
+def test_journal_records_replay_to_the_same_store_as_the_live_one():
+    now = 1_700_000_000.0
+    records: List[Any] = []
+    state = make_state()
+    state.attach(records.append)
+    populate(state, now)
+    state.tree.remove("/lab/undefined", now + 1)
+    state.tree.touch_dir("/gone", now + 1)
+    state.tree.remove_dir("/gone", now + 1)
+    loaded = Loaded()
+    loaded.records = json.loads(json.dumps(records))
+    fresh = restored(loaded, now + 2.0)
+    assert fresh.store.multicast_json() == state.store.multicast_json()
+    assert fresh.store.status_json() == state.store.status_json()
+    assert fresh.tree.export_entries(skip=("/drives", "/dsm")) == \
+        state.tree.export_entries(skip=("/drives", "/dsm"))
+
+
+def test_wipe_record_replays_as_a_wipe():
+    now = 1_700_000_000.0
+    records: List[Any] = []
+    state = make_state()
+    state.attach(records.append)
+    populate(state, now)
+    state.store.wipe()
+    state.publisher.wipe(now)
+    state.wiped(now)
+    entry = status_entry("after", "100")
+    state.store.record_status("ZC3", entry)
+    state.status("ZC3", entry)
+    loaded = Loaded()
+    loaded.records = records
+    fresh = restored(loaded, now + 1)
+    assert json.loads(fresh.store.multicast_json()) == {}
+    assert json.loads(fresh.store.status_json()) == {"ZC3": [{"time_stamp": "after",
+                                                              "status": "100"}]}
+    assert fresh.tree.get("/lab/name", now + 1) == "hello world"  # w leaves clients' objects
+
+
+def test_autoexpire_object_whose_owner_never_left_comes_back_expired_from_the_journal():
+    now = 1_700_000_000.0
+    records: List[Any] = []
+    state = make_state()
+    state.attach(records.append)
+    owner = object()
+    state.tree.touch("/lab/mine", now, owner=owner, autoexpire=True)
+    state.tree.put("/lab/mine", "5", now + 1)
+    loaded = Loaded()
+    loaded.records = records
+    assert restored(loaded, now + 2).tree.get("/lab/mine", now + 2) is EXPIRED
+
+
+def test_autoexpire_object_whose_owner_never_left_comes_back_expired_from_the_snapshot():
+    now = 1_700_000_000.0
+    state = make_state()
+    state.tree.touch("/lab/mine", now, owner=object(), autoexpire=True)
+    state.tree.put("/lab/mine", "5", now + 1)
+    assert restored(snapshot_of(state, now + 1), now + 2).tree.get("/lab/mine",
+                                                                   now + 2) is EXPIRED
+
+
+def test_autoexpire_object_in_snapshot_put_again_after_it_comes_back_expired():
+    now = 1_700_000_000.0
+    records: List[Any] = []
+    state = make_state()
+    owner = object()
+    state.tree.touch("/lab/mine", now, owner=owner, autoexpire=True)
+    state.tree.put("/lab/mine", "5", now)
+    loaded = snapshot_of(state, now)  # the periodic snapshot, owner still connected
+    state.attach(records.append)
+    state.tree.put("/lab/mine", "6", now + 1)  # journaled after the snapshot
+    loaded.records = records
+    assert restored(loaded, now + 2).tree.get("/lab/mine", now + 2) is EXPIRED
+
+
+def test_released_autoexpire_owner_is_journaled_and_replays_as_expired():
+    now = 1_700_000_000.0
+    records: List[Any] = []
+    state = make_state()
+    state.attach(records.append)
+    owner = object()
+    state.tree.touch("/lab/mine", now, owner=owner, autoexpire=True)
+    state.tree.put("/lab/mine", "5", now)
+    state.tree.release_owner(owner, now + 1)
+    assert ["tx", "/lab/mine", now + 1] in records
+    state.tree.touch("/lab/mine", now + 2)
+    state.tree.put("/lab/mine", "6", now + 2)  # a later plain PUT by someone else revives it
+    loaded = Loaded()
+    loaded.records = records
+    assert restored(loaded, now + 3).tree.get("/lab/mine", now + 3) == "6"
+
+
+def test_a_record_the_tree_refuses_is_skipped_and_counted_not_fatal():
+    loaded = Loaded()
+    loaded.records = [["tp", "/never/touched", "1", 1.0, None], ["td", "/ok", 1.0, None],
+                      ["zz", "unknown kind"]]
+    fresh = make_state()
+    counts = fresh.restore(loaded, 2.0)
+    assert counts["bad_records"] == 2 and counts["records"] == 1
+    assert fresh.tree.kind("/ok") == "directory"
+
+
+def test_daemon_publishing_under_drives_and_dsm_is_not_journaled():
+    records: List[Any] = []
+    state = make_state()
+    state.attach(records.append)
+    state.publisher.facts({"pid": 1, "counters": {"x": 2}}, 1.0)
+    state.publisher.status("ZA1", "t", "001", 1.0)
+    assert records == []
