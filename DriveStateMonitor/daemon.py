@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import logging
 import os
 import signal
@@ -22,13 +23,14 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import __version__
-from .announcement import Rejected, parse_announcement
+from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
 from .drive_publisher import DrivePublisher
 from .drive_store import DriveStore
 from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, EXIT_SOCKET_LISTEN,
                          DatagramReader, EventLoop, Listener, StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
+from .metrics import LagHistogram
 from .multicast_socket import MulticastSetupError, open_multicast_socket
 from .options import parse_options
 from .persistence import Journal, load_state
@@ -43,6 +45,7 @@ from .statserv_service import StatServConnection
 from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
 from .status_service import StatusConnection
+from .web_service import WebApp, WebConnection, WebData, http_refusal, load_static_files
 
 log = logging.getLogger("dsm")
 
@@ -51,6 +54,8 @@ LISTEN_BACKLOG = 1024
 SHUTDOWN_GRACE_S = 5.0
 # How often /dsm/ counters are republished into the tree.
 FACTS_PERIOD_S = 1.0
+# How often the loop-lag probe (a timer that records how late it fired) runs.
+LOOP_LAG_PERIOD_S = 1.0
 
 
 class StartupError(Exception):
@@ -188,6 +193,8 @@ class DriveStateMonitor:
         self._shutdown_deadline: Optional[float] = None
         self._shutdown_code = EXIT_OK
         self._unix_paths: List[str] = []
+        self.web_app: Optional[WebApp] = None
+        self.loop_lag = LagHistogram()
 
     # --- start and stop -----------------------------------------------------------------------
     def start(self) -> bool:
@@ -233,6 +240,8 @@ class DriveStateMonitor:
             "statserv_port": statserv_sock.getsockname()[1],
             "mcast_port": mcast_sock.getsockname()[1],
         }
+        if opts.http_port:  # unlike the other ports, 0 turns the HTTP listener off
+            self._start_http(opts.http_port)
         self.loop.on_signals([signal.SIGTERM, signal.SIGINT, signal.SIGHUP], self._on_signal)
         self.loop.add_before_sleep(self._schedule_deadline)
         self.loop.add_after_flush(self._check_shutdown)
@@ -556,6 +565,102 @@ class DriveStateMonitor:
 
     def _complain(self, source: str, what: str) -> None:
         self.bad_input.complain(self.clock(), source, what)
+
+    # --- the HTTP port: page, JSON API, metrics (web_service.py) ------------------------------
+    def _start_http(self, port: int) -> None:
+        """Opens --http-port, reads the page's files (once, now) and starts the loop-lag probe."""
+        self.web_app = WebApp(WebData(self._http_drives_json, self._http_drive_json,
+                                      self._http_status_json, self.metrics_facts),
+                              load_static_files(), self.clock)
+        http_sock = open_tcp_listener(port, "HTTP")
+        self._add_listener(http_sock, "http", self._accept_http)
+        self.ports["http_port"] = http_sock.getsockname()[1]
+        self._probe_loop_lag(time.monotonic())
+        log.info("web page, JSON API and metrics on http://localhost:%d/", self.ports["http_port"])
+
+    def _accept_http(self, conn: socket.socket, addr: Any, label: str) -> None:
+        transport = self._admit(conn, addr, label, http_refusal)
+        if transport is not None and self.web_app is not None:
+            transport.start(WebConnection(transport, self.web_app))
+            self._idle_watched.add(transport)
+
+    def _probe_loop_lag(self, due: float) -> None:
+        """Records how late this timer fired (the loop was busy that long), then re-arms it."""
+        now = time.monotonic()
+        self.loop_lag.record(now - due)
+        next_due = now + LOOP_LAG_PERIOD_S
+        self.loop.call_at(next_due, lambda: self._probe_loop_lag(next_due))
+
+    def _http_drives_json(self) -> bytes:
+        # The `m` reply's cache, shared with the query port; the HTTP body has no end byte.
+        version = self.store.drives_version
+        if self._cached_m[0] != version:
+            self._cached_m = (version, self.store.multicast_json() + END_BYTE)
+        return self._cached_m[1][:-1]
+
+    def _http_status_json(self) -> bytes:
+        version = self.store.statuses_version
+        if self._cached_s[0] != version:
+            self._cached_s = (version, self.store.status_json() + END_BYTE)
+        return self._cached_s[1][:-1]
+
+    def _http_drive_json(self, serial: str) -> Optional[bytes]:
+        """One drive's `m` view plus its status history; None if the serial is unknown."""
+        history = self.store.statuses.get(serial)
+        if serial in self.store.drives:
+            view = self.store.drive_view(serial)
+        elif history is not None:
+            view = {"serial_number": serial}  # statuses reported, drive never heard
+        else:
+            return None
+        view["statuses"] = [json.loads(entry) for entry in history or ()]
+        return json.dumps(view).encode("utf-8")
+
+    def metrics_facts(self) -> Dict[str, Any]:
+        """Everything /metrics shows, as plain data for metrics.render_metrics."""
+        counters = self.counters
+
+        def by_prefix(prefix: str, known: Any = ()) -> Dict[str, int]:
+            # Known label values are always present (as 0), so series do not appear from nowhere.
+            found = dict.fromkeys(known, 0)
+            found.update((key[len(prefix):], value) for key, value in counters.items()
+                         if key.startswith(prefix))
+            return found
+
+        kinds = ("query", "status", "statserv", "http")
+        accepted = {kind: count for kind, count in by_prefix("connections_", kinds).items()
+                    if not kind.startswith(("refused_", "closed_"))}
+        open_by_kind = dict.fromkeys(kinds, 0)
+        open_by_kind.update(collections.Counter(t.label.split(" ", 1)[0]
+                                                for t in self.transports))
+        drives = [{"serial": drive.serial, "model": str(drive.fields.get("model", "")),
+                   "firmware": str(drive.fields.get("firmware_version", "")),
+                   "last_seen": drive.last_seen, "alive": drive.alive}
+                  for drive in self.store.drives.values()]
+        return {
+            "version": __version__,
+            "start_time": self.started_at,
+            "drives": drives,
+            "announcements": counters["announcements"],
+            "announcements_rejected": by_prefix("announcements_rejected_",
+                                                REJECT_REASONS + ("other_interface",
+                                                                  "table_full")),
+            "statuses": counters["statuses"],
+            "status_serials": len(self.store.statuses),
+            "queries": by_prefix("queries_", ("m", "s", "w", "bad")),
+            "connections_open": open_by_kind,
+            "connections_accepted": accepted,
+            "connections_refused": by_prefix("connections_refused_", ("not_allowed", "limit")),
+            "connections_closed_idle": counters["connections_closed_idle"],
+            "http_requests": dict(self.web_app.requests) if self.web_app else {},
+            "tree_objects": len(self.tree),
+            "tree_monitors": self.tree.monitor_count,
+            "expirations": counters["expirations"],
+            "journal": self.journal.status(),
+            "loop_lag": self.loop_lag,
+            "bad_inputs": self.bad_input.total,
+            "handler_failures": self.loop.handler_failures,
+        }
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -14,6 +14,7 @@ DEFAULT_MCAST_GROUP = "239.1.2.3"
 DEFAULT_MCAST_PORT = 8123
 DEFAULT_HISTORY = 20
 DEFAULT_STATSERV_PORT = 3111
+DEFAULT_HTTP_PORT = 2204
 DEFAULT_DRIVE_LIFETIME = 60.0
 DEFAULT_STATE_DIR = os.path.join(PACKAGE_DIR, "State")
 DEFAULT_RUN_DIR = "/tmp/DriveStateMonitor"
@@ -83,6 +84,10 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         metavar="PORT",
                         help="TCP port of the Status Server line protocol (default %(default)s; "
                              "also served on <run-dir>/statserv.sock)")
+    parser.add_argument("--http-port", type=port, default=DEFAULT_HTTP_PORT, metavar="PORT",
+                        help="TCP port of the web page, the JSON API (/api/...) and Prometheus "
+                             "metrics (/metrics) (default %(default)s; unlike the other ports, 0 "
+                             "turns it off)")
     parser.add_argument("--drive-lifetime", type=positive_seconds, default=DEFAULT_DRIVE_LIFETIME,
                         metavar="SECONDS",
                         help="a drive not heard for this long reads EXPIRED in the tree and "

@@ -345,6 +345,11 @@ class Tree:
         """Entries (objects, directories, placeholders) other than the root: what max_objects caps."""
         return len(self._nodes) - 1
 
+    @property
+    def monitor_count(self) -> int:
+        """Monitors set by all subscribers together (for /metrics)."""
+        return self._monitor_count
+
     # -- lookups -------------------------------------------------------------------------------
 
     def _normalized(self, path: str) -> str:

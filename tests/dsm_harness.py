@@ -231,7 +231,7 @@ class DsmFactory:
         os.makedirs(log_dir, exist_ok=True)
         mcast_port = mcast_port or free_udp_port()
         args = ["--interfaces", interfaces, "--query-port", "0", "--status-port", "0",
-                "--statserv-port", "0", "--mcast-group", TEST_GROUP,
+                "--statserv-port", "0", "--http-port", "0", "--mcast-group", TEST_GROUP,
                 "--mcast-port", str(mcast_port), "--run-dir", run_dir, "--log-dir", log_dir,
                 "--state-dir", os.path.join(base, "state")] + list(extra)
         dsm = DsmProcess(args, run_dir, log_dir, mcast_port, env=env, prefix=prefix)

@@ -114,7 +114,7 @@ class Scripts:
 
     def dsm_args(self, *extra: str) -> List[str]:
         return ["--interfaces", "lo", "--query-port", "0", "--status-port", "0",
-                "--statserv-port", "0", "--mcast-group", TEST_GROUP,
+                "--statserv-port", "0", "--http-port", "0", "--mcast-group", TEST_GROUP,
                 "--mcast-port", str(self.mcast_port), "--run-dir", self.run_dir,
                 "--log-dir", self.log_dir, "--state-dir", os.path.join(self.base, "state")
                 ] + list(extra)
