@@ -1,5 +1,28 @@
 #!/usr/bin/env python3
-"""dsmctl: read, write and watch the DSM's Status Server tree from the command line.
+"""dsmctl: the Drive State Monitor from the command line: drives, statuses, its Status Server tree.
+
+The DSM's queries (port 2203, or <run-dir>/dsm.sock with --unix) and status reports (port 3110):
+
+    dsmctl.py m [SERIAL...] [--csv|--json] [--columns C1,C2,*ipv4_addr] [--drive-list FILE] [--all]
+                                            the drives, one row each, sorted by serial number, with
+                                            each one's newest status (alias: drives)
+    dsmctl.py s [SERIAL...] [-n N|all] [--csv|--json]
+                                            the last N statuses per serial number (alias: statuses)
+    dsmctl.py w [--yes]                     wipe every drive and status (asks first on a terminal;
+                                            without one it needs --yes) (alias: wipe)
+    dsmctl.py send-status SERIAL STATUS [--time-stamp TS]
+                                            report a status as test scripts do (default time stamp:
+                                            now, ISO format); prints nothing on success
+
+m and s show every drive, or only those named: serial numbers as arguments, piped on standard input
+(one a line, or CSV whose first column is the serial number), or in --drive-list FILE (the same
+format). Standard input is read when it is a file, or a pipe that has something (or its end) within
+half a second; `-` as a SERIAL (or --drive-list -) always reads it; --all ignores it.
+
+--host HOST[:PORT] (default localhost; the port given replaces --query-port 2203 for m/s/w and
+--status-port 3110 for send-status), --unix PATH (the DSM's dsm.sock, or its run dir) for queries.
+
+The Status Server tree (--server):
 
     dsmctl.py get NAME                      the value (printed raw; UNDEFINED/EXPIRED as the word)
     dsmctl.py put NAME VALUE [--lifetime S] [--create [--type T] [--comment C]]
@@ -11,14 +34,16 @@
     dsmctl.py rm NAME / rmdir PATH          remove an object / an empty directory
 
 --server host:port or a Unix socket path (default $STATSERV, else localhost:3111); --json prints
-get, ls, tree and stat as JSON.
+m, s, w, get, ls, tree and stat as JSON.
 
 Exit codes:
-    0  success
+    0  success (also: w answered "no" at its question, nothing wiped)
     1  keyboard interrupt (Ctrl-C)
-    2  cannot connect to the server (also a command-line usage error, as argparse does)
-    3  the connection broke during the request (or the server did not answer in time)
-    5  the server refused the request: its code and text are printed to standard error
+    2  cannot connect to the DSM or the server (also a command-line usage error, as argparse does,
+       and w without --yes when standard input is not a terminal)
+    3  the connection broke during the request (or the DSM/server did not answer in time)
+    5  the DSM or server refused the request (an {"error": ...} reply, or a Status Server code): its
+       text is printed to standard error
     6  get: the value is not valid (UNDEFINED or EXPIRED, printed as the word)
 """
 import os
@@ -31,9 +56,14 @@ if __name__ == "__main__" and not __package__:
     __import__(__package__)
 
 import argparse  # noqa: E402
+import csv  # noqa: E402
+import datetime  # noqa: E402
 import json  # noqa: E402
+import select  # noqa: E402
+import socket  # noqa: E402
+import stat as stat_mode  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Dict, List, Optional  # noqa: E402
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union  # noqa: E402
 
 from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, ErrorCode,  # noqa: E402
                               StatServClient, is_valid, parse_address)
@@ -51,9 +81,23 @@ WATCH_RECONNECT_TIMEOUT = 30.0
 # `tree` stops descending here: a guard, not a limit anyone should meet.
 MAX_TREE_DEPTH = 64
 
-EPILOG = """exit codes: 0 success, 1 keyboard interrupt, 2 cannot connect to the server (or a usage
-error), 3 the connection broke during the request, 5 the server refused the request (its code and
-text on stderr), 6 get of a value that is not valid (UNDEFINED/EXPIRED, printed as the word)"""
+# The DSM's own ports (its defaults; see --query-port, --status-port).
+DEFAULT_HOST = "localhost"
+DEFAULT_QUERY_PORT = 2203
+DEFAULT_STATUS_PORT = 3110
+DSM_SOCKET_NAME = "dsm.sock"
+END_BYTE = b"\x04"
+# A reply slower than this gets a note on standard error (only when that is a terminal).
+PROGRESS_AFTER = 1.0
+# How long an open pipe on standard input may stay silent before it is taken as no list at all.
+STDIN_GRACE = 0.5
+START_HINT = " \u2014 is it running? (./runDSM)"
+
+EPILOG = """exit codes: 0 success, 1 keyboard interrupt, 2 cannot connect to the DSM or the server
+(or a usage error, or w without --yes and without a terminal), 3 the connection broke during the
+request (or no answer in time), 5 the server refused the request (the DSM's {"error": ...} or the
+Status Server's code and text on stderr), 6 get of a value that is not valid (UNDEFINED/EXPIRED,
+printed as the word)"""
 
 
 class CommandFailed(Exception):
@@ -78,7 +122,19 @@ def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                              "<run-dir>/statserv.sock (default $%s, else %s; now %s)"
                              % (ENVIRONMENT_VARIABLE, DEFAULT_ADDRESS, default_server))
     parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print get, ls, tree and stat results as JSON")
+                        help="print m, s and w as the DSM's raw JSON, and get, ls, tree and stat "
+                             "results as JSON")
+    parser.add_argument("--host", default=default(DEFAULT_HOST), metavar="HOST[:PORT]",
+                        help="the DSM for m, s, w and send-status (default %s); a port given "
+                             "here replaces --query-port or --status-port" % DEFAULT_HOST)
+    parser.add_argument("--query-port", type=_port, default=default(DEFAULT_QUERY_PORT),
+                        metavar="N", help="the DSM's query port (default %d)" % DEFAULT_QUERY_PORT)
+    parser.add_argument("--status-port", type=_port, default=default(DEFAULT_STATUS_PORT),
+                        metavar="N",
+                        help="the DSM's status port (default %d)" % DEFAULT_STATUS_PORT)
+    parser.add_argument("--unix", default=default(None), metavar="PATH",
+                        help="send m, s and w to the DSM's Unix socket <run-dir>/%s instead "
+                             "(PATH: the socket, or the run dir)" % DSM_SOCKET_NAME)
     parser.add_argument("--request-timeout", type=_seconds, default=default(10.0), metavar="S",
                         help="how long to wait for each answer (default 10)")
     parser.add_argument("--reconnect-timeout", type=_seconds, default=default(None), metavar="S",
@@ -89,15 +145,60 @@ def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsmctl.py", epilog=EPILOG,
-        description="Read, write and watch the Drive State Monitor's Status Server tree.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The Drive State Monitor from the command line: its drives (m), statuses\n"
+                    "(s), wipe (w), status reports (send-status) and its Status Server tree.")
     add_common_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    def command(name: str, summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary, epilog=EPILOG)
+    def command(name: str, summary: str, aliases: Iterable[str] = ()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary, epilog=EPILOG,
+                                  aliases=list(aliases))
         add_common_options(sub, defaults=False)
         return sub
+
+    def filtered(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("serials", nargs="*", metavar="SERIAL",
+                         help="only these drives (`-`: read serial numbers from standard input); "
+                              "serial numbers piped on standard input (ready within %g s) also "
+                              "filter" % STDIN_GRACE)
+        sub.add_argument("--drive-list", metavar="FILE",
+                         help="only the drives in FILE: one serial number a line, or CSV whose "
+                              "first column is the serial number (`-`: standard input)")
+        sub.add_argument("--all", action="store_true",
+                         help="every drive, whatever standard input holds (the default when no "
+                              "serial number is given)")
+        sub.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+        sub.add_argument("--no-header", action="store_true",
+                         help="leave out the table's or the CSV's header line")
+
+    drives = command("m", "the DSM's drives, one row each, sorted by serial number: state, model, "
+                          "firmware, IPv4 addresses, last seen and the newest status",
+                     aliases=["drives"])
+    filtered(drives)
+    drives.add_argument("--columns", type=_columns, metavar="C1,C2,...",
+                        help="the columns to show, any field of the m data (serial_number, model, "
+                             "firmware_version, last_seen, state, ...), status and time_stamp "
+                             "(the newest status), ipv4_addr (every interface's, in one cell), "
+                             "*ipv4_addr (one column per interface, such as eth0.ipv4_addr), "
+                             "eth0.ipv4_addr (default %s)" % ",".join(DEFAULT_COLUMNS))
+    statuses = command("s", "the last N statuses of each drive, oldest first",
+                       aliases=["statuses"])
+    filtered(statuses)
+    statuses.add_argument("-n", dest="count", type=_history_count, default=1, metavar="N|all",
+                          help="how many of each drive's newest statuses (default 1; all: every "
+                               "status the DSM keeps)")
+    wipe = command("w", "wipe every drive and status in the DSM (asks first)", aliases=["wipe"])
+    wipe.add_argument("--yes", "-y", action="store_true",
+                      help="do not ask (needed when standard input is not a terminal)")
+    send = command("send-status", "report one status as test scripts do, and wait for the DSM to "
+                                  "acknowledge it; prints nothing on success")
+    send.add_argument("serial", metavar="SERIAL")
+    send.add_argument("status", metavar="STATUS", help='such as "002"')
+    send.add_argument("--time-stamp", metavar="TS",
+                      help="the status's time stamp (default: now, ISO format)")
+
 
     get = command("get", "print a value (UNDEFINED/EXPIRED printed as the word, exit 6)")
     get.add_argument("name")
@@ -137,6 +238,26 @@ def _seconds(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError("seconds must be 0 or more: %r" % text)
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError("not a port number (1-65535): %r" % text)
+    return int(text)
+
+
+def _history_count(text: str) -> Optional[int]:
+    """A number of statuses, or None for "all"."""
+    if text.lower() == "all":
+        return None
+    return _positive_int(text)
+
+
+def _columns(text: str) -> List[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no column names in %r" % text)
+    return names
 
 
 def _positive_int(text: str) -> int:
@@ -302,6 +423,469 @@ def command_rmdir(client: StatServClient, options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------
+# The DSM's query and status ports
+
+
+Address = Union[str, Tuple[str, int]]
+
+
+def dsm_address(options: argparse.Namespace, port: int) -> Address:
+    """(host, port) from --host HOST[:PORT] (a port there wins over `port`); ValueError if bad."""
+    text = options.host.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError("not HOST[:PORT]: %r" % text)
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError("not a port number in %r" % text)
+        port = int(port_text)
+    return (host or DEFAULT_HOST, port)
+
+
+def query_address(options: argparse.Namespace) -> Address:
+    if options.unix:
+        path = options.unix
+        return os.path.join(path, DSM_SOCKET_NAME) if os.path.isdir(path) else path
+    return dsm_address(options, options.query_port)
+
+
+def show_address(address: Address) -> str:
+    if isinstance(address, str):
+        return address
+    host, port = address
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, FileNotFoundError):
+        return "no such socket"
+    if isinstance(error, socket.gaierror):
+        return "unknown host (%s)" % (error.strerror or error)
+    if isinstance(error, socket.timeout):
+        return "timed out"
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return (text[:1].lower() + text[1:]) or type(error).__name__
+
+
+def connect_dsm(address: Address, timeout: float, what: str) -> socket.socket:
+    """A connection to the DSM, or CommandFailed(2) with a message that says what to do."""
+    try:
+        if isinstance(address, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout or None)
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(address, timeout=timeout or None)
+    except OSError as error:
+        hint = START_HINT if isinstance(error, (ConnectionRefusedError, FileNotFoundError)) else ""
+        raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: cannot reach the %s at %s: %s%s"
+                            % (what, show_address(address), _reason(error), hint)) from None
+    return sock
+
+
+class Progress:
+    """A note on standard error while a slow reply arrives: only on a terminal, only after
+    PROGRESS_AFTER seconds, erased when the reply is complete."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.shown_at = 0.0
+
+    def update(self, received: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.start < PROGRESS_AFTER or now - self.shown_at < 0.5:
+            return
+        self.shown_at = now
+        size = "%d KiB" % (received // 1024) if received >= 1024 else "%d bytes" % received
+        sys.stderr.write("\r\033[Kdsmctl: %s (%.0f s, %s so far)" % (self.text, now - self.start,
+                                                                   size))
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.shown_at:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def exchange(address: Address, request: bytes, replies: int, timeout: float, what: str,
+             doing: str) -> List[bytes]:
+    """Sends `request` and reads `replies` answers, each ending at the end byte. `timeout`: the
+    longest wait for the next bytes (0: none). CommandFailed 2 (no connection) or 3 (broke)."""
+    sock = connect_dsm(address, timeout, what)
+    shown = show_address(address)
+    progress = Progress("waiting for the %s at %s to %s" % (what, shown, doing))
+    data = bytearray()
+    try:
+        with sock:
+            sock.sendall(request)  # a few bytes, within the socket's timeout
+            last_data = time.monotonic()
+            found = 0
+            while found < replies:
+                ready, _, _ = select.select([sock], [], [], 0.25)
+                now = time.monotonic()
+                if not ready:
+                    if timeout and now - last_data >= timeout:
+                        raise CommandFailed(EXIT_CONNECTION_BROKE,
+                                            "dsmctl: the %s at %s did not answer within %g s "
+                                            "(waiting to %s)" % (what, shown, timeout, doing))
+                    progress.update(len(data))
+                    continue
+                chunk = sock.recv(1 << 20)  # readable: does not block
+                if not chunk:
+                    raise CommandFailed(EXIT_CONNECTION_BROKE,
+                                        "dsmctl: the %s at %s closed the connection before "
+                                        "answering (waiting to %s)" % (what, shown, doing))
+                found += chunk.count(END_BYTE)
+                data += chunk
+                last_data = now
+                progress.update(len(data))
+    except OSError as error:
+        raise CommandFailed(EXIT_CONNECTION_BROKE, "dsmctl: the connection to the %s at %s broke: "
+                            "%s" % (what, shown, _reason(error))) from None
+    finally:
+        progress.done()
+    return bytes(data).split(END_BYTE)[:replies]
+
+
+def query(options: argparse.Namespace, letters: str) -> List[Tuple[bytes, Any]]:
+    """The DSM's answers to the query letters, on one connection: (raw JSON text, value) each.
+    An {"error": ...} answer ends the command with exit 5."""
+    address = query_address(options)
+    doing = "answer " + " and ".join(letters)
+    replies = exchange(address, letters.encode("ascii"), len(letters), options.request_timeout,
+                       "DSM", doing)
+    answers = []
+    for letter, raw in zip(letters, replies):
+        text = raw.decode("utf-8", "replace").strip()
+        try:
+            value = json.loads(text)
+        except ValueError:
+            if letter == "w" and "success" in text.lower():  # the original DSM's plain text
+                value = {"wiped": text}
+            else:
+                raise CommandFailed(EXIT_REFUSED, "dsmctl: the DSM at %s answered %s with "
+                                    "something that is not JSON: %.200r"
+                                    % (show_address(address), letter, text)) from None
+        if isinstance(value, dict) and "error" in value:
+            raise CommandFailed(EXIT_REFUSED, "dsmctl: the DSM at %s refused %s: %s"
+                                % (show_address(address), letter, value["error"]))
+        if not isinstance(value, dict):
+            raise CommandFailed(EXIT_REFUSED, "dsmctl: the DSM at %s answered %s with %.200r, "
+                                "not a JSON object" % (show_address(address), letter, text))
+        answers.append((raw, value))
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------
+# Which drives: serial numbers from arguments, standard input or a drive-list file
+
+
+def read_serials(lines: Iterable[str]) -> List[str]:
+    """The first CSV column of each line; blank lines, `#` comments and a header (a first cell
+    naming a serial number, such as serial_number) left out."""
+    serials = []
+    for row in csv.reader(lines, skipinitialspace=True):
+        if not row:
+            continue
+        cell = row[0].strip()
+        if not cell or cell.startswith("#"):
+            continue
+        if not serials and cell.lower().replace(" ", "_") in ("serial", "serial_number",
+                                                                "serialnumber", "serial_no"):
+            continue
+        serials.append(cell)
+    return serials
+
+
+def _stdin_is_piped() -> bool:
+    """True when standard input is a file, or a pipe or socket with something to read (or its end)
+    within STDIN_GRACE seconds: only then are serial numbers read from it without being asked to.
+    Not a terminal or /dev/null, and not the pipe `ssh host dsmctl.py m` leaves open, unused."""
+    try:
+        fileno = sys.stdin.fileno()
+        mode = os.fstat(fileno).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    if stat_mode.S_ISREG(mode):
+        return True
+    if not (stat_mode.S_ISFIFO(mode) or stat_mode.S_ISSOCK(mode)):
+        return False
+    try:
+        return bool(select.select([fileno], [], [], STDIN_GRACE)[0])
+    except (OSError, ValueError):
+        return False
+
+
+def wanted_serials(options: argparse.Namespace) -> Optional[List[str]]:
+    """The serial numbers asked for, or None for every drive."""
+    if options.all:
+        if options.serials or options.drive_list:
+            raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: --all and serial numbers (or "
+                                "--drive-list) do not go together")
+        return None
+    serials: List[str] = []
+    asked = False
+    stdin_read = False
+    for serial in options.serials:
+        if serial == "-":
+            serials += read_serials(sys.stdin)
+            stdin_read = True
+        else:
+            serials.append(serial.strip())
+        asked = True
+    if options.drive_list:
+        asked = True
+        if options.drive_list == "-":
+            serials += read_serials(sys.stdin)
+            stdin_read = True
+        else:
+            try:
+                with open(options.drive_list, newline="", encoding="utf-8-sig") as f:
+                    serials += read_serials(f)
+            except OSError as error:
+                raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: cannot read the drive list "
+                                    "%s: %s" % (options.drive_list, _reason(error))) from None
+    if not asked and not stdin_read and _stdin_is_piped():
+        piped = read_serials(sys.stdin)
+        if piped:
+            return piped
+    return serials if asked else None
+
+
+def pick(data: Dict[str, Any], serials: Optional[List[str]]) -> Dict[str, Any]:
+    """The entries of `data` asked for (all when `serials` is None), sorted by serial number."""
+    keys = sorted(data) if serials is None else sorted(set(serials) & set(data))
+    return {key: data[key] for key in keys}
+
+
+def warn_unknown(serials: Optional[List[str]], known: Iterable[str]) -> None:
+    if serials is None:
+        return
+    known = set(known)
+    unknown = sorted(set(serials) - known)
+    if unknown:
+        print("dsmctl: not known to the DSM: %s" % ", ".join(unknown), file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns, tables and CSV
+
+DEFAULT_COLUMNS = ("serial_number", "state", "model", "firmware_version", "ipv4_addr", "last_seen",
+                   "status")
+COLUMN_ALIASES = {"serial": "serial_number", "firmware": "firmware_version",
+                  "ipv4": "ipv4_addr", "ipv6": "ipv6_addr", "mac": "mac_addr"}
+INTERFACE_FIELDS = ("ipv4_addr", "ipv6_addr", "mac_addr")
+STATUS_FIELDS = ("status", "time_stamp")
+HEADINGS = {"serial_number": "SERIAL", "firmware_version": "FIRMWARE", "ipv4_addr": "IPV4",
+            "last_seen": "LAST SEEN", "time_stamp": "TIME STAMP"}
+
+Row = Dict[str, Any]
+Getter = Callable[[Row], Any]
+
+
+def _interfaces(row: Row) -> List[Tuple[str, Dict[str, Any]]]:
+    found = row.get("network_interfaces")
+    if not isinstance(found, list):
+        return []
+    return [(str(item.get("name") or "if%d" % index), item)
+            for index, item in enumerate(found) if isinstance(item, dict)]
+
+
+def _field(name: str) -> Getter:
+    if name in INTERFACE_FIELDS:
+        return lambda row: " ".join(str(item[name]) for _, item in _interfaces(row)
+                                    if item.get(name) not in (None, "")) or row.get(name)
+    if name in STATUS_FIELDS:
+        return lambda row: (row.get("_latest") or {}).get(name)
+    return lambda row: row.get(name)
+
+
+def _interface_field(interface: str, name: str) -> Getter:
+    return lambda row: next((item.get(name) for found, item in _interfaces(row)
+                             if found == interface), None)
+
+
+def expand_columns(names: Iterable[str], rows: List[Row]) -> List[Tuple[str, Getter]]:
+    """(heading, getter) for each column: `*field` becomes one column per interface name met in
+    the rows (eth0.ipv4_addr, eth1.ipv4_addr, ...); `eth0.field` is that interface's field."""
+    columns = []
+    for name in names:
+        name = COLUMN_ALIASES.get(name, name)
+        if name.startswith("*"):
+            field = COLUMN_ALIASES.get(name[1:], name[1:])
+            seen: List[str] = []
+            for row in rows:
+                for interface, _ in _interfaces(row):
+                    if interface not in seen:
+                        seen.append(interface)
+            for interface in seen:
+                columns.append(("%s.%s" % (interface, field), _interface_field(interface, field)))
+        elif "." in name and not any(name in row for row in rows):
+            interface, _, field = name.partition(".")
+            columns.append((name, _interface_field(interface, COLUMN_ALIASES.get(field, field))))
+        else:
+            columns.append((name, _field(name)))
+    return columns
+
+
+def cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def print_rows(headings: List[str], rows: List[List[str]], options: argparse.Namespace) -> None:
+    """CSV (--csv) or an aligned table, each with its header line unless --no-header."""
+    if options.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        if not options.no_header:
+            writer.writerow(headings)
+        writer.writerows(rows)
+        return
+    shown = [[cell or "-" for cell in row] for row in rows]
+    titles = [HEADINGS.get(heading, heading.upper().replace("_", " ")) for heading in headings]
+    lines = shown if options.no_header else [titles] + shown
+    if not lines:
+        return
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headings))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def print_raw_or(raw: bytes, value: Any, unchanged: bool) -> None:
+    """The DSM's JSON as it sent it when nothing was left out, else `value` the same way."""
+    print(raw.decode("utf-8").strip() if unchanged else json.dumps(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# DSM commands: each returns the exit code
+
+
+def command_drives(options: argparse.Namespace) -> int:
+    serials = wanted_serials(options)
+    names = options.columns or list(DEFAULT_COLUMNS)
+    if options.json:
+        (raw, drives), = query(options, "m")
+        chosen = pick(drives, serials)
+        warn_unknown(serials, drives)
+        print_raw_or(raw, chosen, serials is None)
+        return EXIT_OK
+    (_, drives), (_, statuses) = query(options, "ms")
+    rows: List[Row] = []
+    for serial in sorted(set(drives) | set(statuses)):
+        if serials is not None and serial not in serials:
+            continue
+        drive = drives.get(serial)
+        row = dict(drive) if isinstance(drive, dict) else {}
+        row.setdefault("serial_number", serial)
+        history = statuses.get(serial)
+        if isinstance(history, list) and history and isinstance(history[-1], dict):
+            row["_latest"] = history[-1]
+        rows.append(row)
+    warn_unknown(serials, list(drives) + list(statuses))
+    columns = expand_columns(names, rows)
+    print_rows([heading for heading, _ in columns],
+               [[cell_text(get(row)) for _, get in columns] for row in rows], options)
+    return EXIT_OK
+
+
+def command_statuses(options: argparse.Namespace) -> int:
+    serials = wanted_serials(options)
+    (raw, statuses), = query(options, "s")
+    chosen = pick(statuses, serials)
+    warn_unknown(serials, statuses)
+    if options.count is not None:
+        chosen = {serial: history[-options.count:] if isinstance(history, list) else history
+                  for serial, history in chosen.items()}
+    if options.json:
+        print_raw_or(raw, chosen, serials is None and options.count is None)
+        return EXIT_OK
+    rows = []
+    for serial, history in chosen.items():
+        for entry in history if isinstance(history, list) else []:
+            entry = entry if isinstance(entry, dict) else {"status": entry}
+            rows.append([serial, cell_text(entry.get("time_stamp")),
+                         cell_text(entry.get("status"))])
+    print_rows(["serial_number", "time_stamp", "status"], rows, options)
+    return EXIT_OK
+
+
+def confirm(question: str) -> bool:
+    sys.stderr.write(question + " [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:
+        sys.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def command_wipe(options: argparse.Namespace) -> int:
+    where = show_address(query_address(options))
+    if not options.yes:
+        if not sys.stdin.isatty():
+            raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: w wipes every drive and status in "
+                                "the DSM at %s; without a terminal to ask on, add --yes" % where)
+        if not confirm("Wipe every drive and status in the DSM at %s?" % where):
+            print("dsmctl: nothing wiped", file=sys.stderr)
+            return EXIT_OK
+    (raw, answer), = query(options, "w")
+    if options.json:
+        print(raw.decode("utf-8").strip())
+        return EXIT_OK
+    wiped = answer.get("wiped", answer)
+    if isinstance(wiped, dict):
+        print("wiped in the DSM at %s: %s" % (where, ", ".join(
+            "%s: %s" % (key.replace("_", " "), value) for key, value in wiped.items())))
+    else:
+        print("wiped in the DSM at %s: %s" % (where, wiped))
+    return EXIT_OK
+
+
+def command_send_status(options: argparse.Namespace) -> int:
+    stamp = options.time_stamp
+    if stamp is None:
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    message = json.dumps({"serial_number": options.serial, "time_stamp": stamp,
+                          "status": options.status}).encode("utf-8")
+    address = dsm_address(options, options.status_port)
+    reply, = exchange(address, message, 1, options.request_timeout, "DSM's status port",
+                      "acknowledge the status")
+    text = reply.decode("utf-8", "replace").strip()
+    if text:
+        try:
+            error = json.loads(text)
+        except ValueError:
+            error = text
+        if isinstance(error, dict) and "error" in error:
+            error = error["error"]
+        raise CommandFailed(EXIT_REFUSED, "dsmctl: the DSM at %s refused the status: %s"
+                            % (show_address(address), error))
+    return EXIT_OK
+
+
+DSM_COMMANDS = {"m": command_drives, "drives": command_drives, "s": command_statuses,
+                "statuses": command_statuses, "w": command_wipe, "wipe": command_wipe,
+                "send-status": command_send_status}
+
+
 COMMANDS = {"get": command_get, "put": command_put, "ls": command_ls, "tree": command_tree,
             "stat": command_stat, "watch": command_watch, "rm": command_rm, "rmdir": command_rmdir}
 
@@ -309,6 +893,34 @@ COMMANDS = {"get": command_get, "put": command_put, "ls": command_ls, "tree": co
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
+    try:
+        if options.command in DSM_COMMANDS:
+            return run_dsm_command(parser, options)
+        return run_statserv_command(parser, options)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPT
+    except BrokenPipeError:  # stdout closed early (`dsmctl.py tree | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+        return EXIT_OK
+
+
+def run_dsm_command(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
+    try:
+        dsm_address(options, DEFAULT_QUERY_PORT)
+    except ValueError as error:
+        parser.error("--host: %s" % error)
+    if getattr(options, "csv", False) and options.json:
+        parser.error("--csv and --json do not go together")
+    try:
+        return DSM_COMMANDS[options.command](options)
+    except CommandFailed as failure:
+        sys.stdout.flush()
+        print(failure.message, file=sys.stderr)
+        return failure.exit_code
+
+
+def run_statserv_command(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
     try:
         parse_address(options.server)
     except ValueError as error:
@@ -318,23 +930,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         reconnect = WATCH_RECONNECT_TIMEOUT if options.command == "watch" else 0.0
     client = StatServClient("dsmctl", options.server, timeout=options.request_timeout,
                             reconnect_timeout=reconnect)
+    if not client.logon():
+        print("dsmctl: %s" % client.last_error_text, file=sys.stderr)
+        return EXIT_CANNOT_CONNECT
     try:
-        if not client.logon():
-            print("dsmctl: %s" % client.last_error_text, file=sys.stderr)
-            return EXIT_CANNOT_CONNECT
-        try:
-            return COMMANDS[options.command](client, options)
-        except CommandFailed as failure:
-            print(failure.message, file=sys.stderr)
-            return failure.exit_code
-        finally:
-            client.logoff()
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPT
-    except BrokenPipeError:  # stdout closed early (`dsmctl.py tree | head`): not an error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
-        return EXIT_OK
+        return COMMANDS[options.command](client, options)
+    except CommandFailed as failure:
+        print(failure.message, file=sys.stderr)
+        return failure.exit_code
+    finally:
+        client.logoff()
 
 
 if __name__ == "__main__":
