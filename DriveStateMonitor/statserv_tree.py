@@ -856,24 +856,22 @@ class Tree:
         return None
 
     def _live_top(self) -> Optional[Tuple[float, Any]]:
-        """Drop stale heap entries and re-queue postponed ones until the top is real."""
+        """The earliest entry that still needs attention, dropping dead ones. Its time may be
+        earlier than the target's real due time (a lifetime extended since it was queued): the
+        caller then wakes a little early and `expire_due` re-queues it — once per postponement
+        that actually comes due, never a sweep over every postponed entry."""
         timers = self._timers
         while timers:
             when, seq, target = timers[0]
-            if target.timer_seq != seq:
-                heapq.heappop(timers)
-                continue
-            due = self._due_time(target)
-            if due is not None and due <= when:
+            if target.timer_seq == seq and self._due_time(target) is not None:
                 return when, target
             heapq.heappop(timers)
-            target.timer_seq = target.timer_at = None
-            if due is not None:
-                self._schedule(target, due)
+            if target.timer_seq == seq:
+                target.timer_seq = target.timer_at = None
         return None
 
     def next_deadline(self) -> Optional[float]:
-        """The earliest time at which expire_due has something to do, or None."""
+        """The earliest time at which expire_due may have something to do, or None."""
         top = self._live_top()
         return top[0] if top is not None else None
 
@@ -888,7 +886,10 @@ class Tree:
             heapq.heappop(self._timers)
             target = top[1]
             target.timer_seq = target.timer_at = None
-            if isinstance(target, _Node):
+            due = self._due_time(target)
+            if due is not None and due > now:  # postponed since it was queued
+                self._schedule(target, due)
+            elif isinstance(target, _Node):
                 self._expire(target, now)
                 expired += 1
             else:
