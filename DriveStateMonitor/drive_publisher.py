@@ -54,8 +54,9 @@ class DrivePublisher:
         self.tree = tree
         self.drive_lifetime = drive_lifetime
         self.refused = 0
-        # serial -> (its objects' shared deadline, the fields dict last published in full)
-        self._published: Dict[str, Tuple[LifetimeGroup, Dict[str, Any]]] = {}
+        # serial -> (its objects' shared deadline, the fields dict last published in full, the
+        # added fields last published)
+        self._published: Dict[str, Tuple[LifetimeGroup, Dict[str, Any], Dict[str, Any]]] = {}
 
     def _set(self, path: str, value: Any, now: float, lifetime: Optional[float],
              group: Optional[LifetimeGroup] = None) -> None:
@@ -77,16 +78,18 @@ class DrivePublisher:
         published = self._published.get(serial)
         if published is not None and published[1] is fields and published[0].deadline > now:
             # The same announcement again, objects still alive: move the deadline, and write
-            # only what the DSM adds (last_seen changes; an unchanged value is a no-op refresh).
-            group = published[0]
+            # only the added fields that changed (last_seen_epoch always; the rest rarely).
+            group, _, last_added = published
             group.deadline = now + lifetime
             for key, value in added.items():
-                self._set("%s/%s" % (base, key), value, now, lifetime, group)
+                if last_added.get(key) != value:
+                    self._set("%s/%s" % (base, key), value, now, lifetime, group)
+            self._published[serial] = (group, fields, added)
             return
         # A fresh group: objects of a field the drive no longer sends keep the old one, whose
         # deadline no longer moves, so they expire instead of living on.
         group = LifetimeGroup(now + lifetime)
-        self._published[serial] = (group, fields)
+        self._published[serial] = (group, fields, added)
         for key, value in fields.items():
             if key == "network_interfaces" and isinstance(value, list):
                 for index, iface in enumerate(value):

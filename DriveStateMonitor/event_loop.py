@@ -431,7 +431,10 @@ class StreamTransport:
         if self.closed:
             return
         self.closed = True
-        self.loop.unregister(self.sock)
+        if self._registered_events:
+            # Unregistering twice costs a KeyError that selectors builds with repr(socket).
+            self.loop.unregister(self.sock)
+            self._registered_events = 0
         self._out.clear()
         self.output_size = 0
         try:
