@@ -56,7 +56,12 @@ _JOURNAL_NAME = re.compile(r"journal-(\d+)\.log\Z")
 
 
 def encode_record(record: Any) -> bytes:
-    payload = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """One framed record; `record` is a JSON-able value, or bytes already holding its JSON (the
+    hot paths build those by concatenation instead of encoding twice)."""
+    if isinstance(record, bytes):
+        payload = record
+    else:
+        payload = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 

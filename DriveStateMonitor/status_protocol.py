@@ -57,6 +57,8 @@ _FLAT_OBJECT = re.compile(
 # constants outside strings mark text that is not a Python literal: literal_eval decides then.
 _PY_LITERAL_TOKEN = re.compile(r"'([^'\\\"]*)'|\b(True|False|None|true|false|null|NaN|Infinity)\b")
 _PY_CONSTANTS = {"True": "true", "False": "false", "None": "null"}
+# One encoder for every entry: json.dumps with an option builds a new one per call.
+_ENTRY_ENCODER = json.JSONEncoder(allow_nan=False)
 
 
 class StatusError(ValueError):
@@ -216,8 +218,8 @@ def parse_status(message: bytes) -> StatusReport:
     if not serial:
         raise StatusError("serial_number is empty")
     try:
-        entry_json = json.dumps({"time_stamp": value["time_stamp"], "status": value["status"]},
-                                allow_nan=False).encode("utf-8")
+        entry_json = _ENTRY_ENCODER.encode({"time_stamp": value["time_stamp"],
+                                            "status": value["status"]}).encode("utf-8")
     except (TypeError, ValueError):
         raise StatusError("time_stamp and status must be JSON values (strings, numbers, lists, dicts)") \
             from None

@@ -10,7 +10,7 @@ Journal records are short JSON arrays, the first item naming the change:
 
     ["a", serial, datagram_text, t, source, interface]   a new or changed announcement
     ["h", serial, t, source, interface]                  heard again (at most every lifetime/4)
-    ["s", serial, entry_json_text]                       a status
+    ["s", serial, {"time_stamp": ..., "status": ...}]    a status (the entry as stored)
     ["w", t]                                             the `w` wipe
     ["tt", path, t, comment, lifetime, autoexpire, type] TOUCH
     ["td", path, t, comment]                             TOUCHDIR
@@ -115,7 +115,8 @@ class StoreState:
 
     def status(self, serial: str, entry_json: bytes) -> None:
         if self.record is not None:
-            self.record(["s", serial, entry_json.decode("utf-8")])
+            # The entry is JSON already: embed it rather than encode it a second time.
+            self.record(b'["s",%s,%s]' % (json.dumps(serial).encode("utf-8"), entry_json))
 
     def wiped(self, now: float) -> None:
         self._heard_recorded.clear()
@@ -188,7 +189,9 @@ class StoreState:
             if drive is not None:
                 self.store.refresh_repeat(drive.raw, t, source, interface)
         elif kind == "s":
-            self.store.record_status(record[1], record[2].encode("utf-8"))
+            entry = record[2]
+            text = entry if isinstance(entry, str) else json.dumps(entry)
+            self.store.record_status(record[1], text.encode("utf-8"))
         elif kind == "w":
             self.store.wipe()
             self.publisher.wipe(record[1])
