@@ -495,6 +495,7 @@ class DriveStateMonitor:
             return
         now = self.clock()
         self.counters["announcements"] += 1
+        fields = None
         serial = self.store.refresh_repeat(data, now, sender[0], iface)
         if serial is not None:
             self.state.heard(serial, now, sender[0], iface)
@@ -505,8 +506,8 @@ class DriveStateMonitor:
                 self._complain("multicast %s:%d on %s" % (sender[0], sender[1], iface),
                                parsed.detail)
                 return
-            serial = parsed.serial_number
-            if not self.store.record_announcement(serial, parsed.fields, data, now, sender[0],
+            serial, fields = parsed.serial_number, parsed.fields
+            if not self.store.record_announcement(serial, fields, data, now, sender[0],
                                                   iface):
                 self.counters["announcements_rejected_table_full"] += 1
                 return
@@ -514,7 +515,7 @@ class DriveStateMonitor:
         drive = self.store.drives[serial]
         added = self.store.added_fields(drive)
         del added["state"]  # in the tree, a silent drive's objects read EXPIRED instead
-        self.publisher.announcement(serial, drive.fields, added, now)
+        self.publisher.announcement(serial, drive.raw, added, now, fields)
 
     # --- time ---------------------------------------------------------------------------------
     def _schedule_deadline(self) -> None:
@@ -633,8 +634,7 @@ class DriveStateMonitor:
         open_by_kind = dict.fromkeys(kinds, 0)
         open_by_kind.update(collections.Counter(t.label.split(" ", 1)[0]
                                                 for t in self.transports))
-        drives = [{"serial": drive.serial, "model": str(drive.fields.get("model", "")),
-                   "firmware": str(drive.fields.get("firmware_version", "")),
+        drives = [{"serial": drive.serial, "model": drive.model, "firmware": drive.firmware,
                    "last_seen": drive.last_seen, "alive": drive.alive}
                   for drive in self.store.drives.values()]
         return {

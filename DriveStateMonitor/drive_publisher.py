@@ -54,9 +54,9 @@ class DrivePublisher:
         self.tree = tree
         self.drive_lifetime = drive_lifetime
         self.refused = 0
-        # serial -> (its objects' shared deadline, the fields dict last published in full, the
+        # serial -> (its objects' shared deadline, the datagram last published in full, the
         # added fields last published)
-        self._published: Dict[str, Tuple[LifetimeGroup, Dict[str, Any], Dict[str, Any]]] = {}
+        self._published: Dict[str, Tuple[LifetimeGroup, bytes, Dict[str, Any]]] = {}
 
     def _set(self, path: str, value: Any, now: float, lifetime: Optional[float],
              group: Optional[LifetimeGroup] = None) -> None:
@@ -70,13 +70,14 @@ class DrivePublisher:
             # still has it; the tree copy is best effort.
             self.refused += 1
 
-    def announcement(self, serial: str, fields: Dict[str, Any], added: Dict[str, Any],
-                     now: float) -> None:
-        """Publishes (or refreshes) one drive's announcement and the fields the DSM adds."""
+    def announcement(self, serial: str, raw: bytes, added: Dict[str, Any], now: float,
+                     fields: Optional[Dict[str, Any]] = None) -> None:
+        """Publishes (or refreshes) one drive's announcement (`raw`, the datagram; `fields`, its
+        parsed form if the caller has it) and the fields the DSM adds."""
         base = drive_dir(serial)
         lifetime = self.drive_lifetime
         published = self._published.get(serial)
-        if published is not None and published[1] is fields and published[0].deadline > now:
+        if published is not None and published[1] == raw and published[0].deadline > now:
             # The same announcement again, objects still alive: move the deadline, and write
             # only the added fields that changed (last_seen_epoch always; the rest rarely).
             group, _, last_added = published
@@ -84,12 +85,14 @@ class DrivePublisher:
             for key, value in added.items():
                 if last_added.get(key) != value:
                     self._set("%s/%s" % (base, key), value, now, lifetime, group)
-            self._published[serial] = (group, fields, added)
+            self._published[serial] = (group, raw, added)
             return
         # A fresh group: objects of a field the drive no longer sends keep the old one, whose
         # deadline no longer moves, so they expire instead of living on.
         group = LifetimeGroup(now + lifetime)
-        self._published[serial] = (group, fields, added)
+        self._published[serial] = (group, raw, added)
+        if fields is None:
+            fields = json.loads(raw.decode("utf-8"))
         for key, value in fields.items():
             if key == "network_interfaces" and isinstance(value, list):
                 for index, iface in enumerate(value):

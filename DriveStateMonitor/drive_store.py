@@ -29,13 +29,14 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 
 class DriveRecord:
-    __slots__ = ("serial", "fields", "raw", "fields_prefix", "last_seen", "source_address",
-                 "interface", "fragment", "alive", "expiry_queued")
+    __slots__ = ("serial", "raw", "fields_prefix", "model", "firmware", "last_seen",
+                 "source_address", "interface", "fragment", "alive", "expiry_queued")
 
     def __init__(self, serial: str) -> None:
         self.serial = serial
-        self.fields: Dict[str, Any] = {}
-        self.raw = b""
+        self.raw = b""  # the datagram as the drive sent it; the fields are parsed from it on demand
+        self.model = ""
+        self.firmware = ""
         self.fields_prefix = ""  # the drive's own fields as JSON without the closing brace
         self.last_seen = 0.0
         self.source_address = ""
@@ -43,6 +44,12 @@ class DriveRecord:
         self.fragment: Optional[str] = None  # `"serial": {...}` for the `m` reply, None when stale
         self.alive = True
         self.expiry_queued = False  # an entry for this drive is in the expiry heap
+
+    @property
+    def fields(self) -> Dict[str, Any]:
+        """The announcement's fields. Parsed again on each use: keeping every drive's parsed
+        dicts cost more memory than the rest of the record, and only rare paths need them."""
+        return json.loads(self.raw.decode("utf-8")) if self.raw else {}
 
 
 class DriveStore:
@@ -95,7 +102,8 @@ class DriveStore:
                 del self._serial_by_raw[drive.raw]
             drive.raw = raw
             self._serial_by_raw[raw] = serial
-            drive.fields = fields
+            drive.model = str(fields.get("model", ""))
+            drive.firmware = str(fields.get("firmware_version", ""))
             own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
             drive.fields_prefix = json.dumps(own)[:-1]
         self._heard(drive, now, source_address, interface)

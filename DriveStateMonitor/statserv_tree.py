@@ -40,6 +40,7 @@ import heapq
 import itertools
 import math
 import re
+import types
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 __all__ = [
@@ -261,6 +262,10 @@ def _is_number(value: Any) -> bool:
 # Nodes and monitors
 
 
+_NO_HOLDERS: frozenset = frozenset()
+_NO_MONITORS = types.MappingProxyType({})
+
+
 class _Node:
     __slots__ = ("path", "parent_path", "name", "kind", "children", "value", "type_name", "comment",
                  "lifetime", "deadline", "autoexpire_owner", "mtime", "revision", "holders",
@@ -281,8 +286,10 @@ class _Node:
         self.autoexpire_owner: Any = None
         self.mtime = 0.0
         self.revision = 0
-        self.holders: Set[Any] = set()
-        self.monitors: Dict[Any, _Monitor] = {}
+        # Shared empty placeholders until the first holder or monitor: most objects never get
+        # one, and an empty set and dict per node were a third of a node's memory.
+        self.holders: Any = _NO_HOLDERS
+        self.monitors: Any = _NO_MONITORS
         self.timer_at: Optional[float] = None
         self.timer_seq: Optional[int] = None
 
@@ -464,7 +471,9 @@ class Tree:
         else:
             node.value = UNDEFINED
         self._nodes[node.path] = node
-        self._nodes[node.parent_path].children[node.name] = node
+        parent = self._nodes[node.parent_path]
+        node.parent_path = parent.path  # share the parent's string rather than keep a copy
+        parent.children[node.name] = node
 
     def _create_object(self, path: str, now: float) -> _Node:
         """An UNDEFINED object at `path` (a placeholder there is reused); no change is reported yet."""
@@ -537,6 +546,8 @@ class Tree:
             self._hold(node, owner)
 
     def _hold(self, node: _Node, owner: Any) -> None:
+        if node.holders is _NO_HOLDERS:
+            node.holders = set()
         node.holders.add(owner)
         self._held_by_owner.setdefault(owner, set()).add(node.path)
 
@@ -679,7 +690,8 @@ class Tree:
         for path in self._held_by_owner.pop(owner, ()):
             node = self._nodes.get(path)
             if node is not None:
-                node.holders.discard(owner)
+                if node.holders:
+                    node.holders.discard(owner)
                 self._free_if_unheld(node)
         for path in self._autoexpire_by_owner.pop(owner, ()):
             node = self._nodes.get(path)
@@ -716,6 +728,8 @@ class Tree:
         if mon is None:
             mon = _Monitor(subscriber, path, deadband, min_period)
             monitors[path] = mon
+            if node.monitors is _NO_MONITORS:
+                node.monitors = {}
             node.monitors[subscriber] = mon
             self._monitor_count += 1
         else:

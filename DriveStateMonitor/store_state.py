@@ -226,7 +226,7 @@ class StoreState:
         for serial, drive in self.store.drives.items():
             added = self.store.added_fields(drive)
             del added["state"]
-            self.publisher.announcement(serial, drive.fields, added, drive.last_seen)
+            self.publisher.announcement(serial, drive.raw, added, drive.last_seen)
         for serial, history in self.store.statuses.items():
             if history:
                 entry = json.loads(history[-1].decode("utf-8"))
