@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from .event_loop import StreamTransport
-from .status_protocol import (StatusError, StatusParser, StatusReport, ack, error_reply,
+from .status_protocol import (END_BYTE, StatusError, StatusParser, StatusReport, error_reply,
                               parse_status)
+
+ACK = END_BYTE
 
 # Stores a report; returns None when stored, or the reason it was refused.
 StoreStatus = Callable[[StatusReport, str], Optional[str]]
@@ -24,15 +26,18 @@ class StatusConnection:
         self.parser = StatusParser(max_message) if max_message else StatusParser()
 
     def data_received(self, data: bytes) -> None:
-        for framed in self.parser.receive_data(data):
-            self._answer(framed.message, framed.error)
+        # One write for all the replies a chunk completes: pipelined statuses cost one append.
+        replies = [self._answer(framed.message, framed.error)
+                   for framed in self.parser.receive_data(data)]
+        if replies:
+            self.transport.write(b"".join(replies))
         if self.transport.output_size >= self.transport.high_water:
             # A client that sends without reading its acks waits for itself, not us.
             self.transport.pause_reading()
 
     def eof_received(self) -> None:
         for framed in self.parser.eof_received():
-            self._answer(framed.message, framed.error)
+            self.transport.write(self._answer(framed.message, framed.error))
         self.transport.close_when_flushed()
 
     def writing_drained(self) -> None:
@@ -41,7 +46,8 @@ class StatusConnection:
     def connection_lost(self) -> None:
         pass
 
-    def _answer(self, message: Optional[bytes], error: Optional[str]) -> None:
+    def _answer(self, message: Optional[bytes], error: Optional[str]) -> bytes:
+        """Stores one framed message; the reply: the end byte, or the error and the end byte."""
         if message is not None:
             try:
                 report = parse_status(message)
@@ -50,8 +56,7 @@ class StatusConnection:
             else:
                 error = self.store(report, self.transport.label)
                 if error is None:
-                    self.transport.write(ack())
-                    return
+                    return ACK
         reason = error or "not a status"
         self.bad_input(self.transport.label, reason)
-        self.transport.write(error_reply(reason))
+        return error_reply(reason)
