@@ -67,6 +67,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union  
 
 from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, ErrorCode,  # noqa: E402
                               StatServClient, is_valid, parse_address)
+from .options import non_negative_seconds, positive_int  # noqa: E402
 from .statserv_tree import escape_text, quote_string  # noqa: E402
 
 EXIT_OK = 0
@@ -135,9 +136,9 @@ def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--unix", default=default(None), metavar="PATH",
                         help="send m, s and w to the DSM's Unix socket <run-dir>/%s instead "
                              "(PATH: the socket, or the run dir)" % DSM_SOCKET_NAME)
-    parser.add_argument("--request-timeout", type=_seconds, default=default(10.0), metavar="S",
+    parser.add_argument("--request-timeout", type=non_negative_seconds, default=default(10.0), metavar="S",
                         help="how long to wait for each answer (default 10)")
-    parser.add_argument("--reconnect-timeout", type=_seconds, default=default(None), metavar="S",
+    parser.add_argument("--reconnect-timeout", type=non_negative_seconds, default=default(None), metavar="S",
                         help="how long to keep reconnecting when the connection breaks "
                              "(default: 0, watch %g)" % WATCH_RECONNECT_TIMEOUT)
 
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     put = command("put", "set a value")
     put.add_argument("name")
     put.add_argument("value")
-    put.add_argument("--lifetime", type=_seconds, metavar="S",
+    put.add_argument("--lifetime", type=non_negative_seconds, metavar="S",
                      help="the value reads EXPIRED unless updated within S seconds (0: never)")
     put.add_argument("--create", action="store_true",
                      help="create the object first (TOUCH) if it does not exist")
@@ -221,23 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch = command("watch", "print each change of objects or directories as it happens, until "
                              "Ctrl-C, --count changes or --timeout seconds")
     watch.add_argument("names", nargs="+", metavar="NAME")
-    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N changes")
-    watch.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds")
+    watch.add_argument("--count", type=positive_int, metavar="N", help="stop after N changes")
+    watch.add_argument("--timeout", type=non_negative_seconds, metavar="S", help="stop after S seconds")
     rm = command("rm", "remove an object")
     rm.add_argument("name")
     rmdir = command("rmdir", "remove an empty directory")
     rmdir.add_argument("path")
     return parser
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError("seconds must be 0 or more: %r" % text)
-    return value
 
 
 def _port(text: str) -> int:
@@ -250,7 +241,7 @@ def _history_count(text: str) -> Optional[int]:
     """A number of statuses, or None for "all"."""
     if text.lower() == "all":
         return None
-    return _positive_int(text)
+    return positive_int(text)
 
 
 def _columns(text: str) -> List[str]:
@@ -258,16 +249,6 @@ def _columns(text: str) -> List[str]:
     if not names:
         raise argparse.ArgumentTypeError("no column names in %r" % text)
     return names
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a whole number: %r" % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1: %d" % value)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -449,18 +449,31 @@ class StreamTransport:
     abort = close
 
 
-class Listener:
+class _ReadWatcher:
+    """A socket the loop watches for reading for its whole life (listeners, datagram sockets)."""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, label: str) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.label = label
+        self.closed = False
+        sock.setblocking(False)
+        loop.register(sock, selectors.EVENT_READ, self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.unregister(self.sock)
+            self.sock.close()
+
+
+class Listener(_ReadWatcher):
     """A listening stream socket that accepts in batches and backs off when out of descriptors."""
 
     def __init__(self, loop: EventLoop, sock: socket.socket, label: str,
                  on_accept: Callable[[socket.socket, Any], None]) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.label = label
+        super().__init__(loop, sock, label)
         self.on_accept = on_accept
-        self.closed = False
-        sock.setblocking(False)
-        loop.register(sock, selectors.EVENT_READ, self)
 
     def on_readable(self) -> None:
         for _ in range(ACCEPTS_PER_EVENT):
@@ -485,12 +498,6 @@ class Listener:
         if not self.closed:
             self.loop.register(self.sock, selectors.EVENT_READ, self)
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.loop.unregister(self.sock)
-            self.sock.close()
-
     def abort(self) -> None:
         # A failure while handing over one new connection must not close the port for everyone.
         pass
@@ -499,20 +506,15 @@ class Listener:
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class DatagramReader:
+class DatagramReader(_ReadWatcher):
     """Reads a datagram socket in batches; `on_datagram(data, sender, ifindex)` gets each one."""
 
     def __init__(self, loop: EventLoop, sock: socket.socket, label: str,
                  on_datagram: Callable[[bytes, Tuple[str, int], int], None],
                  with_ifindex: bool) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.label = label
+        super().__init__(loop, sock, label)
         self.on_datagram = on_datagram
         self.with_ifindex = with_ifindex
-        self.closed = False
-        sock.setblocking(False)
-        loop.register(sock, selectors.EVENT_READ, self)
 
     def on_readable(self) -> None:
         for _ in range(DATAGRAMS_PER_EVENT):
@@ -529,12 +531,6 @@ class DatagramReader:
                 log.debug("%s: recv failed: %s", self.label, exc)
                 return
             self.on_datagram(data, sender, ifindex)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.loop.unregister(self.sock)
-            self.sock.close()
 
     def abort(self) -> None:
         # A failing datagram handler loses one datagram; the socket stays, since nothing else hears

@@ -14,17 +14,7 @@ from .drive_store import DriveStore
 from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, DatagramReader, EventLoop)
 from .interfaces import select_interfaces
 from .multicast_socket import MulticastSetupError, open_multicast_socket
-from .options import add_multicast_options
-
-
-def non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError("seconds must be 0 or more: %r" % text)
-    return value
+from .options import add_multicast_options, non_negative_seconds
 
 
 def build_parser() -> argparse.ArgumentParser:

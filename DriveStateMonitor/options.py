@@ -41,6 +41,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("seconds must be 0 or more: %r" % text)
+    return value
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)

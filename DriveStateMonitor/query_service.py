@@ -1,53 +1,25 @@
 """A query connection (TCP or Unix socket): queries in, replies out, in order, with back-pressure."""
 from __future__ import annotations
 
-import collections
-from typing import Callable, Deque
+from typing import Callable, List
 
 from .event_loop import StreamTransport
+from .pipelining import PipelinedConnection
 from .query_protocol import Query, QueryParser
 
 AnswerQuery = Callable[[Query, str], bytes]
 
 
-class QueryConnection:
-    """Answers each query of one connection in order; closes after the client's end of stream.
-
-    Replies are produced only while less than the transport's high-water mark waits to be sent;
-    past that, reading pauses until the client catches up, so a client that pipelines `m` and never
-    reads holds one reply's worth of memory, not thousands.
-    """
+class QueryConnection(PipelinedConnection):
+    """Answers each query of one connection in order; closes after the client's end of stream."""
 
     def __init__(self, transport: StreamTransport, answer: AnswerQuery) -> None:
-        self.transport = transport
+        super().__init__(transport)
         self.answer = answer
         self.parser = QueryParser()
-        self.pending: Deque[Query] = collections.deque()
-        self.eof = False
 
-    def data_received(self, data: bytes) -> None:
-        self.pending.extend(self.parser.receive_data(data))
-        self._answer_pending()
+    def parse(self, data: bytes) -> List[Query]:
+        return self.parser.receive_data(data)
 
-    def eof_received(self) -> None:
-        self.eof = True
-        self._answer_pending()
-
-    def writing_drained(self) -> None:
-        self._answer_pending()
-
-    def connection_lost(self) -> None:
-        self.pending.clear()
-
-    def _answer_pending(self) -> None:
-        transport = self.transport
-        while self.pending and transport.output_size < transport.high_water and not transport.closed:
-            transport.write(self.answer(self.pending.popleft(), transport.label))
-        if transport.closed:
-            return
-        if self.pending:
-            transport.pause_reading()
-        elif self.eof:
-            transport.close_when_flushed()
-        else:
-            transport.resume_reading()
+    def reply(self, query: Query) -> bytes:
+        return self.answer(query, self.transport.label)

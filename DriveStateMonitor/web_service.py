@@ -17,11 +17,12 @@ import email.utils
 import json
 import logging
 import os
-from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import unquote
 
 from .event_loop import StreamTransport
 from .http_protocol import HttpServerConnection, Request, RequestError
+from .pipelining import PipelinedConnection
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render_metrics
 
 log = logging.getLogger("dsm.http")
@@ -164,46 +165,22 @@ class WebApp:
                                         "/metrics" % path, False)
 
 
-class WebConnection:
-    """One HTTP connection: requests answered in order, with back-pressure, closed when due.
-
-    Like QueryConnection: replies are produced only while less than the transport's high-water
-    mark waits to be sent; past that, reading pauses until the client catches up.
-    """
+class WebConnection(PipelinedConnection):
+    """One HTTP connection: requests answered in order, with back-pressure, closed when due."""
 
     def __init__(self, transport: StreamTransport, app: WebApp) -> None:
-        self.transport = transport
+        super().__init__(transport)
         self.app = app
         self.http = HttpServerConnection()
-        self.pending: Deque[Union[Request, RequestError]] = collections.deque()
-        self.eof = False
 
-    def data_received(self, data: bytes) -> None:
-        self.pending.extend(self.http.receive_data(data))
-        self._answer_pending()
+    def parse(self, data: bytes) -> List[Union[Request, RequestError]]:
+        return self.http.receive_data(data)
 
-    def eof_received(self) -> None:
-        self.eof = True
-        self._answer_pending()
+    def reply(self, event: Union[Request, RequestError]) -> bytes:
+        return self._respond(event)
 
-    def writing_drained(self) -> None:
-        self._answer_pending()
-
-    def connection_lost(self) -> None:
-        self.pending.clear()
-
-    def _answer_pending(self) -> None:
-        transport = self.transport
-        while self.pending and transport.output_size < transport.high_water and not transport.closed:
-            transport.write(self._respond(self.pending.popleft()))
-        if transport.closed:
-            return
-        if self.pending:
-            transport.pause_reading()
-        elif self.eof or not self.http.reading:
-            transport.close_when_flushed()
-        else:
-            transport.resume_reading()
+    def done(self) -> bool:
+        return self.eof or not self.http.reading
 
     def _respond(self, event: Union[Request, RequestError]) -> bytes:
         if isinstance(event, RequestError):
