@@ -15,7 +15,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     packages=["DriveStateMonitor"],
-    package_data={"DriveStateMonitor": ["web/*", "systemd/*"]},
+    package_data={"DriveStateMonitor": ["web/*", "systemd/*", "prometheus/*"]},
     scripts=["runDSM", "stopDSM"],
     python_requires=">=3.8",
     extras_require={"test": ["pytest", "hypothesis"]},
