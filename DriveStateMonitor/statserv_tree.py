@@ -788,8 +788,13 @@ class Tree:
                 pending.pop(path, None)
             monitors = [mon]
         collected: List[Tuple[str, Any]] = []
+        seen: Set[str] = set()
         for mon in monitors:
-            collected.extend(self._collect_monitor(mon, now))
+            for changed_path, value in self._collect_monitor(mon, now):
+                # An object monitored itself and through its directory is reported once.
+                if changed_path not in seen:
+                    seen.add(changed_path)
+                    collected.append((changed_path, value))
         return collected
 
     def _collect_monitor(self, mon: _Monitor, now: float) -> List[Tuple[str, Any]]:

@@ -537,3 +537,20 @@ def test_load_skips_blank_and_comment_lines_and_accepts_crlf():
 
 def test_quote_string_keeps_a_value_on_one_line():
     assert quote_string("a\nb\u2028c") == '"a\\nb\\u2028c"'
+
+
+def test_updates_report_an_object_once_when_it_and_its_directory_are_monitored():
+    class Subscriber:
+        def __init__(self):
+            self.notices = []
+
+        def notify(self, path):
+            self.notices.append(path)
+
+    tree = Tree()
+    tree.set_value("/a/b", 1, 0.0)
+    watcher = Subscriber()
+    tree.monitor("/a", watcher, 0.0)
+    tree.monitor("/a/b", watcher, 0.0)
+    tree.set_value("/a/b", 2, 1.0)
+    assert tree.collect(watcher, None, 1.0) == [("/a/b", 2)]
