@@ -1,6 +1,8 @@
 """Puts the repository root on sys.path (however pytest is started) and provides the DSM fixtures."""
 import os
+import subprocess
 import sys
+from typing import List
 
 import pytest
 
@@ -26,3 +28,17 @@ def dsm_factory():
 def dsm(dsm_factory):
     """One running DSM on free loopback ports."""
     return dsm_factory.start()
+
+
+@pytest.fixture
+def procs():
+    """Processes a test starts itself; each is stopped by its pid afterwards."""
+    started: List[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -248,6 +248,48 @@ class DsmFactory:
             shutil.rmtree(path, ignore_errors=True)
 
 
+_CLOCK_HOOK = """\
+import os, time
+_offset_file = os.environ.get("DSMT_CLOCK_OFFSET_FILE")
+if _offset_file:
+    _real_time = time.time
+    def _shifted_time():
+        try:
+            with open(_offset_file) as f:
+                offset = float(f.read() or 0)
+        except (OSError, ValueError):
+            offset = 0.0
+        return _real_time() + offset
+    time.time = _shifted_time
+"""
+
+
+class ShiftedClock:
+    """Moves a DSM's wall clock forward, so tests of its 60 s and 24 h windows run for real
+    without waiting: a sitecustomize on its PYTHONPATH adds the offset written in a file to
+    time.time(). Start the DSM with `env=clock.env()`, then `clock.shift(seconds)`."""
+
+    def __init__(self) -> None:
+        self.dir = short_temp_dir()
+        with open(os.path.join(self.dir, "sitecustomize.py"), "w") as f:
+            f.write(_CLOCK_HOOK)
+        self.offset_file = os.path.join(self.dir, "offset")
+        self.shift(0)
+
+    def env(self) -> Dict[str, str]:
+        return dict(os.environ, PYTHONPATH=self.dir, DSMT_CLOCK_OFFSET_FILE=self.offset_file)
+
+    def shift(self, seconds: float) -> None:
+        with open(self.offset_file, "w") as f:
+            f.write(str(seconds))
+
+    def __enter__(self) -> "ShiftedClock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def run_script(args: List[str], timeout: float = 30.0, **kwargs: Any) -> subprocess.CompletedProcess:
     return subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=timeout, universal_newlines=True,

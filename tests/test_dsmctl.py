@@ -40,20 +40,6 @@ def ctl(server: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def procs():
-    """Processes a test starts itself; each is stopped by its pid afterwards."""
-    started: List[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
 def client(dsm):
     """A library client of the `dsm` fixture, to set things up and check what dsmctl did."""
     made = StatServClient("pytest", server_of(dsm))

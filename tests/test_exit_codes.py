@@ -18,24 +18,10 @@ from typing import List
 
 import pytest
 
-from dsm_harness import (END, PACKAGE, TEST_GROUP, free_udp_port, short_temp_dir,
-                         wait_for)
+from dsm_harness import (END, PACKAGE, TEST_GROUP, ShiftedClock, free_udp_port,
+                         short_temp_dir, wait_for)
 
 MULTICAST_LISTENER = os.path.join(PACKAGE, "MulticastListener.py")
-
-
-@pytest.fixture
-def procs():
-    """Processes a test starts itself; each is stopped by its pid afterwards."""
-    started: List[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def dual_stack_socket() -> socket.socket:
@@ -254,39 +240,13 @@ def test_multicast_listener_socket_failure_exits_2(extra, message):
     assert result.stdout == ""
 
 
-# The kill switch's 24-hour window, for real but without waiting a day: this sitecustomize (on the
-# DSM's PYTHONPATH) adds to time.time() the seconds written in a file.
-CLOCK_HOOK = textwrap.dedent('''\
-    import os, time
-    _offset_file = os.environ.get("DSMT_CLOCK_OFFSET_FILE")
-    if _offset_file:
-        _real_time = time.time
-        def _shifted_time():
-            try:
-                with open(_offset_file) as f:
-                    offset = float(f.read() or 0)
-            except (OSError, ValueError):
-                offset = 0.0
-            return _real_time() + offset
-        time.time = _shifted_time
-''')
-
-
 def test_kill_switch_forgets_failures_older_than_24_hours(dsm_factory):
-    hook_dir = short_temp_dir()
-    try:
-        with open(os.path.join(hook_dir, "sitecustomize.py"), "w") as f:
-            f.write(CLOCK_HOOK)
-        offset_file = os.path.join(hook_dir, "offset")
-        with open(offset_file, "w") as f:
-            f.write("0")
-        env = dict(os.environ, PYTHONPATH=hook_dir, DSMT_CLOCK_OFFSET_FILE=offset_file)
-        dsm = dsm_factory.start("--fault-injection", env=env)
+    with ShiftedClock() as clock:
+        dsm = dsm_factory.start("--fault-injection", env=clock.env())
         for _ in range(5):
             crash(dsm)
         assert dsm.query_json("s") == {}
-        with open(offset_file, "w") as f:
-            f.write(str(24 * 3600 + 1))
+        clock.shift(24 * 3600 + 1)
         for _ in range(5):  # the first five have left the window: five in it, not more than five
             crash(dsm)
             assert dsm.query_json("s") == {}
@@ -294,8 +254,6 @@ def test_kill_switch_forgets_failures_older_than_24_hours(dsm_factory):
         assert dsm.log_text().count("Traceback (most recent call last)") == 10
         crash(dsm)
         assert dsm.wait_exit() == 4
-    finally:
-        shutil.rmtree(hook_dir, ignore_errors=True)
 
 
 # --- StatusListener.py --------------------------------------------------------------------------

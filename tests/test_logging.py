@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
-import textwrap
 
 
-from dsm_harness import (END, LOOPBACK, recv_all, recv_until_end, short_temp_dir,
-                         wait_for)
+from dsm_harness import END, LOOPBACK, ShiftedClock, recv_all, recv_until_end, wait_for
 
 # logging's default asctime: 2024-11-24 10:16:00,123, then the level.
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
@@ -126,47 +123,20 @@ def test_bad_inputs_beyond_20_in_a_minute_are_not_logged(dsm_factory):
     assert logged == ["%02d" % i for i in range(20)], text
 
 
-# The 60 s window, for real but without waiting a minute: this sitecustomize (on the DSM's PYTHONPATH)
-# adds to time.time() the seconds written in a file, so the test moves the DSM's wall clock forward.
-CLOCK_HOOK = textwrap.dedent('''\
-    import os, time
-    _offset_file = os.environ.get("DSMT_CLOCK_OFFSET_FILE")
-    if _offset_file:
-        _real_time = time.time
-        def _shifted_time():
-            try:
-                with open(_offset_file) as f:
-                    offset = float(f.read() or 0)
-            except (OSError, ValueError):
-                offset = 0.0
-            return _real_time() + offset
-        time.time = _shifted_time
-''')
-
-
 def test_rate_limit_summary_when_the_next_window_opens(dsm_factory):
-    hook_dir = short_temp_dir()
-    try:
-        with open(os.path.join(hook_dir, "sitecustomize.py"), "w") as f:
-            f.write(CLOCK_HOOK)
-        offset_file = os.path.join(hook_dir, "offset")
-        with open(offset_file, "w") as f:
-            f.write("0")
-        env = dict(os.environ, PYTHONPATH=hook_dir, DSMT_CLOCK_OFFSET_FILE=offset_file)
-        dsm, log_file = start_with_log_file(dsm_factory, env=env)
+    with ShiftedClock() as clock:
+        dsm, log_file = start_with_log_file(dsm_factory, env=clock.env())
         bad_query(dsm, b" ".join(b"first%02d" % i for i in range(27)))
         wait_for(lambda: "'first19'" in read(log_file), what="20 bad inputs logged")
 
         # 59 s later: still the same window, still nothing logged.
-        with open(offset_file, "w") as f:
-            f.write("59")
+        clock.shift(59)
         bad_query(dsm, b"late")
         assert dsm.query_json("s") == {}  # the late query has been handled
         assert "'late'" not in read(log_file)
 
         # 61 s later: a new window; the summary first, then the new bad input.
-        with open(offset_file, "w") as f:
-            f.write("61")
+        clock.shift(61)
         bad_query(dsm, b"next")
         text = wait_for(lambda: "'next'" in read(log_file) and read(log_file),
                         what="the bad input of the next window")
@@ -177,5 +147,3 @@ def test_rate_limit_summary_when_the_next_window_opens(dsm_factory):
         assert TIMESTAMP.match(lines[summary[0]])
         assert "'next'" in lines[summary[0] + 1]
         assert sum("unknown query 'first" in line for line in lines) == 20
-    finally:
-        shutil.rmtree(hook_dir, ignore_errors=True)

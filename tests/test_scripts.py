@@ -34,20 +34,6 @@ MULTICAST_LISTENER = os.path.join(PACKAGE, "MulticastListener.py")
 STATUS_LISTENER = os.path.join(PACKAGE, "StatusListener.py")
 
 
-@pytest.fixture
-def procs():
-    """Processes a test starts itself; each is stopped by its pid afterwards."""
-    started: List[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
 def read_stderr_line(proc: subprocess.Popen, timeout: float = 10.0) -> str:
     fd = proc.stderr.fileno()
     data = b""
