@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("MulticastListener: listening to %s:%d on %s for %g s" % (
         options.mcast_group, options.mcast_port,
         ", ".join(iface.name for iface in interfaces) or "no interface", options.time),
-        file=sys.stderr)
+        file=sys.stderr, flush=True)  # Python < 3.9 buffers a piped stderr
     try:
         code = loop.run()
     finally:
