@@ -102,6 +102,10 @@ def split_request(line: bytes) -> List[Tuple[bytes, int]]:
 
     Arguments are separated by spaces or tabs; a quoted part (' or ") may contain them, and may sit
     anywhere in an argument (`COMMENT="a b"`). Quotes are removed; %XX escapes are left for later."""
+    if b"'" not in line and b'"' not in line:
+        # Most lines quote nothing: C-level splitting instead of the byte loop below.
+        return [(argument, argument.find(b"="))
+                for argument in line.replace(b"\t", b" ").split(b" ") if argument]
     arguments: List[Tuple[bytes, int]] = []
     index, length = 0, len(line)
     while True:
