@@ -306,9 +306,12 @@ class DriveStateMonitor:
             log.info("snapshot %d written", self.journal.seq)
 
     def _watch_journal(self) -> None:
-        """A failed (or removed) state dir is retried: a fresh snapshot, then a new journal."""
+        """A failed (or removed) state dir is retried: a fresh snapshot, then a new journal. A
+        journal grown past --snapshot-journal-bytes also gets an early snapshot, so a flood of
+        changes cannot fill the disk (or a restart's replay) before the next periodic one."""
         self.journal.check_vanished()
-        if self.journal.needs_snapshot and self._shutdown_deadline is None:
+        grown = self.journal.journal_bytes > self.options.snapshot_journal_bytes
+        if (self.journal.needs_snapshot or grown) and self._shutdown_deadline is None:
             if self.journal.start_snapshot():
                 self.loop.call_later(0.1, self._poll_snapshot)
         self.loop.call_later(self.options.state_retry, self._watch_journal)

@@ -110,6 +110,10 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help="always: a change is acknowledged only once its journal record is "
                              "on disk; everysec: fsync once a second; no: leave it to the kernel "
                              "(default %(default)s)")
+    parser.add_argument("--snapshot-journal-bytes", type=positive_int, default=128 * 1024 * 1024,
+                        metavar="BYTES",
+                        help="also snapshot (and start a new journal) as soon as the journal has "
+                             "grown past this (default %(default)s)")
     parser.add_argument("--state-retry", type=positive_seconds, default=5.0, metavar="SECONDS",
                         help="after the state dir failed (full, read-only, removed), how often to "
                              "try again with a fresh snapshot (default %(default)g)")

@@ -209,6 +209,7 @@ class Journal:
         self.error: Optional[str] = None
         self.needs_snapshot = False
         self.records_written = 0
+        self.journal_bytes = 0  # written to the current journal, i.e. since its snapshot began
         self.records_dropped = 0
         self.fsyncs = 0
         self.last_snapshot: Optional[float] = None
@@ -234,6 +235,7 @@ class Journal:
         """Starts appending to journal `seq`."""
         self._close_fd()
         self.seq = seq
+        self.journal_bytes = 0
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._fd = os.open(journal_path(self.state_dir, seq),
@@ -256,6 +258,7 @@ class Journal:
                 self._failed("cannot write the journal", exc)
                 return
             self.records_written += len(self._pending)
+            self.journal_bytes += len(data)
             self._pending = []
             self._unsynced = True
         elif self._pending and (self._fd is None or self.needs_snapshot):
@@ -407,6 +410,7 @@ class Journal:
             "fsync": self.fsync,
             "journal_seq": self.seq,
             "records_written": self.records_written,
+            "journal_bytes": self.journal_bytes,
             "records_dropped": self.records_dropped,
             "fsyncs": self.fsyncs,
             "last_snapshot": self.last_snapshot or 0.0,

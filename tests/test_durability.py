@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from DriveStateMonitor.persistence import encode_record
-from dsm_harness import END, announcement, wait_for
+from dsm_harness import END, LOOPBACK, announcement, recv_until_end, wait_for
 
 
 
@@ -531,3 +531,17 @@ def test_removed_state_dir_is_recreated_with_a_fresh_snapshot_and_nothing_is_los
     assert_statuses_kept(second, more)
     assert_tree(second, expected)
     assert get(second, "/lab/after") == '. "yes"'
+
+
+def test_a_journal_grown_past_its_limit_gets_an_early_snapshot(dsm_factory):
+    dsm = dsm_factory.start("--snapshot-journal-bytes", "20000", "--state-retry", "0.2",
+                            "--snapshot-interval", "3600")
+    state_dir = dsm.args[dsm.args.index("--state-dir") + 1]
+    with socket.create_connection((LOOPBACK, dsm.status_port), timeout=10) as sock:
+        for n in range(400):  # about 60 bytes of journal each: past 20,000
+            sock.sendall(b'{"serial_number": "JB", "time_stamp": %d, "status": "002"}\n' % n)
+        recv_until_end(sock, count=400)
+    wait_for(lambda: any(name.startswith("snapshot-") for name in os.listdir(state_dir)),
+             what="an early snapshot")
+    assert dsm.proc.poll() is None
+    assert len(dsm.query_json("s")["JB"]) == 20
