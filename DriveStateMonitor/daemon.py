@@ -516,9 +516,7 @@ class DriveStateMonitor:
                 return
             self.state.announced(serial, data, now, sender[0], iface)
         drive = self.store.drives[serial]
-        added = self.store.added_fields(drive)
-        del added["state"]  # in the tree, a silent drive's objects read EXPIRED instead
-        self.publisher.announcement(serial, drive.raw, added, now, fields)
+        self.publisher.announcement(serial, drive.raw, self.store.tree_fields(drive), now, fields)
 
     # --- time ---------------------------------------------------------------------------------
     def _schedule_deadline(self) -> None:

@@ -4,7 +4,7 @@ Layout (spec: status-server.md, "Drive data in the tree"):
 
     /drives/<serial>/<field>                      each scalar field of the announcement
     /drives/<serial>/interfaces/<name>/<field>    each entry of network_interfaces
-    /drives/<serial>/last_seen, last_seen_epoch, source_address, interface
+    /drives/<serial>/last_seen                     when the DSM last heard it (the original format)
     /drives/<serial>/status, time_stamp           the newest status report
     /dsm/version, pid, start_time, interfaces, counters/<name>
 
@@ -79,7 +79,7 @@ class DrivePublisher:
         published = self._published.get(serial)
         if published is not None and published[1] == raw and published[0].deadline > now:
             # The same announcement again, objects still alive: move the deadline, and write
-            # only the added fields that changed (last_seen_epoch always; the rest rarely).
+            # only the added fields that changed (last_seen, once a second at most).
             group, _, last_added = published
             group.deadline = now + lifetime
             for key, value in added.items():

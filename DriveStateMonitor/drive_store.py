@@ -163,6 +163,12 @@ class DriveStore:
             parts.append(drive.fragment)
         return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
+    def tree_fields(self, drive: DriveRecord) -> Dict[str, Any]:
+        """What the DSM adds to a drive's objects in the Status Server tree: `last_seen`, as the
+        spec's layout has it. The other added fields of `m` stay out of the tree, where they
+        would change (and wake monitors) on every datagram."""
+        return {LAST_SEEN: self._format_last_seen(drive.last_seen)}
+
     def added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
         """What the DSM adds beside a drive's own fields."""
         return {

@@ -224,9 +224,8 @@ class StoreState:
     def _republish(self, now: float) -> None:
         """Rebuilds /drives from the drive records, each as of when it was last heard."""
         for serial, drive in self.store.drives.items():
-            added = self.store.added_fields(drive)
-            del added["state"]
-            self.publisher.announcement(serial, drive.raw, added, drive.last_seen)
+            self.publisher.announcement(serial, drive.raw, self.store.tree_fields(drive),
+                                        drive.last_seen)
         for serial, history in self.store.statuses.items():
             if history:
                 entry = json.loads(history[-1].decode("utf-8"))

@@ -23,7 +23,7 @@ def test_announcement_fields_interfaces_and_added_fields_are_published():
     assert tree.get("/drives/ZA1/port", 100.0) == 8123
     assert tree.get("/drives/ZA1/interfaces/eth1/ipv4_addr", 100.0) == "10.0.1.1"
     assert json.loads(tree.get("/drives/ZA1/extra", 100.0)) == {"nested": [1, 2]}
-    assert tree.get("/drives/ZA1/last_seen_epoch", 100.0) == 100.0
+    assert tree.get("/drives/ZA1/last_seen", 100.0) == "t100"
     assert tree.stat("/drives/ZA1/model")["lifetime"] == 60
 
 
