@@ -84,14 +84,6 @@ def read_pid(run_dir: str) -> Optional[int]:
         return None
 
 
-def read_info(run_dir: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(os.path.join(run_dir, INFO_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _write_atomic(path: str, text: str) -> None:
     tmp = "%s.%d.tmp" % (path, os.getpid())
     with open(tmp, "w") as f:

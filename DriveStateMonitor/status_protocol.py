@@ -268,9 +268,5 @@ def _python_literal_as_json(text: str) -> "str | None":
     return None if foreign else converted
 
 
-def ack() -> bytes:
-    return END_BYTE
-
-
 def error_reply(reason: str) -> bytes:
     return json.dumps({"error": reason}).encode("utf-8") + END_BYTE

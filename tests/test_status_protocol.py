@@ -4,7 +4,7 @@ import json
 import pytest
 
 from DriveStateMonitor.status_protocol import (END_BYTE, MAX_DEPTH, Framed, StatusError,
-                                               StatusParser, ack, error_reply, parse_status)
+                                               StatusParser, error_reply, parse_status)
 
 ORIGINAL = b"{'serial_number': 'ZA1', 'time_stamp': '2015-06-03 14:22:01', 'status': '001'}"
 JSON_STATUS = b'{"serial_number": "ZA2", "time_stamp": 1433341321, "status": "002"}'
@@ -310,10 +310,6 @@ def test_absurd_nesting_given_directly_is_an_error_not_a_crash(message):
 
 
 # --- replies -----------------------------------------------------------------------------------
-def test_ack_is_the_single_end_byte():
-    assert ack() == b"\x04"
-
-
 def test_error_reply_is_json_with_the_reason_then_end_byte():
     reply = error_reply("missing field: status")
     assert reply.endswith(END_BYTE)
