@@ -453,16 +453,10 @@ class DriveStateMonitor:
         kind = query.kind
         if kind == "m":
             self.counters["queries_m"] += 1
-            version = self.store.drives_version
-            if self._cached_m[0] != version:
-                self._cached_m = (version, self.store.multicast_json() + END_BYTE)
-            return self._cached_m[1]
+            return self._m_reply()
         if kind == "s":
             self.counters["queries_s"] += 1
-            version = self.store.statuses_version
-            if self._cached_s[0] != version:
-                self._cached_s = (version, self.store.status_json() + END_BYTE)
-            return self._cached_s[1]
+            return self._s_reply()
         if kind == "w":
             self.counters["queries_w"] += 1
             if self.options.wipe_from == "local" and not is_local:
@@ -593,18 +587,25 @@ class DriveStateMonitor:
         next_due = now + LOOP_LAG_PERIOD_S
         self.loop.call_at(next_due, lambda: self._probe_loop_lag(next_due))
 
-    def _http_drives_json(self) -> bytes:
-        # The `m` reply's cache, shared with the query port; the HTTP body has no end byte.
+    def _m_reply(self) -> bytes:
+        """The whole `m` reply (JSON + end byte), rebuilt only after the drives changed."""
         version = self.store.drives_version
         if self._cached_m[0] != version:
             self._cached_m = (version, self.store.multicast_json() + END_BYTE)
-        return self._cached_m[1][:-1]
+        return self._cached_m[1]
 
-    def _http_status_json(self) -> bytes:
+    def _s_reply(self) -> bytes:
+        """The whole `s` reply (JSON + end byte), rebuilt only after a status arrived."""
         version = self.store.statuses_version
         if self._cached_s[0] != version:
             self._cached_s = (version, self.store.status_json() + END_BYTE)
-        return self._cached_s[1][:-1]
+        return self._cached_s[1]
+
+    def _http_drives_json(self) -> bytes:
+        return self._m_reply()[:-1]  # the query port's cache; an HTTP body has no end byte
+
+    def _http_status_json(self) -> bytes:
+        return self._s_reply()[:-1]
 
     def _http_drive_json(self, serial: str) -> Optional[bytes]:
         """One drive's `m` view plus its status history; None if the serial is unknown."""
