@@ -41,22 +41,26 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_seconds(text: str) -> float:
+def _finite_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
-    if not 0 <= value < float("inf"):
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError("not a finite number of seconds: %r" % text)
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    value = _finite_seconds(text)
+    if value < 0:
         raise argparse.ArgumentTypeError("seconds must be 0 or more: %r" % text)
     return value
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
-    if not 0 < value < float("inf"):
+    value = _finite_seconds(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError("must be more than 0 seconds: %r" % text)
     return value
 
