@@ -32,6 +32,7 @@ The store keeps serving from memory meanwhile.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ import signal
 import struct
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 log = logging.getLogger("dsm.state")
 
@@ -48,31 +49,159 @@ FSYNC_ALWAYS = "always"
 FSYNC_EVERYSEC = "everysec"
 FSYNC_NO = "no"
 FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_EVERYSEC, FSYNC_NO)
-_HEADER = struct.Struct("<II")
+# A journal record: MAGIC, then length and index (_FIELDS), then CRC32 over fields and payload.
+# MAGIC holds a NUL, which compact JSON never does, so a reader can find the next record after
+# damage; the index numbers the records of one file from 0, exposing lost, repeated or moved ones.
+MAGIC = b"\x00DJ\x02"
+_FIELDS = struct.Struct("<II")
+_CRC = struct.Struct("<I")
+_HEADER_SIZE = len(MAGIC) + _FIELDS.size + _CRC.size
+_LEGACY_HEADER = struct.Struct("<II")
 # A record larger than this is taken for a torn length field, not a record.
 MAX_RECORD = 64 * 1024 * 1024
+SNAPSHOT_FORMAT = 2
 _SNAPSHOT_NAME = re.compile(r"snapshot-(\d+)\.json\Z")
+RECOVERY_FACTS = ("records_skipped", "records_duplicated", "bytes_skipped", "items_skipped",
+                  "snapshots_unreadable", "files_quarantined")
+_SNAPSHOT_TMP_NAME = re.compile(r"snapshot-(\d+)\.json\.tmp\.\d+\Z")
 _JOURNAL_NAME = re.compile(r"journal-(\d+)\.log\Z")
 
 
-def encode_record(record: Any) -> bytes:
-    """One framed record; `record` is a JSON-able value, or bytes already holding its JSON (the
-    hot paths build those by concatenation instead of encoding twice)."""
+def encode_record(record: Any, index: int = 0) -> bytes:
+    """One framed record: magic, length, index, CRC32, payload. `record` is a JSON-able value, or
+    bytes already holding its JSON (the hot paths build those by concatenation instead of
+    encoding twice); `index` is its place in its journal file, 0 for the first."""
     if isinstance(record, bytes):
         payload = record
     else:
         payload = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    fields = _FIELDS.pack(len(payload), index & 0xFFFFFFFF)
+    return MAGIC + fields + _CRC.pack(zlib.crc32(payload, zlib.crc32(fields))) + payload
+
+
+class JournalScan:
+    """What one journal file holds: the intact records and an account of everything else.
+
+    `records` are (index, record) pairs in file order; `good_end` is where the last intact record
+    ends; `torn` says the bytes after it are a record cut short by a crash (safe to cut off);
+    `damaged` says something other than a torn tail failed its check (the file is quarantined)."""
+
+    def __init__(self) -> None:
+        self.records: List[Tuple[int, Any]] = []
+        self.good_end = 0
+        self.bad_regions = 0
+        self.bytes_skipped = 0
+        self.torn = False
+        self.damaged = False
+        self.legacy = False
+
+
+def _tail_is_torn(data: bytes, start: int) -> bool:
+    """True when data[start:] looks like one record whose writing a crash cut short: a prefix of
+    a header, a header whose length runs past the end of the file, or zeros (blocks the file
+    system allocated but never wrote)."""
+    tail = data[start:]
+    if not tail.strip(b"\x00"):
+        return True
+    if len(tail) < _HEADER_SIZE:
+        return MAGIC.startswith(tail[:len(MAGIC)])
+    if not tail.startswith(MAGIC):
+        return False
+    length, _ = _FIELDS.unpack_from(tail, len(MAGIC))
+    return length <= MAX_RECORD and _HEADER_SIZE + length > len(tail)
+
+
+def _decode_at(data: bytes, offset: int) -> Optional[Tuple[int, Any, int]]:
+    """The record at `offset` as (index, record, end), or None if it fails any check."""
+    if data[offset:offset + len(MAGIC)] != MAGIC or offset + _HEADER_SIZE > len(data):
+        return None
+    length, index = _FIELDS.unpack_from(data, offset + len(MAGIC))
+    start = offset + _HEADER_SIZE
+    end = start + length
+    if length > MAX_RECORD or end > len(data):
+        return None
+    (crc,) = _CRC.unpack_from(data, offset + len(MAGIC) + _FIELDS.size)
+    payload = data[start:end]
+    if zlib.crc32(payload, zlib.crc32(data[offset + len(MAGIC):offset + len(MAGIC) + _FIELDS.size])) != crc:
+        return None
+    try:
+        record = json.loads(payload.decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(record, list) or not record or not isinstance(record[0], str):
+        return None
+    return index, record, end
+
+
+def scan_journal(data: bytes) -> JournalScan:
+    """Every intact record of a journal file; after a record that fails its check the reader
+    resynchronises on the next record header (MAGIC) rather than giving up on the rest."""
+    scan = JournalScan()
+    offset = 0
+    size = len(data)
+    in_bad = False
+    while offset < size:
+        decoded = _decode_at(data, offset)
+        if decoded is not None:
+            index, record, end = decoded
+            scan.records.append((index, record))
+            scan.good_end = offset = end
+            in_bad = False
+            continue
+        if not in_bad:
+            scan.bad_regions += 1
+            in_bad = True
+        following = data.find(MAGIC, offset + 1)
+        following = size if following < 0 else following
+        scan.bytes_skipped += following - offset
+        offset = following
+    if scan.bad_regions:
+        # Damage confined to the end, shaped like an interrupted append, is a torn record.
+        tail_only = scan.bad_regions == 1 and scan.bytes_skipped == size - scan.good_end
+        scan.torn = tail_only and _tail_is_torn(data, scan.good_end)
+        scan.damaged = not scan.torn
+    if not scan.records and size and not data.startswith(MAGIC):
+        legacy, used = decode_legacy_records(data)
+        if legacy:  # a journal written by a DSM before record headers had MAGIC and an index
+            scan = JournalScan()
+            scan.legacy = True
+            scan.records = list(enumerate(legacy))
+            scan.good_end = used
+            scan.bytes_skipped = size - used
+            scan.torn = used < size
+    indexes = [index for index, _ in scan.records]
+    if indexes != sorted(set(indexes)):
+        scan.damaged = True  # duplicated or reordered records: the file was changed
+    return scan
 
 
 def decode_records(data: bytes) -> Tuple[List[Any], int]:
-    """The records at the start of `data` that are whole and intact, and how many bytes they use."""
+    """The intact records of `data` in the order they were written (duplicates once), and where
+    the last intact record ends."""
+    scan = scan_journal(data)
+    return [record for _, record in _in_order(scan.records)[0]], scan.good_end
+
+
+def _in_order(records: List[Tuple[int, Any]]) -> Tuple[List[Tuple[int, Any]], int, int]:
+    """Records sorted by index with duplicates dropped; also how many were duplicates and how
+    many indexes are missing below the highest one (records lost to damage)."""
+    unique: Dict[int, Any] = {}
+    for index, record in records:
+        unique.setdefault(index, record)
+    ordered = sorted(unique.items())
+    missing = (ordered[-1][0] + 1 - len(ordered)) if ordered else 0
+    return ordered, len(records) - len(unique), missing
+
+
+def decode_legacy_records(data: bytes) -> Tuple[List[Any], int]:
+    """Journals of DSMs before this format: 4-byte length, 4-byte CRC32, payload; stops at the
+    first record that fails its check."""
     records: List[Any] = []
     offset = 0
     size = len(data)
-    while offset + _HEADER.size <= size:
-        length, crc = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
+    while offset + _LEGACY_HEADER.size <= size:
+        length, crc = _LEGACY_HEADER.unpack_from(data, offset)
+        start = offset + _LEGACY_HEADER.size
         end = start + length
         if length > MAX_RECORD or end > size:
             break
@@ -80,9 +209,12 @@ def decode_records(data: bytes) -> Tuple[List[Any], int]:
         if zlib.crc32(payload) != crc:
             break
         try:
-            records.append(json.loads(payload.decode("utf-8")))
+            record = json.loads(payload.decode("utf-8"))
         except ValueError:
             break
+        if not isinstance(record, list) or not record:
+            break
+        records.append(record)
         offset = end
     return records, offset
 
@@ -103,15 +235,158 @@ def _numbered(state_dir: str, pattern: "re.Pattern[str]") -> List[int]:
     return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
 
 
+# --- snapshots ------------------------------------------------------------------------------------
+def _snapshot_line(body: bytes) -> bytes:
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def encode_snapshot(state: Dict[str, Any]) -> Iterator[bytes]:
+    """The lines of a snapshot file. Each line is `<crc32 hex> <body>`; bodies are `0 <header>`,
+    then `<n> <item>` for n = 1, 2, ... and last `end <n>` with the number of numbered lines.
+
+    `state`'s list values become one item per element (`[key, element]`), its dict values one per
+    pair (`[key, name, value]`), the rest goes into the header: `decode_snapshot` rebuilds it."""
+    header = {key: value for key, value in state.items() if not isinstance(value, (list, dict))}
+    header["file_format"] = SNAPSHOT_FORMAT
+    header["lists"] = sorted(key for key, value in state.items() if isinstance(value, list))
+    header["dicts"] = sorted(key for key, value in state.items() if isinstance(value, dict))
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    yield _snapshot_line(b"0 " + dumps(header).encode("utf-8"))
+    count = 1
+    for key, value in state.items():
+        if isinstance(value, list):
+            items: Iterable[Any] = ([key, element] for element in value)
+        elif isinstance(value, dict):
+            items = ([key, name, element] for name, element in value.items())
+        else:
+            continue
+        for item in items:
+            yield _snapshot_line(b"%d %s" % (count, dumps(item).encode("utf-8")))
+            count += 1
+    yield _snapshot_line(b"end %d" % count)
+
+
+class SnapshotCheck:
+    """How a snapshot file read: `items_bad` lines failed their check, `missing` numbered lines
+    are absent (counting the damaged ones), `duplicates` repeated; `intact` only if nothing was
+    wrong at all."""
+
+    def __init__(self) -> None:
+        self.items_bad = 0
+        self.missing = 0
+        self.duplicates = 0
+        self.out_of_order = False
+        self.has_end = False
+        self.legacy = False
+
+    @property
+    def intact(self) -> bool:
+        return (self.has_end and not self.items_bad and not self.missing and
+                not self.duplicates and not self.out_of_order)
+
+
+def decode_snapshot(data: bytes) -> Tuple[Optional[Dict[str, Any]], SnapshotCheck]:
+    """The store a snapshot file holds, from its intact lines only, and how intact it was.
+
+    None (with the check) when not even the header survived. A snapshot in the older format (one
+    JSON object, no checksums) is read as a whole or not at all."""
+    check = SnapshotCheck()
+    if data.startswith(b"{"):
+        check.legacy = True
+        try:
+            state = json.loads(data.decode("utf-8"))
+        except ValueError:
+            return None, check
+        check.has_end = isinstance(state, dict)
+        return (state if isinstance(state, dict) else None), check
+    lines = data.split(b"\n")
+    if lines[-1]:
+        check.items_bad += 1  # the last line has no newline: cut short
+    del lines[-1]
+    items: Dict[int, Any] = {}
+    expected: Optional[int] = None
+    previous = -1
+    for line in lines:
+        parsed = _parse_snapshot_line(line)
+        if parsed is None:
+            check.items_bad += 1
+            continue
+        index, item = parsed
+        if index < 0:
+            expected = -index
+            check.has_end = True
+            continue
+        if index in items:
+            check.duplicates += 1
+            continue
+        if index < previous:
+            check.out_of_order = True
+        previous = index
+        items[index] = item
+    header = items.pop(0, None)
+    if not isinstance(header, dict) or header.get("file_format") != SNAPSHOT_FORMAT:
+        return None, check
+    highest = max(items) if items else 0
+    total = expected if expected is not None else highest + 1
+    check.missing = max(0, total - 1 - len(items))
+    state: Dict[str, Any] = {key: value for key, value in header.items()
+                             if key not in ("lists", "dicts", "file_format")}
+    lists = header.get("lists") or []
+    dicts = header.get("dicts") or []
+    for key in lists:
+        state[key] = []
+    for key in dicts:
+        state[key] = {}
+    for index in sorted(items):
+        item = items[index]
+        if (len(item) == 2 and item[0] in lists):
+            state[item[0]].append(item[1])
+        elif len(item) == 3 and item[0] in dicts and isinstance(item[1], str):
+            state[item[0]][item[1]] = item[2]
+        else:
+            check.items_bad += 1
+    return state, check
+
+
+def _parse_snapshot_line(line: bytes) -> Optional[Tuple[int, Any]]:
+    """(index, item) of an intact line, (-count, None) for the end line, None if it fails."""
+    if len(line) < 11 or line[8:9] != b" ":
+        return None
+    try:
+        crc = int(line[:8], 16)
+    except ValueError:
+        return None
+    body = line[9:]
+    if zlib.crc32(body) != crc:
+        return None
+    number, _, rest = body.partition(b" ")
+    try:
+        if number == b"end":
+            count = int(rest)
+            return (-count, None) if count > 0 else None
+        index = int(number)
+        item = json.loads(rest.decode("utf-8"))
+    except ValueError:
+        return None
+    if index < 0 or (index > 0 and not isinstance(item, list)):
+        return None
+    return index, item
+
+
 def write_snapshot(state_dir: str, seq: int, state: Dict[str, Any]) -> None:
-    """Writes snapshot `seq` atomically: a reader sees the old file or the whole new one."""
+    """Writes snapshot `seq` atomically — a reader sees the old file or the whole new one — and
+    only after it was fsynced and read back intact. OSError if any step fails."""
     path = snapshot_path(state_dir, seq)
     tmp = "%s.tmp.%d" % (path, os.getpid())
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f, separators=(",", ":"), ensure_ascii=False)
+        with open(tmp, "wb") as f:
+            f.writelines(encode_snapshot(state))
             f.flush()
             os.fsync(f.fileno())
+        with open(tmp, "rb") as f:
+            _, check = decode_snapshot(f.read())
+        if not check.intact:
+            raise OSError(errno.EIO, "snapshot %s did not read back intact" % tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)  # a full disk must not fill up further with half snapshots
@@ -132,32 +407,89 @@ def _fsync_dir(state_dir: str) -> None:
         os.close(fd)
 
 
+def quarantine(path: str, now: float) -> Optional[str]:
+    """Renames a damaged file to `<path>.damaged-<UTC time>` (never truncates or deletes it);
+    the new name, or None if the rename failed."""
+    target = "%s.damaged-%s" % (path, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
+    suffix = 0
+    while os.path.exists(target + ("" if not suffix else ".%d" % suffix)):
+        suffix += 1
+    target += "" if not suffix else ".%d" % suffix
+    try:
+        os.rename(path, target)
+    except OSError as exc:
+        log.error("cannot quarantine %s: %s", path, exc)
+        return None
+    log.warning("quarantined the damaged %s as %s", path, target)
+    return target
+
+
 class Loaded:
-    """What a state dir held: the snapshot (or None) and the journal records after it, in order."""
+    """What a state dir held: the snapshot (or None) and the journal records after it, in order,
+    plus an account of what could not be loaded."""
 
     def __init__(self) -> None:
         self.snapshot: Optional[Dict[str, Any]] = None
         self.snapshot_seq: Optional[int] = None
         self.records: List[Any] = []
-        self.torn: List[str] = []  # journals whose tail was cut off
+        self.torn: List[str] = []  # journals whose torn last record was cut off
+        self.damaged: List[str] = []  # files to quarantine once a new snapshot holds their data
         self.next_seq = 1
+        self.records_skipped = 0  # journal records lost to damage (counted by their indexes)
+        self.records_duplicated = 0
+        self.bytes_skipped = 0
+        self.items_skipped = 0  # snapshot items lost to damage
+        self.snapshots_unreadable = 0
+
+    @property
+    def lost_anything(self) -> bool:
+        return bool(self.records_skipped or self.items_skipped or self.damaged)
 
 
 def load_state(state_dir: str, repair: bool = True) -> Loaded:
-    """Reads the newest readable snapshot and every journal after it; cuts torn tails if `repair`."""
+    """Reads the newest intact snapshot and every journal from it on; never raises on damage.
+
+    A damaged newest snapshot falls back to the previous one (kept, with its journals, for this);
+    with no intact snapshot the newest one's intact items are used. Journal damage skips the bad
+    records only. With `repair`, a torn last record is cut off and leftover temporary files of
+    an interrupted snapshot are removed; damaged files are listed in `damaged`, not touched."""
     loaded = Loaded()
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        names = []
+    if repair:
+        for name in names:
+            if _SNAPSHOT_TMP_NAME.match(name):
+                _unlink(os.path.join(state_dir, name))
     snapshots = _numbered(state_dir, _SNAPSHOT_NAME)
+    salvage: Optional[Tuple[int, Dict[str, Any], SnapshotCheck]] = None
     for seq in reversed(snapshots):
+        path = snapshot_path(state_dir, seq)
         try:
-            with open(snapshot_path(state_dir, seq), encoding="utf-8") as f:
-                snapshot = json.load(f)
-        except (OSError, ValueError) as exc:
-            log.error("snapshot %s unreadable (%s); trying an older one",
-                      snapshot_path(state_dir, seq), exc)
+            with open(path, "rb") as f:
+                state, check = decode_snapshot(f.read())
+        except OSError as exc:
+            log.error("snapshot %s unreadable: %s", path, exc)
+            loaded.snapshots_unreadable += 1
             continue
-        if isinstance(snapshot, dict):
-            loaded.snapshot, loaded.snapshot_seq = snapshot, seq
+        if state is not None and check.intact:
+            loaded.snapshot, loaded.snapshot_seq = state, seq
             break
+        loaded.snapshots_unreadable += 1
+        loaded.damaged.append(path)
+        log.error("snapshot %s is damaged (%d lines failed their check, %d items missing); "
+                  "trying an older one", path, check.items_bad, check.missing)
+        if state is not None and salvage is None:
+            salvage = (seq, state, check)
+    if loaded.snapshot is None and salvage is not None:
+        # No intact snapshot at all: the newest damaged one's intact items beat nothing.
+        seq, state, check = salvage
+        loaded.snapshot, loaded.snapshot_seq = state, seq
+        loaded.items_skipped = max(check.missing, check.items_bad)
+        log.error("no intact snapshot: using the %d intact items of %s",
+                  sum(len(v) for v in state.values() if isinstance(v, (list, dict))),
+                  snapshot_path(state_dir, seq))
     journals = _numbered(state_dir, _JOURNAL_NAME)
     first = loaded.snapshot_seq if loaded.snapshot_seq is not None else 0
     for seq in journals:
@@ -169,17 +501,28 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
                 data = f.read()
         except OSError as exc:
             log.error("journal %s unreadable: %s", path, exc)
+            loaded.damaged.append(path)
             continue
-        records, good = decode_records(data)
-        loaded.records.extend(records)
-        if good < len(data):
+        scan = scan_journal(data)
+        ordered, duplicates, missing = _in_order(scan.records)
+        loaded.records.extend(record for _, record in ordered)
+        loaded.records_duplicated += duplicates
+        if scan.damaged:
+            lost = missing + (1 if scan.good_end < len(data) and not scan.torn else 0)
+            loaded.records_skipped += lost
+            loaded.bytes_skipped += scan.bytes_skipped
+            loaded.damaged.append(path)
+            log.error("journal %s is damaged: %d bytes in %d places failed their check, %d "
+                      "records lost, %d duplicated; the %d intact records are used", path,
+                      scan.bytes_skipped, scan.bad_regions, lost, duplicates, len(ordered))
+        elif scan.torn:
             loaded.torn.append(path)
-            log.warning("journal %s: dropped a torn or corrupt tail of %d bytes after %d records",
-                        path, len(data) - good, len(records))
+            log.warning("journal %s: dropped a torn last record of %d bytes after %d records",
+                        path, len(data) - scan.good_end, len(ordered))
             if repair:
                 try:
                     with open(path, "r+b") as f:
-                        f.truncate(good)
+                        f.truncate(scan.good_end)
                 except OSError as exc:
                     log.error("cannot cut the torn tail of %s: %s", path, exc)
     loaded.next_seq = max(snapshots + journals + [0]) + 1
@@ -218,6 +561,12 @@ class Journal:
         self._child_seq = 0
         self._child_recovers = False  # the running child is to end a failure
         self._last_failure_log = float("-inf")
+        self._index = 0  # of the next record in the current journal file
+        # Run first thing in a forked child (snapshot): closes what the child must not hold.
+        self.child_setup: Optional[Callable[[], None]] = None
+        # Damaged files found at start: renamed aside once a new snapshot holds what they held.
+        self.quarantine_pending: List[str] = []
+        self.recovery: Dict[str, int] = dict.fromkeys(RECOVERY_FACTS, 0)
 
     # --- records ------------------------------------------------------------------------------
     def record(self, record: Any) -> None:
@@ -225,7 +574,8 @@ class Journal:
         if self.needs_snapshot:
             self.records_dropped += 1  # the snapshot that ends the failure will hold this change
             return
-        self._pending.append(encode_record(record))
+        self._pending.append(encode_record(record, self._index))
+        self._index += 1
 
     @property
     def pending(self) -> bool:
@@ -236,14 +586,30 @@ class Journal:
         self._close_fd()
         self.seq = seq
         self.journal_bytes = 0
+        self._index = 0
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._fd = os.open(journal_path(self.state_dir, seq),
                                os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            if os.fstat(self._fd).st_size:  # not new (it never is, normally): number on from it
+                with open(journal_path(self.state_dir, seq), "rb") as f:
+                    indexes = [index for index, _ in scan_journal(f.read()).records]
+                self._index = max(indexes, default=-1) + 1
         except OSError as exc:
             self._failed("cannot open the journal", exc)
             return False
         return True
+
+    @property
+    def refusing(self) -> Optional[str]:
+        """With `--fsync always`, why a change cannot be acknowledged now (the state dir is
+        failing and no recovery snapshot has landed yet); None when it can."""
+        if self.fsync != FSYNC_ALWAYS:
+            return None
+        if self.error is not None or self.needs_snapshot or self._fd is None:
+            return "not stored: the state dir is failing: %s" % (
+                self.error or "no journal open")
+        return None
 
     def flush(self, monotonic_now: float) -> None:
         """Writes the queued records; fsyncs as the policy says. Called once per loop pass."""
@@ -311,9 +677,7 @@ class Journal:
         if pid == 0:  # the child: write and leave, touching nothing of the parent's loop
             code = 1
             try:
-                signal.set_wakeup_fd(-1)
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_DFL)
+                become_child(self.child_setup)
                 write_snapshot(self.state_dir, new_seq, self.snapshot_source())
                 code = 0
             finally:
@@ -376,15 +740,23 @@ class Journal:
             self._child = None
 
     def _snapshot_done(self, seq: int) -> None:
+        """Snapshot `seq` is on disk and read back: damaged files found at start are renamed
+        aside, and files older than the previous snapshot are removed. The previous snapshot and
+        the journals from it stay, so a later-damaged newest snapshot still has a fallback."""
         self.last_snapshot = self.clock()
         self.last_snapshot_error = None
         if self._fd is not None or seq == self.seq:
             self.error = None
-        for old in _numbered(self.state_dir, _SNAPSHOT_NAME):
-            if old < seq:
-                _unlink(snapshot_path(self.state_dir, old))
+        for path in self.quarantine_pending:
+            if os.path.exists(path) and quarantine(path, self.clock()):
+                self.recovery["files_quarantined"] += 1
+        self.quarantine_pending = []
+        older = [old for old in _numbered(self.state_dir, _SNAPSHOT_NAME) if old < seq]
+        keep_from = older[-1] if older else seq
+        for old in older[:-1]:
+            _unlink(snapshot_path(self.state_dir, old))
         for old in _numbered(self.state_dir, _JOURNAL_NAME):
-            if old < seq:
+            if old < keep_from:
                 _unlink(journal_path(self.state_dir, old))
 
     def check_vanished(self) -> bool:
@@ -415,7 +787,48 @@ class Journal:
             "fsyncs": self.fsyncs,
             "last_snapshot": self.last_snapshot or 0.0,
             "last_snapshot_error": self.last_snapshot_error or "",
+            **self.recovery,
         }
+
+
+def become_child(setup: Optional[Callable[[], None]]) -> None:
+    """First steps of a forked writer child (snapshot, SAVE): default signals, die with the parent
+    (a kill -9 of the DSM must not leave a child holding files or sockets), then `setup`."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    _die_with_parent()
+    if setup is not None:
+        setup()
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG(SIGKILL) where Linux offers it; elsewhere nothing."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError, ImportError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def close_inherited_fds(keep: Iterable[int] = (0, 1, 2)) -> None:
+    """Closes every file descriptor of this (forked) process except `keep`: listening sockets,
+    client connections, the journal, the instance lock. Plain close(2) only: the epoll set is
+    shared with the parent and must not be changed."""
+    keep = set(keep)
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 4096))
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _unlink(path: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
+from .announcement import Rejected, parse_announcement
 from .persistence import Loaded
 from .statserv_tree import StatServError, Tree
 
@@ -139,24 +140,18 @@ class StoreState:
 
     # --- restore ------------------------------------------------------------------------------
     def restore(self, loaded: Loaded, now: float) -> Dict[str, int]:
-        """Rebuilds the stores from a snapshot and its journal records; counts what it applied."""
+        """Rebuilds the stores from a snapshot and its journal records; counts what it applied.
+
+        Every item is validated as it is loaded (announcements by the live intake parser, status
+        entries as the status port stores them, tree entries by the tree itself): an item that
+        fails is skipped and counted in `items_skipped` (snapshot) or `bad_records` (journal),
+        never raised and never stored half-checked."""
         self.attach(None)
-        counts = {"drives": 0, "statuses": 0, "tree_entries": 0, "records": 0, "bad_records": 0}
+        counts = {"drives": 0, "statuses": 0, "tree_entries": 0, "records": 0, "bad_records": 0,
+                  "items_skipped": 0}
         snapshot = loaded.snapshot
         if snapshot is not None:
-            for serial, raw, last_seen, source, interface in snapshot.get("drives", []):
-                self._announce(serial, raw, last_seen, source, interface)
-            for serial, entries in snapshot.get("statuses", {}).items():
-                for entry in entries:
-                    self.store.record_status(serial, entry.encode("utf-8"))
-            entries = snapshot.get("tree", [])
-            self.tree.import_entries(entries, now)
-            for entry in entries:
-                if entry.get("autoexpire"):
-                    # Its owner was connected at the snapshot: a PUT replayed later must not
-                    # outlive that owner, who died with the old process.
-                    self._owned_at_crash[entry["path"]] = now
-            counts["tree_entries"] = len(entries)
+            counts["items_skipped"] += self._restore_snapshot(snapshot, now, counts)
         for record in loaded.records:
             try:
                 self.apply(record)
@@ -177,8 +172,46 @@ class StoreState:
         counts["statuses"] = sum(len(h) for h in self.store.statuses.values())
         return counts
 
+    def _restore_snapshot(self, snapshot: Dict[str, Any], now: float,
+                          counts: Dict[str, int]) -> int:
+        """Loads a snapshot's items, each checked; returns how many were skipped."""
+        skipped = 0
+        drives = snapshot.get("drives", [])
+        for item in drives if isinstance(drives, list) else ():
+            try:
+                if not isinstance(item, list) or len(item) != 5:
+                    raise ValueError("not a drive record")
+                self._announce(*item)
+            except (ValueError, TypeError) as exc:
+                skipped += 1
+                log.error("snapshot drive %s skipped: %s", str(item)[:120], exc)
+        statuses = snapshot.get("statuses", {})
+        for serial, entries in (statuses.items() if isinstance(statuses, dict) else ()):
+            for entry in entries if isinstance(entries, list) else [entries]:
+                try:
+                    self.store.record_status(_text(serial), _status_entry(entry))
+                except (ValueError, TypeError) as exc:
+                    skipped += 1
+                    log.error("snapshot status of %s skipped: %s", str(serial)[:60], exc)
+        entries = snapshot.get("tree", [])
+        for entry in entries if isinstance(entries, list) else ():
+            try:
+                _check_tree_entry(entry)
+                self.tree.import_entries([entry], now)
+            except (StatServError, ValueError, TypeError, KeyError) as exc:
+                skipped += 1
+                log.error("snapshot tree entry %s skipped: %s", str(entry)[:120], exc)
+                continue
+            counts["tree_entries"] += 1
+            if entry.get("autoexpire"):
+                # Its owner was connected at the snapshot: a PUT replayed later must not
+                # outlive that owner, who died with the old process.
+                self._owned_at_crash[entry["path"]] = now
+        return skipped
+
     def apply(self, record: List[Any]) -> None:
-        """Applies one journal record (replay)."""
+        """Applies one journal record (replay). ValueError/TypeError/StatServError if it does
+        not hold what its kind says."""
         kind = record[0]
         if kind == "a":
             _, serial, raw, t, source, interface = record
@@ -187,11 +220,11 @@ class StoreState:
             _, serial, t, source, interface = record
             drive = self.store.drives.get(serial)
             if drive is not None:
-                self.store.refresh_repeat(drive.raw, t, source, interface)
+                self.store.refresh_repeat(drive.raw, _number(t), _text(source), _text(interface))
         elif kind == "s":
-            entry = record[2]
-            text = entry if isinstance(entry, str) else json.dumps(entry)
-            self.store.record_status(record[1], text.encode("utf-8"))
+            if len(record) != 3:
+                raise ValueError("a status record has 3 items")
+            self.store.record_status(_text(record[1]), _status_entry(record[2]))
         elif kind == "w":
             self.store.wipe()
             self.publisher.wipe(record[1])
@@ -218,8 +251,15 @@ class StoreState:
             raise ValueError("unknown record kind %r" % kind)
 
     def _announce(self, serial: str, raw: str, t: float, source: str, interface: str) -> None:
-        data = raw.encode("utf-8")
-        self.store.record_announcement(serial, json.loads(raw), data, t, source, interface)
+        """Stores a kept announcement after the same checks a live datagram passes."""
+        data = _text(raw).encode("utf-8")
+        parsed = parse_announcement(data)
+        if isinstance(parsed, Rejected):
+            raise ValueError("announcement rejected: %s" % parsed.detail)
+        if parsed.serial_number != serial:
+            raise ValueError("announcement of %r kept under %r" % (parsed.serial_number, serial))
+        self.store.record_announcement(serial, parsed.fields, data, _number(t), _text(source),
+                                       _text(interface))
 
     def _republish(self, now: float) -> None:
         """Rebuilds /drives from the drive records, each as of when it was last heard."""
@@ -230,3 +270,43 @@ class StoreState:
             if history:
                 entry = json.loads(history[-1].decode("utf-8"))
                 self.publisher.status(serial, entry.get("time_stamp"), entry.get("status"), now)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string, got %s" % type(value).__name__)
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError("expected a number, got %r" % (value,))
+    return float(value)
+
+
+def _status_entry(entry: Any) -> bytes:
+    """A kept status entry as the status port stores it: a JSON object with exactly time_stamp
+    and status. Anything else would make every `s` reply invalid JSON."""
+    value = json.loads(entry) if isinstance(entry, str) else entry
+    if not isinstance(value, dict) or set(value) != {"time_stamp", "status"}:
+        raise ValueError("not a status entry")
+    if isinstance(entry, str):
+        return entry.encode("utf-8")
+    return json.dumps(value).encode("utf-8")
+
+
+def _check_tree_entry(entry: Any) -> None:
+    """The shape export_entries gives; the tree checks paths, types and limits itself."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
+            or not entry["path"].startswith("/"):
+        raise ValueError("not a tree entry")
+    for key in ("mtime", "deadline", "lifetime"):
+        if entry.get(key) is not None:
+            _number(entry[key])
+    for key in ("comment", "type", "word"):
+        if entry.get(key) is not None:
+            _text(entry[key])
+    if not entry.get("dir") and "word" not in entry:
+        value = entry.get("value")
+        if not isinstance(value, (str, int, float)):
+            raise ValueError("tree value %r is not a string or number" % (value,))

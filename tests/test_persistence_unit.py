@@ -14,8 +14,9 @@ import pytest
 
 from DriveStateMonitor.drive_publisher import DrivePublisher
 from DriveStateMonitor.drive_store import DriveStore
-from DriveStateMonitor.persistence import (FSYNC_ALWAYS, Journal, Loaded, decode_records,
-                                           encode_record, journal_path, load_state,
+from DriveStateMonitor.persistence import (FSYNC_ALWAYS, MAGIC, Journal, Loaded, decode_records,
+                                           decode_snapshot, encode_snapshot,
+                                           encode_record, journal_path, load_state, scan_journal,
                                            snapshot_path, write_snapshot)
 from DriveStateMonitor.statserv_tree import EXPIRED, UNDEFINED
 from DriveStateMonitor.store_state import JournaledTree, StoreState
@@ -30,7 +31,7 @@ RECORDS: List[Any] = [
 
 
 def journal_bytes(records: List[Any]) -> bytes:
-    return b"".join(encode_record(r) for r in records)
+    return b"".join(encode_record(r, index) for index, r in enumerate(records))
 
 
 # --- records ------------------------------------------------------------------------------------
@@ -41,12 +42,14 @@ def test_encoded_records_decode_to_the_same_records_and_use_every_byte():
     assert used == len(data)
 
 
-def test_record_is_length_crc_and_compact_json():
-    encoded = encode_record(["w", 5.0])
-    length, crc = struct.unpack_from("<II", encoded)
-    payload = encoded[8:]
+def test_record_is_magic_length_index_crc_and_compact_json():
+    encoded = encode_record(["w", 5.0], 7)
+    assert encoded[:4] == MAGIC
+    length, index, crc = struct.unpack_from("<III", encoded, 4)
+    payload = encoded[16:]
     assert payload == b'["w",5.0]'
-    assert length == len(payload) and crc == zlib.crc32(payload)
+    assert length == len(payload) and index == 7
+    assert crc == zlib.crc32(payload, zlib.crc32(encoded[4:12]))
 
 
 def test_empty_data_decodes_to_no_records():
@@ -55,37 +58,59 @@ def test_empty_data_decodes_to_no_records():
 
 def test_torn_last_record_cut_at_every_byte_yields_the_earlier_records():
     good = journal_bytes(RECORDS[:-1])
-    last = encode_record(RECORDS[-1])
+    last = encode_record(RECORDS[-1], len(RECORDS) - 1)
     for cut in range(len(last)):  # 0 .. len-1 bytes of the last record written
+        scan = scan_journal(good + last[:cut])
         records, used = decode_records(good + last[:cut])
         assert records == RECORDS[:-1], "cut at %d" % cut
         assert used == len(good), "cut at %d" % cut
+        assert not scan.damaged and scan.torn == (cut > 0), "cut at %d" % cut
 
 
-@pytest.mark.parametrize("position", ["length", "crc", "payload"])
-def test_corrupt_record_stops_replay_there_and_nothing_after_it_is_trusted(position):
-    parts = [encode_record(r) for r in RECORDS]
+@pytest.mark.parametrize("position", ["magic", "length", "index", "crc", "payload"])
+def test_corrupt_record_is_skipped_and_replay_resynchronises_on_the_next_header(position):
+    parts = [encode_record(r, i) for i, r in enumerate(RECORDS)]
     victim = bytearray(parts[2])
-    index = {"length": 0, "crc": 5, "payload": 12}[position]
-    victim[index] ^= 0x5A
+    offset = {"magic": 1, "length": 4, "index": 8, "crc": 13, "payload": 20}[position]
+    victim[offset] ^= 0x5A
     data = b"".join(parts[:2]) + bytes(victim) + b"".join(parts[3:])
+    scan = scan_journal(data)
     records, used = decode_records(data)
-    assert records == RECORDS[:2]
-    assert used == len(parts[0]) + len(parts[1])
+    assert records == RECORDS[:2] + RECORDS[3:]
+    assert used == len(data)
+    assert scan.damaged and not scan.torn and scan.bad_regions == 1
 
 
-def test_huge_length_field_is_taken_for_a_torn_record_not_an_allocation():
-    data = encode_record(RECORDS[0]) + struct.pack("<II", 0xFFFFFFF0, 0) + b"x" * 16
-    records, used = decode_records(data)
-    assert records == RECORDS[:1]
-    assert used == len(encode_record(RECORDS[0]))
+def test_huge_length_field_mid_file_skips_one_record_not_the_rest():
+    parts = [encode_record(r, i) for i, r in enumerate(RECORDS)]
+    victim = bytearray(parts[1])
+    victim[4:8] = b"\xff\xff\xff\xff"
+    records, _ = decode_records(parts[0] + bytes(victim) + b"".join(parts[2:]))
+    assert records == RECORDS[:1] + RECORDS[2:]
 
 
-def test_record_with_a_valid_crc_but_no_json_stops_replay():
+def test_duplicated_and_reordered_records_replay_once_in_written_order():
+    parts = [encode_record(r, i) for i, r in enumerate(RECORDS)]
+    data = parts[0] + parts[2] + parts[1] + parts[1] + b"".join(parts[3:])
+    scan = scan_journal(data)
+    assert scan.damaged
+    records, _ = decode_records(data)
+    assert records == RECORDS
+
+
+def test_record_with_a_valid_crc_but_no_json_is_skipped():
     payload = b"\xff\xfenot json"
-    bad = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
-    records, _ = decode_records(encode_record(RECORDS[0]) + bad + encode_record(RECORDS[1]))
-    assert records == RECORDS[:1]
+    fields = struct.pack("<II", len(payload), 1)
+    bad = MAGIC + fields + struct.pack("<I", zlib.crc32(payload, zlib.crc32(fields))) + payload
+    records, _ = decode_records(encode_record(RECORDS[0], 0) + bad + encode_record(RECORDS[1], 2))
+    assert records == RECORDS[:2]
+
+
+def test_journal_of_the_older_format_still_loads():
+    old = b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p
+                   for p in (json.dumps(r, separators=(",", ":")).encode() for r in RECORDS))
+    records, used = decode_records(old)
+    assert records == RECORDS and used == len(old)
 
 
 # --- load_state ---------------------------------------------------------------------------------
@@ -147,19 +172,19 @@ def test_corrupt_newest_snapshot_falls_back_to_the_older_one_and_its_journals(tm
 def test_torn_tail_is_reported_cut_off_and_later_appends_stay_readable(tmp_path):
     state_dir = str(tmp_path)
     good = journal_bytes(RECORDS[:3])
-    path = write_journal(state_dir, 1, good + encode_record(RECORDS[3])[:7])
+    path = write_journal(state_dir, 1, good + encode_record(RECORDS[3], 3)[:7])
     loaded = load_state(state_dir)
     assert loaded.records == RECORDS[:3]
     assert loaded.torn == [path]
     assert os.path.getsize(path) == len(good)
     with open(path, "ab") as f:  # what the next run appends after the cut
-        f.write(encode_record(["w", 9.0]))
+        f.write(encode_record(["w", 9.0], 3))
     assert load_state(state_dir).records == RECORDS[:3] + [["w", 9.0]]
 
 
 def test_load_without_repair_leaves_the_torn_file_alone(tmp_path):
     state_dir = str(tmp_path)
-    data = journal_bytes(RECORDS[:2]) + b"garbage"
+    data = journal_bytes(RECORDS[:2]) + encode_record(RECORDS[2], 2)[:-3]
     path = write_journal(state_dir, 1, data)
     loaded = load_state(state_dir, repair=False)
     assert loaded.records == RECORDS[:2] and loaded.torn == [path]
@@ -167,11 +192,47 @@ def test_load_without_repair_leaves_the_torn_file_alone(tmp_path):
         assert f.read() == data
 
 
+def test_garbage_after_the_last_record_is_damage_not_a_torn_record_and_is_not_cut(tmp_path):
+    state_dir = str(tmp_path)
+    data = journal_bytes(RECORDS[:2]) + b"garbage that is no record header"
+    path = write_journal(state_dir, 1, data)
+    loaded = load_state(state_dir)
+    assert loaded.records == RECORDS[:2] and loaded.torn == [] and loaded.damaged == [path]
+    assert loaded.records_skipped == 1 and loaded.lost_anything
+    with open(path, "rb") as f:
+        assert f.read() == data
+
+
 def test_write_snapshot_leaves_no_temporary_file(tmp_path):
     write_snapshot(str(tmp_path), 7, {"format": 1})
     assert os.listdir(str(tmp_path)) == ["snapshot-7.json"]
-    with open(snapshot_path(str(tmp_path), 7)) as f:
-        assert json.load(f) == {"format": 1}
+    with open(snapshot_path(str(tmp_path), 7), "rb") as f:
+        state, check = decode_snapshot(f.read())
+    assert state == {"format": 1} and check.intact
+
+
+def test_snapshot_lines_each_carry_a_crc_and_a_damaged_line_costs_only_its_item(tmp_path):
+    state = {"format": 1, "drives": [["A", 1], ["B", 2], ["C", 3]], "statuses": {"A": ["x"]}}
+    data = b"".join(encode_snapshot(state))
+    lines = data.split(b"\n")
+    for line in lines[:-1]:
+        crc, _, body = line.partition(b" ")
+        assert int(crc, 16) == zlib.crc32(body)
+    victim = next(i for i, line in enumerate(lines) if b'["B",2]' in line)
+    lines[victim] = lines[victim].replace(b'["B",2]', b'["B",7]')
+    loaded, check = decode_snapshot(b"\n".join(lines))
+    assert loaded == {"format": 1, "drives": [["A", 1], ["C", 3]], "statuses": {"A": ["x"]}}
+    assert not check.intact and check.items_bad == 1 and check.missing == 1
+
+
+def test_snapshot_that_does_not_read_back_intact_is_not_installed(tmp_path, monkeypatch):
+    import DriveStateMonitor.persistence as persistence
+    real = persistence.decode_snapshot
+    monkeypatch.setattr(persistence, "decode_snapshot",
+                        lambda data: real(data.replace(b"1", b"2", 1)))
+    with pytest.raises(OSError):
+        write_snapshot(str(tmp_path), 3, {"format": 1, "l": [1]})
+    assert os.listdir(str(tmp_path)) == []
 
 
 def test_failed_snapshot_write_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -329,7 +390,7 @@ def test_drives_silent_longer_than_their_lifetime_come_back_expired():
 
 def through_the_journal(records: List[Any]) -> List[Any]:
     """What replay reads back: each record framed as the journal writes it, then decoded."""
-    decoded, _ = decode_records(b"".join(encode_record(record) for record in records))
+    decoded, _ = decode_records(b"".join(encode_record(record, i) for i, record in enumerate(records)))
     assert len(decoded) == len(records)
     return decoded
 
