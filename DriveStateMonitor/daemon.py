@@ -33,7 +33,7 @@ from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
 from .multicast_socket import MulticastSetupError, open_multicast_socket
 from .options import parse_options
-from .persistence import Journal, load_state
+from .persistence import Journal, close_inherited_fds, load_state
 from .sd_notify import notify as sd_notify
 from .sd_notify import watchdog_interval
 from .query_protocol import END_BYTE, Query, encode_reply, error_reply
@@ -42,6 +42,7 @@ from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensur
                               read_pid)
 from .access import AccessRules, is_local_peer
 from .statserv_service import StatServConnection
+from .state_guard import AckGuard, recovery_report, write_exit_note
 from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
 from .status_service import StatusConnection
@@ -176,6 +177,10 @@ class DriveStateMonitor:
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
                                lambda: self.state.snapshot(self.clock()), clock)
+        # The snapshot child closes every inherited descriptor: listeners, connections, journal.
+        self.journal.child_setup = close_inherited_fds
+        self.ack_guard = AckGuard(self.loop, self.journal)
+        self.tree.refusing = lambda: self.journal.refusing
         self._deadline_timer: Optional[Timer] = None
         self._deadline_at: Optional[float] = None
         self.lock = InstanceLock(options.run_dir)
@@ -246,7 +251,7 @@ class DriveStateMonitor:
         self.loop.add_before_sleep(self._schedule_deadline)
         self.loop.add_after_flush(self._check_shutdown)
         # Last hook: the journal reaches the disk before this pass's replies are sent.
-        self.loop.add_before_sleep(lambda: self.journal.flush(time.monotonic()))
+        self.loop.add_before_sleep(lambda: self.ack_guard.flush(time.monotonic()))
         self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
         self.loop.call_later(self.options.state_retry, self._watch_journal)
         self.loop.call_later(min(opts.idle_timeout / 4, 5.0), self._close_idle)
@@ -274,6 +279,13 @@ class DriveStateMonitor:
         self.state.attach(None)
         if self.journal.snapshot_now():
             log.info("snapshot written to %s", self.options.state_dir)
+        else:
+            # What the journal could not take is only in memory: this stop loses it.
+            why = "the final snapshot failed (%s); changes since the last good snapshot that " \
+                  "the journal did not hold are lost" % self.journal.last_snapshot_error
+            log.critical("%s; exit code %d", why, EXIT_KILL_SWITCH)
+            write_exit_note(self.options.run_dir, os.getpid(), EXIT_KILL_SWITCH, why)
+            return EXIT_KILL_SWITCH
         return code
 
     # --- durability ---------------------------------------------------------------------------
@@ -288,8 +300,21 @@ class DriveStateMonitor:
                      ", ".join("%s %d" % kv for kv in sorted(counts.items())),
                      "; torn journal tails dropped: %s" % ", ".join(loaded.torn)
                      if loaded.torn else "")
+        damage, facts = recovery_report(loaded, counts)
+        self.journal.recovery.update(facts)
         self.journal.open(loaded.next_seq)
-        self.state.attach(self.journal.record)
+        self.state.attach(self.ack_guard.record)
+        if damage is not None:
+            log.critical("%s", damage)
+            # A snapshot now holds everything intact; then the damaged files are renamed aside.
+            self.journal.quarantine_pending = list(loaded.damaged)
+            self.loop.call_later(0.0, self._snapshot_soon)
+
+    def _snapshot_soon(self) -> None:
+        if self.journal.start_snapshot():
+            self.loop.call_later(0.1, self._poll_snapshot)
+        elif self.journal.snapshot_running:
+            self.loop.call_later(0.5, self._snapshot_soon)
 
     def _snapshot_periodically(self) -> None:
         if self._shutdown_deadline is not None:
@@ -463,6 +488,9 @@ class DriveStateMonitor:
                 self._complain(source, "w refused: --wipe-from local")
                 return encode_reply({"error": "w (wipe) is only accepted from this host's own "
                                               "clients here (--wipe-from local)"})
+            refusing = self.journal.refusing
+            if refusing is not None:
+                return encode_reply({"error": refusing})
             now = self.clock()
             wiped = self.store.wipe()
             wiped["tree_objects"] = self.publisher.wipe(now)
@@ -477,6 +505,9 @@ class DriveStateMonitor:
 
     def store_status(self, report: StatusReport, source: str) -> Optional[str]:
         """Stores one status; None when stored, else why it was refused."""
+        refusing = self.journal.refusing
+        if refusing is not None:
+            return refusing
         if not self.store.record_status(report.serial_number, report.entry_json):
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1

@@ -97,6 +97,9 @@ class EventLoop:
         self.kill_switch = kill_switch or KillSwitch()
         self.handler_failures = 0
         self._signal_waker: Optional[_SignalWaker] = None
+        # The handler whose event is being dispatched (None in timers and hooks): lets the
+        # journal know which connection a change came from.
+        self.current: Any = None
 
     # --- registration -------------------------------------------------------------------------
     def register(self, sock: socket.socket, events: int, handler: Any) -> None:
@@ -170,6 +173,7 @@ class EventLoop:
             ready = []
         for key, mask in ready:
             handler = key.data
+            self.current = handler
             try:
                 if mask & selectors.EVENT_READ:
                     handler.on_readable()
@@ -177,6 +181,7 @@ class EventLoop:
                     handler.on_writable()
             except Exception as exc:  # the kill switch decides; one bad connection never ends the loop
                 self.handler_failed(handler, exc)
+        self.current = None
         self._run_due_timers()
         for hook in self._before_sleep:
             try:

@@ -14,6 +14,7 @@ from .event_loop import EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK
 from .options import DEFAULT_RUN_DIR, PACKAGE_DIR, build_parser
 from .query_protocol import END_BYTE
 from .single_instance import QUERY_SOCKET, lock_is_held, read_pid
+from .state_guard import read_exit_note
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
@@ -133,6 +134,11 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
                       % (pid, options.timeout), file=sys.stderr)
                 return EXIT_KILL_SWITCH
             time.sleep(POLL_S)
+        note = read_exit_note(run_dir, pid)
+        if note is not None and note.get("code"):
+            print("stopDSM: DSM (pid %d) stopped with exit code %s: %s"
+                  % (pid, note["code"], note.get("why", "")), file=sys.stderr)
+            return EXIT_KILL_SWITCH
         print("stopDSM: DSM (pid %d) stopped" % pid)
         return EXIT_OK
     except KeyboardInterrupt:

@@ -1,7 +1,12 @@
-"""One DSM per host: an exclusive flock on <run-dir>/dsm.lock held for the daemon's whole life.
+"""One DSM per host: an exclusive lock on <run-dir>/dsm.lock held for the daemon's whole life.
 
 The kernel drops the lock when the process dies, however it dies, so a stale pid file never blocks a
 new start (the original grepped `ps`). The pid file only says who holds the lock.
+
+The lock is a POSIX record lock (fcntl F_SETLK via `fcntl.lockf`), not flock: a forked child (the
+snapshot and SAVE writers) does not inherit it, so a child that outlives a killed DSM never keeps
+the next one from starting. The price of POSIX locks: closing *any* descriptor of dsm.lock in the
+holding process drops the lock, so only InstanceLock ever opens that file in the DSM.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import struct
 from typing import Any, Dict, Optional
 
 LOCK_FILE = "dsm.lock"
@@ -16,6 +22,14 @@ PID_FILE = "dsm.pid"
 INFO_FILE = "dsm.json"  # pid and the ports actually bound (useful with port 0)
 QUERY_SOCKET = "dsm.sock"
 STATSERV_SOCKET = "statserv.sock"
+
+
+# Run dirs whose lock this process holds, with the holder's pid (a forked child holds none).
+_HELD: Dict[str, int] = {}
+
+
+def _lock_key(run_dir: str) -> str:
+    return os.path.realpath(os.path.join(run_dir, LOCK_FILE))
 
 
 def ensure_run_dir(run_dir: str) -> None:
@@ -33,7 +47,7 @@ class InstanceLock:
         """Takes the lock without waiting; False if another process holds it."""
         fd = os.open(os.path.join(self.run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -41,6 +55,7 @@ class InstanceLock:
             raise
         os.set_inheritable(fd, False)
         self._fd = fd
+        _HELD[_lock_key(self.run_dir)] = os.getpid()
         return True
 
     def write_info(self, info: Dict[str, Any]) -> None:
@@ -58,22 +73,26 @@ class InstanceLock:
                 pass
         os.close(self._fd)  # the lock file itself stays: unlinking it would race a new start
         self._fd = None
+        _HELD.pop(_lock_key(self.run_dir), None)
 
 
 def lock_is_held(run_dir: str) -> bool:
     """True while some process holds the DSM lock in `run_dir`."""
+    if _HELD.get(_lock_key(run_dir)) == os.getpid():
+        return True  # ours: opening and closing the file here would drop it (POSIX locks)
     path = os.path.join(run_dir, LOCK_FILE)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
+        # F_GETLK asks without taking anything (taking and dropping a lock here would do no
+        # harm in another process, but asking is enough).
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        return struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK
     finally:
         os.close(fd)
-    return False
 
 
 def read_pid(run_dir: str) -> Optional[int]:

@@ -28,7 +28,7 @@ from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
 from .announcement import Rejected, parse_announcement
 from .persistence import Loaded
-from .statserv_tree import StatServError, Tree
+from .statserv_tree import LIMIT, StatServError, Tree
 
 log = logging.getLogger("dsm.state")
 
@@ -43,10 +43,19 @@ class JournaledTree(Tree):
     from the daemon's records."""
 
     record: Optional[Recorder] = None
+    # Why client changes cannot be stored now (`--fsync always` on a failing state dir), or None.
+    refusing: Optional[Callable[[], Optional[str]]] = None
+
+    def _check_storable(self) -> None:
+        if self.record is not None and self.refusing is not None:
+            why = self.refusing()
+            if why is not None:
+                raise StatServError(LIMIT, why)
 
     def touch(self, path: str, now: float, *, owner: Any = None, comment: Optional[str] = None,
               lifetime: Optional[float] = None, autoexpire: bool = False,
               type_name: Optional[str] = None) -> None:
+        self._check_storable()
         super().touch(path, now, owner=owner, comment=comment, lifetime=lifetime,
                       autoexpire=autoexpire, type_name=type_name)
         if self.record is not None:
@@ -55,21 +64,25 @@ class JournaledTree(Tree):
 
     def touch_dir(self, path: str, now: float, *, owner: Any = None,
                   comment: Optional[str] = None) -> None:
+        self._check_storable()
         super().touch_dir(path, now, owner=owner, comment=comment)
         if self.record is not None:
             self.record(["td", path, now, comment])
 
     def put(self, path: str, text: str, now: float, *, lifetime: Optional[float] = None) -> None:
+        self._check_storable()
         super().put(path, text, now, lifetime=lifetime)
         if self.record is not None:
             self.record(["tp", path, text, now, lifetime])
 
     def remove(self, path: str, now: float) -> None:
+        self._check_storable()
         super().remove(path, now)
         if self.record is not None:
             self.record(["tr", path, now])
 
     def remove_dir(self, path: str, now: float) -> None:
+        self._check_storable()
         super().remove_dir(path, now)
         if self.record is not None:
             self.record(["trd", path, now])

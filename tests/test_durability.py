@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from DriveStateMonitor.persistence import encode_record
+from DriveStateMonitor.persistence import decode_snapshot, encode_record
 from dsm_harness import END, LOOPBACK, announcement, recv_until_end, wait_for
 
 
@@ -247,8 +247,20 @@ def test_torn_journal_tail_is_dropped_and_the_good_records_come_back(dsm_factory
     assert_statuses_kept(second, acked)
     assert_tree(second, expected)
     log = second.log_text()
-    assert "torn" in log and os.path.basename(path) in log, log[-2000:]
-    assert os.path.getsize(path) == size  # cut back to the last good record
+    if tail == "half-record":
+        assert "torn" in log and os.path.basename(path) in log, log[-2000:]
+        assert os.path.getsize(path) == size  # cut back to the last good record
+    else:
+        # Not shaped like an interrupted append: damage, reported, never cut; renamed aside
+        # (bytes intact) once the recovery snapshot holds what the file held.
+        assert "CRITICAL" in log and "damaged" in log and os.path.basename(path) in log, log
+        quarantined = wait_for(lambda: [n for n in os.listdir(state_dir) if n.startswith(
+            os.path.basename(path) + ".damaged-")], what="the damaged journal quarantined")
+        with open(os.path.join(state_dir, quarantined[0]), "rb") as f:
+            assert f.read()[size:] == junk
+        wait_for(lambda: journal_fact(second, "files_quarantined") == "1",
+                 what="/dsm/journal/files_quarantined 1")
+        assert int(journal_fact(second, "records_skipped")) == 1
 
     # The restarted DSM appends after the cut: a third start sees everything.
     more = send_statuses_script_style(second, 5, serials=("AFTER",))
@@ -270,17 +282,19 @@ def test_sigterm_writes_a_snapshot_removes_older_files_and_restart_restores_from
     assert len(snapshots) == 1, os.listdir(state_dir)
     assert all(seq >= snapshots[0] for seq in journals), os.listdir(state_dir)
     assert "snapshot written" in first.log_text()
-    with open(os.path.join(state_dir, "snapshot-%d.json" % snapshots[0])) as f:
-        snapshot = json.load(f)
-    assert set(snapshot["statuses"]) == set(STATUS_SERIALS)
+    with open(os.path.join(state_dir, "snapshot-%d.json" % snapshots[0]), "rb") as f:
+        snapshot, check = decode_snapshot(f.read())
+    assert check.intact and set(snapshot["statuses"]) == set(STATUS_SERIALS)
 
     second = start(dsm_factory, state_dir, "--history", "100")
     assert_statuses_kept(second, acked)
     assert_tree(second, expected)
     second.signal(signal.SIGTERM)
     assert second.wait_exit() == 0
-    later, _ = state_files(state_dir)
-    assert len(later) == 1 and later[0] > snapshots[0], os.listdir(state_dir)
+    later, journals = state_files(state_dir)
+    # The previous snapshot and the journals from it stay as the fallback of the newest one.
+    assert later == [snapshots[0], later[1]] and later[1] > snapshots[0], os.listdir(state_dir)
+    assert all(seq >= snapshots[0] for seq in journals), os.listdir(state_dir)
 
 
 def test_periodic_snapshot_is_forked_while_the_loop_keeps_answering(dsm_factory):
@@ -464,8 +478,10 @@ def _big_statuses(dsm, count: int, tag: str) -> Dict[str, List[Dict[str, Any]]]:
 
 
 def test_full_state_dir_keeps_the_daemon_answering_from_memory_and_reports_failing(dsm_factory):
+    # --fsync everysec promises no more than this: keep acknowledging from memory and say so
+    # (--fsync always refuses instead: test_state_damage.py).
     state_dir = new_state_dir(dsm_factory)
-    dsm = start(dsm_factory, state_dir, "--state-retry", "0.5",
+    dsm = start(dsm_factory, state_dir, "--state-retry", "0.5", "--fsync", "everysec",
                 prefix=file_size_limit_prefix(20000))
     acked = _big_statuses(dsm, 80, "FULL")  # ~45 kB of records: the journal hits EFBIG
     client = statserv(dsm)
@@ -493,7 +509,7 @@ def test_full_state_dir_keeps_the_daemon_answering_from_memory_and_reports_faili
 
 def test_state_dir_that_has_room_again_recovers_within_a_few_retries(dsm_factory):
     state_dir = new_state_dir(dsm_factory)
-    dsm = start(dsm_factory, state_dir, "--state-retry", "0.5",
+    dsm = start(dsm_factory, state_dir, "--state-retry", "0.5", "--fsync", "everysec",
                 prefix=file_size_limit_prefix(20000))
     acked = _big_statuses(dsm, 80, "ROOM")
     wait_for(lambda: journal_fact(dsm, "state") == "failing", 5, "journal state failing")

@@ -79,7 +79,7 @@ def is_dsm(pid: int) -> bool:
 def lock_held(run_dir: str) -> bool:
     fd = os.open(os.path.join(run_dir, "dsm.lock"), os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the DSM holds a POSIX lock
     except OSError as exc:
         assert exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
         return True
