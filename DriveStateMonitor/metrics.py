@@ -122,6 +122,14 @@ def render_metrics(facts: Mapping[str, Any]) -> str:
     family("dsm_journal_last_snapshot_timestamp_seconds", "gauge",
            "When the last snapshot was written, Unix time (0: none yet).",
            [("", [], journal["last_snapshot"])])
+    # What this process could not load from the state dir at start (persistence.load_state).
+    for key, help_text in (
+            ("records_skipped", "Journal records lost to damage in the state dir at start."),
+            ("items_skipped", "Snapshot items lost to damage in the state dir at start."),
+            ("snapshots_unreadable", "Damaged snapshots found at start (an older one or the "
+                                     "intact items were used)."),
+            ("files_quarantined", "Damaged state files renamed to *.damaged-<time>.")):
+        family("dsm_state_%s_total" % key, "counter", help_text, [("", [], journal.get(key, 0))])
 
     lag: LagHistogram = facts["loop_lag"]
     family("dsm_event_loop_lag_seconds", "histogram",

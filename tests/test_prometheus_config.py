@@ -22,8 +22,8 @@ CONFIG = os.path.join(PROM_DIR, "prometheus.yml")
 RULES = os.path.join(PROM_DIR, "dsm-alerts.yml")
 RULE_TESTS = os.path.join(PROM_DIR, "dsm-alerts.test.yml")
 
-ALERTS = {"DriveSilent", "DSMDown", "DSMJournalFailing", "DSMNoSnapshot", "DSMEventLoopLag",
-          "DSMHandlerFailures"}
+ALERTS = {"DriveSilent", "DSMDown", "DSMJournalFailing", "DSMNoSnapshot", "DSMStateDamaged",
+          "DSMEventLoopLag", "DSMHandlerFailures"}
 # Labels Prometheus adds to every scraped series (the DSM itself adds no host label).
 TARGET_LABELS = {"job", "instance"}
 
