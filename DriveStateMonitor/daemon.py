@@ -42,6 +42,7 @@ from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensur
                               read_pid)
 from .access import AccessRules, is_local_peer
 from .statserv_service import StatServConnection
+from .save_writer import SAVE_SUBDIR, SaveWriter
 from .state_guard import AckGuard, recovery_report, write_exit_note
 from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
@@ -181,6 +182,7 @@ class DriveStateMonitor:
         self.journal.child_setup = close_inherited_fds
         self.ack_guard = AckGuard(self.loop, self.journal)
         self.tree.refusing = lambda: self.journal.refusing
+        self.saves = SaveWriter(self.loop, self.tree, os.path.join(options.state_dir, SAVE_SUBDIR))
         self._deadline_timer: Optional[Timer] = None
         self._deadline_at: Optional[float] = None
         self.lock = InstanceLock(options.run_dir)
@@ -353,6 +355,7 @@ class DriveStateMonitor:
                 os.unlink(path)
             except OSError:
                 pass
+        self.saves.close()
         self.journal.wait_for_child()
         self.journal.close()
         self.loop.close()
@@ -460,7 +463,8 @@ class DriveStateMonitor:
         transport.start(StatServConnection(
             transport, self.tree, self.clock, is_local=is_local_peer(addr),
             on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
-            save_dir=self.options.state_dir, max_line=self.options.max_line))
+            save_dir=self.saves.save_dir, max_line=self.options.max_line,
+            saver=self.saves.start))
 
     def _close_idle(self) -> None:
         """Closes query and status connections that have been silent for --idle-timeout."""

@@ -224,7 +224,8 @@ class StatServSession:
     def __init__(self, tree: Tree, clock: Callable[[], float], *, is_local: bool,
                  on_output: Optional[Callable[[], None]] = None,
                  on_shutdown: Optional[Callable[[], None]] = None,
-                 max_line: int = MAX_LINE_BYTES, save_dir: Optional[str] = None) -> None:
+                 max_line: int = MAX_LINE_BYTES, save_dir: Optional[str] = None,
+                 saver: Optional[Callable[[str, "StatServSession"], None]] = None) -> None:
         self._tree = tree
         self._clock = clock
         self._is_local = is_local
@@ -232,6 +233,11 @@ class StatServSession:
         self._on_shutdown = on_shutdown
         self._max_line = max_line
         self._save_dir = save_dir
+        # Writes SAVE files elsewhere (a forked child, save_writer.py) and calls save_finished();
+        # until then this session handles no further request, so answers stay in order.
+        self._saver = saver
+        self._waiting = False
+        self._eof_while_waiting = False
         self._number = next(_session_numbers)
         self._registered: Optional[Tuple[str, str]] = None  # (pid, name)
         self._cwd = "/"
@@ -266,7 +272,7 @@ class StatServSession:
         self._in_receive = True
         try:
             self._inbox += data
-            while not self._closing:
+            while not self._closing and not self._waiting:
                 line = self._next_line()
                 if line is None:
                     break
@@ -285,6 +291,9 @@ class StatServSession:
     def eof_received(self) -> None:
         """The client will send no more: a final line without a newline is still handled."""
         if self._closing:
+            return
+        if self._waiting:
+            self._eof_while_waiting = True
             return
         self._in_receive = True
         try:
@@ -505,8 +514,30 @@ class StatServSession:
         self._tree.tracers.discard(self)
         return ["."]
 
+    def save_finished(self, code: Optional[str], text: Optional[str]) -> None:
+        """The saver's answer to this session's SAVE: success (code None) or `! code text`;
+        then the requests that waited behind it are handled."""
+        if self._lost or not self._waiting:
+            return
+        self._waiting = False
+        self._output += (".\n" if code is None else "! %s %s\n" % (code, text)).encode("utf-8")
+        self.receive_data(b"")
+        if self._eof_while_waiting and not self._waiting:
+            self.eof_received()
+        if self._on_output is not None:
+            self._on_output()
+
+    @property
+    def waiting(self) -> bool:
+        """True while a SAVE of this session is being written."""
+        return self._waiting
+
     def _command_save(self, args: Dict[str, str]) -> List[str]:
         target = self._save_path(args.get("FILE", SAVE_FILE_NAME))
+        if self._saver is not None:
+            self._saver(target, self)  # raises StatServError when refused
+            self._waiting = True
+            return []
         text = self._tree.dump()
         temporary = target + ".tmp"
         try:

@@ -20,11 +20,12 @@ class StatServConnection:
 
     def __init__(self, transport: StreamTransport, tree: Tree, clock: Callable[[], float], *,
                  is_local: bool, on_shutdown: Callable[[], None],
-                 save_dir: Optional[str], max_line: int = MAX_LINE_BYTES) -> None:
+                 save_dir: Optional[str], max_line: int = MAX_LINE_BYTES,
+                 saver: Optional[Callable[[str, StatServSession], None]] = None) -> None:
         self.transport = transport
-        self.session = StatServSession(tree, clock, is_local=is_local, on_output=self._send,
+        self.session = StatServSession(tree, clock, is_local=is_local, on_output=self._output,
                                        on_shutdown=on_shutdown, save_dir=save_dir,
-                                       max_line=max_line)
+                                       max_line=max_line, saver=saver)
 
     def data_received(self, data: bytes) -> None:
         self.session.receive_data(data)
@@ -37,7 +38,14 @@ class StatServConnection:
     def eof_received(self) -> None:
         self.session.eof_received()
         self._send()
-        self.transport.close_when_flushed()
+        if not self.session.waiting:  # else closed once the SAVE it waits for is answered
+            self.transport.close_when_flushed()
+
+    def _output(self) -> None:
+        """Output made outside data_received: monitor notices, a SAVE's late answer."""
+        self._send()
+        if self.session.closing:
+            self.transport.close_when_flushed()
 
     def writing_drained(self) -> None:
         self.transport.resume_reading()

@@ -520,13 +520,13 @@ def save_through(client: LineClient, *arguments: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_save_without_a_file_name_writes_statserv_save_into_the_state_dir(
+def test_save_without_a_file_name_writes_statserv_save_into_the_saves_dir(
         dsm, open_client, transport):
     client = open_client(dsm, transport)
 
     save_through(client)
 
-    with open(os.path.join(state_dir_of(dsm), "statserv.save"), encoding="utf-8") as file:
+    with open(os.path.join(state_dir_of(dsm), "saves", "statserv.save"), encoding="utf-8") as file:
         assert "/save/integer = 42\n" in file.read()
 
 
@@ -541,7 +541,7 @@ def test_save_writes_cfht_format_that_loads_back_to_the_same_dump(dsm, open_clie
 
     save_through(client, "FILE=snapshot.save")
 
-    with open(os.path.join(state_dir_of(dsm), "snapshot.save"), encoding="utf-8") as file:
+    with open(os.path.join(state_dir_of(dsm), "saves", "snapshot.save"), encoding="utf-8") as file:
         text = file.read()
     lines = text.splitlines()
     assert '/save/text = "hello world"  # a comment' in lines
@@ -557,7 +557,8 @@ def test_save_writes_cfht_format_that_loads_back_to_the_same_dump(dsm, open_clie
     for line in lines:
         assert re.match(r"/\S* = \S|/\S*/  # ", line), line
     assert Tree.load(text).dump() == text
-    assert not os.path.exists(os.path.join(state_dir_of(dsm), "snapshot.save.tmp"))
+    assert [name for name in os.listdir(os.path.join(state_dir_of(dsm), "saves"))] == [
+        "snapshot.save"]  # no temporary file left
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -1,0 +1,168 @@
+"""Status Server SAVE, written by a forked child into a directory of its own, with limits.
+
+Theory of operation
+-------------------
+SAVE files live in `<state-dir>/saves/`, never next to the snapshots and journals: load_state only
+lists the state dir itself, so no SAVE name — `snapshot-9.json` included — can replace or shadow a
+state file. Names are one plain component (letters, digits, `.`, `_`, `-`; no leading dot).
+
+A SAVE of a large tree takes seconds to format and write; like the snapshot (persistence.py) it
+is done by a forked child holding a copy-on-write image of the tree, so the loop never stalls. The
+session that asked waits for its answer (its later requests wait behind it, in order); the loop
+polls the child and answers `.`, `! DENIED` (the file could not be written) or `! LIMIT`.
+
+Limits: at most MAX_IN_FLIGHT SAVEs at once over all clients and one per client, and at most
+MAX_BYTES in the saves directory (the new file counted; the file it replaces not): a flood of
+SAVEs is refused with `! LIMIT`, it never fills the disk the journal needs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .event_loop import EventLoop
+from .persistence import become_child, close_inherited_fds
+from .statserv_tree import DENIED, LIMIT, StatServError, Tree
+
+log = logging.getLogger("dsm.save")
+
+SAVE_SUBDIR = "saves"
+MAX_IN_FLIGHT = 2
+MAX_BYTES = 256 * 1024 * 1024
+POLL_S = 0.02
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
+# Child exit codes.
+_OK, _FAILED, _TOO_BIG = 0, 1, 3
+
+
+def check_save_name(name: str) -> None:
+    """DENIED unless `name` is one plain file name component."""
+    if not _SAFE_NAME.match(name):
+        raise StatServError(DENIED, "SAVE file names are letters, digits, '.', '_' and '-' "
+                                    "(no directories, no leading dot), up to 128 characters")
+
+
+def _dir_bytes(path: str, besides: str) -> int:
+    total = 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.path != besides and entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        pass
+    return total
+
+
+class SaveWriter:
+    """Starts SAVE children and answers their sessions when they end."""
+
+    def __init__(self, loop: EventLoop, tree: Tree, save_dir: str,
+                 max_in_flight: int = MAX_IN_FLIGHT, max_bytes: int = MAX_BYTES) -> None:
+        self.loop = loop
+        self.tree = tree
+        self.save_dir = save_dir
+        self.max_in_flight = max_in_flight
+        self.max_bytes = max_bytes
+        self._children: Dict[int, Tuple[Any, str]] = {}  # pid -> (session, target)
+        self.refused = 0
+        self.written = 0
+
+    def start(self, target: str, session: Any) -> None:
+        """Forks the child writing `target` for `session`, which gets `save_finished(code, text)`
+        later; raises StatServError(LIMIT/DENIED) at once when it cannot start."""
+        if os.path.dirname(target) != os.path.realpath(self.save_dir):
+            raise StatServError(DENIED, "SAVE writes only into %s" % self.save_dir)
+        check_save_name(os.path.basename(target))
+        if len(self._children) >= self.max_in_flight or \
+                any(owner is session for owner, _ in self._children.values()):
+            self.refused += 1
+            raise StatServError(LIMIT, "%d SAVEs already being written; try again later"
+                                % len(self._children))
+        budget = self.max_bytes - _dir_bytes(self.save_dir, target)
+        if budget <= 0:
+            self.refused += 1
+            raise StatServError(LIMIT, "the SAVE directory holds %d bytes already (limit %d)"
+                                % (self.max_bytes - budget, self.max_bytes))
+        try:
+            os.makedirs(self.save_dir, exist_ok=True)
+        except OSError as exc:
+            raise StatServError(DENIED, "cannot create %s: %s" % (self.save_dir, exc.strerror))
+        pid = os.fork()
+        if pid == 0:
+            code = _FAILED
+            try:
+                become_child(close_inherited_fds)
+                code = _write(self.tree, target, budget)
+            finally:
+                os._exit(code)
+        self._children[pid] = (session, target)
+        if len(self._children) == 1:
+            self.loop.call_later(POLL_S, self._poll)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._children)
+
+    def _poll(self) -> None:
+        for pid in list(self._children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, _FAILED << 8
+            if done == 0:
+                continue
+            session, target = self._children.pop(pid)
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else _FAILED
+            name = os.path.basename(target)
+            if code == _OK:
+                self.written += 1
+                session.save_finished(None, None)
+            elif code == _TOO_BIG:
+                self.refused += 1
+                session.save_finished(LIMIT, "%s would pass the SAVE directory's limit of %d "
+                                             "bytes" % (name, self.max_bytes))
+            else:
+                log.error("SAVE %s failed (child status %d)", target, status)
+                session.save_finished(DENIED, "cannot write %s" % name)
+        if self._children:
+            self.loop.call_later(POLL_S, self._poll)
+
+    def close(self) -> None:
+        """Stops the children still writing (their temporary files are removed by the next
+        SAVE of the same name or stay as *.tmp.<pid>)."""
+        for pid in list(self._children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        self._children.clear()
+
+
+def _write(tree: Tree, target: str, budget: int) -> int:
+    """In the child: dump, check the size, write atomically and fsync; the exit code."""
+    data = tree.dump().encode("utf-8")
+    if len(data) > budget:
+        return _TOO_BIG
+    temporary = "%s.tmp.%d" % (target, os.getpid())
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)  # a crash mid-write never leaves half a save
+    except OSError as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        log.debug("SAVE %s: %s", target, exc)
+        return _FAILED
+    return _OK
+
+
+Saver = Callable[[str, Any], None]
