@@ -324,15 +324,21 @@ def decode_snapshot(data: bytes) -> Tuple[Optional[Dict[str, Any]], SnapshotChec
         previous = index
         items[index] = item
     header = items.pop(0, None)
-    if not isinstance(header, dict) or header.get("file_format") != SNAPSHOT_FORMAT:
-        return None, check
     highest = max(items) if items else 0
     total = expected if expected is not None else highest + 1
-    check.missing = max(0, total - 1 - len(items))
+    check.missing = max(0, total - len(items) - (header is not None))
+    if not isinstance(header, dict) or header.get("file_format") != SNAPSHOT_FORMAT:
+        if header is not None or not items:
+            return None, check
+        # The header line is lost: the items still say which list or dict they belong to.
+        header = {"lists": sorted({item[0] for item in items.values() if len(item) == 2
+                                   and isinstance(item[0], str)}),
+                  "dicts": sorted({item[0] for item in items.values() if len(item) == 3
+                                   and isinstance(item[0], str)})}
     state: Dict[str, Any] = {key: value for key, value in header.items()
                              if key not in ("lists", "dicts", "file_format")}
-    lists = header.get("lists") or []
-    dicts = header.get("dicts") or []
+    lists = [key for key in header.get("lists") or [] if isinstance(key, str)]
+    dicts = [key for key in header.get("dicts") or [] if isinstance(key, str) and key not in lists]
     for key in lists:
         state[key] = []
     for key in dicts:
