@@ -27,8 +27,9 @@ from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
 from .drive_publisher import DrivePublisher
 from .drive_store import DriveStore
-from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, EXIT_SOCKET_LISTEN,
-                         DatagramReader, EventLoop, Listener, StreamTransport, Timer)
+from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
+                         EXIT_SOCKET_LISTEN, DatagramReader, EventLoop, Listener,
+                         StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
 from .multicast_socket import MulticastSetupError, open_multicast_socket
