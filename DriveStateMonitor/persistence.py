@@ -7,13 +7,20 @@ The state dir holds
     snapshot-<N>.json   the whole store as it stood when journal N was started
     journal-<N>.log     every change after that, one record each
 
-and a restore is the newest readable snapshot N followed by journals N, N+1, ... in order (with no
-snapshot, every journal from the oldest).
+and a restore is the newest intact snapshot N followed by journals N, N+1, ... in order (with no
+snapshot, every journal from the oldest). Every file read back is checked item by item, and damage
+costs only the damaged items — never the start (docs/durability.md):
 
-A journal record is a 4-byte length and a 4-byte CRC32 (both little-endian) followed by the payload,
-compact JSON. A torn last record — the power went while it was being written — fails its length or
-CRC check: replay stops there and the file is cut back to the last good record, so the records
-appended after the restart stay readable. Nothing after a bad record is trusted.
+- A journal record is MAGIC, length, index and a CRC32 over them and the payload (compact JSON).
+  A record that fails its check is skipped and the reader resynchronises on the next MAGIC; the
+  indexes show records lost, duplicated or moved (replay is in index order, each once). Only a
+  torn *last* record — cut short by a crash mid-append — is cut off in place.
+- A snapshot is one line per item, each `<crc32> <n> <JSON>`, closed by `end <count>`; it is
+  written to a temporary file, fsynced, read back and checked before it replaces anything. A
+  damaged newest snapshot falls back to the previous one, kept with its journals for this; with
+  none intact, the newest one's intact items are used.
+- Damaged files are listed in Loaded.damaged; once a new snapshot holds what they held, the
+  Journal renames them `*.damaged-<time>` (never truncates or deletes them).
 
 Records are queued in memory as the changes happen and written once per loop pass, before that
 pass's replies are sent. With `--fsync always` the pass also fsyncs there, so a reply acknowledging a
@@ -21,14 +28,17 @@ change leaves only once its record is on disk — one fsync per pass however man
 (group commit); `everysec` fsyncs at most once a second; `no` leaves it to the kernel.
 
 Snapshots are written by a forked child, as Redis's BGSAVE does: the child holds a copy-on-write image
-of the store as of the fork, so the loop never waits for the disk. The parent starts journal N+1 at
-the fork and removes the older files only once the child reports success. A clean stop writes the
-snapshot in the process itself.
+of the store as of the fork, so the loop never waits for the disk. The child first closes every
+inherited descriptor (listeners, connections; the instance lock is a POSIX lock, not inherited) and
+dies with its parent (PR_SET_PDEATHSIG), so it never keeps a new DSM from starting. The parent
+starts journal N+1 at the fork and removes files older than the previous snapshot only once the
+child reports success. A clean stop writes the snapshot in the process itself.
 
 When the state dir fails (full, read-only, removed), the error is logged, reported by `status()`,
 the queued records are dropped, and the journal is marked as needing a fresh snapshot: the next
 retry writes one — which holds everything the dropped records held — and starts a new journal.
-The store keeps serving from memory meanwhile.
+The store keeps serving from memory meanwhile; with `--fsync always`, `refusing` says why changes
+must be refused until then (state_guard.py).
 """
 from __future__ import annotations
 
@@ -122,7 +132,8 @@ def _decode_at(data: bytes, offset: int) -> Optional[Tuple[int, Any, int]]:
         return None
     (crc,) = _CRC.unpack_from(data, offset + len(MAGIC) + _FIELDS.size)
     payload = data[start:end]
-    if zlib.crc32(payload, zlib.crc32(data[offset + len(MAGIC):offset + len(MAGIC) + _FIELDS.size])) != crc:
+    fields = data[offset + len(MAGIC):offset + len(MAGIC) + _FIELDS.size]
+    if zlib.crc32(payload, zlib.crc32(fields)) != crc:
         return None
     try:
         record = json.loads(payload.decode("utf-8"))

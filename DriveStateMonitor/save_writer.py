@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import signal
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from .event_loop import EventLoop
 from .persistence import become_child, close_inherited_fds

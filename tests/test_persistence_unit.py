@@ -390,7 +390,8 @@ def test_drives_silent_longer_than_their_lifetime_come_back_expired():
 
 def through_the_journal(records: List[Any]) -> List[Any]:
     """What replay reads back: each record framed as the journal writes it, then decoded."""
-    decoded, _ = decode_records(b"".join(encode_record(record, i) for i, record in enumerate(records)))
+    data = b"".join(encode_record(record, i) for i, record in enumerate(records))
+    decoded, _ = decode_records(data)
     assert len(decoded) == len(records)
     return decoded
 

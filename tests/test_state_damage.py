@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 
@@ -227,7 +227,7 @@ def test_stop_whose_final_snapshot_fails_exits_4_and_stopdsm_reports_it(
     assert "CRITICAL" in dsm.log_text() and "final snapshot failed" in dsm.log_text()
 
 
-# --- SAVE -------------------------------------------------------------------------------------------
+# --- SAVE -----------------------------------------------------------------------------------------
 def test_save_with_the_name_of_every_state_file_never_touches_the_state(dsm_factory):
     state_dir = new_state_dir(dsm_factory)
     dsm = start(dsm_factory, state_dir, "--history", "100", "--snapshot-interval", "0.2")

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Set, Tuple
 from DriveStateMonitor.drive_publisher import DRIVES, DSM, DrivePublisher
 from DriveStateMonitor.drive_store import DriveStore
 from DriveStateMonitor.persistence import (encode_record, journal_path, load_state, scan_journal,
-                                           snapshot_path, write_snapshot)
+                                           write_snapshot)
 from DriveStateMonitor.store_state import JournaledTree, StoreState
 
 NOW = 1_700_000_000.0
