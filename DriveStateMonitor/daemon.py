@@ -587,7 +587,9 @@ class DriveStateMonitor:
             "journal": self.journal.status(),
             "counters": dict(self.counters, bad_inputs=self.bad_input.total,
                              handler_failures=self.loop.handler_failures,
-                             tree_publish_refused=self.publisher.refused),
+                             tree_publish_refused=self.publisher.refused,
+                             acks_withdrawn=self.ack_guard.withdrawn,
+                             saves_written=self.saves.written, saves_refused=self.saves.refused),
         }, now)
 
     def _publish_facts_periodically(self) -> None:

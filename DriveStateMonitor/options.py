@@ -108,11 +108,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                              "\"expired\" in m (default %(default)g)")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help="snapshot and journal of the whole store, restored at start, and "
-                             "where the Status Server's SAVE writes (default: State/ beside the "
-                             "scripts)")
+                             "the Status Server's SAVE files in its saves/ (default: State/ "
+                             "beside the scripts)")
     parser.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec",
                         help="always: a change is acknowledged only once its journal record is "
-                             "on disk; everysec: fsync once a second; no: leave it to the kernel "
+                             "on disk, and refused while the state dir fails; everysec: fsync once a second; no: leave it to the kernel "
                              "(default %(default)s)")
     parser.add_argument("--snapshot-journal-bytes", type=positive_int, default=128 * 1024 * 1024,
                         metavar="BYTES",

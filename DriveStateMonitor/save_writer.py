@@ -155,12 +155,11 @@ def _write(tree: Tree, target: str, budget: int) -> int:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)  # a crash mid-write never leaves half a save
-    except OSError as exc:
+    except OSError:  # the parent logs it: this child's log descriptor is closed
         try:
             os.unlink(temporary)
         except OSError:
             pass
-        log.debug("SAVE %s: %s", target, exc)
         return _FAILED
     return _OK
 
