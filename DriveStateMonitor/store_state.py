@@ -17,6 +17,7 @@ Journal records are short JSON arrays, the first item naming the change:
     ["tp", path, value_text, t, lifetime]                PUT
     ["tr", path, t] / ["trd", path, t]                   REMOVE / RMDIR
     ["tx", path, t]                                      expired: its auto-expire owner left
+    ["g", t]                                             first record after a recovery snapshot
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
 from .announcement import Rejected, parse_announcement
-from .persistence import Loaded
+from .persistence import GAP_RECORD, Loaded
 from .statserv_tree import LIMIT, StatServError, Tree
 
 log = logging.getLogger("dsm.state")
@@ -238,6 +239,8 @@ class StoreState:
             if len(record) != 3:
                 raise ValueError("a status record has 3 items")
             self.store.record_status(_text(record[1]), _status_entry(record[2]))
+        elif kind == GAP_RECORD:
+            pass  # load_state counted it where it matters
         elif kind == "w":
             self.store.wipe()
             self.publisher.wipe(record[1])

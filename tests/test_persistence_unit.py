@@ -15,7 +15,7 @@ import pytest
 from DriveStateMonitor.drive_publisher import DrivePublisher
 from DriveStateMonitor.drive_store import DriveStore
 from DriveStateMonitor.persistence import (FSYNC_ALWAYS, MAGIC, Journal, Loaded, decode_records,
-                                           decode_snapshot, encode_snapshot,
+                                           decode_snapshot, encode_snapshot, snapshot_file_intact,
                                            encode_record, journal_path, load_state, scan_journal,
                                            snapshot_path, write_snapshot)
 from DriveStateMonitor.statserv_tree import EXPIRED, UNDEFINED
@@ -227,12 +227,43 @@ def test_snapshot_lines_each_carry_a_crc_and_a_damaged_line_costs_only_its_item(
 
 def test_snapshot_that_does_not_read_back_intact_is_not_installed(tmp_path, monkeypatch):
     import DriveStateMonitor.persistence as persistence
-    real = persistence.decode_snapshot
-    monkeypatch.setattr(persistence, "decode_snapshot",
-                        lambda data: real(data.replace(b"1", b"2", 1)))
+    real = persistence.encode_snapshot
+
+    def bytes_that_did_not_land_as_written(state):
+        for line in real(state):
+            yield line.replace(b'"l",1]', b'"l",7]')  # as if the disk returned other bytes
+    monkeypatch.setattr(persistence, "encode_snapshot", bytes_that_did_not_land_as_written)
     with pytest.raises(OSError):
         write_snapshot(str(tmp_path), 3, {"format": 1, "l": [1]})
     assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("cut", ["nothing", "end line", "last item", "a line in the middle"])
+def test_read_back_check_needs_every_line_in_order_and_the_end_line(tmp_path, cut):
+    path = str(tmp_path / "s")
+    lines = list(encode_snapshot({"format": 1, "l": [1, 2, 3]}))
+    if cut == "end line":
+        del lines[-1]
+    elif cut == "last item":
+        del lines[-2]
+    elif cut == "a line in the middle":
+        del lines[2]
+    with open(path, "wb") as f:
+        f.writelines(lines)
+    assert snapshot_file_intact(path) == (cut == "nothing")
+
+
+def test_a_journal_after_dropped_records_counts_as_a_loss_only_when_replayed(tmp_path):
+    state_dir = str(tmp_path)
+    write_snapshot(state_dir, 1, {"format": 1})
+    write_journal(state_dir, 1, journal_bytes([["w", 1.0]]))  # then the state dir failed
+    write_snapshot(state_dir, 2, {"format": 1, "recovered": True})
+    write_journal(state_dir, 2, journal_bytes([["g", 2.0], ["w", 2.5]]))
+    assert load_state(state_dir).journal_gaps == 0  # snapshot 2 holds what was dropped
+    with open(snapshot_path(state_dir, 2), "r+b") as f:
+        f.write(b"X")  # damaged: the fallback to snapshot 1 replays across the gap
+    loaded = load_state(state_dir)
+    assert loaded.snapshot_seq == 1 and loaded.journal_gaps == 1 and loaded.lost_anything
 
 
 def test_failed_snapshot_write_leaves_no_temporary_file(tmp_path, monkeypatch):
