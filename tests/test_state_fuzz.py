@@ -246,3 +246,33 @@ def test_damaged_state_dirs_start_serve_only_real_values_and_report_every_loss(t
     print("\nstate fuzzer: %d cases in %.2f s; by damage %s; outcomes %s" % (
         cases, time.monotonic() - started, dict(by_kind), dict(outcomes)))
     assert cases >= 400
+
+
+def test_the_issues_cases_one_flipped_byte_or_a_huge_length_in_record_5_of_100(tmp_path):
+    from DriveStateMonitor.persistence import FSYNC_ALWAYS, MAGIC, Journal
+    for case in ("flip", "length"):
+        state_dir = str(tmp_path / case)
+        journal = Journal(state_dir, FSYNC_ALWAYS, lambda: {})
+        assert journal.open(1)
+        for n in range(100):
+            journal.record(["s", "ZA1", '{"time_stamp": "t%03d", "status": "ok"}' % n])
+            journal.flush(float(n))
+        journal.close()
+        path = journal_path(state_dir, 1)
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        fifth = [i for i in range(len(data)) if data.startswith(MAGIC, i)][4]
+        if case == "flip":
+            data[fifth + 30] ^= 0x01
+        else:
+            data[fifth + 4:fifth + 8] = b"\xff\xff\xff\xff"
+        with open(path, "wb") as f:
+            f.write(data)
+        state = make_state()
+        loaded = load_state(state_dir)
+        state.restore(loaded, NOW)
+        entries = [json.loads(e) for e in state.store.statuses["ZA1"]]
+        assert [e["time_stamp"] for e in entries] == ["t%03d" % n for n in range(100) if n != 4]
+        assert loaded.records_skipped == 1 and loaded.damaged == [path]
+        with open(path, "rb") as f:
+            assert f.read() == bytes(data)  # not cut: quarantined later, by the daemon
