@@ -503,7 +503,11 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
     loaded = Loaded()
     try:
         names = os.listdir(state_dir)
-    except OSError:
+    except FileNotFoundError:
+        names = []
+    except OSError as exc:  # there, but not readable: say so rather than start empty quietly
+        log.critical("cannot read the state dir %s: %s; starting without its data", state_dir,
+                     exc)
         names = []
     if repair:
         for name in names:
