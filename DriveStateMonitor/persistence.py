@@ -316,26 +316,27 @@ def decode_snapshot(data: bytes) -> Tuple[Optional[Dict[str, Any]], SnapshotChec
     if lines[-1]:
         check.items_bad += 1  # the last line has no newline: cut short
     del lines[-1]
-    items: Dict[int, Any] = {}
+    raw_items: Dict[int, bytes] = {}
     expected: Optional[int] = None
     previous = -1
     for line in lines:
-        parsed = _parse_snapshot_line(line)
-        if parsed is None:
+        checked = _check_snapshot_line(line)
+        if checked is None:
             check.items_bad += 1
             continue
-        index, item = parsed
+        index, text = checked
         if index < 0:
             expected = -index
             check.has_end = True
             continue
-        if index in items:
+        if index in raw_items:
             check.duplicates += 1
             continue
         if index < previous:
             check.out_of_order = True
         previous = index
-        items[index] = item
+        raw_items[index] = text
+    items = _parse_items(raw_items, check)
     header = items.pop(0, None)
     highest = max(items) if items else 0
     total = expected if expected is not None else highest + 1
@@ -367,8 +368,9 @@ def decode_snapshot(data: bytes) -> Tuple[Optional[Dict[str, Any]], SnapshotChec
     return state, check
 
 
-def _parse_snapshot_line(line: bytes) -> Optional[Tuple[int, Any]]:
-    """(index, item) of an intact line, (-count, None) for the end line, None if it fails."""
+def _check_snapshot_line(line: bytes) -> Optional[Tuple[int, bytes]]:
+    """(index, JSON text) of a line that passes its CRC, (-count, b"") for the end line, None
+    if it fails."""
     if len(line) < 11 or line[8:9] != b" ":
         return None
     try:
@@ -382,14 +384,35 @@ def _parse_snapshot_line(line: bytes) -> Optional[Tuple[int, Any]]:
     try:
         if number == b"end":
             count = int(rest)
-            return (-count, None) if count > 0 else None
+            return (-count, b"") if count > 0 else None
         index = int(number)
-        item = json.loads(rest.decode("utf-8"))
     except ValueError:
         return None
-    if index < 0 or (index > 0 and not isinstance(item, list)):
-        return None
-    return index, item
+    return (index, rest) if index >= 0 else None
+
+
+def _parse_items(raw_items: Dict[int, bytes], check: SnapshotCheck) -> Dict[int, Any]:
+    """The items' JSON, parsed in one go (one json.loads per line is five times slower); line by
+    line only if that fails. Lines that are not JSON, or items that are not lists, count as bad."""
+    indexes = list(raw_items)
+    try:
+        values = json.loads(b"[" + b",".join(raw_items.values()) + b"]")
+        if len(values) != len(indexes):
+            raise ValueError("a line held more than one value")
+    except ValueError:
+        values = []
+        for index in indexes:
+            try:
+                values.append(json.loads(raw_items[index]))
+            except ValueError:
+                values.append(None)
+    items: Dict[int, Any] = {}
+    for index, value in zip(indexes, values):
+        if index > 0 and not isinstance(value, list):
+            check.items_bad += 1
+            continue
+        items[index] = value
+    return items
 
 
 def write_snapshot(state_dir: str, seq: int, state: Dict[str, Any]) -> None:
