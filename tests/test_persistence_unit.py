@@ -536,3 +536,23 @@ def test_daemon_publishing_under_drives_and_dsm_is_not_journaled():
     state.publisher.facts({"pid": 1, "counters": {"x": 2}}, 1.0)
     state.publisher.status("ZA1", "t", "001", 1.0)
     assert records == []
+
+
+def test_snapshot_items_that_fail_validation_are_skipped_and_the_rest_restored():
+    now = 1_700_000_000.0
+    state = make_state()
+    populate(state, now)
+    loaded = snapshot_of(state, now)
+    snapshot = loaded.snapshot
+    snapshot["drives"][0][1] = "x" + snapshot["drives"][0][1][1:]  # the case: not JSON
+    snapshot["statuses"]["ZA1"][1] = snapshot["statuses"]["ZA1"][1][:-1]  # no closing brace
+    snapshot["tree"].append({"path": "/lab/bad", "type": "no such type", "value": "1"})
+    snapshot["tree"].append({"path": "/lab/worse", "value": {"a": 1}})
+    fresh = make_state()
+    counts = fresh.restore(loaded, now + 1.0)
+    assert counts["items_skipped"] == 4
+    assert set(fresh.store.drives) == {"ZB2"}
+    assert [json.loads(e)["status"] for e in fresh.store.statuses["ZA1"]] == ["000", "002"]
+    json.loads(fresh.store.status_json())  # every reply still JSON
+    assert fresh.tree.kind("/lab/bad") is None and fresh.tree.kind("/lab/worse") is None
+    assert fresh.tree.get("/lab/count", now + 1.0) == 7  # the rest of the tree is there
