@@ -27,6 +27,7 @@ from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
 from .drive_publisher import DrivePublisher
 from .drive_store import DriveStore
+from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget, sweep
 from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, EXIT_SOCKET_LISTEN,
                          DatagramReader, EventLoop, Listener, StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
@@ -171,7 +172,9 @@ class DriveStateMonitor:
         self.tree = JournaledTree(max_objects=options.max_objects,
                                   max_value_bytes=options.max_value)
         self.access = AccessRules(options.allow)
-        self._idle_watched: Set[StreamTransport] = set()
+        self.slots = ConnectionSlots(options.max_connections,
+                                     options.max_connections_per_address, options.local_reserve)
+        self.loop.max_output_total = options.max_output_total
         self.publisher = DrivePublisher(self.tree, options.drive_lifetime)
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
@@ -249,7 +252,8 @@ class DriveStateMonitor:
         self.loop.add_before_sleep(lambda: self.journal.flush(time.monotonic()))
         self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
         self.loop.call_later(self.options.state_retry, self._watch_journal)
-        self.loop.call_later(min(opts.idle_timeout / 4, 5.0), self._close_idle)
+        self._limit_connections_to_descriptors()
+        self.loop.call_later(self._sweep_period(), self._sweep)
         self._publish_facts()
         self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
         self.lock.write_info(dict(pid=os.getpid(), version=__version__, started=self.started_at,
@@ -388,10 +392,12 @@ class DriveStateMonitor:
             why = "connections from %s are not allowed (--allow %s)" % (
                 peer_label(kind, addr).split(" ", 1)[1], self.access.describe())
             self.counters["connections_refused_not_allowed"] += 1
-        elif len(self.transports) >= self.options.max_connections:
-            code = "LIMIT"
-            why = "too many connections (limit %d); try again later" % self.options.max_connections
-            self.counters["connections_refused_limit"] += 1
+        else:
+            refused = self.slots.refusal(addr)
+            if refused is not None:
+                code = "LIMIT"
+                why = refused[1]
+                self.counters["connections_refused_" + refused[0]] += 1
         if why is not None:
             self._complain(peer_label(kind, addr), why)
             try:  # best effort, once: a refused client must never make us wait
@@ -403,10 +409,14 @@ class DriveStateMonitor:
             return None
         if conn.family != socket.AF_UNIX:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        def closed(transport: StreamTransport) -> None:
+            self.transports.discard(transport)
+            self.slots.closed(addr)
+
         transport = StreamTransport(self.loop, conn, peer_label(kind, addr),
-                                    max_output=self.options.max_output,
-                                    on_close=self.transports.discard)
+                                    max_output=self.options.max_output, on_close=closed)
         self.transports.add(transport)
+        self.slots.opened(addr)
         self.counters["connections_" + kind] += 1
         return transport
 
@@ -416,14 +426,12 @@ class DriveStateMonitor:
             is_local = is_local_peer(addr)
             transport.start(QueryConnection(
                 transport, lambda query, source: self.answer_query(query, source, is_local)))
-            self._idle_watched.add(transport)
 
     def _accept_status(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, query_refusal)
         if transport is not None:
             transport.start(StatusConnection(transport, self.store_status, self._complain,
                                              self.options.max_message))
-            self._idle_watched.add(transport)
 
     def _accept_statserv(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, statserv_refusal)
@@ -437,15 +445,47 @@ class DriveStateMonitor:
             on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
             save_dir=self.options.state_dir, max_line=self.options.max_line))
 
-    def _close_idle(self) -> None:
-        """Closes query and status connections that have been silent for --idle-timeout."""
-        self._idle_watched &= self.transports
-        limit = time.monotonic() - self.options.idle_timeout
-        for transport in [t for t in self._idle_watched if t.last_activity < limit]:
-            log.info("%s: idle for %.0f s; closing", transport.label, self.options.idle_timeout)
-            self.counters["connections_closed_idle"] += 1
-            transport.close()
-        self.loop.call_later(min(self.options.idle_timeout / 4, 5.0), self._close_idle)
+    def _limit_connections_to_descriptors(self) -> None:
+        """Lowers the connection limit to what RLIMIT_NOFILE allows (fair_shares); logs it once."""
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            in_use = 64  # no /proc: a generous guess for listeners, journal and log
+        allowed, soft = descriptor_budget(self.options.max_connections, in_use)
+        self.slots.set_limit(allowed)
+        if allowed < self.options.max_connections:
+            log.warning("the descriptor limit (RLIMIT_NOFILE %d, %d in use, %d kept for the "
+                        "journal, snapshots and SAVE) allows %d connections, not %d "
+                        "(--max-connections); further clients are refused with an error",
+                        soft, in_use, DESCRIPTOR_RESERVE, allowed, self.options.max_connections)
+
+    def _sweep_period(self) -> float:
+        opts = self.options
+        return max(0.05, min(opts.request_timeout / 4, opts.idle_timeout / 4, 1.0))
+
+    def _idle_limit(self, transport: StreamTransport) -> Optional[float]:
+        holds_nothing = getattr(transport.protocol, "holds_nothing", None)
+        if holds_nothing is None:
+            return self.options.idle_timeout
+        return self.options.statserv_idle_timeout if holds_nothing() else None
+
+    def _sweep(self) -> None:
+        """Closes connections whose request ran past --request-timeout (with the protocol's error)
+        and connections unused for their idle timeout (fair_shares.sweep)."""
+        if self._shutdown_deadline is None:
+            late, idle = sweep(list(self.transports), time.monotonic(),
+                               self.options.request_timeout, self._idle_limit)
+            for transport in late:
+                self._complain(transport.label, "request not complete within %g s; closing"
+                               % self.options.request_timeout)
+                self.counters["connections_closed_request_timeout"] += 1
+                transport.protocol.request_timed_out(self.options.request_timeout)
+            for transport in idle:
+                log.info("%s: idle for more than %.0f s; closing", transport.label,
+                         self._idle_limit(transport) or 0)
+                self.counters["connections_closed_idle"] += 1
+                transport.close()
+        self.loop.call_later(self._sweep_period(), self._sweep)
 
     # --- what the protocols ask of the store -------------------------------------------------
     def answer_query(self, query: Query, source: str, is_local: bool = True) -> bytes:
@@ -578,7 +618,6 @@ class DriveStateMonitor:
         transport = self._admit(conn, addr, label, http_refusal)
         if transport is not None and self.web_app is not None:
             transport.start(WebConnection(transport, self.web_app))
-            self._idle_watched.add(transport)
 
     def _probe_loop_lag(self, due: float) -> None:
         """Records how late this timer fired (the loop was busy that long), then re-arms it."""
@@ -652,7 +691,8 @@ class DriveStateMonitor:
             "queries": by_prefix("queries_", ("m", "s", "w", "bad")),
             "connections_open": open_by_kind,
             "connections_accepted": accepted,
-            "connections_refused": by_prefix("connections_refused_", ("not_allowed", "limit")),
+            "connections_refused": by_prefix("connections_refused_", ("not_allowed", "limit",
+                                                                   "per_address")),
             "connections_closed_idle": counters["connections_closed_idle"],
             "http_requests": dict(self.web_app.requests) if self.web_app else {},
             "tree_objects": len(self.tree),

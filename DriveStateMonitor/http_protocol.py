@@ -36,7 +36,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 REASONS = {
     200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 413: "Content Too Large", 414: "URI Too Long",
+    405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
@@ -104,6 +104,11 @@ class HttpServerConnection:
     def reading(self) -> bool:
         """False once nothing more will be parsed (after an error or a closing request)."""
         return not self._done
+
+    @property
+    def in_request(self) -> bool:
+        """True while a request (head or body) has begun and not ended: --request-timeout."""
+        return not self._done and bool(self._buffer or self._lines or self._body_left)
 
     def receive_data(self, data: bytes) -> List[Event]:
         """Every request completed by `data`, in order; at most one RequestError, last."""

@@ -670,6 +670,11 @@ class Tree:
 
     # -- owners --------------------------------------------------------------------------------
 
+    def holds_anything(self, owner: Any) -> bool:
+        """True while `owner` has monitors, traces, held entries or AUTOEXPIRE objects."""
+        return bool(self._monitors_by_subscriber.get(owner) or self._held_by_owner.get(owner)
+                    or self._autoexpire_by_owner.get(owner) or owner in self.tracers)
+
     def autoexpire_paths(self, owner: Any) -> List[str]:
         """The objects that expire when `owner` is released."""
         return sorted(self._autoexpire_by_owner.get(owner, ()))

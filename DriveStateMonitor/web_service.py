@@ -182,6 +182,16 @@ class WebConnection(PipelinedConnection):
     def done(self) -> bool:
         return self.eof or not self.http.reading
 
+    def has_partial_request(self) -> bool:
+        return self.http.in_request
+
+    def request_timed_out(self, seconds: float) -> None:
+        """--request-timeout passed since the request's first byte: 408, close (RFC 9110 15.5.9)."""
+        self.pending.clear()
+        self.transport.write(self._respond(RequestError(
+            408, "request not complete within %g s of its first byte" % seconds)))
+        self.transport.close_when_flushed()
+
     def _respond(self, event: Union[Request, RequestError]) -> bytes:
         if isinstance(event, RequestError):
             reply, request = self.app.answer_error(event), None
