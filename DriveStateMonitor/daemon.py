@@ -39,9 +39,9 @@ from .sd_notify import notify as sd_notify
 from .sd_notify import watchdog_interval
 from .query_protocol import END_BYTE, Query, encode_reply, error_reply
 from .query_service import QueryConnection
-from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensure_run_dir,
-                              read_pid)
-from .access import AccessRules, is_local_peer
+from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, RunDirError,
+                              ensure_run_dir, lock_holder_pid)
+from .access import AccessRules, is_local_peer, is_own_user
 from .statserv_service import StatServConnection
 from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
@@ -207,6 +207,8 @@ class DriveStateMonitor:
             ensure_run_dir(opts.run_dir)
             if not self.lock.acquire():
                 return False
+        except RunDirError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, str(exc))
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot use the run dir %s: %s"
                                % (opts.run_dir, exc))
@@ -423,7 +425,9 @@ class DriveStateMonitor:
     def _accept_query(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, query_refusal)
         if transport is not None:
-            is_local = is_local_peer(addr)
+            # Loopback TCP stays local for w (lab scripts use it); on the 0666 Unix socket only
+            # the DSM's own user and root count.
+            is_local = is_local_peer(addr) and (conn.family != socket.AF_UNIX or is_own_user(conn))
             transport.start(QueryConnection(
                 transport, lambda query, source: self.answer_query(query, source, is_local)))
 
@@ -441,7 +445,7 @@ class DriveStateMonitor:
             # Watchers are quiet for days on purpose; keepalive finds the half-open ones instead.
             enable_keepalive(conn)
         transport.start(StatServConnection(
-            transport, self.tree, self.clock, is_local=is_local_peer(addr),
+            transport, self.tree, self.clock, is_local=is_own_user(conn),
             on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
             save_dir=self.options.state_dir, max_line=self.options.max_line))
 
@@ -719,7 +723,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         try:
             if not daemon.start():
-                pid = read_pid(options.run_dir)
+                pid = lock_holder_pid(options.run_dir)
                 message = "a DSM is already running%s (run dir %s); sharing it" % (
                     " with pid %d" % pid if pid else "", options.run_dir)
                 log.info(message)

@@ -544,7 +544,8 @@ class StatServSession:
 
     def _command_shutdown(self, args: Dict[str, str]) -> List[str]:
         if not self._is_local:
-            raise StatServError(DENIED, "SHUTDOWN is for local clients only")
+            raise StatServError(DENIED, "SHUTDOWN is accepted only on the Unix socket, from the "
+                                "DSM's own user or root")
         if self._on_shutdown is None:
             raise StatServError(DENIED, "SHUTDOWN is not available on this server")
         self._on_shutdown()
