@@ -521,12 +521,24 @@ class DriveStateMonitor:
 
     def store_status(self, report: StatusReport, source: str) -> Optional[str]:
         """Stores one status; None when stored, else why it was refused."""
-        if not self.store.record_status(report.serial_number, report.entry_json):
+        budget = self.options.max_store_bytes - self.tree_bytes()
+        refused_budget = self.store.refused_status_budget
+        if not self.store.record_status(report.serial_number, report.entry_json, budget):
+            if self.store.refused_status_budget != refused_budget:
+                return ("store full: statuses and Status Server objects hold %d bytes (limit %d, "
+                        "--max-store-bytes); not stored" % (
+                            self.store.status_bytes + self.tree_bytes(),
+                            self.options.max_store_bytes))
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1
         self.state.status(report.serial_number, report.entry_json)
         self.publisher.status(report.serial_number, report.time_stamp, report.status, self.clock())
         return None
+
+    def tree_bytes(self) -> int:
+        """What the Status Server tree is charged against --max-store-bytes (0 until the tree
+        keeps a byte count: then its objects and statuses share the one budget)."""
+        return getattr(self.tree, "value_bytes", 0)
 
     def _on_datagram(self, data: bytes, sender: Any, ifindex: int) -> None:
         iface = self._iface_names.get(ifindex)
