@@ -296,6 +296,8 @@ class DriveStateMonitor:
                      if loaded.torn else "")
         self.journal.open(loaded.next_seq)
         self.state.attach(self.journal.record)
+        # After the restore: what was acknowledged before is never refused by the budget.
+        self.tree.byte_budget = lambda: self.options.max_store_bytes - self.store.status_bytes
 
     def _snapshot_periodically(self) -> None:
         if self._shutdown_deadline is not None:
@@ -536,9 +538,9 @@ class DriveStateMonitor:
         return None
 
     def tree_bytes(self) -> int:
-        """What the Status Server tree is charged against --max-store-bytes (0 until the tree
-        keeps a byte count: then its objects and statuses share the one budget)."""
-        return getattr(self.tree, "value_bytes", 0)
+        """What the Status Server tree is charged against --max-store-bytes (its entries, paths,
+        values and comments); statuses and the tree share the one budget, as etcd's quota does."""
+        return self.tree.byte_size
 
     def _on_datagram(self, data: bytes, sender: Any, ifindex: int) -> None:
         iface = self._iface_names.get(ifindex)
