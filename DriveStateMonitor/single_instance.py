@@ -34,7 +34,7 @@ def ensure_run_dir(run_dir: str) -> None:
     try:
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
     except OSError as exc:
-        raise RunDirError("cannot create the run dir %s (--run-dir): %s"
+        raise RunDirError("cannot use the run dir %s (--run-dir): %s"
                           % (run_dir, exc.strerror or exc)) from None
     check_run_dir(run_dir)
 
