@@ -609,7 +609,11 @@ class DriveStateMonitor:
             "journal": self.journal.status(),
             "counters": dict(self.counters, bad_inputs=self.bad_input.total,
                              handler_failures=self.loop.handler_failures,
-                             tree_publish_refused=self.publisher.refused),
+                             tree_publish_refused=self.publisher.refused,
+                             output_evictions=self.loop.output_evictions,
+                             statuses_refused_store_full=self.store.refused_status_budget),
+            "output_queued_bytes": self.loop.output_total,
+            "store_bytes": self.store.status_bytes + self.tree_bytes(),
         }, now)
 
     def _publish_facts_periodically(self) -> None:
@@ -659,10 +663,11 @@ class DriveStateMonitor:
         return self._cached_s[1]
 
     def _http_drives_json(self) -> bytes:
-        return self._m_reply()[:-1]  # the query port's cache; an HTTP body has no end byte
+        # The query port's cache without its end byte: a view, so HTTP clients share its bytes.
+        return memoryview(self._m_reply())[:-1]  # type: ignore[return-value]
 
     def _http_status_json(self) -> bytes:
-        return self._s_reply()[:-1]
+        return memoryview(self._s_reply())[:-1]  # type: ignore[return-value]
 
     def _http_drive_json(self, serial: str) -> Optional[bytes]:
         """One drive's `m` view plus its status history; None if the serial is unknown."""

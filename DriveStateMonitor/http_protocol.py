@@ -199,6 +199,14 @@ class HttpServerConnection:
         The connection stays open afterwards only if the request allowed it and the status is not
         an error that left us unsure where the next request starts.
         """
+        head, body = self.response_parts(request, status, body, headers, date)
+        return head + body if body else head
+
+    def response_parts(self, request: Optional[Request], status: int, body: bytes,
+                       headers: Sequence[Tuple[str, str]] = (),
+                       date: Optional[str] = None) -> Tuple[bytes, bytes]:
+        """`response` as (head, body), the body exactly as given (a memoryview of a cached reply
+        stays one, so many clients sending it share its bytes); HEAD: an empty body."""
         keep_alive = request is not None and request.keep_alive
         lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown"))]
         if date is not None:
@@ -211,8 +219,8 @@ class HttpServerConnection:
             lines.append("Connection: keep-alive")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if request is not None and request.method == "HEAD":
-            return head
-        return head + body
+            return head, b""
+        return head, body
 
 
 def _parse_head(lines: List[bytes], max_body: int) -> Union[Tuple[Request, int], RequestError]:

@@ -282,3 +282,26 @@ def test_below_the_descriptor_limit_excess_clients_get_an_error_and_the_log_stay
             sock.close()
     assert dsm.proc.poll() is None
     assert dsm.log_text().count("ERROR") < 5
+
+
+def test_http_clients_asking_for_the_same_cached_drives_reply_share_its_bytes():
+    from DriveStateMonitor.web_service import WebApp, WebConnection, WebData
+    cached = b'{"D": "' + b"d" * 2_000_000 + b'"}\x04'
+    app = WebApp(WebData(lambda: memoryview(cached)[:-1], lambda serial: None,
+                         lambda: memoryview(cached)[:-1], lambda: {}), {}, lambda: 1000.0)
+    loop = EventLoop()
+    transports = []
+    for _ in range(40):
+        ours, theirs = socket.socketpair()
+        transport = StreamTransport(loop, ours, "http test")
+        transport.start(WebConnection(transport, app))
+        transport._peer = theirs  # never read
+        transport.protocol.data_received(b"GET /api/drives HTTP/1.1\r\nHost: x\r\n\r\n")
+        transports.append(transport)
+    # 40 replies of 2 MB queued, one copy held: heads and chunk objects are all that is added.
+    assert all(t.output_size > 2_000_000 for t in transports)
+    assert loop.output_total < len(cached) + 40 * (1000 + 2 * CHUNK_OVERHEAD)
+    for transport in transports:
+        transport.close()
+        transport._peer.close()
+    loop.close()
