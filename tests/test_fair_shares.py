@@ -305,3 +305,39 @@ def test_http_clients_asking_for_the_same_cached_drives_reply_share_its_bytes():
         transport.close()
         transport._peer.close()
     loop.close()
+
+
+class _OutOfDescriptors(socket.socket):
+    """A listening socket whose accept() fails as if the process had no descriptor left."""
+
+    failures = 0
+
+    def accept(self):
+        type(self).failures += 1
+        raise OSError(24, "Too many open files")  # EMFILE
+
+
+def test_out_of_descriptors_the_listener_backs_off_instead_of_spinning_and_logs_once(caplog):
+    import logging
+    from DriveStateMonitor.event_loop import ACCEPT_BACKOFF_S, Listener
+    loop = EventLoop()
+    sock = _OutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOOPBACK, 0))
+    sock.listen(8)
+    listener = Listener(loop, sock, "test listener", lambda conn, addr: None)
+    clients = [socket.create_connection(sock.getsockname()) for _ in range(3)]
+    try:
+        with caplog.at_level(logging.ERROR, logger="dsm.loop"):
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:  # bounded: one second of loop passes
+                loop.run_once(max_wait=0.01)
+        # Spinning would have retried accept() thousands of times in that second; backing off
+        # (0.1 s, doubling) tries a handful of times.
+        assert 1 <= _OutOfDescriptors.failures <= 1.0 / ACCEPT_BACKOFF_S
+        errors = [r for r in caplog.records if "cannot accept" in r.getMessage()]
+        assert len(errors) == 1
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+        loop.close()
