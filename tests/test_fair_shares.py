@@ -5,7 +5,6 @@ limits, and output limits that count what queued output costs.
 from __future__ import annotations
 
 import resource
-import selectors
 import socket
 import time
 from typing import List
@@ -13,8 +12,7 @@ from typing import List
 from DriveStateMonitor.event_loop import CHUNK_OVERHEAD, EventLoop, StreamTransport
 from DriveStateMonitor.fair_shares import ConnectionSlots, sweep
 from dsm_harness import END, LOOPBACK, wait_for
-from test_limits_access import (ask, connect, connect_unix, counter, json_error, read_line,
-                                read_until_closed)
+from test_limits_access import ask, connect, counter, json_error, read_until_closed
 
 
 REMOTE = ("::ffff:192.0.2.7", 40000)

@@ -18,8 +18,8 @@ import sys
 import pytest
 
 from DriveStateMonitor.single_instance import _write_atomic
-from dsm_harness import END, run_script, short_temp_dir
-from test_scripts import RUN_DSM, STOP_DSM, Scripts, is_dsm, pid_alive, scripts  # noqa: F401
+from dsm_harness import END, short_temp_dir
+from test_scripts import RUN_DSM, is_dsm, pid_alive, scripts  # noqa: F401 (a fixture)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 
