@@ -467,7 +467,8 @@ class DriveStateMonitor:
 
     def _sweep_period(self) -> float:
         opts = self.options
-        return max(0.05, min(opts.request_timeout / 4, opts.idle_timeout / 4, 1.0))
+        return max(0.05, min(opts.request_timeout / 4, opts.idle_timeout / 4,
+                             opts.statserv_idle_timeout / 4, 1.0))
 
     def _idle_limit(self, transport: StreamTransport) -> Optional[float]:
         holds_nothing = getattr(transport.protocol, "holds_nothing", None)
