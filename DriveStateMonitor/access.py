@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import socket
+import struct
 from typing import Any, List, Optional, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -31,6 +34,27 @@ def is_local_peer(addr: Any) -> bool:
         return True
     ip = peer_ip(addr)
     return ip is not None and ip.is_loopback
+
+
+def unix_peer_uid(sock: socket.socket) -> Optional[int]:
+    """The user id of a Unix-socket peer (SO_PEERCRED, Linux), or None when unknown."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option,
+                                                             struct.calcsize("3i")))
+    except OSError:
+        return None
+    return uid
+
+
+def is_own_user(sock: socket.socket) -> bool:
+    """True when `sock` is a Unix-socket connection from the DSM's own user or root: the only
+    clients that may stop the DSM (SHUTDOWN) or, with --wipe-from local, wipe it over the 0666
+    sockets. A TCP peer, loopback included, cannot be tied to a user, so it is never one."""
+    uid = unix_peer_uid(sock)
+    return uid is not None and uid in (0, os.geteuid())
 
 
 def network_list(text: str) -> List[Network]:

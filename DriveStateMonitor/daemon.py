@@ -27,6 +27,7 @@ from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
 from .drive_publisher import DrivePublisher
 from .drive_store import DriveStore
+from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget, sweep
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
                          EXIT_SOCKET_LISTEN, DatagramReader, EventLoop, Listener,
                          StreamTransport, Timer)
@@ -39,9 +40,9 @@ from .sd_notify import notify as sd_notify
 from .sd_notify import watchdog_interval
 from .query_protocol import END_BYTE, Query, encode_reply, error_reply
 from .query_service import QueryConnection
-from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, ensure_run_dir,
-                              read_pid)
-from .access import AccessRules, is_local_peer
+from .single_instance import (QUERY_SOCKET, STATSERV_SOCKET, InstanceLock, RunDirError,
+                              ensure_run_dir, lock_holder_pid)
+from .access import AccessRules, is_local_peer, is_own_user
 from .statserv_service import StatServConnection
 from .save_writer import SAVE_SUBDIR, SaveWriter
 from .state_guard import AckGuard, recovery_report, write_exit_note
@@ -174,7 +175,9 @@ class DriveStateMonitor:
         self.tree = JournaledTree(max_objects=options.max_objects,
                                   max_value_bytes=options.max_value)
         self.access = AccessRules(options.allow)
-        self._idle_watched: Set[StreamTransport] = set()
+        self.slots = ConnectionSlots(options.max_connections,
+                                     options.max_connections_per_address, options.local_reserve)
+        self.loop.max_output_total = options.max_output_total
         self.publisher = DrivePublisher(self.tree, options.drive_lifetime)
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
@@ -212,6 +215,8 @@ class DriveStateMonitor:
             ensure_run_dir(opts.run_dir)
             if not self.lock.acquire():
                 return False
+        except RunDirError as exc:
+            raise StartupError(EXIT_SOCKET_CREATE, str(exc))
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot use the run dir %s: %s"
                                % (opts.run_dir, exc))
@@ -257,7 +262,8 @@ class DriveStateMonitor:
         self.loop.add_before_sleep(lambda: self.ack_guard.flush(time.monotonic()))
         self.loop.call_later(self.options.snapshot_interval, self._snapshot_periodically)
         self.loop.call_later(self.options.state_retry, self._watch_journal)
-        self.loop.call_later(min(opts.idle_timeout / 4, 5.0), self._close_idle)
+        self._limit_connections_to_descriptors()
+        self.loop.call_later(self._sweep_period(), self._sweep)
         self._publish_facts()
         self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
         self.lock.write_info(dict(pid=os.getpid(), version=__version__, started=self.started_at,
@@ -307,6 +313,8 @@ class DriveStateMonitor:
         self.journal.recovery.update(facts)
         self.journal.open(loaded.next_seq)
         self.state.attach(self.ack_guard.record)
+        # After the restore: what was acknowledged before is never refused by the budget.
+        self.tree.byte_budget = lambda: self.options.max_store_bytes - self.store.status_bytes
         if damage is not None:
             log.critical("%s", damage)
             # A snapshot now holds everything intact; then the damaged files are renamed aside.
@@ -417,10 +425,12 @@ class DriveStateMonitor:
             why = "connections from %s are not allowed (--allow %s)" % (
                 peer_label(kind, addr).split(" ", 1)[1], self.access.describe())
             self.counters["connections_refused_not_allowed"] += 1
-        elif len(self.transports) >= self.options.max_connections:
-            code = "LIMIT"
-            why = "too many connections (limit %d); try again later" % self.options.max_connections
-            self.counters["connections_refused_limit"] += 1
+        else:
+            refused = self.slots.refusal(addr)
+            if refused is not None:
+                code = "LIMIT"
+                why = refused[1]
+                self.counters["connections_refused_" + refused[0]] += 1
         if why is not None:
             self._complain(peer_label(kind, addr), why)
             try:  # best effort, once: a refused client must never make us wait
@@ -432,27 +442,31 @@ class DriveStateMonitor:
             return None
         if conn.family != socket.AF_UNIX:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        def closed(transport: StreamTransport) -> None:
+            self.transports.discard(transport)
+            self.slots.closed(addr)
+
         transport = StreamTransport(self.loop, conn, peer_label(kind, addr),
-                                    max_output=self.options.max_output,
-                                    on_close=self.transports.discard)
+                                    max_output=self.options.max_output, on_close=closed)
         self.transports.add(transport)
+        self.slots.opened(addr)
         self.counters["connections_" + kind] += 1
         return transport
 
     def _accept_query(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, query_refusal)
         if transport is not None:
-            is_local = is_local_peer(addr)
+            # Loopback TCP stays local for w (lab scripts use it); on the 0666 Unix socket only
+            # the DSM's own user and root count.
+            is_local = is_local_peer(addr) and (conn.family != socket.AF_UNIX or is_own_user(conn))
             transport.start(QueryConnection(
                 transport, lambda query, source: self.answer_query(query, source, is_local)))
-            self._idle_watched.add(transport)
 
     def _accept_status(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, query_refusal)
         if transport is not None:
             transport.start(StatusConnection(transport, self.store_status, self._complain,
                                              self.options.max_message))
-            self._idle_watched.add(transport)
 
     def _accept_statserv(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, statserv_refusal)
@@ -462,20 +476,53 @@ class DriveStateMonitor:
             # Watchers are quiet for days on purpose; keepalive finds the half-open ones instead.
             enable_keepalive(conn)
         transport.start(StatServConnection(
-            transport, self.tree, self.clock, is_local=is_local_peer(addr),
+            transport, self.tree, self.clock, is_local=is_own_user(conn),
             on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
             save_dir=self.saves.save_dir, max_line=self.options.max_line,
             saver=self.saves.start))
 
-    def _close_idle(self) -> None:
-        """Closes query and status connections that have been silent for --idle-timeout."""
-        self._idle_watched &= self.transports
-        limit = time.monotonic() - self.options.idle_timeout
-        for transport in [t for t in self._idle_watched if t.last_activity < limit]:
-            log.info("%s: idle for %.0f s; closing", transport.label, self.options.idle_timeout)
-            self.counters["connections_closed_idle"] += 1
-            transport.close()
-        self.loop.call_later(min(self.options.idle_timeout / 4, 5.0), self._close_idle)
+    def _limit_connections_to_descriptors(self) -> None:
+        """Lowers the connection limit to what RLIMIT_NOFILE allows (fair_shares); logs it once."""
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            in_use = 64  # no /proc: a generous guess for listeners, journal and log
+        allowed, soft = descriptor_budget(self.options.max_connections, in_use)
+        self.slots.set_limit(allowed)
+        if allowed < self.options.max_connections:
+            log.warning("the descriptor limit (RLIMIT_NOFILE %d, %d in use, %d kept for the "
+                        "journal, snapshots and SAVE) allows %d connections, not %d "
+                        "(--max-connections); further clients are refused with an error",
+                        soft, in_use, DESCRIPTOR_RESERVE, allowed, self.options.max_connections)
+
+    def _sweep_period(self) -> float:
+        opts = self.options
+        return max(0.05, min(opts.request_timeout / 4, opts.idle_timeout / 4,
+                             opts.statserv_idle_timeout / 4, 1.0))
+
+    def _idle_limit(self, transport: StreamTransport) -> Optional[float]:
+        holds_nothing = getattr(transport.protocol, "holds_nothing", None)
+        if holds_nothing is None:
+            return self.options.idle_timeout
+        return self.options.statserv_idle_timeout if holds_nothing() else None
+
+    def _sweep(self) -> None:
+        """Closes connections whose request ran past --request-timeout (with the protocol's error)
+        and connections unused for their idle timeout (fair_shares.sweep)."""
+        if self._shutdown_deadline is None:
+            late, idle = sweep(list(self.transports), time.monotonic(),
+                               self.options.request_timeout, self._idle_limit)
+            for transport in late:
+                self._complain(transport.label, "request not complete within %g s; closing"
+                               % self.options.request_timeout)
+                self.counters["connections_closed_request_timeout"] += 1
+                transport.protocol.request_timed_out(self.options.request_timeout)
+            for transport in idle:
+                log.info("%s: idle for more than %.0f s; closing", transport.label,
+                         self._idle_limit(transport) or 0)
+                self.counters["connections_closed_idle"] += 1
+                transport.close()
+        self.loop.call_later(self._sweep_period(), self._sweep)
 
     # --- what the protocols ask of the store -------------------------------------------------
     def answer_query(self, query: Query, source: str, is_local: bool = True) -> bytes:
@@ -513,12 +560,24 @@ class DriveStateMonitor:
         refusing = self.journal.refusing
         if refusing is not None:
             return refusing
-        if not self.store.record_status(report.serial_number, report.entry_json):
+        budget = self.options.max_store_bytes - self.tree_bytes()
+        refused_budget = self.store.refused_status_budget
+        if not self.store.record_status(report.serial_number, report.entry_json, budget):
+            if self.store.refused_status_budget != refused_budget:
+                return ("store full: statuses and Status Server objects hold %d bytes (limit %d, "
+                        "--max-store-bytes); not stored" % (
+                            self.store.status_bytes + self.tree_bytes(),
+                            self.options.max_store_bytes))
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1
         self.state.status(report.serial_number, report.entry_json)
         self.publisher.status(report.serial_number, report.time_stamp, report.status, self.clock())
         return None
+
+    def tree_bytes(self) -> int:
+        """What the Status Server tree is charged against --max-store-bytes (its entries, paths,
+        values and comments); statuses and the tree share the one budget, as etcd's quota does."""
+        return self.tree.byte_size
 
     def _on_datagram(self, data: bytes, sender: Any, ifindex: int) -> None:
         iface = self._iface_names.get(ifindex)
@@ -589,7 +648,11 @@ class DriveStateMonitor:
                              handler_failures=self.loop.handler_failures,
                              tree_publish_refused=self.publisher.refused,
                              acks_withdrawn=self.ack_guard.withdrawn,
-                             saves_written=self.saves.written, saves_refused=self.saves.refused),
+                             saves_written=self.saves.written, saves_refused=self.saves.refused,
+                             output_evictions=self.loop.output_evictions,
+                             statuses_refused_store_full=self.store.refused_status_budget),
+            "output_queued_bytes": self.loop.output_total,
+            "store_bytes": self.store.status_bytes + self.tree_bytes(),
         }, now)
 
     def _publish_facts_periodically(self) -> None:
@@ -616,7 +679,6 @@ class DriveStateMonitor:
         transport = self._admit(conn, addr, label, http_refusal)
         if transport is not None and self.web_app is not None:
             transport.start(WebConnection(transport, self.web_app))
-            self._idle_watched.add(transport)
 
     def _probe_loop_lag(self, due: float) -> None:
         """Records how late this timer fired (the loop was busy that long), then re-arms it."""
@@ -640,10 +702,11 @@ class DriveStateMonitor:
         return self._cached_s[1]
 
     def _http_drives_json(self) -> bytes:
-        return self._m_reply()[:-1]  # the query port's cache; an HTTP body has no end byte
+        # The query port's cache without its end byte: a view, so HTTP clients share its bytes.
+        return memoryview(self._m_reply())[:-1]  # type: ignore[return-value]
 
     def _http_status_json(self) -> bytes:
-        return self._s_reply()[:-1]
+        return memoryview(self._s_reply())[:-1]  # type: ignore[return-value]
 
     def _http_drive_json(self, serial: str) -> Optional[bytes]:
         """One drive's `m` view plus its status history; None if the serial is unknown."""
@@ -690,7 +753,8 @@ class DriveStateMonitor:
             "queries": by_prefix("queries_", ("m", "s", "w", "bad")),
             "connections_open": open_by_kind,
             "connections_accepted": accepted,
-            "connections_refused": by_prefix("connections_refused_", ("not_allowed", "limit")),
+            "connections_refused": by_prefix("connections_refused_", ("not_allowed", "limit",
+                                                                   "per_address")),
             "connections_closed_idle": counters["connections_closed_idle"],
             "http_requests": dict(self.web_app.requests) if self.web_app else {},
             "tree_objects": len(self.tree),
@@ -717,7 +781,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         try:
             if not daemon.start():
-                pid = read_pid(options.run_dir)
+                pid = lock_holder_pid(options.run_dir)
                 message = "a DSM is already running%s (run dir %s); sharing it" % (
                     " with pid %d" % pid if pid else "", options.run_dir)
                 log.info(message)

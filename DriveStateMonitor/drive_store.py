@@ -52,6 +52,16 @@ class DriveRecord:
         return json.loads(self.raw.decode("utf-8")) if self.raw else {}
 
 
+# A stored status costs its JSON twice (the entry and its share of the cached `s` fragment) plus
+# the bytes object and deque slot; the serial's own key and deque are charged with each entry.
+STATUS_ENTRY_OVERHEAD = 96
+
+
+def status_cost(serial: str, entry_json: bytes) -> int:
+    """Bytes of memory one stored status entry is charged against --max-store-bytes."""
+    return 2 * len(entry_json) + len(serial) + STATUS_ENTRY_OVERHEAD
+
+
 class DriveStore:
     """Drive announcements and status histories, with cached `m` and `s` replies."""
 
@@ -71,6 +81,10 @@ class DriveStore:
         self.drives: Dict[str, DriveRecord] = {}
         self._serial_by_raw: Dict[bytes, str] = {}
         self.statuses: Dict[str, Deque[bytes]] = {}
+        # What the statuses cost in memory (entry, its cached `s` fragment, objects), for the
+        # store budget (--max-store-bytes).
+        self.status_bytes = 0
+        self.refused_status_budget = 0
         self._status_fragments: Dict[str, str] = {}
         # Bumped by every change, so a caller can cache a whole reply until the data moves.
         self.drives_version = 0
@@ -191,15 +205,28 @@ class DriveStore:
         return text
 
     # --- statuses -----------------------------------------------------------------------------
-    def record_status(self, serial: str, entry_json: bytes) -> bool:
-        """Appends one status entry (pre-serialised JSON); False if the serial table is full."""
+    def record_status(self, serial: str, entry_json: bytes,
+                      budget: Optional[int] = None) -> bool:
+        """Appends one status entry (pre-serialised JSON); False if the serial table is full or,
+        when `budget` (bytes) is given, if `status_bytes` would pass it (restores give none:
+        what was acknowledged is never dropped)."""
         history = self.statuses.get(serial)
+        cost = status_cost(serial, entry_json)
+        if budget is not None:
+            freed = status_cost(serial, history[0]) if history is not None and \
+                len(history) == history.maxlen else 0
+            if self.status_bytes + cost - freed > budget:
+                self.refused_status_budget += 1
+                return False
         if history is None:
             if len(self.statuses) >= self.max_status_serials:
                 self.refused_status_serials += 1
                 return False
             history = self.statuses[serial] = collections.deque(maxlen=self.history)
+        if len(history) == history.maxlen:
+            self.status_bytes -= status_cost(serial, history[0])
         history.append(entry_json)
+        self.status_bytes += cost
         self._status_fragments.pop(serial, None)
         self.statuses_version += 1
         return True
@@ -229,6 +256,7 @@ class DriveStore:
         self._expiry_heap.clear()
         self.statuses.clear()
         self._status_fragments.clear()
+        self.status_bytes = 0
         self.drives_version += 1
         self.statuses_version += 1
         return wiped

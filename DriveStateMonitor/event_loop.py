@@ -27,6 +27,7 @@ import selectors
 import signal
 import socket
 import struct
+import sys
 import time
 from typing import Any, Callable, Deque, List, Optional, Set, Tuple
 
@@ -50,6 +51,17 @@ ACCEPTS_PER_EVENT = 64
 # Out of file descriptors: stop accepting for a moment instead of spinning on the ready listener.
 ACCEPT_BACKOFF_S = 0.1
 DATAGRAMS_PER_EVENT = 512
+# What one queued chunk costs beyond its payload: the memoryview, the bytes object's header and the
+# deque slot. Output limits count this too, so a million 20-byte lines cost what they really cost.
+CHUNK_OVERHEAD = sys.getsizeof(memoryview(b"")) + sys.getsizeof(b"") + 8
+# Writes up to this size are appended to one bytearray tail instead of queued as chunks of their own
+# (TRACE and monitor lines, pipelined acks): a slow reader's small lines cost bytes, not objects.
+COALESCE_BYTES = 4096
+COALESCE_LIMIT = 64 * 1024
+# Out of descriptors again: the accept back-off doubles up to this, and the log says so at most once
+# a minute per listener (asyncio logs every time; a flood of identical lines helps nobody).
+ACCEPT_BACKOFF_MAX_S = 2.0
+ACCEPT_LOG_PERIOD_S = 60.0
 
 
 class KillSwitch:
@@ -100,6 +112,13 @@ class EventLoop:
         # The handler whose event is being dispatched (None in timers and hooks): lets the
         # journal know which connection a change came from.
         self.current: Any = None
+        # Queued output across all transports, each base object counted once however many
+        # transports share it (the cached m/s replies): {id(base): [base, references, cost]}.
+        self.max_output_total: Optional[int] = None
+        self.output_total = 0
+        self._output_bases: dict = {}
+        self._with_output: Set["StreamTransport"] = set()
+        self.output_evictions = 0
 
     # --- registration -------------------------------------------------------------------------
     def register(self, sock: socket.socket, events: int, handler: Any) -> None:
@@ -195,7 +214,47 @@ class EventLoop:
             except Exception as exc:
                 self.handler_failed(None, exc)
 
+    # --- output accounting (shared by every transport) -----------------------------------------
+    def output_added(self, base: Any, nbytes: int) -> None:
+        """A transport queued a chunk of `base` (a bytes-like object of `nbytes`)."""
+        entry = self._output_bases.get(id(base))
+        if entry is None:
+            self._output_bases[id(base)] = [base, 1, nbytes + CHUNK_OVERHEAD]
+            self.output_total += nbytes + CHUNK_OVERHEAD
+        else:
+            entry[1] += 1
+            self.output_total += CHUNK_OVERHEAD
+            entry[2] += CHUNK_OVERHEAD
+
+    def output_removed(self, base: Any) -> None:
+        entry = self._output_bases.get(id(base))
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._output_bases[id(base)]
+            self.output_total -= entry[2]
+        else:
+            entry[2] -= CHUNK_OVERHEAD
+            self.output_total -= CHUNK_OVERHEAD
+
+    def enforce_output_total(self) -> None:
+        """Past --max-output-total, closes the connections holding the most output, largest first
+        (Redis's client-output-buffer limits); run before the flush, never inside a handler."""
+        limit = self.max_output_total
+        if limit is None or self.output_total <= limit:
+            return
+        for transport in sorted(self._with_output, key=lambda t: t.output_cost, reverse=True):
+            if self.output_total <= limit:
+                break
+            log.warning("%s: %d bytes of output queued while all clients hold %d (limit %d, "
+                        "--max-output-total); closing the largest first", transport.label,
+                        transport.output_cost, self.output_total, limit)
+            self.output_evictions += 1
+            transport.abort()
+
     def flush_dirty(self) -> None:
+        self.enforce_output_total()
         while self._dirty:
             transport = self._dirty.pop()
             try:
@@ -296,14 +355,20 @@ class StreamTransport:
         self.max_output = max_output
         self.closed = False
         self._out: Deque[memoryview] = collections.deque()
-        self.output_size = 0
+        self._tail: Optional[bytearray] = None  # small writes after the last chunk, coalesced
+        self.output_size = 0   # payload bytes waiting (the high/low water marks)
+        self.output_cost = 0   # what they cost in memory, chunk objects included (--max-output)
+        # Monotonic time the first byte of a request still incomplete arrived (--request-timeout).
+        self.request_started: Optional[float] = None
         self._reading = True
         self._want_write = False
         self._close_when_flushed = False
         self._above_high_water = False
         self._registered_events = 0
         self._eof = False
-        self.last_activity = time.monotonic()  # bytes in or out; for the idle timeout
+        # A request answered or output taken by the client; for the idle timeout. Bytes that
+        # complete no request (a drip of whitespace) do not count, so they cannot hold a slot.
+        self.last_activity = time.monotonic()
         # Protocols stop producing past high_water; with a small output cap, well below the cap, so
         # a client that reads is never taken for one that does not.
         self.high_water = HIGH_WATER if max_output is None else min(HIGH_WATER, max_output // 2)
@@ -316,22 +381,74 @@ class StreamTransport:
 
     # --- output -------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        """Queues `data`; it is sent at the end of this loop pass."""
+        """Queues `data` (bytes or a memoryview of them: never copied); sent at the end of the pass.
+
+        Small writes are coalesced into one bytearray. A large one is queued as a view of the
+        caller's object, so clients sent the same cached reply share its bytes.
+        """
         if self.closed or not data:
             return
         waiting = self.output_size
-        self._out.append(memoryview(data))
-        self.output_size += len(data)
+        size = len(data)
+        self.output_size += size
+        self.last_activity = time.monotonic()
+        if size <= COALESCE_BYTES:
+            if self._tail is None:
+                self._tail = bytearray()
+                self.output_cost += CHUNK_OVERHEAD
+                self.loop._with_output.add(self)
+            self._tail += data
+            self.output_cost += size
+            self.loop.output_total += size
+            if len(self._tail) >= COALESCE_LIMIT:
+                self._seal_tail()
+        else:
+            self._seal_tail()
+            self._queue(memoryview(data))
         if self.output_size >= self.high_water:
             self._above_high_water = True
         # One reply larger than the cap may go out on its own; output piling up on top of unsent
         # output past the cap means the client is not reading.
-        if self.max_output is not None and waiting and self.output_size > self.max_output:
+        if self.max_output is not None and waiting and self.output_cost > self.max_output:
             log.warning("%s: output buffer passed %d bytes; client is not reading; closing",
                         self.label, self.max_output)
             self.abort()
             return
         self.loop.mark_dirty(self)
+
+    def _queue(self, view: memoryview) -> None:
+        base = view.obj
+        nbytes = view.nbytes if not isinstance(base, (bytes, bytearray)) else len(base)
+        self._out.append(view)
+        self.output_cost += nbytes + CHUNK_OVERHEAD
+        self.loop.output_added(base, nbytes)
+        self.loop._with_output.add(self)
+
+    def _unqueue(self, view: memoryview) -> None:
+        base = view.obj
+        nbytes = view.nbytes if not isinstance(base, (bytes, bytearray)) else len(base)
+        self.output_cost -= nbytes + CHUNK_OVERHEAD
+        self.loop.output_removed(base)
+
+    def _seal_tail(self) -> None:
+        """Moves the coalesced small writes into the chunk queue, in order."""
+        tail = self._tail
+        if tail is None:
+            return
+        self._tail = None
+        self.output_cost -= len(tail) + CHUNK_OVERHEAD
+        self.loop.output_total -= len(tail)
+        self._queue(memoryview(bytes(tail)))
+
+    def _drop_output(self) -> None:
+        if self._tail is not None:
+            self.loop.output_total -= len(self._tail)
+            self._tail = None
+        while self._out:
+            self._unqueue(self._out.popleft())
+        self.output_size = 0
+        self.output_cost = 0
+        self.loop._with_output.discard(self)
 
     def close_when_flushed(self) -> None:
         """Closes the connection once every queued byte has been sent."""
@@ -342,12 +459,14 @@ class StreamTransport:
         """Sends what the kernel takes; waits for writability only for the rest."""
         if self.closed:
             return
+        self._seal_tail()
         while self._out:
             if len(self._out) > 1 and self.output_size <= 64 * 1024:
                 # Many small replies (pipelining): one send instead of one per reply.
                 joined = memoryview(b"".join(self._out))
-                self._out.clear()
-                self._out.append(joined)
+                while self._out:
+                    self._unqueue(self._out.popleft())
+                self._queue(joined)
             chunk = self._out[0]
             try:
                 sent = self.sock.send(chunk)
@@ -361,10 +480,12 @@ class StreamTransport:
             if sent:
                 self.last_activity = time.monotonic()
             if sent == len(chunk):
-                self._out.popleft()
+                self._unqueue(self._out.popleft())
             else:
-                self._out[0] = chunk[sent:]
+                self._out[0] = chunk[sent:]  # the same base object: its cost is unchanged
                 break
+        if not self._out:
+            self.loop._with_output.discard(self)
         if self._above_high_water and self.output_size <= self.low_water:
             self._above_high_water = False
             drained = getattr(self.protocol, "writing_drained", None)
@@ -393,13 +514,23 @@ class StreamTransport:
             self.abort()
             return
         if data:
-            self.last_activity = time.monotonic()
             self.protocol.data_received(data)
+            self._track_request()
         else:
             self._eof = True
             self._reading = False
             self._update_interest()
             self.protocol.eof_received()
+
+    def _track_request(self) -> None:
+        """Starts the request clock at the first byte of an incomplete request; stops it when the
+        protocol holds no partial request any more (`has_partial_request()`)."""
+        partial = getattr(self.protocol, "has_partial_request", None)
+        if partial is not None and not self.closed and partial():
+            if self.request_started is None:
+                self.request_started = time.monotonic()
+        else:
+            self.request_started = None
 
     def pause_reading(self) -> None:
         if self._reading:
@@ -419,7 +550,7 @@ class StreamTransport:
         if self.closed:
             return
         events = (selectors.EVENT_READ if self._reading else 0) | \
-                 (selectors.EVENT_WRITE if self._out else 0)
+                 (selectors.EVENT_WRITE if self._out or self._tail else 0)
         if events == self._registered_events:
             return
         if events and self._registered_events:
@@ -440,8 +571,7 @@ class StreamTransport:
             # Unregistering twice costs a KeyError that selectors builds with repr(socket).
             self.loop.unregister(self.sock)
             self._registered_events = 0
-        self._out.clear()
-        self.output_size = 0
+        self._drop_output()
         try:
             self.sock.close()
         except OSError:
@@ -479,6 +609,10 @@ class Listener(_ReadWatcher):
                  on_accept: Callable[[socket.socket, Any], None]) -> None:
         super().__init__(loop, sock, label)
         self.on_accept = on_accept
+        self._backoff_s = ACCEPT_BACKOFF_S
+        self._paused = False
+        self._last_logged = float("-inf")
+        self.out_of_descriptors = 0  # accepts that failed for want of a descriptor
 
     def on_readable(self) -> None:
         for _ in range(ACCEPTS_PER_EVENT):
@@ -488,20 +622,41 @@ class Listener(_ReadWatcher):
                 return
             except OSError as exc:
                 if exc.errno in _OUT_OF_RESOURCES:
-                    log.error("%s: cannot accept (%s); pausing accepts for %.1f s",
-                              self.label, exc.strerror, ACCEPT_BACKOFF_S)
-                    self.loop.unregister(self.sock)
-                    self.loop.call_later(ACCEPT_BACKOFF_S, self._resume)
+                    self._pause(exc)
                     return
                 # accept(2): pending network errors of the new connection surface here and are
                 # to be treated like EAGAIN; the listener itself is fine.
                 log.debug("%s: accept failed: %s", self.label, exc)
                 continue
+            self._backoff_s = ACCEPT_BACKOFF_S
             self.on_accept(conn, addr)
 
+    def _pause(self, exc: OSError) -> None:
+        """Stops watching the listener for a while (doubling up to ACCEPT_BACKOFF_MAX_S) instead of
+        spinning on a listener that stays ready; logs at most once per ACCEPT_LOG_PERIOD_S."""
+        self.out_of_descriptors += 1
+        now = time.monotonic()
+        if now - self._last_logged >= ACCEPT_LOG_PERIOD_S:
+            self._last_logged = now
+            log.error("%s: cannot accept (%s); pausing accepts for %.1f s (logged once a minute; "
+                      "%d such failures so far)", self.label, exc.strerror, self._backoff_s,
+                      self.out_of_descriptors)
+        self._paused = True
+        self.loop.unregister(self.sock)
+        self.loop.call_later(self._backoff_s, self._resume)
+        self._backoff_s = min(self._backoff_s * 2, ACCEPT_BACKOFF_MAX_S)
+
     def _resume(self) -> None:
-        if not self.closed:
+        if not self.closed and self._paused:
+            self._paused = False
             self.loop.register(self.sock, selectors.EVENT_READ, self)
+
+    def close(self) -> None:
+        if not self.closed and self._paused:
+            self.closed = True
+            self.sock.close()
+            return
+        super().close()
 
     def abort(self) -> None:
         # A failure while handing over one new connection must not close the port for everyone.

@@ -36,7 +36,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 REASONS = {
     200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 413: "Content Too Large", 414: "URI Too Long",
+    405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
@@ -104,6 +104,11 @@ class HttpServerConnection:
     def reading(self) -> bool:
         """False once nothing more will be parsed (after an error or a closing request)."""
         return not self._done
+
+    @property
+    def in_request(self) -> bool:
+        """True while a request (head or body) has begun and not ended: --request-timeout."""
+        return not self._done and bool(self._buffer or self._lines or self._body_left)
 
     def receive_data(self, data: bytes) -> List[Event]:
         """Every request completed by `data`, in order; at most one RequestError, last."""
@@ -194,6 +199,14 @@ class HttpServerConnection:
         The connection stays open afterwards only if the request allowed it and the status is not
         an error that left us unsure where the next request starts.
         """
+        head, body = self.response_parts(request, status, body, headers, date)
+        return head + body if body else head
+
+    def response_parts(self, request: Optional[Request], status: int, body: bytes,
+                       headers: Sequence[Tuple[str, str]] = (),
+                       date: Optional[str] = None) -> Tuple[bytes, bytes]:
+        """`response` as (head, body), the body exactly as given (a memoryview of a cached reply
+        stays one, so many clients sending it share its bytes); HEAD: an empty body."""
         keep_alive = request is not None and request.keep_alive
         lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown"))]
         if date is not None:
@@ -206,8 +219,8 @@ class HttpServerConnection:
             lines.append("Connection: keep-alive")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if request is not None and request.method == "HEAD":
-            return head
-        return head + body
+            return head, b""
+        return head, body
 
 
 def _parse_head(lines: List[bytes], max_body: int) -> Union[Tuple[Request, int], RequestError]:

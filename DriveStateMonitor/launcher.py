@@ -13,8 +13,8 @@ from typing import List, Optional
 from .event_loop import EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK
 from .options import DEFAULT_RUN_DIR, PACKAGE_DIR, build_parser
 from .query_protocol import END_BYTE
-from .single_instance import QUERY_SOCKET, lock_is_held, read_pid
 from .state_guard import read_exit_note
+from .single_instance import QUERY_SOCKET, lock_holder_pid, lock_is_held
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
@@ -84,8 +84,12 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
                       % (code, log_file, _tail(log_file)), file=sys.stderr)
                 return code
             if answers_queries(run_dir):
-                print("runDSM: DSM started, pid %d; logging to %s" % (child.pid, log_file))
-                return EXIT_OK
+                holder = lock_holder_pid(run_dir)
+                if holder == child.pid:
+                    print("runDSM: DSM started, pid %d; logging to %s" % (child.pid, log_file))
+                    return EXIT_OK
+                if holder is not None:  # another runDSM's DSM won the race; ours will exit 0
+                    return _already_running(run_dir)
             time.sleep(POLL_S)
         print("runDSM: the DSM (pid %d) did not answer within %.0f s; log %s" % (
             child.pid, START_TIMEOUT_S, log_file), file=sys.stderr)
@@ -98,7 +102,12 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
 
 
 def _already_running(run_dir: str) -> int:
-    pid = read_pid(run_dir)
+    """Names the running DSM's pid only if it can be tied to the lock (single_instance)."""
+    pid = lock_holder_pid(run_dir)
+    deadline = time.monotonic() + 2.0
+    while pid is None and lock_is_held(run_dir) and time.monotonic() < deadline:
+        time.sleep(POLL_S)  # the holder writes its pid file just after taking the lock
+        pid = lock_holder_pid(run_dir)
     print("runDSM: a DSM is already running%s (run dir %s); sharing it"
           % (" with pid %d" % pid if pid else "", run_dir))
     return EXIT_OK
@@ -118,10 +127,17 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
         if not lock_is_held(run_dir):
             print("stopDSM: no DSM is running (run dir %s)" % run_dir)
             return EXIT_OK
-        pid = read_pid(run_dir)
+        pid = lock_holder_pid(run_dir)
+        deadline = time.monotonic() + 2.0
+        while pid is None and lock_is_held(run_dir) and time.monotonic() < deadline:
+            time.sleep(POLL_S)  # a DSM that just took the lock writes its pid file at once
+            pid = lock_holder_pid(run_dir)
         if pid is None:
-            print("stopDSM: a DSM holds the lock in %s but wrote no pid file" % run_dir,
-                  file=sys.stderr)
+            if not lock_is_held(run_dir):
+                print("stopDSM: no DSM is running (run dir %s)" % run_dir)
+                return EXIT_OK
+            print("stopDSM: a process holds the lock in %s but no live pid can be tied to it; "
+                  "nothing signalled" % run_dir, file=sys.stderr)
             return EXIT_KILL_SWITCH
         try:
             os.kill(pid, signal.SIGTERM)

@@ -149,6 +149,18 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     limits.add_argument("--max-connections", type=positive_int, default=1000, metavar="N",
                         help="open client connections at most; the next is answered with an "
                              "error and closed (default %(default)s)")
+    limits.add_argument("--max-connections-per-address", type=positive_int, default=256,
+                        metavar="N",
+                        help="open connections from one TCP peer address at most, loopback "
+                             "included (default %(default)s)")
+    limits.add_argument("--local-reserve", type=positive_int, default=64, metavar="N",
+                        help="the last N connection slots are kept for this host's own clients "
+                             "(loopback and the Unix sockets) (default %(default)s)")
+    limits.add_argument("--request-timeout", type=positive_seconds, default=10.0,
+                        metavar="SECONDS",
+                        help="a request (query, status message, Status Server line, HTTP request) "
+                             "must be complete this long after its first byte, else it gets an "
+                             "error and the connection is closed (default %(default)g)")
     limits.add_argument("--max-message", type=positive_int, default=1024 * 1024, metavar="BYTES",
                         help="largest status message (default %(default)s)")
     limits.add_argument("--max-line", type=positive_int, default=8192, metavar="BYTES",
@@ -159,10 +171,22 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         metavar="BYTES",
                         help="output waiting for one client at most; a client that does not read "
                              "is disconnected past it (default %(default)s)")
+    limits.add_argument("--max-output-total", type=positive_int, default=256 * 1024 * 1024,
+                        metavar="BYTES",
+                        help="output waiting for all clients together at most; past it the "
+                             "connections holding the most are closed first (default %(default)s)")
+    limits.add_argument("--max-store-bytes", type=positive_int, default=512 * 1024 * 1024,
+                        metavar="BYTES",
+                        help="statuses and Status Server objects together at most; past it "
+                             "writes are refused with a clear error (default %(default)s)")
     limits.add_argument("--idle-timeout", type=positive_seconds, default=300.0, metavar="SECONDS",
-                        help="query and status connections silent this long are closed "
-                             "(default %(default)g); Status Server connections, which may watch "
-                             "quietly for days, use TCP keepalive instead")
+                        help="query, status and HTTP connections that complete no request and "
+                             "read none of their output this long are closed (default %(default)g)")
+    limits.add_argument("--statserv-idle-timeout", type=positive_seconds, default=1800.0,
+                        metavar="SECONDS",
+                        help="the same for Status Server connections that hold nothing (no "
+                             "monitor, TRACE or TOUCHed object); ones that do are never idled out "
+                             "and use TCP keepalive (default %(default)g)")
     limits.add_argument("--max-drives", type=positive_int, default=100_000, metavar="N",
                         help="drives and status serial numbers kept at most; announcements of "
                              "further drives are counted and dropped (default %(default)s)")

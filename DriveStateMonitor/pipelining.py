@@ -49,7 +49,12 @@ class PipelinedConnection:
     def _answer_pending(self) -> None:
         transport = self.transport
         while self.pending and transport.output_size < transport.high_water and not transport.closed:
-            transport.write(self.reply(self.pending.popleft()))
+            reply = self.reply(self.pending.popleft())
+            if type(reply) is tuple:  # parts, each written as it is (shared bytes stay shared)
+                for part in reply:
+                    transport.write(part)
+            else:
+                transport.write(reply)
         if transport.closed:
             return
         if self.pending:

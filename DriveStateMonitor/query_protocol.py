@@ -42,6 +42,11 @@ class QueryParser:
     def __init__(self) -> None:
         self._discarding = False  # inside a bad token already answered
 
+    @property
+    def partial(self) -> bool:
+        """True inside a token not yet ended (the --request-timeout clock runs)."""
+        return self._discarding
+
     def receive_data(self, data: bytes) -> List[Query]:
         """Returns every query that `data` completes."""
         queries: List[Query] = []

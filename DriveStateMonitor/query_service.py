@@ -5,7 +5,7 @@ from typing import Callable, List
 
 from .event_loop import StreamTransport
 from .pipelining import PipelinedConnection
-from .query_protocol import Query, QueryParser
+from .query_protocol import Query, QueryParser, encode_reply
 
 AnswerQuery = Callable[[Query, str], bytes]
 
@@ -23,3 +23,14 @@ class QueryConnection(PipelinedConnection):
 
     def reply(self, query: Query) -> bytes:
         return self.answer(query, self.transport.label)
+
+    def has_partial_request(self) -> bool:
+        return self.parser.partial
+
+    def request_timed_out(self, seconds: float) -> None:
+        """--request-timeout passed since the first byte of an unfinished query: error, close."""
+        self.pending.clear()
+        self.transport.write(encode_reply({
+            "error": "query not complete within %g s of its first byte (--request-timeout); "
+                     "closing" % seconds}))
+        self.transport.close_when_flushed()

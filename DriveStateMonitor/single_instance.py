@@ -7,6 +7,13 @@ The lock is a POSIX record lock (fcntl F_SETLK via `fcntl.lockf`), not flock: a 
 snapshot and SAVE writers) does not inherit it, so a child that outlives a killed DSM never keeps
 the next one from starting. The price of POSIX locks: closing *any* descriptor of dsm.lock in the
 holding process drops the lock, so only InstanceLock ever opens that file in the DSM.
+new start (the original grepped `ps`). The pid file only says who holds the lock: it is written the
+moment the lock is taken, and `lock_holder_pid` believes it only when that process has the lock file
+open, so stopDSM and runDSM never signal or name a pid left behind by a crashed DSM.
+
+Local users: the run dir (default under /tmp) must belong to the DSM's user and be writable by
+nobody else (`check_run_dir`), or another user could plant symlinks or hold the lock. Files in it are
+created with O_EXCL|O_NOFOLLOW (a temporary name, then rename), so a link is never followed.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import fcntl
 import json
 import os
 import struct
+import stat
 from typing import Any, Dict, Optional
 
 LOCK_FILE = "dsm.lock"
@@ -24,6 +32,8 @@ QUERY_SOCKET = "dsm.sock"
 STATSERV_SOCKET = "statserv.sock"
 
 
+class RunDirError(Exception):
+    """The run dir is unsafe to use; the message names --run-dir and says why."""
 # Run dirs whose lock this process holds, with the holder's pid (a forked child holds none).
 _HELD: Dict[str, int] = {}
 
@@ -33,7 +43,34 @@ def _lock_key(run_dir: str) -> str:
 
 
 def ensure_run_dir(run_dir: str) -> None:
-    os.makedirs(run_dir, mode=0o755, exist_ok=True)
+    """Creates the run dir (0755) if absent and checks it (`check_run_dir`); raises RunDirError."""
+    try:
+        os.makedirs(run_dir, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError("cannot use the run dir %s (--run-dir): %s"
+                          % (run_dir, exc.strerror or exc)) from None
+    check_run_dir(run_dir)
+
+
+def check_run_dir(run_dir: str) -> None:
+    """Refuses (RunDirError) a run dir that is not a real directory owned by this user, or that
+    group or others may write: anyone who can write there can plant symlinks or hold the lock."""
+    try:
+        info = os.lstat(run_dir)
+    except OSError as exc:
+        raise RunDirError("cannot use the run dir %s (--run-dir): %s"
+                          % (run_dir, exc.strerror or exc)) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise RunDirError("the run dir %s (--run-dir) is not a directory (a symlink?); remove it "
+                          "or choose another --run-dir" % run_dir)
+    if info.st_uid != os.geteuid():
+        raise RunDirError("the run dir %s (--run-dir) belongs to uid %d, not to this user (uid "
+                          "%d); remove it or choose another --run-dir"
+                          % (run_dir, info.st_uid, os.geteuid()))
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RunDirError("the run dir %s (--run-dir) is writable by group or others (mode %04o); "
+                          "chmod go-w it or choose another --run-dir"
+                          % (run_dir, stat.S_IMODE(info.st_mode)))
 
 
 class InstanceLock:
@@ -45,7 +82,8 @@ class InstanceLock:
 
     def acquire(self) -> bool:
         """Takes the lock without waiting; False if another process holds it."""
-        fd = os.open(os.path.join(self.run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(self.run_dir, LOCK_FILE),
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -56,6 +94,8 @@ class InstanceLock:
         os.set_inheritable(fd, False)
         self._fd = fd
         _HELD[_lock_key(self.run_dir)] = os.getpid()
+        # At once, before the (possibly long) restore: from now on the pid file names the holder.
+        _write_atomic(os.path.join(self.run_dir, PID_FILE), "%d\n" % os.getpid())
         return True
 
     def write_info(self, info: Dict[str, Any]) -> None:
@@ -95,6 +135,40 @@ def lock_is_held(run_dir: str) -> bool:
         os.close(fd)
 
 
+def lock_holder_pid(run_dir: str) -> Optional[int]:
+    """The pid of the DSM holding the lock in `run_dir`, or None when no live process can be tied
+    to it: the pid file's process must have the lock file open (/proc/<pid>/fd), which a recycled
+    pid of a crashed DSM never has."""
+    if not lock_is_held(run_dir):
+        return None
+    pid = read_pid(run_dir)
+    if pid is None or pid <= 0:
+        return None
+    lock_path = os.path.realpath(os.path.join(run_dir, LOCK_FILE))
+    fd_dir = "/proc/%d/fd" % pid
+    try:
+        names = os.listdir(fd_dir)
+    except PermissionError:
+        return pid if _cmdline_is_dsm(pid) else None
+    except OSError:
+        return None
+    for name in names:
+        try:
+            if os.readlink(os.path.join(fd_dir, name)) == lock_path:
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def _cmdline_is_dsm(pid: int) -> bool:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"DriveStateMonitor" in f.read()
+    except OSError:
+        return False
+
+
 def read_pid(run_dir: str) -> Optional[int]:
     try:
         with open(os.path.join(run_dir, PID_FILE)) as f:
@@ -104,7 +178,15 @@ def read_pid(run_dir: str) -> Optional[int]:
 
 
 def _write_atomic(path: str, text: str) -> None:
+    """Writes a temporary name with O_EXCL|O_NOFOLLOW (never through a planted link), then renames
+    it over `path` (rename replaces a link itself, never its target)."""
     tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileExistsError:  # our own leftover (same pid after a crash), or a planted entry
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)

@@ -263,6 +263,16 @@ class StatServSession:
         """True after LOGOFF or end of input: flush what is left, then close."""
         return self._closing
 
+    @property
+    def partial_line(self) -> bool:
+        """True while a request line has begun and not ended (the --request-timeout clock)."""
+        return bool(self._inbox) or self._discarding
+
+    def holds_nothing(self) -> bool:
+        """True when closing this session would cost nobody anything: no monitor, no TRACE, no
+        object TOUCHed or held (so it may be idled out)."""
+        return not self._tree.holds_anything(self)
+
     # -- the loop's interface ----------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
@@ -565,7 +575,8 @@ class StatServSession:
 
     def _command_shutdown(self, args: Dict[str, str]) -> List[str]:
         if not self._is_local:
-            raise StatServError(DENIED, "SHUTDOWN is for local clients only")
+            raise StatServError(DENIED, "SHUTDOWN is accepted only on the Unix socket, from the "
+                                "DSM's own user or root")
         if self._on_shutdown is None:
             raise StatServError(DENIED, "SHUTDOWN is not available on this server")
         self._on_shutdown()

@@ -53,6 +53,19 @@ class StatServConnection:
     def connection_lost(self) -> None:
         self.session.connection_lost()
 
+    def has_partial_request(self) -> bool:
+        return self.session.partial_line
+
+    def request_timed_out(self, seconds: float) -> None:
+        """--request-timeout passed since the line's first byte: `! LIMIT`, close."""
+        self._send()
+        self.transport.write(b"! LIMIT line not complete within %g s of its first byte "
+                             b"(--request-timeout)\n" % seconds)
+        self.transport.close_when_flushed()
+
+    def holds_nothing(self) -> bool:
+        return self.session.holds_nothing()
+
     def _send(self) -> None:
         output = self.session.data_to_send()
         if output:

@@ -41,7 +41,7 @@ import itertools
 import math
 import re
 import types
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 __all__ = [
     "StatServError", "ValueWord", "Tree", "resolve", "quote_string", "escape_text", "unescape_text",
@@ -327,6 +327,15 @@ class _Monitor:
 # The tree
 
 
+# What one entry costs in memory beyond its texts (node object, dict slots, parent's child entry);
+# with its path, value and comment lengths this is what --max-store-bytes charges (`byte_size`).
+NODE_COST = 320
+
+
+def _text_cost(value: Any) -> int:
+    return len(value) if type(value) is str else 0
+
+
 class Tree:
     """The store. Paths given to its methods are absolute (or relative to `/`)."""
 
@@ -347,6 +356,10 @@ class Tree:
         # Sessions that asked for TRACE; the protocol layer owns what that means. Kept here because
         # the tree is the one object every session shares.
         self.tracers: Set[Any] = set()
+        # Size accounting for the store budget: paths, string values and comments of the
+        # entries; `byte_budget()` (set by the daemon) says how many bytes the tree may hold.
+        self._text_bytes = 1  # the root's path
+        self.byte_budget: Optional[Callable[[], int]] = None
 
     def __len__(self) -> int:
         """Entries (objects, directories, placeholders) other than the root: what max_objects caps."""
@@ -433,9 +446,40 @@ class Tree:
 
     # -- creation ------------------------------------------------------------------------------
 
+    @property
+    def byte_size(self) -> int:
+        """Bytes the entries are charged against the store budget (--max-store-bytes)."""
+        return len(self._nodes) * NODE_COST + self._text_bytes
+
+    def _check_bytes(self, extra: int) -> None:
+        """LIMIT if growing by `extra` bytes would pass `byte_budget()` (none: no budget)."""
+        if self.byte_budget is not None and extra > 0 and \
+                self.byte_size + extra > self.byte_budget():
+            raise StatServError(LIMIT, "the store is full (--max-store-bytes)")
+
     def _check_room(self, new_nodes: int) -> None:
         if new_nodes and len(self._nodes) - 1 + new_nodes > self.max_objects:
             raise StatServError(LIMIT, "the store is full (%d entries)" % self.max_objects)
+        self._check_bytes(new_nodes * NODE_COST)
+
+    def _set_text(self, node: _Node, value: Any = None, comment: Optional[str] = None,
+                  set_value: bool = False) -> None:
+        """Assigns a value and/or comment, keeping the byte count."""
+        if set_value:
+            self._text_bytes += _text_cost(value) - _text_cost(node.value)
+            node.value = value
+        if comment is not None:
+            self._text_bytes += len(comment) - len(node.comment)
+            node.comment = comment
+
+    def _add_node(self, node: _Node) -> None:
+        if node.path not in self._nodes:
+            self._text_bytes += len(node.path)
+        self._nodes[node.path] = node
+
+    def _del_node(self, node: _Node) -> None:
+        del self._nodes[node.path]
+        self._text_bytes -= len(node.path) + _text_cost(node.value) + len(node.comment)
 
     def _check_length(self, text: str, what: str) -> None:
         limit = self.max_value_bytes
@@ -467,10 +511,10 @@ class Tree:
         node.kind = kind
         if kind == _KIND_DIR:
             node.children = {}
-            node.value = NONEXISTENT
+            self._set_text(node, NONEXISTENT, set_value=True)
         else:
-            node.value = UNDEFINED
-        self._nodes[node.path] = node
+            self._set_text(node, UNDEFINED, set_value=True)
+        self._add_node(node)
         parent = self._nodes[node.parent_path]
         node.parent_path = parent.path  # share the parent's string rather than keep a copy
         parent.children[node.name] = node
@@ -508,7 +552,7 @@ class Tree:
         if type_name is not None:
             node.type_name = type_name
         if comment is not None:
-            node.comment = comment
+            self._set_text(node, comment=comment)
         if lifetime is not None:
             node.lifetime = lifetime
             node.group = None  # a client's own lifetime replaces the daemon's shared one
@@ -537,10 +581,11 @@ class Tree:
             self._make_parents(path, now, new_leaf=node is None)
             node = node or _Node(path, _KIND_DIR)
             self._link(node, _KIND_DIR)
-            node.comment = comment or ""
+            self._set_text(node, comment=comment or "")
             self._changed(node, now)
         elif comment is not None and comment != node.comment:
-            node.comment = comment
+            self._check_bytes(len(comment) - len(node.comment))
+            self._set_text(node, comment=comment)
             self._bump_revision(node, now)
         if owner is not None:
             self._hold(node, owner)
@@ -557,6 +602,7 @@ class Tree:
         """Update an existing object from text, converted to its type (TYPE if it does not fit)."""
         node = self._object(path)
         self._check_length(text, "value")
+        self._check_bytes(len(text) - _text_cost(node.value))
         node.group = None  # a client's PUT: its own lifetime from now on
         self._store(node, _parse_typed(text, node.type_name), now, lifetime)
 
@@ -576,7 +622,7 @@ class Tree:
             self._check_length(value, "value")
         if comment is not None and comment != node.comment:
             self._check_length(comment, "comment")
-            node.comment = comment
+            self._set_text(node, comment=comment)
             self._bump_revision(node, now)
         node.type_name = type_name
         node.group = group
@@ -589,7 +635,7 @@ class Tree:
         old = node.value
         if type(old) is type(value) and old == value:
             return  # same value: a refresh, not a change
-        node.value = value
+        self._set_text(node, value, set_value=True)
         self._changed(node, now)
 
     def _start_lifetime(self, node: _Node, now: float) -> None:
@@ -605,7 +651,7 @@ class Tree:
     def _expire(self, node: _Node, now: float) -> None:
         node.deadline = None
         if node.value is not EXPIRED:
-            node.value = EXPIRED
+            self._set_text(node, EXPIRED, set_value=True)
             self._changed(node, now)
 
     # -- removal -------------------------------------------------------------------------------
@@ -649,26 +695,30 @@ class Tree:
     def _unlink(self, node: _Node, now: float) -> None:
         del self._nodes[node.parent_path].children[node.name]
         node.children = None
-        node.comment = ""
+        self._set_text(node, NONEXISTENT, comment="", set_value=True)
         node.lifetime = 0.0
         node.deadline = None
         node.group = None
         node.autoexpire_owner = None
         node.type_name = TYPE_STRING
-        node.value = NONEXISTENT
         if node.holders or node.monitors:
             node.kind = _KIND_PLACEHOLDER
         else:
-            del self._nodes[node.path]
+            self._del_node(node)
             node.timer_seq = None
         self._changed(node, now)
 
     def _free_if_unheld(self, node: _Node) -> None:
         if node.kind == _KIND_PLACEHOLDER and not node.holders and not node.monitors \
                 and self._nodes.get(node.path) is node:
-            del self._nodes[node.path]
+            self._del_node(node)
 
     # -- owners --------------------------------------------------------------------------------
+
+    def holds_anything(self, owner: Any) -> bool:
+        """True while `owner` has monitors, traces, held entries or AUTOEXPIRE objects."""
+        return bool(self._monitors_by_subscriber.get(owner) or self._held_by_owner.get(owner)
+                    or self._autoexpire_by_owner.get(owner) or owner in self.tracers)
 
     def autoexpire_paths(self, owner: Any) -> List[str]:
         """The objects that expire when `owner` is released."""
@@ -722,7 +772,7 @@ class Tree:
                 ancestor = _parent_of(ancestor)
             self._check_room(1)
             node = _Node(path, _KIND_PLACEHOLDER)
-            self._nodes[path] = node
+            self._add_node(node)
         monitors = self._monitors_by_subscriber.setdefault(subscriber, {})
         mon = monitors.get(path)
         if mon is None:
@@ -960,13 +1010,13 @@ class Tree:
             node = self._nodes[path]
             word = entry.get("word")
             if word is not None:
-                node.value = _WORDS.get(word, UNDEFINED)
+                self._set_text(node, _WORDS.get(word, UNDEFINED), set_value=True)
             else:
-                node.value = entry["value"]
+                self._set_text(node, entry["value"], set_value=True)
             node.lifetime = float(entry.get("lifetime") or 0.0)
             deadline = entry.get("deadline")
             if entry.get("autoexpire"):
-                node.value = EXPIRED
+                self._set_text(node, EXPIRED, set_value=True)
                 deadline = None
             if deadline is not None and node.value is not EXPIRED:
                 node.deadline = float(deadline)
@@ -1029,7 +1079,7 @@ class Tree:
         if path.endswith("/") and not rest.startswith(" = "):
             comment = _parse_saved_comment(rest)
             if path == "/":
-                self._nodes["/"].comment = comment or ""
+                self._set_text(self._nodes["/"], comment=comment or "")
             else:
                 self.touch_dir(path, now, comment=comment or "")
             return
@@ -1042,7 +1092,7 @@ class Tree:
                 return
             self.touch(path, now, comment=comment)
             node = self._object(path)
-            node.value = value
+            self._set_text(node, value, set_value=True)
         else:
             self.set_value(path, value, now, comment=comment)
 

@@ -93,6 +93,11 @@ class StatusParser:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def partial(self) -> bool:
+        """True while a message (or a bad one being skipped) is unfinished: --request-timeout."""
+        return bool(self._buf) or self._discarding
+
     def receive_data(self, data: bytes) -> List[Framed]:
         """Returns every message (or immediate error) that `data` completes, in order."""
         out: List[Framed] = []

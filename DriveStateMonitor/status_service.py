@@ -46,6 +46,15 @@ class StatusConnection:
     def connection_lost(self) -> None:
         pass
 
+    def has_partial_request(self) -> bool:
+        return self.parser.partial
+
+    def request_timed_out(self, seconds: float) -> None:
+        """--request-timeout passed since the message's first byte: error, close; not stored."""
+        self.transport.write(error_reply("status message not complete within %g s of its first "
+                                         "byte (--request-timeout); not stored" % seconds))
+        self.transport.close_when_flushed()
+
     def _answer(self, message: Optional[bytes], error: Optional[str]) -> bytes:
         """Stores one framed message; the reply: the end byte, or the error and the end byte."""
         if message is not None:

@@ -176,13 +176,24 @@ class WebConnection(PipelinedConnection):
     def parse(self, data: bytes) -> List[Union[Request, RequestError]]:
         return self.http.receive_data(data)
 
-    def reply(self, event: Union[Request, RequestError]) -> bytes:
+    def reply(self, event: Union[Request, RequestError]) -> Tuple[bytes, bytes]:
         return self._respond(event)
 
     def done(self) -> bool:
         return self.eof or not self.http.reading
 
-    def _respond(self, event: Union[Request, RequestError]) -> bytes:
+    def has_partial_request(self) -> bool:
+        return self.http.in_request
+
+    def request_timed_out(self, seconds: float) -> None:
+        """--request-timeout passed since the request's first byte: 408, close (RFC 9110 15.5.9)."""
+        self.pending.clear()
+        for part in self._respond(RequestError(
+                408, "request not complete within %g s of its first byte" % seconds)):
+            self.transport.write(part)
+        self.transport.close_when_flushed()
+
+    def _respond(self, event: Union[Request, RequestError]) -> Tuple[bytes, bytes]:
         if isinstance(event, RequestError):
             reply, request = self.app.answer_error(event), None
             log.info("%s: HTTP %d: %s", self.transport.label, event.status, event.detail)
@@ -190,5 +201,5 @@ class WebConnection(PipelinedConnection):
             reply, request = self.app.answer(event), event
         headers: List[Tuple[str, str]] = [("Content-Type", reply.content_type), NOSNIFF]
         headers.extend(reply.headers)
-        return self.http.response(request, reply.status, reply.body, headers,
-                                  date=self.app.date())
+        return self.http.response_parts(request, reply.status, reply.body, headers,
+                                        date=self.app.date())

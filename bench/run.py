@@ -486,6 +486,9 @@ class Bench:
         # --max-connections (1000) it refuses them, so those scenarios raise the limit.
         self.many_conns = (["--max-connections", "4000"]
                            if "--max-connections" in self.help_text else [])
+        # All of them come from 127.0.0.1, which one address may not fill on its own by default.
+        if "--max-connections-per-address" in self.help_text:
+            self.many_conns += ["--max-connections-per-address", "4000"]
 
     def dsm(self, *extra: str, **kwargs: Any) -> Dsm:
         dsm = Dsm(*extra, **kwargs)

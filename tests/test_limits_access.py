@@ -406,11 +406,19 @@ def test_wipe_from_local_accepts_w_over_the_unix_socket_and_loopback(dsm_factory
     assert dsm.query_json("s") == {}
 
 
-def test_shutdown_from_a_loopback_tcp_client_stops_the_daemon_with_exit_0(dsm_factory):
+def test_shutdown_from_the_own_user_on_the_unix_socket_stops_the_daemon_with_exit_0(dsm_factory):
     dsm = dsm_factory.start()
-    with dsm.connect_statserv() as sock:
+    with dsm.connect_statserv(unix=True) as sock:
         sock.sendall(b"SHUTDOWN\n")
         assert dsm.wait_exit(10) == 0
+
+
+def test_shutdown_over_loopback_tcp_is_denied_since_no_user_can_be_tied_to_it(dsm_factory):
+    dsm = dsm_factory.start()
+    with dsm.connect_statserv() as sock:
+        assert ask(sock, "SHUTDOWN").startswith("! DENIED ")
+        assert ask(sock, "PWD") == ". /"
+    assert dsm.proc.poll() is None
 
 
 def test_shutdown_from_a_non_local_client_is_denied():

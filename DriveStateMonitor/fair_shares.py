@@ -1,0 +1,147 @@
+"""Fair shares: who gets a connection slot, and how long a slot may be held without use.
+
+Theory of operation
+-------------------
+Connection slots are the one resource a stranger can take from everybody else, so they are shared
+out, not first come first served:
+
+* The effective limit is `--max-connections`, lowered at start to what RLIMIT_NOFILE allows after a
+  reserve of descriptors for the journal, snapshots, SAVE and the log (`DESCRIPTOR_RESERVE`, what
+  Redis keeps). A client past it is refused with the usual clear error instead of failing accept()
+  with EMFILE, which would leave it unanswered.
+* Every TCP peer address (loopback included) holds at most `--max-connections-per-address`.
+* The last `--local-reserve` slots are for this host's own clients (loopback and the Unix sockets),
+  and the very last few (`UNIX_RESERVE`) for the Unix sockets alone: a remote flood, or a flood from
+  one local address, never locks out the test scripts and `dsmctl` on the host.
+
+A slot is held only while it is used:
+
+* A request (HTTP head, status message, query token, Status Server line) must be complete
+  `--request-timeout` seconds after its first byte; the transport keeps that clock and `sweep`
+  gives the connection its protocol's error and closes it. A drip of one byte a second cannot stretch
+  it: the clock does not restart with each byte.
+* A connection that completed no request and took none of its output for `--idle-timeout` is
+  closed; a drip of bytes that completes nothing (whitespace) does not count as use. Status Server
+  connections are exempt while they hold something (monitors, TRACE, AUTOEXPIRE or TOUCHed objects):
+  watchers are quiet for days on purpose. One that holds nothing is closed after
+  `--statserv-idle-timeout`.
+
+Everything here is pure: time is passed in, the loop does the closing.
+"""
+from __future__ import annotations
+
+import collections
+import resource
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from .access import peer_ip
+
+# Descriptors kept free for what the DSM opens itself: journal, snapshot child pipes, SAVE, the
+# log, /proc reads, the listeners (Redis keeps 32 for the same purpose: CONFIG_MIN_RESERVED_FDS).
+DESCRIPTOR_RESERVE = 32
+# The last slots, for the Unix sockets only: dsmctl and stopDSM-style probes always get in.
+UNIX_RESERVE = 8
+
+
+def descriptor_budget(wanted: int, fds_in_use: int) -> Tuple[int, int]:
+    """(connections allowed, RLIMIT_NOFILE soft limit) for `wanted` connections.
+
+    Raises the soft limit toward the hard one first, as Redis does; then allows what is left after
+    `fds_in_use` and DESCRIPTOR_RESERVE (at least 1).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + fds_in_use + DESCRIPTOR_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted, soft
+    return max(1, min(wanted, soft - fds_in_use - DESCRIPTOR_RESERVE)), soft
+
+
+class ConnectionSlots:
+    """Admission: `refusal(addr)` says why a new connection may not have a slot (None: it may);
+    `opened(addr)` / `closed(addr)` keep the counts.
+
+    `addr` is what accept() returned: a (host, port, ...) tuple for TCP, anything else for Unix.
+    """
+
+    def __init__(self, max_connections: int, per_address: int, local_reserve: int) -> None:
+        self.limit = max_connections
+        self.per_address = per_address
+        self.local_reserve = local_reserve
+        self.open = 0
+        self.by_address: Dict[str, int] = collections.Counter()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+
+    @staticmethod
+    def _key(addr: Any) -> Optional[str]:
+        ip = peer_ip(addr)
+        return None if ip is None else str(ip)
+
+    def refusal(self, addr: Any) -> Optional[Tuple[str, str]]:
+        """(counter name, clear reason) when `addr` may not have a slot now, else None."""
+        key = self._key(addr)
+        limit = self.limit
+        # Scaled down for tiny limits, so `--max-connections 5` still means five for anyone.
+        unix_reserve = min(UNIX_RESERVE, limit // 8)
+        local_reserve = max(unix_reserve, min(self.local_reserve, limit // 4))
+        if key is None:
+            allowed = limit
+        elif peer_ip(addr).is_loopback:  # type: ignore[union-attr]
+            allowed = limit - unix_reserve
+        else:
+            allowed = limit - local_reserve
+        if self.open >= allowed:
+            return ("limit", "too many connections (limit %d%s); try again later" % (
+                limit, "" if allowed == limit else
+                ", of which the last %d are kept for this host's own clients" % (limit - allowed)))
+        if key is not None and self.by_address[key] >= self.per_address:
+            return ("per_address", "too many connections from %s (limit %d per address, "
+                    "--max-connections-per-address); try again later" % (key, self.per_address))
+        return None
+
+    def opened(self, addr: Any) -> None:
+        self.open += 1
+        key = self._key(addr)
+        if key is not None:
+            self.by_address[key] += 1
+
+    def closed(self, addr: Any) -> None:
+        self.open -= 1
+        key = self._key(addr)
+        if key is not None:
+            left = self.by_address[key] - 1
+            if left > 0:
+                self.by_address[key] = left
+            else:
+                del self.by_address[key]
+
+
+def sweep(transports: Iterable[Any], now: float, request_timeout: float,
+          idle_timeout: Callable[[Any], Optional[float]]) -> Tuple[List[Any], List[Any]]:
+    """(late, idle): transports whose request has run past `request_timeout` seconds since its
+    first byte, and transports unused for longer than `idle_timeout(transport)` (None: never).
+
+    A transport whose reading is paused waits for its own client to read (back-pressure), so its
+    request clock does not run; the idle rule and the output caps govern it instead.
+    """
+    late: List[Any] = []
+    idle: List[Any] = []
+    for transport in transports:
+        if transport.closed:
+            continue
+        started = transport.request_started
+        if started is not None and transport.reading and now - started > request_timeout:
+            late.append(transport)
+            continue
+        limit = idle_timeout(transport)
+        if limit is not None and now - transport.last_activity > limit:
+            idle.append(transport)
+    return late, idle
