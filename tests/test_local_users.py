@@ -161,7 +161,7 @@ def test_stop_dsm_never_signals_a_pid_it_cannot_tie_to_the_lock_holder(scripts, 
         f.write("%d\n" % bystander.pid)
     lock_fd = os.open(os.path.join(scripts.run_dir, "dsm.lock"), os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        fcntl.lockf(lock_fd, fcntl.LOCK_EX)  # the DSM's own kind of lock (POSIX)
         stopped = scripts.stop_dsm("--timeout", "1")
         assert stopped.returncode == 4, (stopped.stdout, stopped.stderr)
         assert "nothing signalled" in stopped.stderr
