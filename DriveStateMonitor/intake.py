@@ -74,7 +74,7 @@ def _check(value: Any, depth_left: int, what: str) -> None:
             raise IntakeError("%s holds a number that is not finite (%r); JSON has no NaN or "
                               "Infinity" % (what, value))
     elif kind is int:
-        if value.bit_length() > _MAX_INT_BITS:
+        if value.bit_length() >= _MAX_INT_BITS and abs(value) > _MAX_INT:
             raise IntakeError("%s holds an integer of more than %d digits" % (what, MAX_INT_DIGITS))
     elif value is None or kind is bool:
         pass
@@ -95,8 +95,9 @@ def _check(value: Any, depth_left: int, what: str) -> None:
         raise IntakeError("%s holds a %s, which is not a JSON value" % (what, kind.__name__))
 
 
-# 10**4300 needs 14285 bits: anything wider has more digits than MAX_INT_DIGITS.
-_MAX_INT_BITS = (10 ** MAX_INT_DIGITS - 1).bit_length()
+# The largest int of MAX_INT_DIGITS digits; the bit length screens out all but the edge cheaply.
+_MAX_INT = 10 ** MAX_INT_DIGITS - 1
+_MAX_INT_BITS = _MAX_INT.bit_length()
 _DIGITS = re.compile(r"[+-]?[0-9]+\Z")
 
 
@@ -144,8 +145,8 @@ def json_loads(text: str) -> Any:
 _LITERAL_TOKEN = re.compile(r"""
     (?P<space>[ \t\r\n\f\v]+)
   | (?P<string>[uUrR]?(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"))
-  | (?P<number>[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
-               |[-+]?0[xXoObB][0-9a-fA-F_]+)
+  | (?P<number>[-+]?0[xXoObB][0-9a-fA-F_]+
+               |[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?)
   | (?P<word>True|False|None)\b
   | (?P<open>[\[{(])
   | (?P<close>[\]})])
