@@ -472,8 +472,8 @@ class DriveStateMonitor:
         if self.options.fault_injection and query.bad_token.startswith("!crash"):
             raise RuntimeError("fault injection: %s" % query.bad_token)
         self.counters["queries_bad"] += 1
-        self._complain(source, "unknown query %r" % query.bad_token)
-        return error_reply(query.bad_token)
+        self._complain(source, "%s %r" % (query.foreign or "unknown query", query.bad_token))
+        return error_reply(query.bad_token, query.foreign, self.ports)
 
     def store_status(self, report: StatusReport, source: str) -> Optional[str]:
         """Stores one status; None when stored, else why it was refused."""
