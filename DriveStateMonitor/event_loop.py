@@ -238,7 +238,7 @@ class EventLoop:
         self.input_failures += 1
         suppressed = self._failure_log.allow(time.monotonic())
         if suppressed is not None:
-            log.error("unexpected error while handling input of %s; %s%s", label, action,
+            log.error("unexpected error in %s (its input); %s%s", label, action,
                       " (%d more such errors not shown)" % suppressed if suppressed else "",
                       exc_info=(type(exc), exc, exc.__traceback__))
 
