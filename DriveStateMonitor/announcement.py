@@ -3,16 +3,22 @@
 A drive sends one JSON object per datagram about every 5 s. Other devices announce on the same group
 with other shapes; a datagram without `serial_number` (or, failing that, `world_wide_name`) is not a
 drive's and is rejected with a reason, never an exception.
+
+What is accepted must be servable on every output (intake.py): a datagram holding a number that
+is not finite (`1e400`, NaN), a lone surrogate (`\\ud800`), an over-long integer or nesting deeper
+than intake.MAX_DEPTH is rejected as `unservable`, counted and logged like any other rejection.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, NamedTuple, Optional
+
+from .intake import IntakeError, check_value, json_loads
 
 REJECT_NOT_JSON = "not_json"
 REJECT_NOT_OBJECT = "not_object"
 REJECT_NO_SERIAL = "no_serial"
-REJECT_REASONS = (REJECT_NOT_JSON, REJECT_NOT_OBJECT, REJECT_NO_SERIAL)
+REJECT_UNSERVABLE = "unservable"
+REJECT_REASONS = (REJECT_NOT_JSON, REJECT_NOT_OBJECT, REJECT_NO_SERIAL, REJECT_UNSERVABLE)
 
 
 class Announcement(NamedTuple):
@@ -28,22 +34,23 @@ class Rejected(NamedTuple):
 def parse_announcement(datagram: bytes) -> "Announcement | Rejected":
     """Parses one datagram into an Announcement, or says why it is not one."""
     try:
-        fields = json.loads(datagram.decode("utf-8"), parse_constant=_reject_constant)
+        fields = json_loads(datagram.decode("utf-8"))
+    except IntakeError as exc:
+        return Rejected(REJECT_UNSERVABLE, "announcement %s" % str(exc)[:80])
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return Rejected(REJECT_NOT_JSON, "not UTF-8 JSON: %s" % str(exc)[:80])
     if not isinstance(fields, dict):
         return Rejected(REJECT_NOT_OBJECT, "JSON %s, not an object" % type(fields).__name__)
+    try:
+        check_value(fields, what="announcement")
+    except IntakeError as exc:
+        return Rejected(REJECT_UNSERVABLE, str(exc)[:120])
     serial = _identity(fields.get("serial_number"))
     if serial is None:
         serial = _identity(fields.get("world_wide_name"))
     if serial is None:
         return Rejected(REJECT_NO_SERIAL, "no serial_number or world_wide_name")
     return Announcement(serial, fields)
-
-
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; stored, they would make every `m` reply invalid JSON.
-    raise ValueError("%s is not a JSON value" % name)
 
 
 def _identity(value: Any) -> Optional[str]:

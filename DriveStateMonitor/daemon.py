@@ -550,10 +550,13 @@ class DriveStateMonitor:
             log.info("wipe requested by %s: %s", source, wiped)
             return encode_reply({"wiped": wiped})
         if self.options.fault_injection and query.bad_token.startswith("!crash"):
-            raise RuntimeError("fault injection: %s" % query.bad_token)
+            if query.bad_token.startswith("!crash-loop"):  # the DSM's own failure, in a timer
+                self.loop.call_later(0, _raise_fault(query.bad_token))
+            else:  # a failure handling this connection's input
+                raise RuntimeError("fault injection: %s" % query.bad_token)
         self.counters["queries_bad"] += 1
-        self._complain(source, "unknown query %r" % query.bad_token)
-        return error_reply(query.bad_token)
+        self._complain(source, "%s %r" % (query.foreign or "unknown query", query.bad_token))
+        return error_reply(query.bad_token, query.foreign, self.ports)
 
     def store_status(self, report: StatusReport, source: str) -> Optional[str]:
         """Stores one status; None when stored, else why it was refused."""
@@ -645,7 +648,8 @@ class DriveStateMonitor:
             "tree_objects": len(self.tree),
             "journal": self.journal.status(),
             "counters": dict(self.counters, bad_inputs=self.bad_input.total,
-                             handler_failures=self.loop.handler_failures,
+                             handler_failures=self.loop.input_failures,
+                             internal_failures=self.loop.internal_failures,
                              tree_publish_refused=self.publisher.refused,
                              acks_withdrawn=self.ack_guard.withdrawn,
                              saves_written=self.saves.written, saves_refused=self.saves.refused,
@@ -763,8 +767,15 @@ class DriveStateMonitor:
             "journal": self.journal.status(),
             "loop_lag": self.loop_lag,
             "bad_inputs": self.bad_input.total,
-            "handler_failures": self.loop.handler_failures,
+            "handler_failures": self.loop.input_failures,
+            "internal_failures": self.loop.internal_failures,
         }
+
+
+def _raise_fault(token: str) -> Callable[[], None]:
+    def fault() -> None:
+        raise RuntimeError("fault injection: %s" % token)
+    return fault
 
 
 def main(argv: Optional[List[str]] = None) -> int:

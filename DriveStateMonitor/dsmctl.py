@@ -547,8 +547,9 @@ def query(options: argparse.Namespace, letters: str) -> List[Tuple[bytes, Any]]:
     An {"error": ...} answer ends the command with exit 5."""
     address = query_address(options)
     doing = "answer " + " and ".join(letters)
-    replies = exchange(address, letters.encode("ascii"), len(letters), options.request_timeout,
-                       "DSM", doing)
+    # Whole tokens: `ms` would be one unknown query. A lone letter goes bare, as the original took it.
+    request = " ".join(letters).encode("ascii")
+    replies = exchange(address, request, len(letters), options.request_timeout, "DSM", doing)
     answers = []
     for letter, raw in zip(letters, replies):
         text = raw.decode("utf-8", "replace").strip()

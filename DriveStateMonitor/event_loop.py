@@ -13,9 +13,20 @@ The loop knows sockets, buffers, timers and signals, and nothing about drives: p
 `data_received(bytes)`, `eof_received()`, `writing_drained()` and `connection_lost()` calls and answer
 through `transport.write()`, as in asyncio's selector transports.
 
-An exception escaping a handler closes that handler's connection, is logged with its traceback and is
-counted by the kill switch (the original tool's rule: more than 5 within 24 hours stops the daemon with
-exit code 4).
+Failures are of two kinds, and only one can stop the DSM:
+
+* An exception while handling one connection's or one datagram's *input* — parsing it, answering it,
+  producing the reply (a /metrics scrape, an `m`, a SAVE) — is that client's problem: the connection
+  is closed (the datagram dropped), the traceback is logged (at most FAILURE_TRACEBACKS per minute, a
+  count of the rest), `input_failures` is counted (`dsm_handler_failures_total`, alerted on), and
+  nothing else happens. Any client could otherwise stop the DSM by repeating one bad request.
+* The DSM's *own* failures — a listening or datagram socket that fails, a timer or a before-sleep
+  hook of the daemon (expiry, journal, snapshots) — are counted by the kill switch (the original
+  tool's rule: more than 5 within 24 hours stops the daemon with exit code 4).
+
+A handler says which kind it is with `handles_input`: StreamTransport does; Listener and
+DatagramReader hand each accepted connection and each datagram to their callback inside a guard of
+their own, so what escapes them is the socket's failure.
 """
 from __future__ import annotations
 
@@ -62,6 +73,9 @@ COALESCE_LIMIT = 64 * 1024
 # a minute per listener (asyncio logs every time; a flood of identical lines helps nobody).
 ACCEPT_BACKOFF_MAX_S = 2.0
 ACCEPT_LOG_PERIOD_S = 60.0
+# Input failures log their traceback at most this often per minute; the rest are counted in the log.
+FAILURE_TRACEBACKS = 5
+FAILURE_LOG_WINDOW_S = 60.0
 
 
 class KillSwitch:
@@ -107,7 +121,9 @@ class EventLoop:
         self._running = False
         self.exit_code = EXIT_OK
         self.kill_switch = kill_switch or KillSwitch()
-        self.handler_failures = 0
+        self.input_failures = 0      # one connection's or datagram's handling failed
+        self.internal_failures = 0   # the DSM's own: these trip the kill switch
+        self._failure_log = _RateLimitedLog(FAILURE_TRACEBACKS, FAILURE_LOG_WINDOW_S)
         self._signal_waker: Optional[_SignalWaker] = None
         # The handler whose event is being dispatched (None in timers and hooks): lets the
         # journal know which connection a change came from.
@@ -262,10 +278,38 @@ class EventLoop:
             except Exception as exc:
                 self.handler_failed(transport, exc)
 
+    @property
+    def handler_failures(self) -> int:
+        """Every failure, of either kind."""
+        return self.input_failures + self.internal_failures
+
     def handler_failed(self, handler: Any, exc: BaseException) -> None:
-        """Closes the failing connection, logs the traceback, and trips the kill switch if due."""
-        self.handler_failures += 1
-        log.error("unexpected error in %s; closing it", getattr(handler, "label", handler),
+        """Routes a failure escaping `handler` (None: a timer or hook) to input_failed or, for the
+        DSM's own, to the kill switch."""
+        if getattr(handler, "handles_input", False):
+            label = getattr(handler, "label", handler)
+            self.input_failed(label, exc, "closing it")
+            try:
+                handler.abort()
+            except Exception:
+                log.exception("error while closing %s", label)
+            return
+        self.internal_failed(handler, exc)
+
+    def input_failed(self, label: Any, exc: BaseException, action: str) -> None:
+        """One connection's or datagram's handling raised: logged (rate-limited) and counted; the
+        caller closes the connection or drops the datagram. Never counts toward the kill switch."""
+        self.input_failures += 1
+        suppressed = self._failure_log.allow(time.monotonic())
+        if suppressed is not None:
+            log.error("unexpected error in %s (its input); %s%s", label, action,
+                      " (%d more such errors not shown)" % suppressed if suppressed else "",
+                      exc_info=(type(exc), exc, exc.__traceback__))
+
+    def internal_failed(self, handler: Any, exc: BaseException) -> None:
+        """The DSM's own failure: logged, closed if it can be, and counted by the kill switch."""
+        self.internal_failures += 1
+        log.error("unexpected error in %s", getattr(handler, "label", handler or "a timer"),
                   exc_info=(type(exc), exc, exc.__traceback__))
         abort = getattr(handler, "abort", None)
         if abort is not None:
@@ -274,7 +318,7 @@ class EventLoop:
             except Exception:
                 log.exception("error while closing %s", getattr(handler, "label", handler))
         if self.kill_switch.record(time.time()):
-            log.critical("kill switch: more than %d handler failures within %.0f s; stopping",
+            log.critical("kill switch: more than %d internal failures within %.0f s; stopping",
                          self.kill_switch.limit, self.kill_switch.window_s)
             self.stop(EXIT_KILL_SWITCH)
 
@@ -306,6 +350,29 @@ class EventLoop:
 
 def _ignore_signal(signum: int, frame: Any) -> None:
     pass
+
+
+class _RateLimitedLog:
+    """At most `limit` log entries per `window_s`; says how many were held back in between."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._window_start = -window_s
+        self._logged = 0
+        self._suppressed = 0
+
+    def allow(self, now: float) -> Optional[int]:
+        """None: do not log this one. Else log it, with the count of those not logged before it."""
+        if now - self._window_start >= self.window_s:
+            self._window_start = now
+            self._logged = 0
+        if self._logged >= self.limit:
+            self._suppressed += 1
+            return None
+        self._logged += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
 class _SignalWaker:
@@ -343,6 +410,8 @@ class StreamTransport:
     The protocol object must offer `data_received(bytes)`, `eof_received()`, `connection_lost()` and
     may offer `writing_drained()` (called when output falls below LOW_WATER after passing HIGH_WATER).
     """
+
+    handles_input = True  # an exception in its handlers is this connection's, not the DSM's
 
     def __init__(self, loop: EventLoop, sock: socket.socket, label: str,
                  max_output: Optional[int] = None,
@@ -629,7 +698,15 @@ class Listener(_ReadWatcher):
                 log.debug("%s: accept failed: %s", self.label, exc)
                 continue
             self._backoff_s = ACCEPT_BACKOFF_S
-            self.on_accept(conn, addr)
+            try:
+                self.on_accept(conn, addr)
+            except Exception as exc:  # setting up one new connection: that connection's problem
+                self.loop.input_failed("%s connection from %s" % (self.label, addr), exc,
+                                       "closing it")
+                try:
+                    conn.close()
+                except OSError:
+                    pass
 
     def _pause(self, exc: OSError) -> None:
         """Stops watching the listener for a while (doubling up to ACCEPT_BACKOFF_MAX_S) instead of
@@ -690,7 +767,11 @@ class DatagramReader(_ReadWatcher):
             except OSError as exc:  # e.g. ICMP errors queued on the socket: not fatal
                 log.debug("%s: recv failed: %s", self.label, exc)
                 return
-            self.on_datagram(data, sender, ifindex)
+            try:
+                self.on_datagram(data, sender, ifindex)
+            except Exception as exc:  # one datagram's problem: it is dropped, the socket stays
+                self.loop.input_failed("%s datagram from %s" % (self.label, sender[0]), exc,
+                                       "dropping it")
 
     def abort(self) -> None:
         # A failing datagram handler loses one datagram; the socket stays, since nothing else hears

@@ -260,9 +260,12 @@ def _parse_head(lines: List[bytes], max_body: int) -> Union[Tuple[Request, int],
     if lengths:
         if len(lengths) > 1 or not _CONTENT_LENGTH.match(next(iter(lengths)).encode("latin-1")):
             return RequestError(400, "malformed Content-Length")
-        body_length = int(next(iter(lengths)))
-        if body_length > max_body:
+        digits = next(iter(lengths)).lstrip("0") or "0"
+        # Checked by length before int(): a few thousand digits would make int() raise (3.11+)
+        # or take quadratic time (3.8-3.10); nothing past MAX_INT_DIGITS is converted anywhere.
+        if len(digits) > len(str(max_body)) or int(digits) > max_body:
             return RequestError(413, "request body larger than %d bytes" % max_body)
+        body_length = int(digits)
     tokens = {token.strip().lower() for name, value in headers if name == "connection"
               for token in value.split(",")}
     if http_version >= (1, 1):

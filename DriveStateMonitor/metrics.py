@@ -143,8 +143,13 @@ def render_metrics(facts: Mapping[str, Any]) -> str:
            "Bad messages from clients and the network (each also logged, rate-limited).",
            [("", [], facts["bad_inputs"])])
     family("dsm_handler_failures_total", "counter",
-           "Unexpected errors in handlers (each closed its connection; see the log).",
+           "Unexpected errors while handling one connection's or datagram's input (each closed "
+           "its connection or dropped its datagram; tracebacks in the log). They never stop the DSM.",
            [("", [], facts["handler_failures"])])
+    family("dsm_internal_failures_total", "counter",
+           "Unexpected errors of the DSM's own (a failing socket, timer or hook); more than 5 "
+           "within 24 hours stop it with exit code 4 (the kill switch).",
+           [("", [], facts.get("internal_failures", 0))])
     return "".join(out)
 
 
@@ -203,4 +208,5 @@ def empty_facts(version: str = "0") -> Dict[str, Any]:
         "journal": {"state": "ok", "records_written": 0, "records_dropped": 0, "fsyncs": 0,
                     "last_snapshot": 0.0},
         "loop_lag": LagHistogram(), "bad_inputs": 0, "handler_failures": 0,
+        "internal_failures": 0,
     }

@@ -18,6 +18,10 @@ class QueryConnection(PipelinedConnection):
         self.answer = answer
         self.parser = QueryParser()
 
+    def done(self) -> bool:
+        # A request of another protocol (HTTP, Status Server) ends the connection after its error.
+        return self.eof or self.parser.finished
+
     def parse(self, data: bytes) -> List[Query]:
         return self.parser.receive_data(data)
 

@@ -554,8 +554,15 @@ class StatServSession:
             with open(temporary, "w", encoding="utf-8", newline="\n") as file:
                 file.write(text)
             os.replace(temporary, target)  # a crash mid-write never leaves half a save
-        except OSError as error:
-            raise StatServError(DENIED, "cannot write %s: %s" % (target, error.strerror)) from None
+        except BaseException as error:
+            try:  # whatever failed (the disk, or text that is not UTF-8), no .tmp is left behind
+                os.unlink(temporary)
+            except OSError:
+                pass
+            if isinstance(error, OSError):
+                raise StatServError(DENIED, "cannot write %s: %s"
+                                    % (target, error.strerror)) from None
+            raise
         return ["."]
 
     def _save_path(self, file_name: str) -> str:

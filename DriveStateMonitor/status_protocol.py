@@ -6,17 +6,23 @@ A test script sends one dict `{'serial_number': x, 'time_stamp': y, 'status': z}
 Python literal, and waits for the end byte `\\x04`. The original read a single `recv` and parsed it, so
 existing scripts send the object with no terminator at all and keep the connection open: a message is
 therefore complete at `\\x04`, at a newline, at the end of the stream, or as soon as the bytes form
-one complete object (its outermost brace closes, counting brackets outside string literals).
+one complete object (its outermost brace closes, counting brackets outside string literals). A
+newline ends a message only outside an object: inside one (outside strings) it is whitespace, so a
+pretty-printed `json.dumps(status, indent=2)` is one message with one reply.
 
 `StatusParser.receive_data` scans each byte once: it remembers the bracket depth and whether it is
 inside a string, so a message dripping in one byte at a time costs O(n), not O(n²). Bytes that can
 never become an object (the first one is not `{`, the nesting passes MAX_DEPTH, the message passes
-max_message bytes) are rejected at once — never a silent wait — and the rest of them up to the next
-`\\x04` or newline is dropped without a second error. Whitespace, newlines and `\\x04` between
-messages are separators.
+max_message bytes) are rejected at once — never a silent wait — and the rest of them is dropped
+without a second error: garbage up to the next `\\x04` or newline, the rest of a broken object up to
+its closing bracket (the scan goes on counting brackets, keeping no bytes) or `\\x04`; a line break
+inside a string (never valid) resynchronises at once.
+Whitespace, newlines and `\\x04` between messages are separators.
 
 `parse_status` turns one framed message into a `StatusReport` or raises `StatusError`; nothing is
-stored unless every field is there.
+stored unless every field is there and the whole value meets the boundary contract (intake.py:
+finite numbers, valid Unicode, string keys, bounded nesting and digits). A Python-literal message is
+checked to be plain literals before `ast.literal_eval` sees it.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import ast
 import json
 import re
 from typing import Any, List, NamedTuple, Optional
+
+from .intake import IntakeError, check_python_literal, check_value, json_loads
 
 END_BYTE = b"\x04"
 # Statuses are a few dozen bytes; 1 MiB leaves room for a traceback in `status` and still bounds what
@@ -40,18 +48,23 @@ _BACKSLASH = ord("\\")
 _NEWLINE = ord("\n")
 _END = END_BYTE[0]
 _BRACE = ord("{")
+# What StatusParser drops after answering an error: nothing; up to the next newline or end byte
+# (garbage); or the rest of the object, found by going on counting its brackets (a message too
+# long, too deep, or broken inside) — so one message gets exactly one reply.
+_KEEP, _SKIP_LINE, _SKIP_MESSAGE = 0, 1, 2
 # The scan jumps from one byte that matters to the next with a compiled pattern instead of a Python
 # loop over every byte.
 _DELIMITER = re.compile(rb"[\n\x04]")
 _NOT_SEPARATOR = re.compile(rb"[^ \t\r\n\x0b\x0c\x04]")
-_OUTSIDE_STRING = re.compile(rb"[{}\[\]()\"'\n\x04]")
+# Outside strings a line break is whitespace: a pretty-printed status is one message.
+_OUTSIDE_STRING = re.compile(rb"[{}\[\]()\"'\x04]")
 _IN_DOUBLE = re.compile(rb'["\\\n\x04]')
 _IN_SINGLE = re.compile(rb"['\\\n\x04]")
 # A whole object without nested brackets, strings (either quote, with escapes) included: exactly
 # where the scanner would end it. Each byte is matched by exactly one alternative, one at a time
 # (no `+` inside the `*`), so a message that does not match fails in linear time.
 _FLAT_OBJECT = re.compile(
-    rb"""\{(?:[^{}\[\]()"'\\\n\x04]|"(?:[^"\\\n\x04]|\\[^\n\x04])*"|'(?:[^'\\\n\x04]|\\[^\n\x04])*')*\}""")
+    rb"""\{(?:[^{}\[\]()"'\\\x04]|"(?:[^"\\\n\x04]|\\[^\n\x04])*"|'(?:[^'\\\n\x04]|\\[^\n\x04])*')*\}""")
 # str(dict) without escapes or double quotes, rewritten to JSON token by token: quoted strings
 # first (so words inside them are left alone), then Python's constants. JSON's own lowercase
 # constants outside strings mark text that is not a Python literal: literal_eval decides then.
@@ -87,7 +100,7 @@ class StatusParser:
         self._scanned = 0        # how far into _buf the scan has got
         self._depth = 0
         self._quote = 0          # the quote byte of the string we are inside, or 0
-        self._discarding = False  # an error was sent; drop bytes up to the next delimiter
+        self._skip = _KEEP       # what to drop after an error: nothing, the line, the message
 
     @property
     def buffered(self) -> int:
@@ -105,36 +118,39 @@ class StatusParser:
         buf += data
         pos = self._scanned
         while pos < len(buf):
-            if self._discarding:
+            if self._skip == _SKIP_LINE:
                 match = _DELIMITER.search(buf, pos)
                 if match is None:
                     buf.clear()
                     pos = 0
                     break
                 del buf[:match.end()]
-                pos = 0
-                self._discarding = False
+                pos = self._restart()
                 continue
-            if pos == 0:
+            if self._depth == 0 and self._skip == _KEEP:  # between messages
                 match = _NOT_SEPARATOR.search(buf)
                 if match is None:
                     buf.clear()
+                    pos = 0
                     break
                 del buf[:match.start()]
                 if buf[0] != _BRACE:
                     out.append(Framed(None, "not a status object: a message must be a dict "
                                             "starting with '{'"))
-                    self._discarding = True
+                    self._skip = _SKIP_LINE
+                    pos = 0
                     continue
                 # Fast path for the usual status, a flat dict that arrived whole: one C-level
-                # match instead of the byte-by-byte scan. Tried once per message start, so a
-                # slow drip still costs O(n).
+                # match instead of the scan. Tried once per message start, so a slow drip still
+                # costs O(n).
                 flat = _FLAT_OBJECT.match(buf)
                 if flat is not None:
                     end = flat.end()
                     out.append(self._framed(bytes(buf[:end])))
                     del buf[:end]
+                    pos = 0
                     continue
+                pos = 0
             pattern = _IN_DOUBLE if self._quote == _DQUOTE else \
                 _IN_SINGLE if self._quote else _OUTSIDE_STRING
             match = pattern.search(buf, pos)
@@ -144,11 +160,20 @@ class StatusParser:
             at = match.start()
             byte = buf[at]
             pos = at + 1
-            if byte == _END or byte == _NEWLINE:
-                out.append(self._framed(bytes(buf[:at])))
+            if byte == _END:
+                if self._skip == _KEEP:
+                    out.append(self._framed(bytes(buf[:at])))
                 del buf[:pos]
                 pos = self._restart()
-            elif byte == _BACKSLASH:  # only searched for inside strings
+            elif byte == _NEWLINE:  # only searched inside strings
+                # No one-line JSON or Python string holds a raw line break: the message can never
+                # be valid, and its brackets can no longer be trusted. Resynchronise here.
+                if self._skip == _KEEP:
+                    out.append(Framed(None, "line break inside a string; the message is not "
+                                            "valid JSON or a Python literal"))
+                del buf[:pos]
+                pos = self._restart()
+            elif byte == _BACKSLASH:  # only searched inside strings
                 if at + 1 >= len(buf):
                     pos = at  # the escaped byte has not arrived; look again with more data
                     break
@@ -159,26 +184,34 @@ class StatusParser:
                 self._quote = byte
             elif byte in _OPEN:
                 self._depth += 1
-                if self._depth > MAX_DEPTH:
+                if self._depth > MAX_DEPTH and self._skip == _KEEP:
                     out.append(Framed(None, "message nested deeper than %d levels" % MAX_DEPTH))
-                    del buf[:pos]
-                    pos = self._restart(discard=True)
+                    self._skip = _SKIP_MESSAGE
             else:  # a closing bracket
                 self._depth -= 1
                 if self._depth <= 0:
-                    out.append(self._framed(bytes(buf[:pos])))
+                    if self._skip == _KEEP:
+                        out.append(self._framed(bytes(buf[:pos])))
                     del buf[:pos]
                     pos = self._restart()
+            if self._skip == _SKIP_MESSAGE and pos:
+                del buf[:pos]  # answered already: keep only the scan state, not the bytes
+                pos = 0
+        if self._skip == _SKIP_MESSAGE and pos:
+            del buf[:pos]
+            pos = 0
         self._scanned = pos
-        if len(buf) > self.max_message and not self._discarding:
+        if len(buf) > self.max_message and self._skip == _KEEP:
             out.append(Framed(None, self._too_long()))
-            buf.clear()
-            self._scanned = self._restart(discard=True)
+            # The rest of this object is dropped as it arrives: the scan state stays, the bytes go.
+            del buf[:pos]
+            self._scanned = 0
+            self._skip = _SKIP_MESSAGE
         return out
 
     def eof_received(self) -> List[Framed]:
         """The end of the stream completes whatever is buffered."""
-        message = bytes(self._buf) if not self._discarding and self._buf.strip() else b""
+        message = bytes(self._buf) if self._skip == _KEEP and self._buf.strip() else b""
         self._buf.clear()
         self._scanned = self._restart()
         return [self._framed(message)] if message else []
@@ -193,10 +226,10 @@ class StatusParser:
     def _too_long(self) -> str:
         return "message longer than %d bytes" % self.max_message
 
-    def _restart(self, discard: bool = False) -> int:
+    def _restart(self) -> int:
         self._depth = 0
         self._quote = 0
-        self._discarding = discard
+        self._skip = _KEEP
         return 0
 
 
@@ -209,6 +242,10 @@ def parse_status(message: bytes) -> StatusReport:
     value = _load(text)
     if not isinstance(value, dict):
         raise StatusError("not a status object: expected a dict, got %s" % type(value).__name__)
+    try:
+        check_value(value, what="status")  # servable on every output (intake.py)
+    except IntakeError as exc:
+        raise StatusError(str(exc)) from None
     missing = [field for field in REQUIRED_FIELDS if field not in value]
     if missing:
         raise StatusError("missing field%s: %s; a status needs serial_number, time_stamp and status"
@@ -233,7 +270,9 @@ def parse_status(message: bytes) -> StatusReport:
 
 def _load(text: str) -> Any:
     try:
-        return json.loads(text)
+        return json_loads(text)
+    except IntakeError as exc:
+        raise StatusError(str(exc)) from None
     except ValueError:
         pass
     except RecursionError:
@@ -241,9 +280,17 @@ def _load(text: str) -> Any:
     converted = _python_literal_as_json(text)
     if converted is not None:
         try:
-            return json.loads(converted)
-        except ValueError:
+            return json_loads(converted)
+        except IntakeError as exc:
+            raise StatusError(str(exc)) from None
+        except (ValueError, RecursionError):
             pass
+    try:
+        # literal_eval builds a syntax tree first: text that is not plain literals (`1+1+...`)
+        # can crash CPython 3.8-3.10's compiler, so it is refused before literal_eval sees it.
+        check_python_literal(text)
+    except IntakeError as exc:
+        raise StatusError("not valid JSON or a Python dict literal: %s" % exc) from None
     try:
         # Scripts send str(dict): single quotes, True/None. literal_eval evaluates no code.
         return ast.literal_eval(text)

@@ -342,7 +342,7 @@ def mode_hog(args: Dict[str, Any]) -> Dict[str, Any]:
     sock.setblocking(False)
     sent = 0
     deadline = time.monotonic() + args["duration"]
-    payload = b"m" * 1000
+    payload = b"m " * 1000  # whole tokens: `mm` is not a query
     while sent < args["count"] and time.monotonic() < deadline:
         try:
             sent += sock.send(payload)

@@ -187,7 +187,7 @@ def garbage_client(chaos: Chaos, worker: int) -> None:
             elif action == 2:
                 sock.sendall(b"{" * rng.randrange(1, 100) + b"[(" * 40)
             elif action == 3:
-                sock.sendall(b"mmmmssss" * rng.randrange(1, 20))
+                sock.sendall(b"m m m m s s s s " * rng.randrange(1, 20))
             elif action == 4:
                 sock.sendall(b'{"serial_number": "GOOD0", "status": "missing time_stamp"}\n')
             if rng.random() < 0.3:

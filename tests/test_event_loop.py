@@ -4,6 +4,7 @@ Every wait is `loop.run_once(max_wait=...)` until a condition holds or a deadlin
 """
 import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -11,8 +12,9 @@ import time
 
 import pytest
 
-from DriveStateMonitor.event_loop import (ACCEPT_BACKOFF_S, EXIT_KILL_SWITCH, EXIT_OK, HIGH_WATER,
-                                          LOW_WATER, EventLoop, KillSwitch, Listener,
+from DriveStateMonitor.event_loop import (ACCEPT_BACKOFF_S, EXIT_KILL_SWITCH, EXIT_OK,
+                                          FAILURE_TRACEBACKS, HIGH_WATER, LOW_WATER,
+                                          DatagramReader, EventLoop, KillSwitch, Listener,
                                           StreamTransport)
 from DriveStateMonitor.query_protocol import encode_reply, error_reply as query_error_reply
 from DriveStateMonitor.query_service import QueryConnection
@@ -357,20 +359,64 @@ def test_handler_exception_closes_that_connection_and_counts(loop, pairs):
     assert not good.closed
 
 
-def test_five_handler_failures_keep_the_loop_running(loop, pairs):
-    for _ in range(5):
+def test_failures_handling_input_never_stop_the_loop(loop, pairs):
+    for _ in range(12):
         pairs(loop, Exploding())[2].send(b"x")
-    run_until(loop, lambda: loop.handler_failures == 5, "five failures")
+    run_until(loop, lambda: loop.input_failures == 12, "twelve failures")
+    assert loop.exit_code == EXIT_OK and loop.internal_failures == 0
+    assert loop.kill_switch.record(0.0) is False  # nothing was recorded before this one
+
+
+def test_five_internal_failures_keep_the_loop_running(loop):
+    for _ in range(5):
+        loop.call_later(0, boom)
+    run_until(loop, lambda: loop.internal_failures == 5, "five failures")
     assert loop.exit_code == EXIT_OK
 
 
-def test_sixth_handler_failure_stops_run_with_exit_code_4(loop, pairs):
+def test_sixth_internal_failure_stops_run_with_exit_code_4(loop):
     for _ in range(6):
-        pairs(loop, Exploding())[2].send(b"x")
+        loop.call_later(0, boom)
     safety = loop.call_later(DEADLINE_S, lambda: loop.stop(99))
     assert loop.run() == EXIT_KILL_SWITCH
     safety.cancel()
-    assert loop.handler_failures == 6
+    assert loop.internal_failures == 6
+
+
+def boom() -> None:
+    raise RuntimeError("boom")
+
+
+def test_input_failure_tracebacks_are_rate_limited(loop, pairs, caplog):
+    with caplog.at_level(logging.ERROR, logger="dsm.loop"):
+        for _ in range(FAILURE_TRACEBACKS + 4):
+            pairs(loop, Exploding())[2].send(b"x")
+        run_until(loop, lambda: loop.input_failures == FAILURE_TRACEBACKS + 4, "failures")
+    logged = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert len(logged) == FAILURE_TRACEBACKS and all(r.exc_info for r in logged)
+
+
+def test_failing_datagram_handler_drops_that_datagram_only(loop):
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    got = []
+
+    def on_datagram(data, sender, ifindex):
+        if data == b"bad":
+            raise ValueError("bad datagram")
+        got.append(data)
+
+    reader = DatagramReader(loop, receiver, "multicast", on_datagram, with_ifindex=False)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for payload in (b"one", b"bad", b"two", b"bad", b"three"):
+                sender.sendto(payload, receiver.getsockname())
+        run_until(loop, lambda: len(got) == 3, "the good datagrams")
+        assert got == [b"one", b"two", b"three"]
+        assert loop.input_failures == 2 and loop.internal_failures == 0
+        assert not reader.closed
+    finally:
+        reader.close()
 
 
 # --- Listener ----------------------------------------------------------------------------------
@@ -520,7 +566,7 @@ def test_client_not_reading_pauses_query_reading_and_gets_every_reply_later(loop
     big = encode_reply({"blob": "b" * (400 * 1024)})
     transport, connection, peer = query_conn(lambda query, label: big)
     count = 40
-    peer.send(b"m" * count)
+    peer.send(b"m " * count)
     run_until(loop, lambda: not transport.reading, "paused reading")
     for _ in range(5):
         loop.run_once(max_wait=0.01)
@@ -533,7 +579,7 @@ def test_query_answers_wait_while_the_fake_transport_is_above_high_water():
     transport = FakeTransport()
     big = b"x" * HIGH_WATER
     connection = QueryConnection(transport, lambda query, label: big)
-    connection.data_received(b"mmm")
+    connection.data_received(b"m m m")
     assert transport.writes == [big] and not transport.reading
     transport.output_size = 0
     connection.writing_drained()
@@ -634,7 +680,7 @@ def test_huge_integer_serial_is_refused_without_a_handler_failure(loop, status_c
     transport, sink, peer = status_conn()
     peer.send(b"{'serial_number': 0x" + b"f" * 4000 + b", 'time_stamp': 1, 'status': 2}")
     peer.read_until(loop, lambda p: p.received.endswith(b"\x04") or p.eof)
-    assert b"serial_number" in peer.received and loop.handler_failures == 0
+    assert b"4300 digits" in peer.received and loop.handler_failures == 0
 
 
 def test_status_reading_pauses_while_replies_pile_up_and_resumes_when_drained():

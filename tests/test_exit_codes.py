@@ -18,7 +18,7 @@ from typing import List
 
 import pytest
 
-from dsm_harness import (END, PACKAGE, TEST_GROUP, ShiftedClock, free_udp_port,
+from dsm_harness import (END, PACKAGE, TEST_GROUP, ShiftedClock, free_udp_port, recv_all,
                          short_temp_dir, wait_for)
 
 MULTICAST_LISTENER = os.path.join(PACKAGE, "MulticastListener.py")
@@ -157,31 +157,52 @@ def test_listen_failure_exits_3(dsm_factory, option, which):
         shutil.rmtree(hook_dir, ignore_errors=True)
 
 
-def crash(dsm) -> bytes:
-    """The fault-injection query: the handler raises, so the DSM closes the connection."""
+def crash(dsm, token: bytes = b"!crash") -> bytes:
+    """A fault-injection query: `!crash` raises while handling this connection's input (the DSM
+    closes the connection); `!crash-loop` makes a timer of the DSM's own raise."""
     try:
-        return dsm.query(b"!crash")
+        return dsm.query(token)
     except ConnectionResetError:
         return b""
 
 
-def test_kill_switch_exits_4_after_more_than_5_failures(dsm_factory):
+def test_failures_handling_input_never_trip_the_kill_switch(dsm_factory):
+    dsm = dsm_factory.start("--fault-injection")
+    assert dsm.send_status(b'{"serial_number": "K1", "time_stamp": 1, "status": "001"}') == END
+    for failure in range(1, 13):
+        assert crash(dsm) == b""  # closed without a reply
+        assert dsm.proc.poll() is None
+        assert dsm.query_json("s") == {"K1": [{"time_stamp": 1, "status": "001"}]}
+    log = dsm.log_text()
+    # tracebacks are rate-limited: the first five of the minute
+    assert log.count("RuntimeError: fault injection: !crash") == 5, log
+    assert "kill switch" not in log
+    wait_for(lambda: b'"12"' in _statserv_get(dsm, "/dsm/counters/handler_failures"), 5,
+             "the failures to be counted")
+
+
+def _statserv_get(dsm, path: str) -> bytes:
+    with dsm.connect_statserv() as sock:
+        sock.sendall(b"GET %s\nLOGOFF\n" % path.encode())
+        return recv_all(sock, timeout=5)
+
+
+def test_kill_switch_exits_4_after_more_than_5_internal_failures(dsm_factory):
     dsm = dsm_factory.start("--fault-injection")
     assert dsm.send_status(b'{"serial_number": "K1", "time_stamp": 1, "status": "001"}') == END
     for failure in range(1, 6):
-        assert crash(dsm) == b""  # closed without a reply
-        log = dsm.log_text()
-        assert log.count("Traceback (most recent call last)") == failure, log
-        assert log.count("RuntimeError: fault injection: !crash") == failure, log
+        crash(dsm, b"!crash-loop")
+        wait_for(lambda: dsm.log_text().count("RuntimeError: fault injection: !crash-loop")
+                 == failure, 5, "failure %d to be logged" % failure)
         # Still serving after each of the first five failures.
         assert dsm.proc.poll() is None
         assert dsm.query_json("s") == {"K1": [{"time_stamp": 1, "status": "001"}]}
         assert dsm.query(b"m", unix=True) == b"{}" + END
     assert "kill switch" not in dsm.log_text()
-    crash(dsm)
+    crash(dsm, b"!crash-loop")
     assert dsm.wait_exit() == 4
     log = dsm.log_text()
-    assert "kill switch: more than 5 handler failures" in log, log
+    assert "kill switch: more than 5 internal failures" in log, log
     assert "stopped, exit code 4" in log
 
 
@@ -243,16 +264,21 @@ def test_multicast_listener_socket_failure_exits_2(extra, message):
 def test_kill_switch_forgets_failures_older_than_24_hours(dsm_factory):
     with ShiftedClock() as clock:
         dsm = dsm_factory.start("--fault-injection", env=clock.env())
-        for _ in range(5):
-            crash(dsm)
+
+        def crash_and_wait(count: int) -> None:
+            crash(dsm, b"!crash-loop")
+            wait_for(lambda: dsm.log_text().count("fault injection: !crash-loop") == count, 5,
+                     "failure %d" % count)
+
+        for count in range(1, 6):
+            crash_and_wait(count)
         assert dsm.query_json("s") == {}
         clock.shift(24 * 3600 + 1)
-        for _ in range(5):  # the first five have left the window: five in it, not more than five
-            crash(dsm)
+        for count in range(6, 11):  # the first five left the window: five in it, not more than five
+            crash_and_wait(count)
             assert dsm.query_json("s") == {}
         assert dsm.proc.poll() is None
-        assert dsm.log_text().count("Traceback (most recent call last)") == 10
-        crash(dsm)
+        crash(dsm, b"!crash-loop")
         assert dsm.wait_exit() == 4
 
 

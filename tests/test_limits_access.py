@@ -216,7 +216,7 @@ def test_client_pipelining_m_and_never_reading_stops_being_read_then_idles_out(d
     flooder.settimeout(10)
     flooder.connect((LOOPBACK, dsm.query_port))
     try:
-        flooder.sendall(b"m" * 2000)
+        flooder.sendall(b"m " * 2000)
         started = time.monotonic()
         other = dsm.query(b"s")
         assert other == b"{}" + END
@@ -262,7 +262,7 @@ def test_client_that_pipelines_two_m_and_reads_gets_both_under_max_output(dsm_fa
     dsm = dsm_factory.start("--max-output", "200000")
     announce_distinct(dsm, ["TWO%03d" % n for n in range(300)])
     with dsm.connect_query() as sock:
-        sock.sendall(b"mm")
+        sock.sendall(b"m m")
         data = recv_until_end(sock, timeout=5, count=2)
     assert data.count(END) == 2
 

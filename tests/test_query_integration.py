@@ -128,7 +128,6 @@ def test_tcp_and_unix_give_the_same_data(populated):
     (b"  \t\r\n m \r\n\n", "m"),
     (b"m\ns\n", "ms"),
     (b"m\r\ns\r\nm\r\n", "msm"),
-    (b"ms", "ms"),
     (b"m s\tm\n\ns", "msms"),
     (b"\n\n\r\n", ""),
 ])
@@ -300,3 +299,46 @@ def test_client_that_pipelines_and_never_reads_does_not_hold_up_others(dsm):
     # After the flooder vanished with replies queued, the DSM is still healthy.
     assert wait_for(lambda: dsm.query(b"m") == single_m, timeout=5, what="m after the flooder left")
     assert dsm.proc.poll() is None
+
+
+# --- other protocols and garbage never wipe (issue 10) -------------------------------------------
+BROWSER_REQUEST = (b"GET / HTTP/1.1\r\nHost: labhost:2203\r\nConnection: keep-alive\r\n"
+                   b"User-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36\r\n"
+                   b"Accept: text/html,*/*;q=0.8\r\n\r\n")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("request_line, port_key", [
+    (BROWSER_REQUEST, "statserv_port"),  # HTTP is off in the harness: the reply says so
+    (b"LS /drives\n", "statserv_port"), (b"PUT /x 1\n", "statserv_port"),
+    (b"{'serial_number': 'A', 'time_stamp': 1, 'status': 2}", "status_port"),
+])
+def test_request_of_another_protocol_gets_the_right_port_and_is_closed_without_wiping(
+        populated, transport, request_line, port_key):
+    dsm = populated
+    before = m_of(dsm)
+    with connect(dsm, transport) as sock:
+        sock.sendall(request_line + b"w\n")
+        data = recv_all(sock, timeout=10)  # the DSM closes after the error
+    [reply] = replies(data)
+    port = {"statserv_port": dsm.statserv_port, "status_port": dsm.status_port}[port_key]
+    if request_line is BROWSER_REQUEST:
+        assert "HTTP requests" in reply["error"] and "off here" in reply["error"]
+    else:
+        assert "port %d" % port in reply["error"], reply
+    assert m_of(dsm) == before
+
+
+def test_random_bytes_never_wipe_a_real_dsm(populated):
+    dsm = populated
+    before = m_of(dsm)
+    rng = __import__("random").Random(99)
+    for _ in range(30):
+        garbage = b"#" + bytes(rng.getrandbits(8) for _ in range(rng.randint(100, 50_000)))
+        with dsm.connect_query() as sock:
+            sock.sendall(garbage)
+            sock.shutdown(socket.SHUT_WR)
+            data = recv_all(sock, timeout=10)
+        assert data.endswith(END)
+        assert not any("wiped" in part for part in replies(data))
+    assert m_of(dsm) == before
