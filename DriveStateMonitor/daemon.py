@@ -2,8 +2,8 @@
 
 Data flow: socket -> StreamTransport -> QueryConnection / StatusConnection / StatServConnection
 (sans-IO parsers) -> DriveStore and the Status Server Tree -> replies and monitor notices ->
-StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement -> DriveStore, and
-DrivePublisher copies what changed into the tree under /drives.
+StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement -> DriveStore; the
+tree's /drives is a read-only view of the DriveStore (DriveView), which tells the tree what changed.
 
 Time: the stores are pure and take `now` (epoch seconds, from `clock`); one loop timer is kept at the
 earliest deadline either store reports (lifetimes, MINPERIOD ends, drives going silent), so expiry
@@ -26,6 +26,7 @@ from . import __version__
 from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
 from .drive_publisher import DrivePublisher
+from .drive_view import DriveView
 from .drive_store import DriveStore
 from .event_loop import (EXIT_INTERRUPT, EXIT_OK, EXIT_SOCKET_CREATE, EXIT_SOCKET_LISTEN,
                          DatagramReader, EventLoop, Listener, StreamTransport, Timer)
@@ -173,6 +174,7 @@ class DriveStateMonitor:
         self.access = AccessRules(options.allow)
         self._idle_watched: Set[StreamTransport] = set()
         self.publisher = DrivePublisher(self.tree, options.drive_lifetime)
+        self.drive_view = DriveView(self.store, self.tree, clock())  # mounts /drives
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
                                lambda: self.state.snapshot(self.clock()), clock)
@@ -464,8 +466,7 @@ class DriveStateMonitor:
                 return encode_reply({"error": "w (wipe) is only accepted from this host's own "
                                               "clients here (--wipe-from local)"})
             now = self.clock()
-            wiped = self.store.wipe()
-            wiped["tree_objects"] = self.publisher.wipe(now)
+            wiped = self.store.wipe(now)
             self.state.wiped(now)
             log.info("wipe requested by %s: %s", source, wiped)
             return encode_reply({"wiped": wiped})
@@ -477,11 +478,10 @@ class DriveStateMonitor:
 
     def store_status(self, report: StatusReport, source: str) -> Optional[str]:
         """Stores one status; None when stored, else why it was refused."""
-        if not self.store.record_status(report.serial_number, report.entry_json):
+        if not self.store.record_status(report.serial_number, report.entry_json, self.clock()):
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1
         self.state.status(report.serial_number, report.entry_json)
-        self.publisher.status(report.serial_number, report.time_stamp, report.status, self.clock())
         return None
 
     def _on_datagram(self, data: bytes, sender: Any, ifindex: int) -> None:
@@ -492,7 +492,6 @@ class DriveStateMonitor:
             return
         now = self.clock()
         self.counters["announcements"] += 1
-        fields = None
         serial = self.store.refresh_repeat(data, now, sender[0], iface)
         if serial is not None:
             self.state.heard(serial, now, sender[0], iface)
@@ -509,8 +508,6 @@ class DriveStateMonitor:
                 self.counters["announcements_rejected_table_full"] += 1
                 return
             self.state.announced(serial, data, now, sender[0], iface)
-        drive = self.store.drives[serial]
-        self.publisher.announcement(serial, drive.raw, self.store.tree_fields(drive), now, fields)
 
     # --- time ---------------------------------------------------------------------------------
     def _schedule_deadline(self) -> None:

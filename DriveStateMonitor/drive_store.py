@@ -6,6 +6,11 @@ The `m` and `s` replies are assembled from per-drive JSON fragments that are reb
 drives that changed since the last query, so a query over 10,000 drives of which a few changed costs a
 join, not 10,000 `json.dumps` calls. A drive that repeats its previous announcement byte for byte —
 what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup, no JSON parsing.
+
+The store is the one source of truth for drive data: the Status Server's `/drives/` is a view derived
+from it (drive_view.py). `on_change`, when set, is told which serial changed in a way the view shows
+(a new or changed announcement, `last_seen`'s second, alive/expired, a new status, a wipe); it is
+not called for a repeat heard within the same second, so the hot path stays a lookup.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import collections
 import heapq
 import json
 import time
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 # Fields the DSM adds beside the drive's own; `last_seen` keeps the original tool's format.
 LAST_SEEN = "last_seen"
@@ -30,7 +35,8 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 class DriveRecord:
     __slots__ = ("serial", "raw", "fields_prefix", "model", "firmware", "last_seen",
-                 "source_address", "interface", "fragment", "alive", "expiry_queued")
+                 "source_address", "interface", "fragment", "alive", "expiry_queued",
+                 "changed_at", "state_at")
 
     def __init__(self, serial: str) -> None:
         self.serial = serial
@@ -44,6 +50,8 @@ class DriveRecord:
         self.fragment: Optional[str] = None  # `"serial": {...}` for the `m` reply, None when stale
         self.alive = True
         self.expiry_queued = False  # an entry for this drive is in the expiry heap
+        self.changed_at = 0.0  # when the announcement's content last changed (epoch s)
+        self.state_at = 0.0    # when `alive` last flipped (or the drive was first heard)
 
     @property
     def fields(self) -> Dict[str, Any]:
@@ -78,6 +86,10 @@ class DriveStore:
         self.refused_drives = 0
         self.refused_status_serials = 0
         self._last_seen_text: Dict[int, str] = {}
+        # When each serial's newest status arrived (epoch s; the view's STAT time for it).
+        self.status_at: Dict[str, float] = {}
+        # (serial, now, appeared_or_vanished): see the module docstring. Set by the drive view.
+        self.on_change: Optional[Callable[[str, float, bool], None]] = None
 
     # --- announcements ------------------------------------------------------------------------
     def refresh_repeat(self, raw: bytes, now: float, source_address: str,
@@ -92,12 +104,16 @@ class DriveStore:
                             source_address: str, interface: str) -> bool:
         """Stores a drive's newest announcement; False if the drive table is full."""
         drive = self.drives.get(serial)
+        appeared = drive is None
         if drive is None:
             if len(self.drives) >= self.max_drives:
                 self.refused_drives += 1
                 return False
             drive = self.drives[serial] = DriveRecord(serial)
-        if drive.raw != raw:
+            drive.state_at = now
+            appeared = serial not in self.statuses  # its directory may exist for statuses
+        changed = drive.raw != raw
+        if changed:
             if self._serial_by_raw.get(drive.raw) == serial:
                 del self._serial_by_raw[drive.raw]
             drive.raw = raw
@@ -106,16 +122,24 @@ class DriveStore:
             drive.firmware = str(fields.get("firmware_version", ""))
             own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
             drive.fields_prefix = json.dumps(own)[:-1]
-        self._heard(drive, now, source_address, interface)
+            drive.changed_at = now
+        self._heard(drive, now, source_address, interface, changed, appeared)
         return True
 
-    def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str) -> None:
+    def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str,
+               changed: bool = False, appeared: bool = False) -> None:
+        # The view shows last_seen to the second and alive/expired: tell it when either moves.
+        visible = changed or not drive.alive or int(now) != int(drive.last_seen)
         drive.last_seen = now
         drive.source_address = source_address
         drive.interface = interface
-        drive.alive = True
+        if not drive.alive:
+            drive.alive = True
+            drive.state_at = now
         drive.fragment = None
         self.drives_version += 1
+        if visible and self.on_change is not None:
+            self.on_change(drive.serial, now, appeared)
         if self.drive_lifetime is not None and not drive.expiry_queued:
             drive.expiry_queued = True
             heapq.heappush(self._expiry_heap, (now + self.drive_lifetime, drive.serial))
@@ -139,9 +163,12 @@ class DriveStore:
                 continue
             drive.expiry_queued = False
             drive.alive = False
+            drive.state_at = now
             drive.fragment = None
             self.drives_version += 1
             expired.append(serial)
+            if self.on_change is not None:
+                self.on_change(serial, now, False)
         return expired
 
     def drive_view(self, serial: str) -> Dict[str, Any]:
@@ -163,23 +190,18 @@ class DriveStore:
             parts.append(drive.fragment)
         return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
-    def tree_fields(self, drive: DriveRecord) -> Dict[str, Any]:
-        """What the DSM adds to a drive's objects in the Status Server tree: `last_seen`, as the
-        spec's layout has it. The other added fields of `m` stay out of the tree, where they
-        would change (and wake monitors) on every datagram."""
-        return {LAST_SEEN: self._format_last_seen(drive.last_seen)}
-
     def added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
         """What the DSM adds beside a drive's own fields."""
         return {
-            LAST_SEEN: self._format_last_seen(drive.last_seen),
+            LAST_SEEN: self.format_last_seen(drive.last_seen),
             "last_seen_epoch": round(drive.last_seen, 3),
             "source_address": drive.source_address,
             "interface": drive.interface,
             "state": ALIVE if drive.alive else EXPIRED,
         }
 
-    def _format_last_seen(self, epoch: float) -> str:
+    def format_last_seen(self, epoch: float) -> str:
+        """`epoch` (s) in the original tool's `last_seen` format, local time, to the second."""
         # Drives announcing every 5 s share a handful of distinct seconds: format each once.
         second = int(epoch)
         text = self._last_seen_text.get(second)
@@ -191,17 +213,23 @@ class DriveStore:
         return text
 
     # --- statuses -----------------------------------------------------------------------------
-    def record_status(self, serial: str, entry_json: bytes) -> bool:
-        """Appends one status entry (pre-serialised JSON); False if the serial table is full."""
+    def record_status(self, serial: str, entry_json: bytes, now: float = 0.0) -> bool:
+        """Appends one status entry (pre-serialised JSON) that arrived at `now` (epoch s); False
+        if the serial table is full."""
         history = self.statuses.get(serial)
+        appeared = False
         if history is None:
             if len(self.statuses) >= self.max_status_serials:
                 self.refused_status_serials += 1
                 return False
             history = self.statuses[serial] = collections.deque(maxlen=self.history)
+            appeared = serial not in self.drives
         history.append(entry_json)
+        self.status_at[serial] = now
         self._status_fragments.pop(serial, None)
         self.statuses_version += 1
+        if self.on_change is not None:
+            self.on_change(serial, now, appeared)
         return True
 
     def status_json(self) -> bytes:
@@ -217,18 +245,23 @@ class DriveStore:
         return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
     # --- wiping -------------------------------------------------------------------------------
-    def wipe(self) -> Dict[str, int]:
-        """Forgets every drive and status; says how much was forgotten."""
+    def wipe(self, now: float = 0.0) -> Dict[str, int]:
+        """Forgets every drive and status at `now` (epoch s); says how much was forgotten."""
         wiped = {
             "drives": len(self.drives),
             "status_serials": len(self.statuses),
             "statuses": sum(len(history) for history in self.statuses.values()),
         }
+        gone = list(self.drives) + [s for s in self.statuses if s not in self.drives]
         self.drives.clear()
+        self.status_at.clear()
         self._serial_by_raw.clear()
         self._expiry_heap.clear()
         self.statuses.clear()
         self._status_fragments.clear()
         self.drives_version += 1
         self.statuses_version += 1
+        if self.on_change is not None:
+            for serial in gone:
+                self.on_change(serial, now, True)
         return wiped
