@@ -762,10 +762,10 @@ class Tree:
 
     def remove_dir(self, path: str, now: float) -> None:
         """Remove an empty directory (NOTEMPTY otherwise; the root: DENIED)."""
+        self._refuse_mounted(self._normalized(path))
         node = self._directory(path)
         if node.path == "/" or node.path == self._mount_path:
             raise StatServError(DENIED, "cannot remove %s" % node.path)
-        self._refuse_mounted(node.path)
         if node.children:
             raise StatServError(NOTEMPTY, "%s is not empty" % path)
         self._unlink(node, now)

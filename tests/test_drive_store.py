@@ -339,11 +339,3 @@ def test_refusals_do_not_bump_versions():
     announce(store, announcement_bytes("A"))
     status(store, "A", 1, "x")
     assert (store.drives_version, store.statuses_version) == (0, 0)
-
-
-def test_only_last_seen_of_the_added_fields_goes_into_the_tree():
-    store = DriveStore()
-    raw = json.dumps({"serial_number": "ZA1", "model": "M"}).encode()
-    store.record_announcement("ZA1", json.loads(raw), raw, T0, "10.0.0.1", "eth0")
-    fields = store.tree_fields(store.drives["ZA1"])
-    assert fields == {"last_seen": time.strftime(LAST_SEEN_FORMAT, time.localtime(int(T0)))}
