@@ -87,7 +87,8 @@ class DriveView:
     def changed(self, serial: str, now: float, structural: bool) -> None:
         """What this view shows of `serial` may have changed at `now` (epoch s); `structural`: its
         directory appeared or vanished."""
-        self.tree.mount_changed(path_component(serial), now, structural)
+        if self.tree.mount_watched:
+            self.tree.mount_changed(path_component(serial), now, structural)
 
     # --- what the tree asks ---------------------------------------------------------------------
     def _serial_of(self, component: str) -> Optional[str]:

@@ -401,6 +401,15 @@ class Tree:
     def _top_of(self, path: str) -> str:
         return path[len(self._mount_below):].partition("/")[0]
 
+    @property
+    def mount_watched(self) -> bool:
+        """True while a monitor watches the mount point or a name below it (the view's changes
+        then need reporting; otherwise they cost nothing)."""
+        if self._anchors_by_top:
+            return True
+        node = self._nodes.get(self._mount_path) if self._mount_path is not None else None
+        return node is not None and bool(node.monitors)
+
     def mount_changed(self, top: str, now: float, structural: bool) -> None:
         """The view's entries under `<mount>/<top>` may have changed at `now` (epoch s);
         `structural`: the directory `<mount>/<top>` appeared or vanished."""
