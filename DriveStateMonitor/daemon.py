@@ -588,7 +588,7 @@ class DriveStateMonitor:
         """The whole `m` reply (JSON + end byte), rebuilt only after the drives changed."""
         version = self.store.drives_version
         if self._cached_m[0] != version:
-            self._cached_m = (version, self.store.multicast_json() + END_BYTE)
+            self._cached_m = (version, self.store.multicast_json(END_BYTE))
         return self._cached_m[1]
 
     def _s_reply(self) -> bytes:

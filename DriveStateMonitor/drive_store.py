@@ -2,9 +2,13 @@
 
 Pure: no sockets, and every method that needs the time takes it (`now`, epoch seconds).
 
-The `m` and `s` replies are assembled from per-drive JSON fragments that are rebuilt only for the
-drives that changed since the last query, so a query over 10,000 drives of which a few changed costs a
-join, not 10,000 `json.dumps` calls. A drive that repeats its previous announcement byte for byte —
+The `m` reply is one bytes join over every drive of: its key (`"serial": `, kept), its datagram
+without the closing brace (a memoryview of the raw bytes when the drive's JSON is already in
+json.dumps' form, as drives send it; a re-encoded copy only otherwise), and the added fields' JSON
+(kept, rebuilt only after the drive was heard again). So a query over 10,000 drives of which a few
+changed costs a join, not 10,000 `json.dumps` calls, and a drive's data is held once, as its datagram
+(memory per drive: the datagram, ~200 bytes of added-field JSON, the record). `s` is joined from
+per-serial fragments rebuilt only for serials that changed. A drive that repeats its previous announcement byte for byte —
 what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup, no JSON parsing.
 
 The store is the one source of truth for drive data: the Status Server's `/drives/` is a view derived
@@ -35,7 +39,7 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 class DriveRecord:
     __slots__ = ("serial", "raw", "fields_prefix", "model", "firmware", "last_seen",
-                 "source_address", "interface", "fragment", "alive", "expiry_queued",
+                 "source_address", "interface", "key_json", "added_json", "alive", "expiry_queued",
                  "changed_at", "state_at")
 
     def __init__(self, serial: str) -> None:
@@ -43,11 +47,13 @@ class DriveRecord:
         self.raw = b""  # the datagram as the drive sent it; the fields are parsed from it on demand
         self.model = ""
         self.firmware = ""
-        self.fields_prefix = ""  # the drive's own fields as JSON without the closing brace
+        # The drive's own fields as JSON without the closing brace; None: raw[:-1] is exactly that.
+        self.fields_prefix: Optional[bytes] = None
         self.last_seen = 0.0
         self.source_address = ""
         self.interface = ""
-        self.fragment: Optional[str] = None  # `"serial": {...}` for the `m` reply, None when stale
+        self.key_json = json.dumps(serial).encode("utf-8") + b": "  # `"serial": ` in `m`
+        self.added_json: Optional[bytes] = None  # `"last_seen": ...}` for `m`; None when stale
         self.alive = True
         self.expiry_queued = False  # an entry for this drive is in the expiry heap
         self.changed_at = 0.0  # when the announcement's content last changed (epoch s)
@@ -86,6 +92,7 @@ class DriveStore:
         self.refused_drives = 0
         self.refused_status_serials = 0
         self._last_seen_text: Dict[int, str] = {}
+        self._strings: Dict[str, str] = {}
         # When each serial's newest status arrived (epoch s; the view's STAT time for it).
         self.status_at: Dict[str, float] = {}
         # (serial, now, appeared_or_vanished): see the module docstring. Set by the drive view.
@@ -118,10 +125,12 @@ class DriveStore:
                 del self._serial_by_raw[drive.raw]
             drive.raw = raw
             self._serial_by_raw[raw] = serial
-            drive.model = str(fields.get("model", ""))
-            drive.firmware = str(fields.get("firmware_version", ""))
+            # Most drives share a model and a firmware: keep one string of each.
+            drive.model = self._shared(str(fields.get("model", "")))
+            drive.firmware = self._shared(str(fields.get("firmware_version", "")))
             own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
-            drive.fields_prefix = json.dumps(own)[:-1]
+            own_json = json.dumps(own).encode("utf-8")
+            drive.fields_prefix = None if own_json == raw else own_json[:-1]
             drive.changed_at = now
         self._heard(drive, now, source_address, interface, changed, appeared)
         return True
@@ -131,12 +140,13 @@ class DriveStore:
         # The view shows last_seen to the second and alive/expired: tell it when either moves.
         visible = changed or not drive.alive or int(now) != int(drive.last_seen)
         drive.last_seen = now
-        drive.source_address = source_address
+        if source_address != drive.source_address:
+            drive.source_address = self._shared(source_address)
         drive.interface = interface
         if not drive.alive:
             drive.alive = True
             drive.state_at = now
-        drive.fragment = None
+        drive.added_json = None
         self.drives_version += 1
         if visible and self.on_change is not None:
             self.on_change(drive.serial, now, appeared)
@@ -164,7 +174,7 @@ class DriveStore:
             drive.expiry_queued = False
             drive.alive = False
             drive.state_at = now
-            drive.fragment = None
+            drive.added_json = None
             self.drives_version += 1
             expired.append(serial)
             if self.on_change is not None:
@@ -178,17 +188,37 @@ class DriveStore:
         view.update(self.added_fields(drive))
         return view
 
-    def multicast_json(self) -> bytes:
-        """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}."""
-        parts: List[str] = []
+    def multicast_json(self, end: bytes = b"") -> bytes:
+        """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}, followed by `end`."""
+        parts: List[Any] = [b"{"]
+        append = parts.append
         for drive in self.drives.values():
-            if drive.fragment is None:
-                added = json.dumps(self.added_fields(drive))[1:]
-                joiner = ", " if drive.fields_prefix != "{" else ""
-                drive.fragment = "%s: %s%s%s" % (json.dumps(drive.serial), drive.fields_prefix,
-                                                 joiner, added)
-            parts.append(drive.fragment)
-        return ("{" + ", ".join(parts) + "}").encode("utf-8")
+            added = drive.added_json
+            if added is None:
+                added = drive.added_json = json.dumps(self.added_fields(drive))[1:].encode("utf-8")
+            append(drive.key_json)
+            prefix = drive.fields_prefix
+            if prefix is None:
+                raw = drive.raw
+                append(memoryview(raw)[:-1])  # no copy: join reads the datagram in place
+                append(b", " if len(raw) > 2 else b"")
+            else:
+                append(prefix)
+                append(b", " if prefix != b"{" else b"")
+            append(added)
+            append(b", ")
+        if len(parts) > 1:
+            parts[-1] = b"}" + end
+        else:
+            append(b"}" + end)
+        return b"".join(parts)
+
+    def _shared(self, text: str) -> str:
+        """One string object for each distinct short text (models, firmware, addresses)."""
+        shared = self._strings.setdefault(text, text)
+        if len(self._strings) > 4096:  # a flood of distinct values must not grow this
+            self._strings.clear()
+        return shared
 
     def added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
         """What the DSM adds beside a drive's own fields."""

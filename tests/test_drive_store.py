@@ -339,3 +339,22 @@ def test_refusals_do_not_bump_versions():
     announce(store, announcement_bytes("A"))
     status(store, "A", 1, "x")
     assert (store.drives_version, store.statuses_version) == (0, 0)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"serial_number": "ZA1", "model": "M"}',              # json.dumps' form: used in place
+    b'{"serial_number":"ZA1",  "model":"M\xc3\xa9"}',       # other spacing, raw UTF-8: re-encoded
+    b'{"serial_number": "ZA1", "model": "M", "state": "x", "last_seen": 1}',  # added names dropped
+    b'{}',
+])
+def test_m_is_the_same_json_whatever_form_the_datagram_has(raw):
+    store = DriveStore()
+    fields = json.loads(raw)
+    store.record_announcement("ZA1", fields, raw, T0, "10.0.0.1", "eth0")
+    store.record_announcement("ZB2", {"serial_number": "ZB2"}, b'{"serial_number": "ZB2"}', T0,
+                              "10.0.0.2", "eth0")
+    drives = json.loads(store.multicast_json(b""))
+    own = {k: v for k, v in fields.items() if k not in ADDED_FIELDS}
+    assert {k: v for k, v in drives["ZA1"].items() if k not in ADDED_FIELDS} == own
+    assert drives["ZA1"]["state"] == ALIVE and drives["ZB2"]["source_address"] == "10.0.0.2"
+    assert store.multicast_json(b"\x04").endswith(b"}\x04")
