@@ -2,12 +2,13 @@
 
 Pure: no sockets, and every method that needs the time takes it (`now`, epoch seconds).
 
-The `m` reply is one bytes join over every drive of: its key (`"serial": `, kept), its datagram
-without the closing brace (a memoryview of the raw bytes when the drive's JSON is already in
-json.dumps' form, as drives send it; a re-encoded copy only otherwise), and the added fields' JSON
-(kept, rebuilt only after the drive was heard again). So a query over 10,000 drives of which a few
-changed costs a join, not 10,000 `json.dumps` calls, and a drive's data is held once, as its datagram
-(memory per drive: the datagram, ~200 bytes of added-field JSON, the record). `s` is joined from
+The `m` reply is one bytes join of a list kept up to date: per drive, in the table's order, its key
+(`"serial": `), its datagram without the closing brace (a memoryview of the raw bytes when the
+drive's JSON is already in json.dumps' form, as drives send it; a re-encoded copy only otherwise), a
+separator, the added fields' JSON and `, `. A drive heard again only goes on a list of stale added
+fields, rebuilt at the next `m`. So a query over 10,000 drives of which a few changed costs a few
+`json.dumps` calls and a join, and a drive's data is held once, as its datagram. (Drives leave the
+table only all at once, by `w`, so each drive's place in the list never moves.) `s` is joined from
 per-serial fragments rebuilt only for serials that changed. A drive that repeats its previous announcement byte for byte —
 what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup, no JSON parsing.
 
@@ -39,7 +40,7 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 class DriveRecord:
     __slots__ = ("serial", "raw", "fields_prefix", "model", "firmware", "last_seen",
-                 "source_address", "interface", "key_json", "added_json", "alive", "expiry_queued",
+                 "source_address", "interface", "slot", "added_json", "alive", "expiry_queued",
                  "changed_at", "state_at")
 
     def __init__(self, serial: str) -> None:
@@ -52,7 +53,7 @@ class DriveRecord:
         self.last_seen = 0.0
         self.source_address = ""
         self.interface = ""
-        self.key_json = json.dumps(serial).encode("utf-8") + b": "  # `"serial": ` in `m`
+        self.slot = 0  # where this drive's five parts of the `m` reply start in the parts list
         self.added_json: Optional[bytes] = None  # `"last_seen": ...}` for `m`; None when stale
         self.alive = True
         self.expiry_queued = False  # an entry for this drive is in the expiry heap
@@ -93,6 +94,10 @@ class DriveStore:
         self.refused_status_serials = 0
         self._last_seen_text: Dict[int, str] = {}
         self._strings: Dict[str, str] = {}
+        # The `m` reply's parts (see the module docstring) and the drives whose added fields
+        # changed since it was last joined.
+        self._m_parts: List[Any] = [b"{"]
+        self._stale: List[DriveRecord] = []
         # When each serial's newest status arrived (epoch s; the view's STAT time for it).
         self.status_at: Dict[str, float] = {}
         # (serial, now, appeared_or_vanished): see the module docstring. Set by the drive view.
@@ -117,6 +122,9 @@ class DriveStore:
                 self.refused_drives += 1
                 return False
             drive = self.drives[serial] = DriveRecord(serial)
+            drive.slot = len(self._m_parts)
+            self._m_parts += (json.dumps(serial).encode("utf-8") + b": ", b"", b"", b"", b", ")
+            self._stale.append(drive)
             drive.state_at = now
             appeared = serial not in self.statuses  # its directory may exist for statuses
         changed = drive.raw != raw
@@ -131,6 +139,9 @@ class DriveStore:
             own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
             own_json = json.dumps(own).encode("utf-8")
             drive.fields_prefix = None if own_json == raw else own_json[:-1]
+            body = memoryview(raw)[:-1] if drive.fields_prefix is None else drive.fields_prefix
+            self._m_parts[drive.slot + 1] = body  # no copy: join reads the datagram in place
+            self._m_parts[drive.slot + 2] = b", " if len(body) > 1 else b""
             drive.changed_at = now
         self._heard(drive, now, source_address, interface, changed, appeared)
         return True
@@ -146,7 +157,9 @@ class DriveStore:
         if not drive.alive:
             drive.alive = True
             drive.state_at = now
-        drive.added_json = None
+        if drive.added_json is not None:
+            drive.added_json = None
+            self._stale.append(drive)
         self.drives_version += 1
         if visible and self.on_change is not None:
             self.on_change(drive.serial, now, appeared)
@@ -174,7 +187,9 @@ class DriveStore:
             drive.expiry_queued = False
             drive.alive = False
             drive.state_at = now
-            drive.added_json = None
+            if drive.added_json is not None:
+                drive.added_json = None
+                self._stale.append(drive)
             self.drives_version += 1
             expired.append(serial)
             if self.on_change is not None:
@@ -190,28 +205,19 @@ class DriveStore:
 
     def multicast_json(self, end: bytes = b"") -> bytes:
         """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}, followed by `end`."""
-        parts: List[Any] = [b"{"]
-        append = parts.append
-        for drive in self.drives.values():
-            added = drive.added_json
-            if added is None:
-                added = drive.added_json = json.dumps(self.added_fields(drive))[1:].encode("utf-8")
-            append(drive.key_json)
-            prefix = drive.fields_prefix
-            if prefix is None:
-                raw = drive.raw
-                append(memoryview(raw)[:-1])  # no copy: join reads the datagram in place
-                append(b", " if len(raw) > 2 else b"")
-            else:
-                append(prefix)
-                append(b", " if prefix != b"{" else b"")
-            append(added)
-            append(b", ")
-        if len(parts) > 1:
-            parts[-1] = b"}" + end
-        else:
-            append(b"}" + end)
-        return b"".join(parts)
+        parts = self._m_parts
+        for drive in self._stale:
+            if drive.added_json is None and self.drives.get(drive.serial) is drive:
+                drive.added_json = json.dumps(self.added_fields(drive))[1:].encode("utf-8")
+                parts[drive.slot + 3] = drive.added_json
+        self._stale = []
+        if len(parts) == 1:
+            return b"{}" + end
+        parts[-1] = b"}" + end  # the last drive's separator closes the object, for this join
+        try:
+            return b"".join(parts)
+        finally:
+            parts[-1] = b", "
 
     def _shared(self, text: str) -> str:
         """One string object for each distinct short text (models, firmware, addresses)."""
@@ -284,6 +290,8 @@ class DriveStore:
         }
         gone = list(self.drives) + [s for s in self.statuses if s not in self.drives]
         self.drives.clear()
+        self._m_parts = [b"{"]
+        self._stale = []
         self.status_at.clear()
         self._serial_by_raw.clear()
         self._expiry_heap.clear()
