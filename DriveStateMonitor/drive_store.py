@@ -3,9 +3,11 @@
 Pure: no sockets, and every method that needs the time takes it (`now`, epoch seconds).
 
 The `m` reply is one bytes join of a list kept up to date: per drive, in the table's order, its key
-(`"serial": `), its datagram without the closing brace (a memoryview of the raw bytes when the
-drive's JSON is already in json.dumps' form, as drives send it; a re-encoded copy only otherwise), a
-separator, the added fields' JSON and `, `. A drive heard again only goes on a list of stale added
+(`"serial": `), its datagram without the closing brace, a separator, the added fields' JSON and
+`, `. A drive whose datagram is already in json.dumps' form (as drives send it) keeps only that
+"body" — the datagram without its last byte — which serves as the `m` part, as the key for
+recognising repeats, and (plus the brace) as the datagram; any other drive keeps the datagram and
+a re-encoded body. A drive heard again only goes on a list of stale added
 fields, rebuilt at the next `m`. So a query over 10,000 drives of which a few changed costs a few
 `json.dumps` calls and a join, and a drive's data is held once, as its datagram. (Drives leave the
 table only all at once, by `w`, so each drive's place in the list never moves.) `s` is joined from
@@ -39,17 +41,19 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 
 class DriveRecord:
-    __slots__ = ("serial", "raw", "fields_prefix", "model", "firmware", "last_seen",
+    __slots__ = ("serial", "body", "fields_prefix", "model", "firmware", "last_seen",
                  "source_address", "interface", "slot", "added_json", "alive", "expiry_queued",
                  "changed_at", "state_at")
 
     def __init__(self, serial: str) -> None:
         self.serial = serial
-        self.raw = b""  # the datagram as the drive sent it; the fields are parsed from it on demand
+        # The datagram as the drive sent it, without its closing brace when fields_prefix is None;
+        # the fields are parsed from it on demand.
+        self.body = b""
         self.model = ""
         self.firmware = ""
-        # The drive's own fields as JSON without the closing brace; None: raw[:-1] is exactly that.
-        self.fields_prefix: Optional[bytes] = None
+        # The drive's own fields as JSON without the closing brace; None: `body` is exactly that.
+        self.fields_prefix: Optional[bytes] = b""
         self.last_seen = 0.0
         self.source_address = ""
         self.interface = ""
@@ -64,7 +68,13 @@ class DriveRecord:
     def fields(self) -> Dict[str, Any]:
         """The announcement's fields. Parsed again on each use: keeping every drive's parsed
         dicts cost more memory than the rest of the record, and only rare paths need them."""
-        return json.loads(self.raw.decode("utf-8")) if self.raw else {}
+        raw = self.raw
+        return json.loads(raw.decode("utf-8")) if raw else {}
+
+    @property
+    def raw(self) -> bytes:
+        """The datagram as the drive sent it."""
+        return self.body + b"}" if self.fields_prefix is None else self.body
 
 
 class DriveStore:
@@ -84,6 +94,9 @@ class DriveStore:
         self.max_drives = max_drives
         self.max_status_serials = max_status_serials
         self.drives: Dict[str, DriveRecord] = {}
+        # Serial by body (drives in json.dumps' form) and by whole datagram (the others): two
+        # tables, so no datagram is ever taken for another one's body.
+        self._serial_by_body: Dict[bytes, str] = {}
         self._serial_by_raw: Dict[bytes, str] = {}
         self.statuses: Dict[str, Deque[bytes]] = {}
         self._status_fragments: Dict[str, str] = {}
@@ -107,7 +120,9 @@ class DriveStore:
     def refresh_repeat(self, raw: bytes, now: float, source_address: str,
                        interface: str) -> Optional[str]:
         """Records `raw` if it repeats a drive's current announcement byte for byte; its serial."""
-        serial = self._serial_by_raw.get(raw)
+        serial = self._serial_by_body.get(raw[:-1]) if raw[-1:] == b"}" else None
+        if serial is None and self._serial_by_raw:
+            serial = self._serial_by_raw.get(raw)
         if serial is not None:
             self._heard(self.drives[serial], now, source_address, interface)
         return serial
@@ -129,18 +144,23 @@ class DriveStore:
             appeared = serial not in self.statuses  # its directory may exist for statuses
         changed = drive.raw != raw
         if changed:
-            if self._serial_by_raw.get(drive.raw) == serial:
-                del self._serial_by_raw[drive.raw]
-            drive.raw = raw
-            self._serial_by_raw[raw] = serial
+            table = self._serial_by_body if drive.fields_prefix is None else self._serial_by_raw
+            if table.get(drive.body) == serial:
+                del table[drive.body]
             # Most drives share a model and a firmware: keep one string of each.
             drive.model = self._shared(str(fields.get("model", "")))
             drive.firmware = self._shared(str(fields.get("firmware_version", "")))
             own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
             own_json = json.dumps(own).encode("utf-8")
-            drive.fields_prefix = None if own_json == raw else own_json[:-1]
-            body = memoryview(raw)[:-1] if drive.fields_prefix is None else drive.fields_prefix
-            self._m_parts[drive.slot + 1] = body  # no copy: join reads the datagram in place
+            if own_json == raw:
+                drive.fields_prefix = None
+                drive.body = body = raw[:-1]
+                self._serial_by_body[body] = serial
+            else:
+                drive.fields_prefix = body = own_json[:-1]
+                drive.body = raw
+                self._serial_by_raw[raw] = serial
+            self._m_parts[drive.slot + 1] = body
             self._m_parts[drive.slot + 2] = b", " if len(body) > 1 else b""
             drive.changed_at = now
         self._heard(drive, now, source_address, interface, changed, appeared)
@@ -294,6 +314,7 @@ class DriveStore:
         self._stale = []
         self.status_at.clear()
         self._serial_by_raw.clear()
+        self._serial_by_body.clear()
         self._expiry_heap.clear()
         self.statuses.clear()
         self._status_fragments.clear()

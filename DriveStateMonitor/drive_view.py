@@ -113,7 +113,7 @@ class DriveView:
         if drive is None and not history:
             return None
         newest = history[-1] if history else None
-        key = (serial, drive.raw if drive else None, int(drive.last_seen) if drive else None,
+        key = (serial, drive.body if drive else None, int(drive.last_seen) if drive else None,
                drive.alive if drive else None, newest)
         if self._cached and self._cached[0] == key:
             return self._cached[1]

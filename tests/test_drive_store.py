@@ -358,3 +358,21 @@ def test_m_is_the_same_json_whatever_form_the_datagram_has(raw):
     assert {k: v for k, v in drives["ZA1"].items() if k not in ADDED_FIELDS} == own
     assert drives["ZA1"]["state"] == ALIVE and drives["ZB2"]["source_address"] == "10.0.0.2"
     assert store.multicast_json(b"\x04").endswith(b"}\x04")
+
+
+def test_repeats_are_recognised_in_either_form_and_nothing_else_is():
+    store = DriveStore()
+    canonical = b'{"serial_number": "ZA1", "model": "M"}'
+    spaced = b'{"serial_number":"ZB2","model":"M"}'
+    for serial, raw in (("ZA1", canonical), ("ZB2", spaced)):
+        store.record_announcement(serial, json.loads(raw), raw, T0, "10.0.0.1", "eth0")
+    assert store.refresh_repeat(canonical, T0 + 1, "10.0.0.1", "eth0") == "ZA1"
+    assert store.refresh_repeat(spaced, T0 + 1, "10.0.0.1", "eth0") == "ZB2"
+    assert store.drives["ZA1"].raw == canonical and store.drives["ZB2"].raw == spaced
+    # one byte more or less is another datagram, to be parsed (and refused) as such
+    for other in (canonical[:-1], canonical + b"}", spaced + b"}", spaced[:-1], b"}"):
+        assert store.refresh_repeat(other, T0 + 2, "10.0.0.1", "eth0") is None
+    changed = b'{"serial_number": "ZA1", "model": "N"}'
+    store.record_announcement("ZA1", json.loads(changed), changed, T0 + 3, "10.0.0.1", "eth0")
+    assert store.refresh_repeat(canonical, T0 + 4, "10.0.0.1", "eth0") is None
+    assert json.loads(store.multicast_json())["ZA1"]["model"] == "N"
