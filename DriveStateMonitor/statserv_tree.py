@@ -584,7 +584,7 @@ class Tree:
     # -- creation ------------------------------------------------------------------------------
 
     def _check_room(self, new_nodes: int) -> None:
-        if new_nodes and len(self._nodes) - 1 + new_nodes > self.max_objects:
+        if new_nodes and len(self) + new_nodes > self.max_objects:
             raise StatServError(LIMIT, "the store is full (%d entries)" % self.max_objects)
 
     def _check_length(self, text: str, what: str) -> None:

@@ -285,3 +285,15 @@ def test_a_drive_costs_no_tree_objects(world):
         store.record_announcement("S%03d" % index, fields, raw_of(fields), T0, "10.0.0.9", "lo")
     assert len(tree) == before
     assert len(tree.list_dir("/drives")) == 200
+
+
+def test_monitors_below_the_mount_count_against_max_objects():
+    store = DriveStore(drive_lifetime=LIFETIME)
+    tree = Tree(max_objects=3)
+    DriveView(store, tree, T0)  # /drives: one entry
+    watcher = Subscriber()
+    tree.monitor("/drives/A/state", watcher, T0)
+    tree.monitor("/drives/B/state", watcher, T0)
+    with pytest.raises(StatServError) as caught:
+        tree.monitor("/drives/C/state", watcher, T0)
+    assert caught.value.code == "LIMIT"
