@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import heapq
 import json
+import re
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -31,6 +32,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 LAST_SEEN = "last_seen"
 LAST_SEEN_FORMAT = "%Y %b %d %H:%M:%S"
 ADDED_FIELDS = (LAST_SEEN, "last_seen_epoch", "source_address", "interface", "state")
+_ADDED = frozenset(ADDED_FIELDS)
+# A serial json.dumps would write as is between quotes (the common case): no encoder call needed.
+_PLAIN_JSON_TEXT = re.compile(r'[ !#-\[\]-~]*\Z')
 ALIVE = "alive"
 EXPIRED = "expired"
 DEFAULT_HISTORY = 20
@@ -138,7 +142,9 @@ class DriveStore:
                 return False
             drive = self.drives[serial] = DriveRecord(serial)
             drive.slot = len(self._m_parts)
-            self._m_parts += (json.dumps(serial).encode("utf-8") + b": ", b"", b"", b"", b", ")
+            key = ('"%s": ' % serial if _PLAIN_JSON_TEXT.match(serial)
+                   else json.dumps(serial) + ": ").encode("utf-8")
+            self._m_parts += (key, b"", b"", b"", b", ")
             self._stale.append(drive)
             drive.state_at = now
             appeared = serial not in self.statuses  # its directory may exist for statuses
@@ -150,7 +156,8 @@ class DriveStore:
             # Most drives share a model and a firmware: keep one string of each.
             drive.model = self._shared(str(fields.get("model", "")))
             drive.firmware = self._shared(str(fields.get("firmware_version", "")))
-            own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
+            own = fields if _ADDED.isdisjoint(fields) else {
+                key: value for key, value in fields.items() if key not in _ADDED}
             own_json = json.dumps(own).encode("utf-8")
             if own_json == raw:
                 drive.fields_prefix = None

@@ -376,3 +376,12 @@ def test_repeats_are_recognised_in_either_form_and_nothing_else_is():
     store.record_announcement("ZA1", json.loads(changed), changed, T0 + 3, "10.0.0.1", "eth0")
     assert store.refresh_repeat(canonical, T0 + 4, "10.0.0.1", "eth0") is None
     assert json.loads(store.multicast_json())["ZA1"]["model"] == "N"
+
+
+@pytest.mark.parametrize("serial", ["ZA1", 'quo"te', "back\\slash", "caf\u00e9", "tab\there", "sp ace"])
+def test_m_keys_are_valid_json_for_any_serial(serial):
+    store = DriveStore()
+    fields = {"serial_number": serial, "model": "M"}
+    raw = json.dumps(fields).encode()
+    store.record_announcement(serial, fields, raw, T0, "10.0.0.1", "eth0")
+    assert json.loads(store.multicast_json())[serial]["model"] == "M"
