@@ -238,7 +238,3 @@ class DriveView:
                 yield from self._walk_dir(base, child, layout)
             else:
                 yield base + "/" + child, value
-
-    def object_count(self) -> int:
-        """How many objects the view shows (for /dsm/drive_objects; walks every drive)."""
-        return sum(1 for _ in self.walk())
