@@ -7,6 +7,8 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from DriveStateMonitor.drive_publisher import DrivePublisher
 from DriveStateMonitor.drive_store import LAST_SEEN_FORMAT, DriveStore
@@ -297,3 +299,31 @@ def test_monitors_below_the_mount_count_against_max_objects():
     with pytest.raises(StatServError) as caught:
         tree.monitor("/drives/C/state", watcher, T0)
     assert caught.value.code == "LIMIT"
+
+
+
+_names = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e,
+                                        blacklist_characters="/"), min_size=1, max_size=8)
+_values = st.one_of(st.text(max_size=12), st.integers(-10**6, 10**6), st.booleans(),
+                    st.floats(allow_nan=False, allow_infinity=False),
+                    st.lists(st.integers(0, 9), max_size=3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(_names, _values, max_size=8), st.booleans())
+def test_every_field_in_the_tree_agrees_with_m(extra, silent):
+    store = DriveStore(drive_lifetime=LIFETIME)
+    tree = Tree()
+    DriveView(store, tree, T0)
+    fields = dict(extra, serial_number="ZP1")
+    store.record_announcement("ZP1", fields, raw_of(fields), T0, "10.0.0.9", "lo")
+    if silent:
+        store.expire_due(T0 + LIFETIME + 1)
+    shown = json.loads(store.multicast_json())["ZP1"]
+    listed = dict(tree.list_dir("/drives/ZP1"))
+    for key in ("last_seen", "state"):
+        assert listed.pop(key) == shown[key]
+    own = {path_component(k): v for k, v in shown.items()
+           if k not in ("last_seen", "last_seen_epoch", "source_address", "interface", "state")}
+    assert listed == {k: v if isinstance(v, (str, bool, int, float)) else json.dumps(v, sort_keys=True)
+                      for k, v in own.items()}
