@@ -2,8 +2,8 @@
 
 Data flow: socket -> StreamTransport -> QueryConnection / StatusConnection / StatServConnection
 (sans-IO parsers) -> DriveStore and the Status Server Tree -> replies and monitor notices ->
-StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement -> DriveStore, and
-DrivePublisher copies what changed into the tree under /drives.
+StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement -> DriveStore; the
+tree's /drives is a read-only view of the DriveStore (DriveView), which tells the tree what changed.
 
 Time: the stores are pure and take `now` (epoch seconds, from `clock`); one loop timer is kept at the
 earliest deadline either store reports (lifetimes, MINPERIOD ends, drives going silent), so expiry
@@ -26,6 +26,7 @@ from . import __version__
 from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
 from .drive_publisher import DrivePublisher
+from .drive_view import DriveView
 from .drive_store import DriveStore
 from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget, sweep
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
@@ -70,6 +71,11 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+# Accepted TCP sockets inherit TCP_NODELAY from their listener on Linux (tcp(7) keeps the option
+# with the socket it clones); elsewhere each connection sets it.
+NODELAY_INHERITED = sys.platform.startswith("linux")
+
+
 def open_tcp_listener(port: int, what: str) -> socket.socket:
     """A listening TCP socket on every address (IPv6 dual-stack where the host has IPv6)."""
     try:
@@ -84,6 +90,9 @@ def open_tcp_listener(port: int, what: str) -> socket.socket:
         raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc))
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Linux gives every accepted socket the listener's TCP_NODELAY: one system call per
+        # connection fewer (_admit sets it per connection elsewhere).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind(address)
         except OSError as exc:
@@ -179,6 +188,7 @@ class DriveStateMonitor:
                                      options.max_connections_per_address, options.local_reserve)
         self.loop.max_output_total = options.max_output_total
         self.publisher = DrivePublisher(self.tree, options.drive_lifetime)
+        self.drive_view = DriveView(self.store, self.tree, clock())  # mounts /drives
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
                                lambda: self.state.snapshot(self.clock()), clock)
@@ -440,7 +450,7 @@ class DriveStateMonitor:
                 pass
             conn.close()
             return None
-        if conn.family != socket.AF_UNIX:
+        if not NODELAY_INHERITED and isinstance(addr, tuple):  # TCP, not a Unix socket
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         def closed(transport: StreamTransport) -> None:
             self.transports.discard(transport)
@@ -544,8 +554,7 @@ class DriveStateMonitor:
             if refusing is not None:
                 return encode_reply({"error": refusing})
             now = self.clock()
-            wiped = self.store.wipe()
-            wiped["tree_objects"] = self.publisher.wipe(now)
+            wiped = self.store.wipe(now)
             self.state.wiped(now)
             log.info("wipe requested by %s: %s", source, wiped)
             return encode_reply({"wiped": wiped})
@@ -565,7 +574,8 @@ class DriveStateMonitor:
             return refusing
         budget = self.options.max_store_bytes - self.tree_bytes()
         refused_budget = self.store.refused_status_budget
-        if not self.store.record_status(report.serial_number, report.entry_json, budget):
+        if not self.store.record_status(report.serial_number, report.entry_json, self.clock(),
+                                        budget):
             if self.store.refused_status_budget != refused_budget:
                 return ("store full: statuses and Status Server objects hold %d bytes (limit %d, "
                         "--max-store-bytes); not stored" % (
@@ -574,7 +584,6 @@ class DriveStateMonitor:
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1
         self.state.status(report.serial_number, report.entry_json)
-        self.publisher.status(report.serial_number, report.time_stamp, report.status, self.clock())
         return None
 
     def tree_bytes(self) -> int:
@@ -590,7 +599,6 @@ class DriveStateMonitor:
             return
         now = self.clock()
         self.counters["announcements"] += 1
-        fields = None
         serial = self.store.refresh_repeat(data, now, sender[0], iface)
         if serial is not None:
             self.state.heard(serial, now, sender[0], iface)
@@ -607,8 +615,6 @@ class DriveStateMonitor:
                 self.counters["announcements_rejected_table_full"] += 1
                 return
             self.state.announced(serial, data, now, sender[0], iface)
-        drive = self.store.drives[serial]
-        self.publisher.announcement(serial, drive.raw, self.store.tree_fields(drive), now, fields)
 
     # --- time ---------------------------------------------------------------------------------
     def _schedule_deadline(self) -> None:
@@ -695,7 +701,7 @@ class DriveStateMonitor:
         """The whole `m` reply (JSON + end byte), rebuilt only after the drives changed."""
         version = self.store.drives_version
         if self._cached_m[0] != version:
-            self._cached_m = (version, self.store.multicast_json() + END_BYTE)
+            self._cached_m = (version, self.store.multicast_json(END_BYTE))
         return self._cached_m[1]
 
     def _s_reply(self) -> bytes:

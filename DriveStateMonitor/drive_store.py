@@ -2,23 +2,39 @@
 
 Pure: no sockets, and every method that needs the time takes it (`now`, epoch seconds).
 
-The `m` and `s` replies are assembled from per-drive JSON fragments that are rebuilt only for the
-drives that changed since the last query, so a query over 10,000 drives of which a few changed costs a
-join, not 10,000 `json.dumps` calls. A drive that repeats its previous announcement byte for byte —
+The `m` reply is one bytes join of a list kept up to date: per drive, in the table's order, its key
+(`"serial": `), its datagram without the closing brace, a separator, the added fields' JSON and
+`, `. A drive whose datagram is already in json.dumps' form (as drives send it) keeps only that
+"body" — the datagram without its last byte — which serves as the `m` part, as the key for
+recognising repeats, and (plus the brace) as the datagram; any other drive keeps the datagram and
+a re-encoded body. A drive heard again only goes on a list of stale added
+fields, rebuilt at the next `m`. So a query over 10,000 drives of which a few changed costs a few
+`json.dumps` calls and a join, and a drive's data is held once, as its datagram. (Drives leave the
+table only all at once, by `w`, so each drive's place in the list never moves.) `s` is joined from
+per-serial fragments rebuilt only for serials that changed. A drive that repeats its previous announcement byte for byte —
 what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup, no JSON parsing.
+
+The store is the one source of truth for drive data: the Status Server's `/drives/` is a view derived
+from it (drive_view.py). `on_change`, when set, is told which serial changed in a way the view shows
+(a new or changed announcement, `last_seen`'s second, alive/expired, a new status, a wipe); it is
+not called for a repeat heard within the same second, so the hot path stays a lookup.
 """
 from __future__ import annotations
 
 import collections
 import heapq
 import json
+import re
 import time
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 # Fields the DSM adds beside the drive's own; `last_seen` keeps the original tool's format.
 LAST_SEEN = "last_seen"
 LAST_SEEN_FORMAT = "%Y %b %d %H:%M:%S"
 ADDED_FIELDS = (LAST_SEEN, "last_seen_epoch", "source_address", "interface", "state")
+_ADDED = frozenset(ADDED_FIELDS)
+# A serial json.dumps would write as is between quotes (the common case): no encoder call needed.
+_PLAIN_JSON_TEXT = re.compile(r'[ !#-\[\]-~]*\Z')
 ALIVE = "alive"
 EXPIRED = "expired"
 DEFAULT_HISTORY = 20
@@ -29,27 +45,40 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 
 class DriveRecord:
-    __slots__ = ("serial", "raw", "fields_prefix", "model", "firmware", "last_seen",
-                 "source_address", "interface", "fragment", "alive", "expiry_queued")
+    __slots__ = ("serial", "body", "fields_prefix", "model", "firmware", "last_seen",
+                 "source_address", "interface", "slot", "added_json", "alive", "expiry_queued",
+                 "changed_at", "state_at")
 
     def __init__(self, serial: str) -> None:
         self.serial = serial
-        self.raw = b""  # the datagram as the drive sent it; the fields are parsed from it on demand
+        # The datagram as the drive sent it, without its closing brace when fields_prefix is None;
+        # the fields are parsed from it on demand.
+        self.body = b""
         self.model = ""
         self.firmware = ""
-        self.fields_prefix = ""  # the drive's own fields as JSON without the closing brace
+        # The drive's own fields as JSON without the closing brace; None: `body` is exactly that.
+        self.fields_prefix: Optional[bytes] = b""
         self.last_seen = 0.0
         self.source_address = ""
         self.interface = ""
-        self.fragment: Optional[str] = None  # `"serial": {...}` for the `m` reply, None when stale
+        self.slot = 0  # where this drive's five parts of the `m` reply start in the parts list
+        self.added_json: Optional[bytes] = None  # `"last_seen": ...}` for `m`; None when stale
         self.alive = True
         self.expiry_queued = False  # an entry for this drive is in the expiry heap
+        self.changed_at = 0.0  # when the announcement's content last changed (epoch s)
+        self.state_at = 0.0    # when `alive` last flipped (or the drive was first heard)
 
     @property
     def fields(self) -> Dict[str, Any]:
         """The announcement's fields. Parsed again on each use: keeping every drive's parsed
         dicts cost more memory than the rest of the record, and only rare paths need them."""
-        return json.loads(self.raw.decode("utf-8")) if self.raw else {}
+        raw = self.raw
+        return json.loads(raw.decode("utf-8")) if raw else {}
+
+    @property
+    def raw(self) -> bytes:
+        """The datagram as the drive sent it."""
+        return self.body + b"}" if self.fields_prefix is None else self.body
 
 
 # A stored status costs its JSON twice (the entry and its share of the cached `s` fragment) plus
@@ -79,6 +108,9 @@ class DriveStore:
         self.max_drives = max_drives
         self.max_status_serials = max_status_serials
         self.drives: Dict[str, DriveRecord] = {}
+        # Serial by body (drives in json.dumps' form) and by whole datagram (the others): two
+        # tables, so no datagram is ever taken for another one's body.
+        self._serial_by_body: Dict[bytes, str] = {}
         self._serial_by_raw: Dict[bytes, str] = {}
         self.statuses: Dict[str, Deque[bytes]] = {}
         # What the statuses cost in memory (entry, its cached `s` fragment, objects), for the
@@ -92,12 +124,23 @@ class DriveStore:
         self.refused_drives = 0
         self.refused_status_serials = 0
         self._last_seen_text: Dict[int, str] = {}
+        self._strings: Dict[str, str] = {}
+        # The `m` reply's parts (see the module docstring) and the drives whose added fields
+        # changed since it was last joined.
+        self._m_parts: List[Any] = [b"{"]
+        self._stale: List[DriveRecord] = []
+        # When each serial's newest status arrived (epoch s; the view's STAT time for it).
+        self.status_at: Dict[str, float] = {}
+        # (serial, now, appeared_or_vanished): see the module docstring. Set by the drive view.
+        self.on_change: Optional[Callable[[str, float, bool], None]] = None
 
     # --- announcements ------------------------------------------------------------------------
     def refresh_repeat(self, raw: bytes, now: float, source_address: str,
                        interface: str) -> Optional[str]:
         """Records `raw` if it repeats a drive's current announcement byte for byte; its serial."""
-        serial = self._serial_by_raw.get(raw)
+        serial = self._serial_by_body.get(raw[:-1]) if raw[-1:] == b"}" else None
+        if serial is None and self._serial_by_raw:
+            serial = self._serial_by_raw.get(raw)
         if serial is not None:
             self._heard(self.drives[serial], now, source_address, interface)
         return serial
@@ -106,30 +149,61 @@ class DriveStore:
                             source_address: str, interface: str) -> bool:
         """Stores a drive's newest announcement; False if the drive table is full."""
         drive = self.drives.get(serial)
+        appeared = drive is None
         if drive is None:
             if len(self.drives) >= self.max_drives:
                 self.refused_drives += 1
                 return False
             drive = self.drives[serial] = DriveRecord(serial)
-        if drive.raw != raw:
-            if self._serial_by_raw.get(drive.raw) == serial:
-                del self._serial_by_raw[drive.raw]
-            drive.raw = raw
-            self._serial_by_raw[raw] = serial
-            drive.model = str(fields.get("model", ""))
-            drive.firmware = str(fields.get("firmware_version", ""))
-            own = {key: value for key, value in fields.items() if key not in ADDED_FIELDS}
-            drive.fields_prefix = json.dumps(own)[:-1]
-        self._heard(drive, now, source_address, interface)
+            drive.slot = len(self._m_parts)
+            key = ('"%s": ' % serial if _PLAIN_JSON_TEXT.match(serial)
+                   else json.dumps(serial) + ": ").encode("utf-8")
+            self._m_parts += (key, b"", b"", b"", b", ")
+            self._stale.append(drive)
+            drive.state_at = now
+            appeared = serial not in self.statuses  # its directory may exist for statuses
+        changed = drive.raw != raw
+        if changed:
+            table = self._serial_by_body if drive.fields_prefix is None else self._serial_by_raw
+            if table.get(drive.body) == serial:
+                del table[drive.body]
+            # Most drives share a model and a firmware: keep one string of each.
+            drive.model = self._shared(str(fields.get("model", "")))
+            drive.firmware = self._shared(str(fields.get("firmware_version", "")))
+            own = fields if _ADDED.isdisjoint(fields) else {
+                key: value for key, value in fields.items() if key not in _ADDED}
+            own_json = json.dumps(own).encode("utf-8")
+            if own_json == raw:
+                drive.fields_prefix = None
+                drive.body = body = raw[:-1]
+                self._serial_by_body[body] = serial
+            else:
+                drive.fields_prefix = body = own_json[:-1]
+                drive.body = raw
+                self._serial_by_raw[raw] = serial
+            self._m_parts[drive.slot + 1] = body
+            self._m_parts[drive.slot + 2] = b", " if len(body) > 1 else b""
+            drive.changed_at = now
+        self._heard(drive, now, source_address, interface, changed, appeared)
         return True
 
-    def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str) -> None:
+    def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str,
+               changed: bool = False, appeared: bool = False) -> None:
+        # The view shows last_seen to the second and alive/expired: tell it when either moves.
+        visible = changed or not drive.alive or int(now) != int(drive.last_seen)
         drive.last_seen = now
-        drive.source_address = source_address
+        if source_address != drive.source_address:
+            drive.source_address = self._shared(source_address)
         drive.interface = interface
-        drive.alive = True
-        drive.fragment = None
+        if not drive.alive:
+            drive.alive = True
+            drive.state_at = now
+        if drive.added_json is not None:
+            drive.added_json = None
+            self._stale.append(drive)
         self.drives_version += 1
+        if visible and self.on_change is not None:
+            self.on_change(drive.serial, now, appeared)
         if self.drive_lifetime is not None and not drive.expiry_queued:
             drive.expiry_queued = True
             heapq.heappush(self._expiry_heap, (now + self.drive_lifetime, drive.serial))
@@ -153,9 +227,14 @@ class DriveStore:
                 continue
             drive.expiry_queued = False
             drive.alive = False
-            drive.fragment = None
+            drive.state_at = now
+            if drive.added_json is not None:
+                drive.added_json = None
+                self._stale.append(drive)
             self.drives_version += 1
             expired.append(serial)
+            if self.on_change is not None:
+                self.on_change(serial, now, False)
         return expired
 
     def drive_view(self, serial: str) -> Dict[str, Any]:
@@ -165,35 +244,41 @@ class DriveStore:
         view.update(self.added_fields(drive))
         return view
 
-    def multicast_json(self) -> bytes:
-        """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}."""
-        parts: List[str] = []
-        for drive in self.drives.values():
-            if drive.fragment is None:
-                added = json.dumps(self.added_fields(drive))[1:]
-                joiner = ", " if drive.fields_prefix != "{" else ""
-                drive.fragment = "%s: %s%s%s" % (json.dumps(drive.serial), drive.fields_prefix,
-                                                 joiner, added)
-            parts.append(drive.fragment)
-        return ("{" + ", ".join(parts) + "}").encode("utf-8")
+    def multicast_json(self, end: bytes = b"") -> bytes:
+        """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}, followed by `end`."""
+        parts = self._m_parts
+        for drive in self._stale:
+            if drive.added_json is None and self.drives.get(drive.serial) is drive:
+                drive.added_json = json.dumps(self.added_fields(drive))[1:].encode("utf-8")
+                parts[drive.slot + 3] = drive.added_json
+        self._stale = []
+        if len(parts) == 1:
+            return b"{}" + end
+        parts[-1] = b"}" + end  # the last drive's separator closes the object, for this join
+        try:
+            return b"".join(parts)
+        finally:
+            parts[-1] = b", "
 
-    def tree_fields(self, drive: DriveRecord) -> Dict[str, Any]:
-        """What the DSM adds to a drive's objects in the Status Server tree: `last_seen`, as the
-        spec's layout has it. The other added fields of `m` stay out of the tree, where they
-        would change (and wake monitors) on every datagram."""
-        return {LAST_SEEN: self._format_last_seen(drive.last_seen)}
+    def _shared(self, text: str) -> str:
+        """One string object for each distinct short text (models, firmware, addresses)."""
+        shared = self._strings.setdefault(text, text)
+        if len(self._strings) > 4096:  # a flood of distinct values must not grow this
+            self._strings.clear()
+        return shared
 
     def added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
         """What the DSM adds beside a drive's own fields."""
         return {
-            LAST_SEEN: self._format_last_seen(drive.last_seen),
+            LAST_SEEN: self.format_last_seen(drive.last_seen),
             "last_seen_epoch": round(drive.last_seen, 3),
             "source_address": drive.source_address,
             "interface": drive.interface,
             "state": ALIVE if drive.alive else EXPIRED,
         }
 
-    def _format_last_seen(self, epoch: float) -> str:
+    def format_last_seen(self, epoch: float) -> str:
+        """`epoch` (s) in the original tool's `last_seen` format, local time, to the second."""
         # Drives announcing every 5 s share a handful of distinct seconds: format each once.
         second = int(epoch)
         text = self._last_seen_text.get(second)
@@ -205,11 +290,11 @@ class DriveStore:
         return text
 
     # --- statuses -----------------------------------------------------------------------------
-    def record_status(self, serial: str, entry_json: bytes,
+    def record_status(self, serial: str, entry_json: bytes, now: float = 0.0,
                       budget: Optional[int] = None) -> bool:
-        """Appends one status entry (pre-serialised JSON); False if the serial table is full or,
-        when `budget` (bytes) is given, if `status_bytes` would pass it (restores give none:
-        what was acknowledged is never dropped)."""
+        """Appends one status entry (pre-serialised JSON) that arrived at `now` (epoch s); False
+        if the serial table is full or, when `budget` (bytes) is given, if `status_bytes` would
+        pass it (restores give none: what was acknowledged is never dropped)."""
         history = self.statuses.get(serial)
         cost = status_cost(serial, entry_json)
         if budget is not None:
@@ -218,17 +303,22 @@ class DriveStore:
             if self.status_bytes + cost - freed > budget:
                 self.refused_status_budget += 1
                 return False
+        appeared = False
         if history is None:
             if len(self.statuses) >= self.max_status_serials:
                 self.refused_status_serials += 1
                 return False
             history = self.statuses[serial] = collections.deque(maxlen=self.history)
+            appeared = serial not in self.drives
         if len(history) == history.maxlen:
             self.status_bytes -= status_cost(serial, history[0])
         history.append(entry_json)
         self.status_bytes += cost
+        self.status_at[serial] = now
         self._status_fragments.pop(serial, None)
         self.statuses_version += 1
+        if self.on_change is not None:
+            self.on_change(serial, now, appeared)
         return True
 
     def status_json(self) -> bytes:
@@ -244,19 +334,27 @@ class DriveStore:
         return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
     # --- wiping -------------------------------------------------------------------------------
-    def wipe(self) -> Dict[str, int]:
-        """Forgets every drive and status; says how much was forgotten."""
+    def wipe(self, now: float = 0.0) -> Dict[str, int]:
+        """Forgets every drive and status at `now` (epoch s); says how much was forgotten."""
         wiped = {
             "drives": len(self.drives),
             "status_serials": len(self.statuses),
             "statuses": sum(len(history) for history in self.statuses.values()),
         }
+        gone = list(self.drives) + [s for s in self.statuses if s not in self.drives]
         self.drives.clear()
+        self._m_parts = [b"{"]
+        self._stale = []
+        self.status_at.clear()
         self._serial_by_raw.clear()
+        self._serial_by_body.clear()
         self._expiry_heap.clear()
         self.statuses.clear()
         self._status_fragments.clear()
         self.status_bytes = 0
         self.drives_version += 1
         self.statuses_version += 1
+        if self.on_change is not None:
+            for serial in gone:
+                self.on_change(serial, now, True)
         return wiped

@@ -32,6 +32,16 @@ out does not touch the heap: the old entry, when it comes due, sees the later de
 itself, so thousands of updates a second cost no heap traffic. The event loop sleeps until
 `next_deadline()` and then calls `expire_due(now)`, which handles both expiries and quiet-period ends.
 Reads that take `now` catch up on anything overdue first, so they never show a stale value.
+
+Mounts. `mount(path, view)` hands everything strictly below a directory to a read-only view that
+derives its entries on demand (drive_view.py: /drives from the drive store). The mount point itself is
+an ordinary directory node, so holds and monitors on it work as elsewhere; reads below it ask the
+view; writes below it fail with DENIED. A monitor on a name below the mount keeps an "anchor": a
+node outside `_nodes` that holds the monitors, the value last seen (and, for a directory, its
+children's values), nothing else. The view calls `mount_changed(top, now, structural)` when what it
+shows under `<mount>/<top>` may have changed; the tree re-reads only the anchors under that top name
+and reports real differences through the same `_monitor_saw` path as any other change, so DEADBAND,
+MINPERIOD, coalescing and UPDATES behave the same on both sides of the mount.
 """
 
 from __future__ import annotations
@@ -361,10 +371,99 @@ class Tree:
         # entries; `byte_budget()` (set by the daemon) says how many bytes the tree may hold.
         self._text_bytes = 1  # the root's path
         self.byte_budget: Optional[Callable[[], int]] = None
+        # The one mount (see "Mounts" above): its path, that path + "/", the view, and the
+        # anchors of monitored names below it, also indexed by their first component.
+        self._mount_path: Optional[str] = None
+        self._mount_below = "\0"  # no normalized path starts with this
+        self._view: Any = None
+        self._anchors: Dict[str, _Node] = {}
+        self._anchors_by_top: Dict[str, Set[str]] = {}
 
     def __len__(self) -> int:
-        """Entries (objects, directories, placeholders) other than the root: what max_objects caps."""
-        return len(self._nodes) - 1
+        """Entries (objects, directories, placeholders, monitored names below a mount) other than
+        the root and a mount's derived entries: what max_objects caps."""
+        return len(self._nodes) - 1 + len(self._anchors)
+
+    # -- the mount -----------------------------------------------------------------------------
+
+    def mount(self, path: str, view: Any, now: float) -> None:
+        """Serve everything below directory `path` from `view` (read-only; see "Mounts").
+
+        `view` answers `lookup(path) -> (kind, value) | None`, `children(path) -> {name: value} |
+        None` (a subdirectory's value is DIRECTORY), `attributes(path) -> dict` (type, comment,
+        lifetime, time, revision) and `walk() -> [(path, value)]` (objects, SAVE's order)."""
+        self.touch_dir(path, now)
+        self._mount_path = self._normalized(path)
+        self._mount_below = self._mount_path + "/"
+        self._view = view
+
+    def _refuse_mounted(self, path: str) -> None:
+        if path.startswith(self._mount_below):
+            raise StatServError(DENIED, "%s is derived from the DSM's own records; read-only"
+                                % path)
+
+    def _view_entry(self, path: str) -> Optional[Tuple[str, Any]]:
+        return self._view.lookup(path)
+
+    def _view_value(self, path: str) -> Any:
+        """A mounted name's value as monitors report it: the value, DIRECTORY or NONEXISTENT."""
+        entry = self._view.lookup(path)
+        if entry is None:
+            return NONEXISTENT
+        return DIRECTORY if entry[0] == _KIND_DIR else entry[1]
+
+    def _top_of(self, path: str) -> str:
+        return path[len(self._mount_below):].partition("/")[0]
+
+    @property
+    def mount_watched(self) -> bool:
+        """True while a monitor watches the mount point or a name below it (the view's changes
+        then need reporting; otherwise they cost nothing)."""
+        if self._anchors_by_top:
+            return True
+        node = self._nodes.get(self._mount_path) if self._mount_path is not None else None
+        return node is not None and bool(node.monitors)
+
+    def mount_changed(self, top: str, now: float, structural: bool) -> None:
+        """The view's entries under `<mount>/<top>` may have changed at `now` (epoch s);
+        `structural`: the directory `<mount>/<top>` appeared or vanished."""
+        if structural and self._mount_path is not None:
+            mount_node = self._nodes[self._mount_path]
+            self._bump_revision(mount_node, now)
+            if mount_node.monitors:
+                for mon in list(mount_node.monitors.values()):
+                    self._monitor_saw(mon, top, mount_node, now)
+        paths = self._anchors_by_top.get(top)
+        if paths:
+            for path in list(paths):
+                anchor = self._anchors.get(path)
+                if anchor is not None:
+                    self._refresh_anchor(anchor, now)
+
+    def _refresh_anchor(self, anchor: _Node, now: float) -> None:
+        """Re-read a monitored mounted name; report what differs from what the anchor last saw."""
+        value = self._view_value(anchor.path)
+        old = anchor.value
+        if type(old) is not type(value) or old != value:
+            anchor.value = value
+            self._bump_revision(anchor, now)
+            for mon in list(anchor.monitors.values()):
+                self._monitor_saw(mon, "", anchor, now)
+        # An anchor's `children` slot holds its directory's {name: value} as last seen.
+        seen = anchor.children or {}
+        current = (self._view.children(anchor.path) or {}) if value is DIRECTORY else {}
+        if seen or current:
+            changed = [name for name in set(seen) | set(current)
+                       if type(seen.get(name)) is not type(current.get(name))
+                       or seen.get(name) != current.get(name)]
+            anchor.children = current
+            for name in changed:
+                for mon in list(anchor.monitors.values()):
+                    self._monitor_saw(mon, name, anchor, now)
+
+    def _monitored_node(self, path: str) -> Optional[_Node]:
+        node = self._nodes.get(path)
+        return node if node is not None else self._anchors.get(path)
 
     @property
     def monitor_count(self) -> int:
@@ -396,12 +495,19 @@ class Tree:
 
     def exists(self, path: str) -> bool:
         """True for an existing object or directory (not a placeholder)."""
-        node = self._nodes.get(self._normalized(path))
+        path = self._normalized(path)
+        if path.startswith(self._mount_below):
+            return self._view_entry(path) is not None
+        node = self._nodes.get(path)
         return node is not None and node.kind != _KIND_PLACEHOLDER
 
     def kind(self, path: str) -> Optional[str]:
         """'directory', 'object', or None if the name does not exist."""
-        node = self._nodes.get(self._normalized(path))
+        path = self._normalized(path)
+        if path.startswith(self._mount_below):
+            entry = self._view_entry(path)
+            return None if entry is None else entry[0]
+        node = self._nodes.get(path)
         if node is None or node.kind == _KIND_PLACEHOLDER:
             return None
         return node.kind
@@ -409,12 +515,26 @@ class Tree:
     def get(self, path: str, now: float) -> Any:
         """The value (str, int, float, bool) or UNDEFINED/EXPIRED. NONEXISTENT/ISDIR errors."""
         self._catch_up(now)
+        if self._view is not None and self._normalized(path).startswith(self._mount_below):
+            path = self._normalized(path)
+            entry = self._view_entry(path)
+            if entry is None:
+                raise StatServError(NONEXISTENT_CODE, "%s does not exist" % path)
+            if entry[0] == _KIND_DIR:
+                raise StatServError(ISDIR, "%s is a directory" % path)
+            return entry[1]
         return self._object(path).value
 
     def value_state(self, path: str, now: float) -> Any:
         """Like get, but an absent name gives the word NONEXISTENT instead of an error."""
         self._catch_up(now)
-        node = self._nodes.get(self._normalized(path))
+        path = self._normalized(path)
+        if path.startswith(self._mount_below):
+            entry = self._view_entry(path)
+            if entry is not None and entry[0] == _KIND_DIR:
+                raise StatServError(ISDIR, "%s is a directory" % path)
+            return NONEXISTENT if entry is None else entry[1]
+        node = self._nodes.get(path)
         if node is None:
             return NONEXISTENT
         if node.kind == _KIND_DIR:
@@ -425,19 +545,49 @@ class Tree:
         """(name, value) of a directory's entries, sorted; a subdirectory's value is DIRECTORY."""
         if now is not None:
             self._catch_up(now)
+        mounted = self._mounted_children(path)
+        if mounted is not None:
+            return sorted(mounted.items())
         directory = self._directory(path)
         return [(name, DIRECTORY if child.kind == _KIND_DIR else child.value)
                 for name, child in sorted(directory.children.items())]
+
+    def _mounted_children(self, path: str) -> Optional[Dict[str, Any]]:
+        """A mounted directory's {name: value}; None if `path` is not the mount or below it;
+        NONEXISTENT / NOTDIR errors as for any directory."""
+        if self._view is None:
+            return None
+        path = self._normalized(path)
+        if path != self._mount_path and not path.startswith(self._mount_below):
+            return None
+        children = self._view.children(path)
+        if children is None:
+            if self._view_entry(path) is None:
+                raise StatServError(NONEXISTENT_CODE, "%s does not exist" % path)
+            raise StatServError(NOTDIR, "%s is not a directory" % path)
+        return children
 
     def stat(self, path: str, now: Optional[float] = None) -> Dict[str, Any]:
         """Every attribute of an entry, in a fixed order (the protocol prints them as they come)."""
         if now is not None:
             self._catch_up(now)
+        path = self._normalized(path)
+        if path.startswith(self._mount_below):
+            attributes = self._view.attributes(path)
+            if attributes is None:
+                raise StatServError(NONEXISTENT_CODE, "%s does not exist" % path)
+            anchor = self._anchors.get(path)
+            monitors = len(anchor.monitors) if anchor is not None else 0
+            attributes.update(usecount=1 + monitors, monitors=monitors)
+            return attributes
         node = self._existing(path)
         use_count = 1 + len(node.holders) + len(node.monitors)  # 1: its directory's entry
         if node.kind == _KIND_DIR:
+            entries = len(node.children)
+            if node.path == self._mount_path:
+                entries = len(self._view.children(node.path) or ())
             return {"name": node.path, "kind": node.kind, "comment": node.comment,
-                    "entries": len(node.children), "time": node.mtime, "revision": node.revision,
+                    "entries": entries, "time": node.mtime, "revision": node.revision,
                     "usecount": use_count, "monitors": len(node.monitors)}
         return {"name": node.path, "kind": node.kind, "type": node.type_name, "value": node.value,
                 "comment": node.comment, "lifetime": node.lifetime,
@@ -459,7 +609,7 @@ class Tree:
             raise StatServError(LIMIT, "the store is full (--max-store-bytes)")
 
     def _check_room(self, new_nodes: int) -> None:
-        if new_nodes and len(self._nodes) - 1 + new_nodes > self.max_objects:
+        if new_nodes and len(self) + new_nodes > self.max_objects:
             raise StatServError(LIMIT, "the store is full (%d entries)" % self.max_objects)
         self._check_bytes(new_nodes * NODE_COST)
 
@@ -537,6 +687,7 @@ class Tree:
         """Create the object (UNDEFINED, parents too) if absent, update the given attributes, and
         hold it for `owner`. AUTOEXPIRE makes `owner` the one whose release expires it."""
         path = self._normalized(path)
+        self._refuse_mounted(path)
         if type_name is not None and type_name not in TYPE_NAMES:
             raise StatServError(TYPE, "unknown type %r (string, int, float, bool)" % type_name)
         if comment is not None:
@@ -573,6 +724,7 @@ class Tree:
                   comment: Optional[str] = None) -> None:
         """Create the directory and its parents if absent, set its comment, hold it for `owner`."""
         path = self._normalized(path)
+        self._refuse_mounted(path)
         if comment is not None:
             self._check_length(comment, "comment")
         node = self._nodes.get(path)
@@ -601,6 +753,7 @@ class Tree:
 
     def put(self, path: str, text: str, now: float, *, lifetime: Optional[float] = None) -> None:
         """Update an existing object from text, converted to its type (TYPE if it does not fit)."""
+        self._refuse_mounted(self._normalized(path))
         node = self._object(path)
         self._check_length(text, "value")
         self._check_bytes(len(text) - _text_cost(node.value))
@@ -615,6 +768,7 @@ class Tree:
         node = self._nodes.get(path)
         if node is None or node.kind != _KIND_OBJECT:  # slow path: normalize, create
             path = self._normalized(path)
+            self._refuse_mounted(path)
             node = self._nodes.get(path)
             if node is None or node.kind != _KIND_OBJECT:
                 node = self._create_object(path, now)
@@ -659,13 +813,15 @@ class Tree:
 
     def remove(self, path: str, now: float) -> None:
         """Remove an object; if anyone holds it, a NONEXISTENT placeholder stays."""
+        self._refuse_mounted(self._normalized(path))
         self._unlink(self._object(path), now)
 
     def remove_dir(self, path: str, now: float) -> None:
         """Remove an empty directory (NOTEMPTY otherwise; the root: DENIED)."""
+        self._refuse_mounted(self._normalized(path))
         node = self._directory(path)
-        if node.path == "/":
-            raise StatServError(DENIED, "cannot remove the root directory")
+        if node.path == "/" or node.path == self._mount_path:
+            raise StatServError(DENIED, "cannot remove %s" % node.path)
         if node.children:
             raise StatServError(NOTEMPTY, "%s is not empty" % path)
         self._unlink(node, now)
@@ -674,7 +830,11 @@ class Tree:
         """Remove `path` and everything under it (the root itself stays); an absent path is fine.
 
         Returns the number of data objects removed (directories not counted)."""
-        node = self._nodes.get(self._normalized(path))
+        path = self._normalized(path)
+        self._refuse_mounted(path)
+        if path == self._mount_path:
+            raise StatServError(DENIED, "cannot remove %s" % path)
+        node = self._nodes.get(path)
         if node is None or node.kind == _KIND_PLACEHOLDER:
             return 0
         preorder: List[_Node] = []
@@ -710,9 +870,17 @@ class Tree:
         self._changed(node, now)
 
     def _free_if_unheld(self, node: _Node) -> None:
-        if node.kind == _KIND_PLACEHOLDER and not node.holders and not node.monitors \
-                and self._nodes.get(node.path) is node:
-            self._del_node(node)
+        if node.kind == _KIND_PLACEHOLDER and not node.holders and not node.monitors:
+            if self._nodes.get(node.path) is node:
+                self._del_node(node)
+            elif self._anchors.get(node.path) is node:
+                del self._anchors[node.path]
+                top = self._top_of(node.path)
+                paths = self._anchors_by_top.get(top)
+                if paths is not None:
+                    paths.discard(node.path)
+                    if not paths:
+                        del self._anchors_by_top[top]
 
     # -- owners --------------------------------------------------------------------------------
 
@@ -727,6 +895,7 @@ class Tree:
 
     def expire(self, path: str, now: float) -> None:
         """Makes an object EXPIRED now (replaying an auto-expire whose owner is gone)."""
+        self._refuse_mounted(self._normalized(path))
         node = self._object(path)
         node.deadline = None
         node.autoexpire_owner = None
@@ -762,6 +931,15 @@ class Tree:
         self._catch_up(now)
         path = self._normalized(path)
         node = self._nodes.get(path)
+        if node is None and path.startswith(self._mount_below):
+            node = self._anchors.get(path)
+            if node is None:
+                self._check_room(1)
+                node = self._anchors[path] = _Node(path, _KIND_PLACEHOLDER)
+                node.value = self._view_value(path)
+                if node.value is DIRECTORY:
+                    node.children = self._view.children(path)
+                self._anchors_by_top.setdefault(self._top_of(path), set()).add(path)
         if node is None:
             ancestor = _parent_of(path)
             while ancestor is not None:
@@ -790,6 +968,8 @@ class Tree:
             if pending:
                 pending.pop(path, None)
         self._collect_monitor(mon, now)
+        if node.kind == _KIND_PLACEHOLDER and path.startswith(self._mount_below):
+            return node.value  # an anchor: the view's value, DIRECTORY, or NONEXISTENT
         return DIRECTORY if node.kind == _KIND_DIR else node.value
 
     def unmonitor(self, path: str, subscriber: Any) -> None:
@@ -807,7 +987,7 @@ class Tree:
         mon.active = False
         mon.timer_seq = None
         self._monitor_count -= 1
-        node = self._nodes.get(mon.path)
+        node = self._monitored_node(mon.path)
         if node is not None and node.monitors.get(mon.subscriber) is mon:
             del node.monitors[mon.subscriber]
             self._free_if_unheld(node)
@@ -852,13 +1032,15 @@ class Tree:
         names = sorted(mon.changed_names)
         mon.changed_names = set()
         mon.notified = False
-        node = self._nodes.get(mon.path)
+        node = self._monitored_node(mon.path)
         mon.reported = node.value if node is not None else NONEXISTENT
         return [(mon.path if name == "" else _join(mon.path, name),
                  self._reported_value(mon.path if name == "" else _join(mon.path, name)))
                 for name in names]
 
     def _reported_value(self, path: str) -> Any:
+        if path.startswith(self._mount_below):
+            return self._view_value(path)
         node = self._nodes.get(path)
         if node is None:
             return NONEXISTENT
@@ -1048,7 +1230,13 @@ class Tree:
             lines.append("/  # " + escape_text(root.comment))
         for node in self._walk():
             comment = "  # " + escape_text(node.comment) if node.comment else ""
-            if node.kind == _KIND_DIR:
+            if node.path == self._mount_path:
+                derived = [path + " = " + format_saved_value(value)
+                           for path, value in self._view.walk()]
+                if node.comment or not derived:
+                    lines.append(node.path + "/" + comment)
+                lines.extend(derived)
+            elif node.kind == _KIND_DIR:
                 if node.comment or not node.children:
                     lines.append(node.path + "/" + comment)
             else:

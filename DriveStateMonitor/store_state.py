@@ -2,8 +2,8 @@
 
 Kept: every drive's newest announcement with when, from whom and where it was heard; every status
 history; every object and directory clients made in the Status Server tree, with types, comments,
-lifetimes and deadlines. Rebuilt rather than kept: /drives (from the drive records, with the times
-they were heard, so lifetimes keep counting across the restart) and /dsm (the new process's facts).
+lifetimes and deadlines. Not kept because derived: /drives (a view of the drive records, whose
+times of hearing make lifetimes keep counting across the restart) and /dsm (the new process's facts).
 Not kept: connections, monitors and holds — they die with the process.
 
 Journal records are short JSON arrays, the first item naming the change:
@@ -180,7 +180,6 @@ class StoreState:
                 self.tree.expire(path, now)
         self._owned_at_crash.clear()
         self.store.expire_due(now)
-        self._republish(now)
         self.tree.expire_due(now)
         counts["drives"] = len(self.store.drives)
         counts["statuses"] = sum(len(h) for h in self.store.statuses.values())
@@ -265,8 +264,7 @@ class StoreState:
         elif kind == GAP_RECORD:
             pass  # load_state counted it where it matters
         elif kind == "w":
-            self.store.wipe()
-            self.publisher.wipe(record[1])
+            self.store.wipe(record[1])
         elif kind == "tt":
             _, path, t, comment, lifetime, autoexpire, type_name = record
             self.tree.touch(path, t, comment=comment, lifetime=lifetime, type_name=type_name)
@@ -299,16 +297,6 @@ class StoreState:
             raise ValueError("announcement of %r kept under %r" % (parsed.serial_number, serial))
         self.store.record_announcement(serial, parsed.fields, data, _number(t), _text(source),
                                        _text(interface))
-
-    def _republish(self, now: float) -> None:
-        """Rebuilds /drives from the drive records, each as of when it was last heard."""
-        for serial, drive in self.store.drives.items():
-            self.publisher.announcement(serial, drive.raw, self.store.tree_fields(drive),
-                                        drive.last_seen)
-        for serial, history in self.store.statuses.items():
-            if history:
-                entry = json.loads(history[-1].decode("utf-8"))
-                self.publisher.status(serial, entry.get("time_stamp"), entry.get("status"), now)
 
 
 def _text(value: Any) -> str:

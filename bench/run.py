@@ -25,12 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DAEMON = os.path.join(ROOT, "DriveStateMonitor", "DriveStateMonitor.py")
 LOADGEN = os.path.join(HERE, "loadgen.py")
+# The floor (scenario 9): the least a Python selectors daemon must do for the same work.
+FLOOR = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench", "floor_server.py"))
 LOOPBACK = "127.0.0.1"
 GROUP = "239.1.2.99"
 END = b"\x04"
@@ -128,6 +130,63 @@ def softnet_drops() -> int:
         for line in f:
             total += int(line.split()[1], 16)
     return total
+
+
+def wait_cpu_idle(pid: int, timeout: float = 20.0) -> None:
+    """Returns once `pid` has used at most one clock tick of CPU in 0.3 s (its input drained)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = cpu_seconds(pid)
+        if now - last <= 1.0 / CLK_TCK:
+            return
+        last = now
+
+
+class FloorServer:
+    """../shared/bench/floor_server.py on free loopback ports (scenario 9)."""
+
+    def __init__(self) -> None:
+        self.status_port = free_tcp_port()
+        self.query_port = free_tcp_port()
+        self.mcast_port = free_udp_port()
+        self.proc = subprocess.Popen([sys.executable, FLOOR, str(self.status_port),
+                                      str(self.query_port), str(self.mcast_port), GROUP],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        _children.append(self.proc)
+        deadline = time.monotonic() + 15.0
+        while True:
+            try:
+                self.query("m")
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise BenchError("the floor server did not start")
+                time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def query(self, letter: str, timeout: float = 30.0) -> bytes:
+        with socket.create_connection((LOOPBACK, self.query_port), timeout=timeout) as sock:
+            sock.sendall(letter.encode())
+            data = recv_all(sock)
+        return data[:-1] if data.endswith(END) else data
+
+    def query_json(self, letter: str) -> Any:
+        return json.loads(self.query(letter))
+
+    def wipe(self) -> None:
+        self.query("w")
+
+    def stop(self) -> Optional[int]:
+        return stop_process(self.proc)
 
 
 class Dsm:
@@ -513,6 +572,113 @@ class Bench:
             rows[0].notes.append("DSM logged %d warning(s), first: %s"
                                  % (len(warnings), warnings[0][:200]))
 
+    # 9 ------------------------------------------------------------------------------------------
+    def floor_scenario(self) -> None:
+        """The DSM and the floor server side by side, same loads, one after the other, each
+        measured by its process's user+system CPU per operation (till drained)."""
+        R = self.report
+        if not os.path.exists(FLOOR):
+            R.row("9", "DSM / floor ratios", "", "").text = (
+                "skipped: %s not found (the floor rows need ../shared)" % FLOOR)
+            return
+        d = 1.0 if self.quick else 3.0
+        measures = [
+            ("status", "script-style status (connect, dict, \\x04, close), 4 senders",
+             1.3),
+            ("new", "announcement of a new drive (5,000 new drives/s)", 2.0),
+            ("repeat", "repeated announcement (1,000 drives, 10,000/s)", 1.5),
+        ]
+        rows: Dict[str, Dict[str, Row]] = {}
+        for key, what, limit in measures:
+            rows[key] = {
+                "floor": R.row("9", "floor CPU per " + what, "µs", "", None, "{:.1f}"),
+                "dsm": R.row("9", "  DSM CPU per operation", "µs", "", None, "{:.1f}"),
+                "ratio": R.row("9", "  DSM / floor", "×", "≤ %.1f ×" % limit,
+                               (lambda v, limit=limit: v <= limit), "{:.2f}"),
+            }
+        loss = {
+            "floor": R.row("9", "10,000 new drives/s for 2 s: floor lost", "%", "", None,
+                           "{:.2f}"),
+            "dsm": R.row("9", "  DSM lost", "%", "no loss where the floor loses none", None,
+                         "{:.2f}"),
+        }
+        floor = FloorServer()
+        dsm = self.dsm()
+        targets = {"floor": floor, "dsm": dsm}
+        all_rows = [r for lv in rows.values() for r in lv.values()] + list(loss.values())
+        try:
+            for rep in range(self.reps):
+                per_op: Dict[str, Dict[str, float]] = {"floor": {}, "dsm": {}}
+                for name, target in targets.items():
+                    tag = "F9%s%d" % (name[0], rep)
+                    # status: 4 one-shot senders
+                    target.wipe()
+                    start_at = time.monotonic() + 1.2
+                    args = [dict(mode="status_oneshot", port=target.status_port,
+                                 prefix="%ss%d" % (tag, j), per_serial=20,
+                                 count=int(20000 * d), duration=d, start_at=start_at)
+                            for j in range(4)]
+                    cpu0 = target.cpu()
+                    results = run_loadgens(args, timeout=60 + 4 * d)
+                    wait_cpu_idle(target.pid)
+                    acked = sum(r["acked"] for r in results)
+                    per_op[name]["status"] = 1e6 * (target.cpu() - cpu0) / max(acked, 1)
+                    for r in results:
+                        if r["error"]:
+                            rows["status"][name].fail_check(r["error"])
+                    # new drives, below saturation
+                    target.wipe()
+                    count = int(5000 * d)
+                    per_op[name]["new"] = self._floor_announce(
+                        target, rows["new"][name], count, 5000, d, count, tag + "n")[0]
+                    # repeats: 1,000 drives heard once, then again and again (no change)
+                    self._floor_announce(target, rows["repeat"][name], 1000, 5000, 2.0, 1000,
+                                         tag + "r")
+                    per_op[name]["repeat"] = self._floor_announce(
+                        target, rows["repeat"][name], 1000, 10000, d, int(10000 * d), tag + "r",
+                        repeat=True)[0]
+                    # loss at 10,000 new drives/s for 2 s
+                    target.wipe()
+                    _, lost_pct = self._floor_announce(target, loss[name], 20000, 10000, 2.0,
+                                                       20000, tag + "l")
+                    loss[name].add(lost_pct)
+                    log("9: %s run %d: %s; lost %.2f %% at 10k new/s"
+                        % (name, rep + 1, ", ".join("%s %.1f µs" % kv
+                                                    for kv in per_op[name].items()), lost_pct))
+                for key, _, _ in measures:
+                    rows[key]["floor"].add(per_op["floor"][key])
+                    rows[key]["dsm"].add(per_op["dsm"][key])
+                    rows[key]["ratio"].add(per_op["dsm"][key] / max(per_op["floor"][key], 1e-9))
+            if loss["floor"].values and max(loss["floor"].values) == 0 and \
+                    max(loss["dsm"].values) > 0:
+                loss["dsm"].checks.append("the DSM lost announcements where the floor lost none")
+        finally:
+            floor.stop()
+            self.finish(dsm, all_rows)
+
+    def _floor_announce(self, target: Any, row: Row, ndrives: int, rate: int, duration: float,
+                        count: int, prefix: str, repeat: bool = False) -> Tuple[float, float]:
+        """Sends `count` announcements of `ndrives` drives to `target` at `rate`/s; returns (CPU
+        µs per datagram received, % lost). Received: the drives in `m` for new drives (each
+        datagram a new serial), datagrams sent minus kernel drops for repeats."""
+        drops0 = udp_drops(target.mcast_port) + softnet_drops()
+        cpu0 = target.cpu()
+        res = run_loadgens([dict(mode="announce", port=target.mcast_port, group=GROUP,
+                                 drives=ndrives, rate=rate, duration=duration, count=count,
+                                 change_every=1000000, prefix=prefix, run="floor")],
+                           timeout=60 + duration)[0]
+        wait_cpu_idle(target.pid)
+        cpu = target.cpu() - cpu0
+        dropped = udp_drops(target.mcast_port) + softnet_drops() - drops0
+        if repeat:
+            received = res["sent"] - dropped
+        else:
+            received = sum(1 for serial in target.query_json("m") if serial.startswith(prefix))
+        if res["achieved_rate"] < 0.9 * rate:
+            row.notes.append("sender reached only %.0f/s of %d/s offered"
+                             % (res["achieved_rate"], rate))
+        return 1e6 * cpu / max(received, 1), 100.0 * (res["sent"] - received) / max(res["sent"], 1)
+
     # 1 and 2 ------------------------------------------------------------------------------------
     def status_scenarios(self) -> None:
         R = self.report
@@ -735,10 +901,12 @@ class Bench:
                       lambda v: v <= 5, "{:.2f}"),
             )
         iso_rss = R.row("5", "  DSM RSS growth while the hog waits", "MB", "", None, "{:.1f}")
-        mem = R.row("7", "RSS with 10,000 drives + 1,000 x 20 statuses", "MB", "≤ 80 MB",
-                    lambda v: v <= 80, "{:.1f}")
-        tree_n = R.row("7", "  tree objects then (drive data published)", "", "", None,
-                       "{:,.0f}")
+        mem = R.row("7", "RSS with 10,000 drives + 1,000 x 20 statuses", "MB", "≤ 60 MB",
+                    lambda v: v <= 60, "{:.1f}")
+        tree_n = R.row("7", "  tree objects then (/drives is a view: not counted)", "", "",
+                       None, "{:,.0f}")
+        per_drive = R.row("7", "  RSS per further drive (10,000 more)", "KB", "≤ 2 KB",
+                          lambda v: v <= 2, "{:.2f}")
         all_rows = [m1k, m10k, s1k, iso["status"][0], mem]
         dsm = self.dsm("--drive-lifetime", "3600", *self.many_conns)
         if self.many_conns:
@@ -833,6 +1001,13 @@ class Bench:
                     % ((rep + 1,) + tuple(percentile(r["latencies_us"][op], 99) / 1000
                                           for r in (base, loaded) for op in ("m", "s", "status"))
                        + (hog_sent, idle_ready)))
+
+            # 7: what each further drive costs (last: scenario 5 wants 10,000 drives in m).
+            rss_before = dsm.rss()
+            populate(20000)
+            per_drive.add((dsm.rss() - rss_before) * 1024 / 10000)
+            log("7: RSS %.1f MB with 20,000 drives (%.2f KB per further drive)"
+                % (dsm.rss(), per_drive.values[-1]))
         finally:
             self.finish(dsm, all_rows)
 
@@ -1020,6 +1195,7 @@ class Bench:
 
 
 SCENARIOS = {
+    "9": "floor_scenario",
     "8": "startup_scenario",
     "1": "status_scenarios",  # 1 and 2 share a DSM
     "3": "announcement_scenario",

@@ -341,9 +341,47 @@ def test_refusals_do_not_bump_versions():
     assert (store.drives_version, store.statuses_version) == (0, 0)
 
 
-def test_only_last_seen_of_the_added_fields_goes_into_the_tree():
+@pytest.mark.parametrize("raw", [
+    b'{"serial_number": "ZA1", "model": "M"}',              # json.dumps' form: used in place
+    b'{"serial_number":"ZA1",  "model":"M\xc3\xa9"}',       # other spacing, raw UTF-8: re-encoded
+    b'{"serial_number": "ZA1", "model": "M", "state": "x", "last_seen": 1}',  # added names dropped
+    b'{}',
+])
+def test_m_is_the_same_json_whatever_form_the_datagram_has(raw):
     store = DriveStore()
-    raw = json.dumps({"serial_number": "ZA1", "model": "M"}).encode()
-    store.record_announcement("ZA1", json.loads(raw), raw, T0, "10.0.0.1", "eth0")
-    fields = store.tree_fields(store.drives["ZA1"])
-    assert fields == {"last_seen": time.strftime(LAST_SEEN_FORMAT, time.localtime(int(T0)))}
+    fields = json.loads(raw)
+    store.record_announcement("ZA1", fields, raw, T0, "10.0.0.1", "eth0")
+    store.record_announcement("ZB2", {"serial_number": "ZB2"}, b'{"serial_number": "ZB2"}', T0,
+                              "10.0.0.2", "eth0")
+    drives = json.loads(store.multicast_json(b""))
+    own = {k: v for k, v in fields.items() if k not in ADDED_FIELDS}
+    assert {k: v for k, v in drives["ZA1"].items() if k not in ADDED_FIELDS} == own
+    assert drives["ZA1"]["state"] == ALIVE and drives["ZB2"]["source_address"] == "10.0.0.2"
+    assert store.multicast_json(b"\x04").endswith(b"}\x04")
+
+
+def test_repeats_are_recognised_in_either_form_and_nothing_else_is():
+    store = DriveStore()
+    canonical = b'{"serial_number": "ZA1", "model": "M"}'
+    spaced = b'{"serial_number":"ZB2","model":"M"}'
+    for serial, raw in (("ZA1", canonical), ("ZB2", spaced)):
+        store.record_announcement(serial, json.loads(raw), raw, T0, "10.0.0.1", "eth0")
+    assert store.refresh_repeat(canonical, T0 + 1, "10.0.0.1", "eth0") == "ZA1"
+    assert store.refresh_repeat(spaced, T0 + 1, "10.0.0.1", "eth0") == "ZB2"
+    assert store.drives["ZA1"].raw == canonical and store.drives["ZB2"].raw == spaced
+    # one byte more or less is another datagram, to be parsed (and refused) as such
+    for other in (canonical[:-1], canonical + b"}", spaced + b"}", spaced[:-1], b"}"):
+        assert store.refresh_repeat(other, T0 + 2, "10.0.0.1", "eth0") is None
+    changed = b'{"serial_number": "ZA1", "model": "N"}'
+    store.record_announcement("ZA1", json.loads(changed), changed, T0 + 3, "10.0.0.1", "eth0")
+    assert store.refresh_repeat(canonical, T0 + 4, "10.0.0.1", "eth0") is None
+    assert json.loads(store.multicast_json())["ZA1"]["model"] == "N"
+
+
+@pytest.mark.parametrize("serial", ["ZA1", 'quo"te', "back\\slash", "caf\u00e9", "tab\there", "sp ace"])
+def test_m_keys_are_valid_json_for_any_serial(serial):
+    store = DriveStore()
+    fields = {"serial_number": serial, "model": "M"}
+    raw = json.dumps(fields).encode()
+    store.record_announcement(serial, fields, raw, T0, "10.0.0.1", "eth0")
+    assert json.loads(store.multicast_json())[serial]["model"] == "M"

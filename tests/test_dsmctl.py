@@ -130,9 +130,11 @@ def test_put_lifetime_makes_an_expired_value_exit_6(dsm):
 def test_a_silent_drive_reads_expired(dsm_factory):
     dsm = dsm_factory.start("--drive-lifetime", "0.3")
     dsm.announce(announcement("ZEXPIRE1"))
-    result = wait_for(lambda: (lambda r: r if r.returncode == 6 else None)(
-        ctl(server_of(dsm), "get", "/drives/ZEXPIRE1/model")), 10, "the drive to expire")
-    assert result.stdout == "EXPIRED\n"
+    result = wait_for(lambda: (lambda r: r if r.stdout == "expired\n" else None)(
+        ctl(server_of(dsm), "get", "/drives/ZEXPIRE1/state")), 10, "the drive to expire")
+    assert result.returncode == 0
+    # Only state changes: the model still reads what the drive last said.
+    assert ctl(server_of(dsm), "get", "/drives/ZEXPIRE1/model").stdout == "ST4000NK0001\n"
 
 
 # --- ls / tree / stat --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any, List
 import pytest
 
 from DriveStateMonitor.drive_publisher import DrivePublisher
+from DriveStateMonitor.drive_view import DriveView
 from DriveStateMonitor.drive_store import DriveStore
 from DriveStateMonitor.persistence import (FSYNC_ALWAYS, MAGIC, Journal, Loaded, decode_records,
                                            decode_snapshot, encode_snapshot, snapshot_file_intact,
@@ -325,6 +326,7 @@ def test_journal_refuses_an_unknown_fsync_policy(tmp_path):
 def make_state(drive_lifetime: float = 60.0) -> StoreState:
     store = DriveStore(history=20, drive_lifetime=drive_lifetime)
     tree = JournaledTree()
+    DriveView(store, tree, 0.0)  # /drives: derived from the store, never in the snapshot
     return StoreState(store, tree, DrivePublisher(tree, drive_lifetime))
 
 
@@ -415,8 +417,9 @@ def test_drives_silent_longer_than_their_lifetime_come_back_expired():
     drives = json.loads(fresh.store.multicast_json())
     assert drives["OLD"]["state"] == "expired"
     assert drives["NEW"]["state"] == "alive"
-    assert fresh.tree.get("/drives/OLD/model", now) is EXPIRED
-    assert fresh.tree.get("/drives/NEW/model", now) == "ST4000NK0001"
+    assert fresh.tree.get("/drives/OLD/state", now) == "expired"
+    assert fresh.tree.get("/drives/OLD/model", now) == "ST4000NK0001"  # keeps its last value
+    assert fresh.tree.get("/drives/NEW/state", now) == "alive"
 
 
 def through_the_journal(records: List[Any]) -> List[Any]:
@@ -451,8 +454,7 @@ def test_wipe_record_replays_as_a_wipe():
     state = make_state()
     state.attach(records.append)
     populate(state, now)
-    state.store.wipe()
-    state.publisher.wipe(now)
+    state.store.wipe(now)
     state.wiped(now)
     entry = status_entry("after", "100")
     state.store.record_status("ZC3", entry)
@@ -534,7 +536,8 @@ def test_daemon_publishing_under_drives_and_dsm_is_not_journaled():
     state = make_state()
     state.attach(records.append)
     state.publisher.facts({"pid": 1, "counters": {"x": 2}}, 1.0)
-    state.publisher.status("ZA1", "t", "001", 1.0)
+    state.store.record_status("ZA1", b'{"time_stamp": "t", "status": "001"}', 1.0)
+    assert state.tree.get("/drives/ZA1/status", 1.0) == "001"
     assert records == []
 
 
@@ -556,3 +559,12 @@ def test_snapshot_items_that_fail_validation_are_skipped_and_the_rest_restored()
     json.loads(fresh.store.status_json())  # every reply still JSON
     assert fresh.tree.kind("/lab/bad") is None and fresh.tree.kind("/lab/worse") is None
     assert fresh.tree.get("/lab/count", now + 1.0) == 7  # the rest of the tree is there
+def test_snapshot_stores_no_derived_drive_objects_and_restores_them_from_the_records():
+    now = 1_700_000_000.0
+    state = make_state()
+    announce(state, "ZV1", now)
+    snapshot = state.snapshot(now)
+    assert [entry["path"] for entry in snapshot["tree"] if entry["path"].startswith("/drives")] == []
+    fresh = restored(snapshot_of(state, now), now + 1)
+    assert fresh.tree.get("/drives/ZV1/model", now + 1) == "ST4000NK0001"
+    assert fresh.tree.dump() == state.tree.dump()
