@@ -575,7 +575,7 @@ class DriveStateMonitor:
         budget = self.options.max_store_bytes - self.tree_bytes()
         refused_budget = self.store.refused_status_budget
         if not self.store.record_status(report.serial_number, report.entry_json, self.clock(),
-                                        budget):
+                                        budget=budget):
             if self.store.refused_status_budget != refused_budget:
                 return ("store full: statuses and Status Server objects hold %d bytes (limit %d, "
                         "--max-store-bytes); not stored" % (

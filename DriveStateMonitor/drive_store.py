@@ -290,7 +290,7 @@ class DriveStore:
         return text
 
     # --- statuses -----------------------------------------------------------------------------
-    def record_status(self, serial: str, entry_json: bytes, now: float = 0.0,
+    def record_status(self, serial: str, entry_json: bytes, now: float = 0.0, *,
                       budget: Optional[int] = None) -> bool:
         """Appends one status entry (pre-serialised JSON) that arrived at `now` (epoch s); False
         if the serial table is full or, when `budget` (bytes) is given, if `status_bytes` would

@@ -86,7 +86,7 @@ class QueryParser:
     @property
     def partial(self) -> bool:
         """True inside a token not yet ended (the --request-timeout clock runs)."""
-        return self._discarding
+        return self._open_token != _NO_TOKEN
 
     def receive_data(self, data: bytes) -> List[Query]:
         """Returns every query that `data` completes (nothing once `finished`)."""

@@ -109,7 +109,7 @@ class StatusParser:
     @property
     def partial(self) -> bool:
         """True while a message (or a bad one being skipped) is unfinished: --request-timeout."""
-        return bool(self._buf) or self._discarding
+        return bool(self._buf) or self._skip != _KEEP
 
     def receive_data(self, data: bytes) -> List[Framed]:
         """Returns every message (or immediate error) that `data` completes, in order."""

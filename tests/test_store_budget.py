@@ -91,11 +91,11 @@ def test_statuses_past_the_budget_are_refused_and_a_restore_is_not():
     store = DriveStore(history=1)
     entry = json.dumps({"time_stamp": 1, "status": "x" * 1000}).encode()
     budget = 5 * status_cost("S0", entry)
-    stored = sum(store.record_status("S%d" % n, entry, budget) for n in range(10))
+    stored = sum(store.record_status("S%d" % n, entry, budget=budget) for n in range(10))
     assert stored == 5 and store.refused_status_budget == 5
     assert store.status_bytes <= budget
     # A full history replaces its oldest entry: same cost, still accepted at the limit.
-    assert all(store.record_status("S0", entry, budget) for _ in range(5))
+    assert all(store.record_status("S0", entry, budget=budget) for _ in range(5))
     assert store.record_status("S9", entry)  # no budget given (a restore): never refused
     store.wipe()
     assert store.status_bytes == 0
