@@ -194,6 +194,7 @@ def run(options: argparse.Namespace, status_address: Any, out: TextIO = sys.stdo
         "; %d flaky" % options.flaky if options.flaky else "",
         "; statuses to %s:%d" % status_address if options.statuses else ""), file=out, flush=True)
     silent_before = set()
+    status_failing = False
     started = clock()
     round_number = 0
     try:
@@ -220,8 +221,10 @@ def run(options: argparse.Namespace, status_address: Any, out: TextIO = sys.stdo
                 if options.statuses:
                     problem = send_status(status_address, status_for_round(round_number, drives,
                                                                             options.seed))
-                    if problem:
-                        print("dsmctl: %s" % problem, file=sys.stderr)
+                    if problem and not status_failing:  # once, not every round
+                        print("dsmctl: %s (the drives go on announcing; said again only after "
+                              "a status got through)" % problem, file=sys.stderr)
+                    status_failing = bool(problem)
                 round_number += 1
                 if options.rounds is None or round_number < options.rounds:
                     sleep(max(0.0, started + round_number * options.interval - clock()))

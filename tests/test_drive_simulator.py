@@ -133,3 +133,17 @@ def test_an_empty_drive_table_says_why_and_what_to_try(dsm):
     assert "lo=127.0.0.1" in result.stderr
     assert "simulate --drives 5 --mcast-group %s --mcast-port %d" % (
         TEST_GROUP, dsm.mcast_port) in result.stderr
+
+
+def test_statuses_that_cannot_be_reported_are_said_once_and_drives_go_on(dsm):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    result = run_script([sys.executable, DSMCTL, "--host", "127.0.0.1", "--status-port",
+                         str(dead_port), "simulate", "--mcast-group", TEST_GROUP, "--mcast-port",
+                         str(dsm.mcast_port), "--drives", "2", "--statuses", "--interval", "0.05",
+                         "--rounds", "5"])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("cannot report a status") == 1, result.stderr
+    assert len(wait_for(lambda: dsm.query_json("m") if len(dsm.query_json("m")) == 2 else None,
+                        5, "both drives in m")) == 2
