@@ -16,8 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=["DriveStateMonitor"],
     package_data={"DriveStateMonitor": ["web/*", "systemd/*", "prometheus/*"]},
-    scripts=["runDSM", "stopDSM"],
+    scripts=["DriveStateMonitor/runDSM", "DriveStateMonitor/stopDSM"],
     python_requires=">=3.8",
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis", "prometheus_client", "pyyaml"]},
     classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],
 )

@@ -5,10 +5,15 @@ import os
 import sys
 
 if __name__ == "__main__" and not __package__:
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[0] = os.path.dirname(_here)
-    __package__ = os.path.basename(_here)
-    __import__(__package__)
+    # Run as a file: load this folder as the package "DriveStateMonitor" whatever the folder is
+    # called (a copy named DriveStateMonitor-2.0 runs too), so the folder alone runs anywhere.
+    import importlib.util
+    _here = os.path.dirname(os.path.realpath(__file__))
+    _spec = importlib.util.spec_from_file_location(
+        "DriveStateMonitor", os.path.join(_here, "__init__.py"), submodule_search_locations=[_here])
+    sys.modules["DriveStateMonitor"] = _package = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_package)
+    __package__ = "DriveStateMonitor"
 
 from .multicast_listener import main  # noqa: E402
 

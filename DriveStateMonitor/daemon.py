@@ -648,6 +648,7 @@ class DriveStateMonitor:
             "pid": os.getpid(),
             "start_time": self.started_at,
             "interfaces": ",".join("%s=%s" % (i.name, i.ipv4) for i in self.interfaces),
+            "mcast": "%s:%d" % (self.options.mcast_group, self.ports["mcast_port"]),
             "drives_known": len(self.store.drives),
             "drives_alive": sum(1 for d in self.store.drives.values() if d.alive),
             "connections_open": len(self.transports),

@@ -50,10 +50,15 @@ import os
 import sys
 
 if __name__ == "__main__" and not __package__:
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[0] = os.path.dirname(_here)
-    __package__ = os.path.basename(_here)
-    __import__(__package__)
+    # Run as a file: load this folder as the package "DriveStateMonitor" whatever the folder is
+    # called (a copy named DriveStateMonitor-2.0 runs too), so the folder alone runs anywhere.
+    import importlib.util
+    _here = os.path.dirname(os.path.realpath(__file__))
+    _spec = importlib.util.spec_from_file_location(
+        "DriveStateMonitor", os.path.join(_here, "__init__.py"), submodule_search_locations=[_here])
+    sys.modules["DriveStateMonitor"] = _package = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_package)
+    __package__ = "DriveStateMonitor"
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
@@ -67,6 +72,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union  
 
 from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, ErrorCode,  # noqa: E402
                               StatServClient, is_valid, parse_address)
+from . import drive_simulator  # noqa: E402
 from .options import non_negative_seconds, positive_int  # noqa: E402
 from .statserv_tree import escape_text, quote_string  # noqa: E402
 
@@ -76,6 +82,7 @@ EXIT_CANNOT_CONNECT = 2
 EXIT_CONNECTION_BROKE = 3
 EXIT_REFUSED = 5
 EXIT_INVALID_VALUE = 6
+EXIT_UNKNOWN_SERIAL = 6  # m/s of a serial number the DSM does not know: nothing valid to show
 
 # A watch outlives a DSM restart; a one-shot command should fail fast instead.
 WATCH_RECONNECT_TIMEOUT = 30.0
@@ -98,7 +105,7 @@ EPILOG = """exit codes: 0 success, 1 keyboard interrupt, 2 cannot connect to the
 (or a usage error, or w without --yes and without a terminal), 3 the connection broke during the
 request (or no answer in time), 5 the server refused the request (the DSM's {"error": ...} or the
 Status Server's code and text on stderr), 6 get of a value that is not valid (UNDEFINED/EXPIRED,
-printed as the word)"""
+printed as the word), or m/s of a serial number the DSM does not know (the known ones are shown)"""
 
 
 class CommandFailed(Exception):
@@ -200,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--time-stamp", metavar="TS",
                       help="the status's time stamp (default: now, ISO format)")
 
+
+    simulate = command("simulate", "announce N simulated Kinetic drives every --interval seconds "
+                                    "on one interface (default lo), until Ctrl-C")
+    drive_simulator.add_arguments(simulate)
 
     get = command("get", "print a value (UNDEFINED/EXPIRED printed as the word, exit 6)")
     get.add_argument("name")
@@ -547,9 +558,10 @@ def query(options: argparse.Namespace, letters: str) -> List[Tuple[bytes, Any]]:
     An {"error": ...} answer ends the command with exit 5."""
     address = query_address(options)
     doing = "answer " + " and ".join(letters)
-    # Whole tokens: `ms` would be one unknown query. A lone letter goes bare, as the original took it.
-    request = " ".join(letters).encode("ascii")
-    replies = exchange(address, request, len(letters), options.request_timeout, "DSM", doing)
+    # Space-separated: each letter a whole token (the DSM answers them in order, then closes).
+    replies = exchange(address, " ".join(letters).encode("ascii"), len(letters),
+                       options.request_timeout,
+                       "DSM", doing)
     answers = []
     for letter, raw in zip(letters, replies):
         text = raw.decode("utf-8", "replace").strip()
@@ -654,13 +666,46 @@ def pick(data: Dict[str, Any], serials: Optional[List[str]]) -> Dict[str, Any]:
     return {key: data[key] for key in keys}
 
 
-def warn_unknown(serials: Optional[List[str]], known: Iterable[str]) -> None:
+def warn_unknown(serials: Optional[List[str]], known: Iterable[str]) -> int:
+    """Says which serial numbers asked for the DSM does not know; EXIT_UNKNOWN_SERIAL if any (the
+    known ones are still shown), else EXIT_OK."""
     if serials is None:
-        return
+        return EXIT_OK
     known = set(known)
     unknown = sorted(set(serials) - known)
     if unknown:
-        print("dsmctl: not known to the DSM: %s" % ", ".join(unknown), file=sys.stderr)
+        print("dsmctl: not known to the DSM (no announcement heard, no status reported): %s"
+              % ", ".join(unknown), file=sys.stderr)
+        return EXIT_UNKNOWN_SERIAL
+    return EXIT_OK
+
+
+def explain_empty(options: argparse.Namespace) -> str:
+    """Why the drive table is empty, and what to try: where the DSM listens (from its /dsm/ facts
+    in the Status Server, when reachable) and the simulator."""
+    where = flags = ""
+    server = options.server
+    if options.unix:  # the Status Server's socket is beside the query socket, in the run dir
+        server = os.path.join(os.path.dirname(query_address(options)), "statserv.sock")
+    client = StatServClient("dsmctl", server, timeout=2.0, reconnect_timeout=0.0)
+    try:
+        if client.logon():
+            interfaces, group = client.get("/dsm/interfaces"), client.get("/dsm/mcast")
+            if is_valid(interfaces) and is_valid(group):
+                where = " on %s, interfaces %s" % (group, interfaces or "none")
+                mcast_group, _, mcast_port = str(group).rpartition(":")
+                if mcast_group != drive_simulator.DEFAULT_MCAST_GROUP:
+                    flags += " --mcast-group %s" % mcast_group
+                if mcast_port != str(drive_simulator.DEFAULT_MCAST_PORT):
+                    flags += " --mcast-port %s" % mcast_port
+    finally:
+        client.logoff()
+    me = "dsmctl.py"
+    if sys.argv and sys.argv[0].endswith("dsmctl.py"):
+        me = os.path.relpath(os.path.abspath(sys.argv[0]))
+    return ("dsmctl: no drives heard yet: drives announce themselves by multicast every few "
+            "seconds, and the DSM listens%s. No drives on this network? Try: %s simulate "
+            "--drives 5%s" % (where, me, flags))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,6 +744,45 @@ def _field(name: str) -> Getter:
 def _interface_field(interface: str, name: str) -> Getter:
     return lambda row: next((item.get(name) for found, item in _interfaces(row)
                              if found == interface), None)
+
+
+# The m data's fields (spec: the announcement's fields plus what the DSM adds beside last_seen).
+KNOWN_FIELDS = ("serial_number", "state", "model", "firmware_version", "manufacturer",
+                "world_wide_name", "protocol_version", "port", "tlsPort", "network_interfaces",
+                "last_seen", "last_seen_epoch", "source_address", "interface")
+
+
+def unknown_columns(names: Iterable[str], rows: List[Row]) -> List[str]:
+    """The column names that are neither a known field, an alias, an interface field (`F`, `*F`,
+    `eth0.F`), a status field, nor a field of any row of this m data."""
+    interface_fields = INTERFACE_FIELDS + ("name",)
+    present = set()
+    for row in rows:
+        present.update(row)
+    bad = []
+    for name in names:
+        name = COLUMN_ALIASES.get(name, name)
+        field = COLUMN_ALIASES.get(name[1:], name[1:]) if name.startswith("*") else name
+        if "." in field and field not in present:
+            field = COLUMN_ALIASES.get(field.partition(".")[2], field.partition(".")[2])
+            if field in interface_fields:
+                continue
+        elif name.startswith("*"):
+            if field in interface_fields:
+                continue
+        elif field in KNOWN_FIELDS or field in STATUS_FIELDS or field in INTERFACE_FIELDS \
+                or field in present:
+            continue
+        bad.append(name)
+    return bad
+
+
+def valid_columns_text() -> str:
+    return ("valid columns: %s, %s, %s (every interface's, in one cell), *F (one column per "
+            "interface) or eth0.F for F in %s; aliases %s; and any other field the drives "
+            "announce" % (", ".join(KNOWN_FIELDS), ", ".join(STATUS_FIELDS),
+                          ", ".join(INTERFACE_FIELDS), ", ".join(INTERFACE_FIELDS + ("name",)),
+                          ", ".join("%s=%s" % item for item in COLUMN_ALIASES.items())))
 
 
 def expand_columns(names: Iterable[str], rows: List[Row]) -> List[Tuple[str, Getter]]:
@@ -767,9 +851,9 @@ def command_drives(options: argparse.Namespace) -> int:
     if options.json:
         (raw, drives), = query(options, "m")
         chosen = pick(drives, serials)
-        warn_unknown(serials, drives)
+        code = warn_unknown(serials, drives)
         print_raw_or(raw, chosen, serials is None)
-        return EXIT_OK
+        return code
     (_, drives), (_, statuses) = query(options, "ms")
     rows: List[Row] = []
     for serial in sorted(set(drives) | set(statuses)):
@@ -782,24 +866,31 @@ def command_drives(options: argparse.Namespace) -> int:
         if isinstance(history, list) and history and isinstance(history[-1], dict):
             row["_latest"] = history[-1]
         rows.append(row)
-    warn_unknown(serials, list(drives) + list(statuses))
+    bad = unknown_columns(names, rows)
+    if bad:
+        raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: unknown column%s %s; %s" % (
+            "s" if len(bad) > 1 else "", ", ".join(map(repr, bad)), valid_columns_text()))
+    code = warn_unknown(serials, list(drives) + list(statuses))
     columns = expand_columns(names, rows)
     print_rows([heading for heading, _ in columns],
                [[cell_text(get(row)) for _, get in columns] for row in rows], options)
-    return EXIT_OK
+    if not drives and serials is None:
+        sys.stdout.flush()
+        print(explain_empty(options), file=sys.stderr)
+    return code
 
 
 def command_statuses(options: argparse.Namespace) -> int:
     serials = wanted_serials(options)
     (raw, statuses), = query(options, "s")
     chosen = pick(statuses, serials)
-    warn_unknown(serials, statuses)
+    code = warn_unknown(serials, statuses)
     if options.count is not None:
         chosen = {serial: history[-options.count:] if isinstance(history, list) else history
                   for serial, history in chosen.items()}
     if options.json:
         print_raw_or(raw, chosen, serials is None and options.count is None)
-        return EXIT_OK
+        return code
     rows = []
     for serial, history in chosen.items():
         for entry in history if isinstance(history, list) else []:
@@ -807,7 +898,7 @@ def command_statuses(options: argparse.Namespace) -> int:
             rows.append([serial, cell_text(entry.get("time_stamp")),
                          cell_text(entry.get("status"))])
     print_rows(["serial_number", "time_stamp", "status"], rows, options)
-    return EXIT_OK
+    return code
 
 
 def confirm(question: str) -> bool:
@@ -863,9 +954,13 @@ def command_send_status(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_simulate(options: argparse.Namespace) -> int:
+    return drive_simulator.run(options, dsm_address(options, options.status_port))
+
+
 DSM_COMMANDS = {"m": command_drives, "drives": command_drives, "s": command_statuses,
                 "statuses": command_statuses, "w": command_wipe, "wipe": command_wipe,
-                "send-status": command_send_status}
+                "send-status": command_send_status, "simulate": command_simulate}
 
 
 COMMANDS = {"get": command_get, "put": command_put, "ls": command_ls, "tree": command_tree,
@@ -913,6 +1008,12 @@ def run_statserv_command(parser: argparse.ArgumentParser, options: argparse.Name
     client = StatServClient("dsmctl", options.server, timeout=options.request_timeout,
                             reconnect_timeout=reconnect)
     if not client.logon():
+        try:  # say why the way the DSM commands do ("... connection refused — is it running?")
+            connect_dsm(parse_address(options.server), options.request_timeout or 2.0,
+                        "Status Server").close()
+        except CommandFailed as failure:
+            print(failure.message, file=sys.stderr)
+            return EXIT_CANNOT_CONNECT
         print("dsmctl: %s" % client.last_error_text, file=sys.stderr)
         return EXIT_CANNOT_CONNECT
     try:

@@ -10,11 +10,13 @@ import sys
 import time
 from typing import List, Optional
 
-from .event_loop import EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK
+from .event_loop import EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE
+from .local_dirs import unusable_dir
 from .options import DEFAULT_RUN_DIR, PACKAGE_DIR, build_parser
 from .query_protocol import END_BYTE
 from .state_guard import read_exit_note
 from .single_instance import QUERY_SOCKET, lock_holder_pid, lock_is_held
+from .start_report import describe_running, next_steps, read_info, start_failure
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
@@ -47,16 +49,22 @@ def answers_queries(run_dir: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _tail(path: str, lines: int = 15) -> str:
+def _log_since(path: str, offset: int) -> str:
+    """What the log file gained after `offset` bytes (this start's lines, not an older run's)."""
     try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20).decode("utf-8", "replace")
     except OSError:
         return ""
 
 
 def run_dsm(argv: Optional[List[str]] = None) -> int:
-    """runDSM: starts the DSM detached, waits until it answers, says where it logs."""
+    """runDSM: starts the DSM detached, waits until it answers, says where and what next.
+
+    Exit codes as every script: 0 started (or already running: shared), 1 Ctrl-C, 2 a dir or socket
+    could not be used (the cause is printed first, with the option that fixes it), 3 listen
+    failed, 4 it did not answer in time."""
     parser = build_parser(prog="runDSM")
     parser.description = ("Start the Drive State Monitor in the background (or share the one "
                           "already running) and wait until it answers queries.")
@@ -64,12 +72,24 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
     options = parser.parse_args(argv)
     run_dir = options.run_dir
     try:
-        if lock_is_held(run_dir):
-            return _already_running(run_dir)
-        os.makedirs(options.log_dir, exist_ok=True)
+        try:
+            if lock_is_held(run_dir):
+                return _already_running(run_dir)
+        except OSError as exc:
+            print("runDSM: cannot use %s as the run dir: %s; choose another with --run-dir DIR"
+                  % (run_dir, exc.strerror or exc), file=sys.stderr)
+            return EXIT_SOCKET_CREATE
         log_file = options.log_file or log_file_for(options.log_dir)
+        for problem in (
+                unusable_dir(os.path.dirname(os.path.abspath(log_file)), "log dir",
+                             "--log-file FILE or" if options.log_file else "--log-dir"),
+                unusable_dir(options.state_dir, "state dir", "--state-dir")):
+            if problem:
+                print("runDSM: %s" % problem, file=sys.stderr)
+                return EXIT_SOCKET_CREATE
         if options.log_file is None:
             argv += ["--log-file", log_file]
+        log_offset = os.path.getsize(log_file) if os.path.exists(log_file) else 0
         with open(log_file, "a") as log_out, open(os.devnull, "rb") as devnull:
             child = subprocess.Popen([sys.executable, DAEMON_SCRIPT] + argv, stdin=devnull,
                                      stdout=log_out, stderr=log_out, start_new_session=True,
@@ -80,13 +100,14 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
             if code is not None:
                 if code == EXIT_OK and lock_is_held(run_dir):
                     return _already_running(run_dir)  # another runDSM won the race
-                print("runDSM: the DSM exited with code %d while starting; log %s:\n%s"
-                      % (code, log_file, _tail(log_file)), file=sys.stderr)
+                new_lines = _log_since(log_file, log_offset)
+                print(start_failure(code, new_lines, log_file), file=sys.stderr)
                 return code
             if answers_queries(run_dir):
                 holder = lock_holder_pid(run_dir)
                 if holder == child.pid:
                     print("runDSM: DSM started, pid %d; logging to %s" % (child.pid, log_file))
+                    print(next_steps(run_dir, options, _log_since(log_file, log_offset)))
                     return EXIT_OK
                 if holder is not None:  # another runDSM's DSM won the race; ours will exit 0
                     return _already_running(run_dir)
@@ -98,7 +119,7 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
         return EXIT_INTERRUPT
     except OSError as exc:
         print("runDSM: %s" % exc, file=sys.stderr)
-        return 2
+        return EXIT_SOCKET_CREATE
 
 
 def _already_running(run_dir: str) -> int:
@@ -110,6 +131,9 @@ def _already_running(run_dir: str) -> int:
         pid = lock_holder_pid(run_dir)
     print("runDSM: a DSM is already running%s (run dir %s); sharing it"
           % (" with pid %d" % pid if pid else "", run_dir))
+    info = read_info(run_dir)
+    if info:
+        print(describe_running(info, run_dir))
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ import os
 from typing import List, Optional
 
 from .access import network_list
+from .local_dirs import default_log_dir, default_state_dir
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_QUERY_PORT = 2203
@@ -16,9 +17,9 @@ DEFAULT_HISTORY = 20
 DEFAULT_STATSERV_PORT = 3111
 DEFAULT_HTTP_PORT = 2204
 DEFAULT_DRIVE_LIFETIME = 60.0
-DEFAULT_STATE_DIR = os.path.join(PACKAGE_DIR, "State")
+DEFAULT_STATE_DIR = default_state_dir()  # outside the code folder: see local_dirs.py
 DEFAULT_RUN_DIR = "/tmp/DriveStateMonitor"
-DEFAULT_LOG_DIR = os.path.join(PACKAGE_DIR, "Logs")
+DEFAULT_LOG_DIR = default_log_dir()
 
 
 def port(text: str) -> int:
@@ -108,11 +109,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                              "\"expired\" in m (default %(default)g)")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help="snapshot and journal of the whole store, restored at start, and "
-                             "the Status Server's SAVE files in its saves/ (default: State/ "
-                             "beside the scripts)")
+                             "the Status Server's SAVE files in its saves/ (default %(default)s)")
     parser.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec",
                         help="always: a change is acknowledged only once its journal record is "
-                             "on disk, and refused while the state dir fails; everysec: fsync once a second; no: leave it to the kernel "
+                             "on disk, and refused while the state dir fails; everysec: fsync "
+                             "once a second; no: leave it to the kernel "
                              "(default %(default)s)")
     parser.add_argument("--snapshot-journal-bytes", type=positive_int, default=128 * 1024 * 1024,
                         metavar="BYTES",
@@ -133,7 +134,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                              "(default %(default)s)")
     parser.add_argument("--log-dir", default=DEFAULT_LOG_DIR, metavar="DIR",
                         help="where runDSM writes the dated log file <date>_DSMlog.txt "
-                             "(default: Logs/ beside the scripts)")
+                             "(default %(default)s)")
     parser.add_argument("--log-file", default=None, metavar="FILE",
                         help="log to FILE instead of standard error (runDSM sets it; SIGHUP "
                              "reopens it for logrotate)")

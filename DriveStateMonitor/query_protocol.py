@@ -5,9 +5,9 @@ Theory of operation
 A query is one letter, `m` (multicast data), `s` (status history) or `w` (wipe), as a whole token:
 separated from what is around it by whitespace, newlines, the end byte `\\x04`, or the end of what
 has arrived. The original tool took the single letter with no terminator and answered at once, and
-lab scripts still send it that way (`m`, then later `s`, on one connection), so a letter is
-answered the moment it arrives and the next chunk starts a new token; `nc` users may type `m` +
-Enter and pipeline `m s`. Upper-case letters are the same queries.
+lab scripts still send it that way, so a letter is answered the moment it arrives and the next
+chunk starts a new token; `nc` users may type `m` + Enter and pipeline `m s` (when the connection
+closes: query_service). Upper-case letters are the same queries.
 
 Anything else is answered with one error, at once (no waiting for a terminator that may never
 come), and nothing else ever wipes:

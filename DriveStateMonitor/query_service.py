@@ -1,6 +1,26 @@
-"""A query connection (TCP or Unix socket): queries in, replies out, in order, with back-pressure."""
+"""A query connection (TCP or Unix socket): queries in, replies out, in order, with back-pressure.
+
+When the connection closes (the rule `nc` one-liners and the lab's old scripts depend on)
+-----------------------------------------------------------------------------------------
+The original answered one query and closed, so `printf m | nc host 2203` and `echo s | nc -U
+dsm.sock` returned at once even with Debian's netcat-openbsd, which never closes its own side
+unless given `-N`. We close, too, but only when nothing the client sent is left unanswered:
+
+    after at least one reply, the DSM closes the connection (once the replies are sent) as soon as
+    every query received has been answered and no further byte waits in the socket's receive
+    buffer (checked with a non-blocking MSG_PEEK). A query letter is answered the moment it
+    arrives (query_protocol), so only the tail of a bad token can be unfinished then, and its
+    error has been sent.
+
+So several queries sent together (`printf 'm s'`, or a script's one `sendall`) are all answered in
+order; a client that closes its side (end of stream) gets every pending reply first; and a client
+that connects and sends nothing stays open until `--idle-timeout`. A query written after the
+previous reply has been read is not answered on the same connection: connect again, as the
+original required (spec `dsm.md`, "Query protocol").
+"""
 from __future__ import annotations
 
+import socket
 from typing import Callable, List
 
 from .event_loop import StreamTransport
@@ -11,21 +31,19 @@ AnswerQuery = Callable[[Query, str], bytes]
 
 
 class QueryConnection(PipelinedConnection):
-    """Answers each query of one connection in order; closes after the client's end of stream."""
+    """Answers each query of one connection in order; closes once all it sent is answered."""
 
     def __init__(self, transport: StreamTransport, answer: AnswerQuery) -> None:
         super().__init__(transport)
         self.answer = answer
         self.parser = QueryParser()
-
-    def done(self) -> bool:
-        # A request of another protocol (HTTP, Status Server) ends the connection after its error.
-        return self.eof or self.parser.finished
+        self.replied = False
 
     def parse(self, data: bytes) -> List[Query]:
         return self.parser.receive_data(data)
 
     def reply(self, query: Query) -> bytes:
+        self.replied = True
         return self.answer(query, self.transport.label)
 
     def has_partial_request(self) -> bool:
@@ -38,3 +56,23 @@ class QueryConnection(PipelinedConnection):
             "error": "query not complete within %g s of its first byte (--request-timeout); "
                      "closing" % seconds}))
         self.transport.close_when_flushed()
+
+    def done(self) -> bool:
+        """True at the client's end of stream, after a request of another protocol (HTTP, Status
+        Server: its error ends the connection), or when all it sent is answered (see the top)."""
+        if self.eof or self.parser.finished:
+            return True
+        # A bad token left open by the last chunk (parser.partial) does not keep the connection:
+        # its error is sent, and the rest of it could only earn another error.
+        return self.replied and not self._more_input_waiting()
+
+    def _more_input_waiting(self) -> bool:
+        sock = getattr(self.transport, "sock", None)
+        if sock is None:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing waiting
+        except OSError:
+            return False  # reset: closing is right anyway

@@ -262,9 +262,17 @@ def test_ctrl_c_exits_1(dsm, client, procs):
 def test_cannot_connect_exits_2():
     result = run_script([sys.executable, DSMCTL, "--server", "%s:%d" % (LOOPBACK, free_tcp_port()),
                          "get", "/x"])
-    assert result.returncode == 2 and result.stderr.startswith("dsmctl: cannot connect to ")
-    unix = run_script([sys.executable, DSMCTL, "ls", "--server", "/nonexistent-dir/statserv.sock"])
-    assert unix.returncode == 2
+    assert result.returncode == 2, result.stderr
+    # The same hint as the DSM commands give, not a raw [Errno 111].
+    assert result.stderr.startswith("dsmctl: cannot reach the Status Server at %s:" % LOOPBACK)
+    assert "connection refused \u2014 is it running? (./runDSM)" in result.stderr
+    assert "Errno" not in result.stderr
+    for command in (["ls"], ["tree"], ["get", "/x"]):
+        unix = run_script([sys.executable, DSMCTL] + command +
+                          ["--server", "/nonexistent-dir/statserv.sock"])
+        assert unix.returncode == 2
+        assert unix.stderr == "dsmctl: cannot reach the Status Server at " \
+            "/nonexistent-dir/statserv.sock: no such socket \u2014 is it running? (./runDSM)\n"
 
 
 def test_connection_broken_during_a_watch_exits_3(dsm, client, procs):

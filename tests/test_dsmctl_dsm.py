@@ -195,10 +195,28 @@ def test_m_filters_by_a_drive_list_csv(lab, tmp_path):
     assert missing.returncode == 2 and "cannot read the drive list" in missing.stderr
 
 
-def test_m_names_serial_numbers_the_dsm_does_not_know(lab):
-    result = ok(ctl(lab, "m", "ZA", "ZQ", "--csv", "--no-header", "--columns", "serial_number"))
-    assert result.stdout == "ZA\n"
-    assert result.stderr == "dsmctl: not known to the DSM: ZQ\n"
+@pytest.mark.parametrize("command", ["m", "s"])
+def test_m_and_s_of_a_serial_number_the_dsm_does_not_know_exit_6(lab, command):
+    extra = ["--columns", "serial_number"] if command == "m" else []
+    result = ctl(lab, command, "ZA", "ZQ", "--csv", "--no-header", *extra)
+    assert result.returncode == 6, (result.stdout, result.stderr)
+    assert result.stdout.startswith("ZA")  # the known one is still shown
+    assert result.stderr == "dsmctl: not known to the DSM (no announcement heard, no status " \
+                            "reported): ZQ\n"
+    alone = ctl(lab, command, "UNKNOWN_SERIAL")
+    assert alone.returncode == 6 and "UNKNOWN_SERIAL" in alone.stderr
+
+
+def test_m_with_an_unknown_column_is_an_error_listing_the_valid_ones(lab):
+    result = ctl(lab, "m", "--columns", "serial_number,modle")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("dsmctl: unknown column 'modle'; valid columns: ")
+    for name in ("serial_number", "model", "state", "last_seen", "status", "*F", "eth0.F"):
+        assert name in result.stderr
+    # Fields a drive really announces, interface forms and aliases are all accepted.
+    good = ok(ctl(lab, "m", "--columns", "serial,model,*ipv4_addr,eth0.mac,ipv4,status",
+                  "--csv"))
+    assert good.stdout.splitlines()[0].startswith("serial_number,model,")
 
 
 def test_m_all_with_serial_numbers_is_a_usage_error(lab):

@@ -532,11 +532,39 @@ def query_conn(loop):
         peer.close()
 
 
-def test_query_letter_without_terminator_is_answered_and_connection_stays_open(loop, query_conn):
+def test_query_letter_without_terminator_is_answered_then_the_dsm_closes(loop, query_conn):
+    """As the original: `printf m | nc host 2203` returns once the reply is in, although the
+    client never closes its side (query_service.py: everything received answered -> close)."""
     transport, connection, peer = query_conn()
     peer.send(b"m")
-    peer.read_until(loop, lambda p: p.received.endswith(b"\x04"))
-    assert replies(peer.received) == [{"kind": "m"}] and not peer.eof and not transport.closed
+    peer.read_until(loop, lambda p: p.eof, "the DSM to close after its reply")
+    assert replies(peer.received) == [{"kind": "m"}] and transport.closed
+
+
+def test_query_connection_with_nothing_asked_yet_stays_open(loop, query_conn):
+    transport, connection, peer = query_conn()
+    peer.send(b"\n \r\n")
+    for _ in range(5):
+        loop.run_once(max_wait=0.01)
+    assert not transport.closed and peer.received == b""
+    peer.send(b"s")
+    peer.read_until(loop, lambda p: p.eof, "the reply, then the close")
+    assert replies(peer.received) == [{"kind": "s"}]
+
+
+def test_query_connection_stays_open_while_more_input_waits_in_the_socket(loop, query_conn):
+    """Queries still in the kernel's buffer (not read yet) are answered before the close."""
+    transport, connection, peer = query_conn()
+    transport.pause_reading()
+    peer.send(b"m")
+    peer.send(b" s w")
+    # Deliver the first byte alone, as if the rest had arrived after this read.
+    connection.data_received(transport.sock.recv(1))
+    loop.flush_dirty()  # the reply goes out before the rest is read
+    if not transport.closed:
+        transport.resume_reading()
+    peer.read_until(loop, lambda p: p.eof, "every reply, then the close")
+    assert [r["kind"] for r in replies(peer.received)] == ["m", "s", "w"]
 
 
 def test_pipelined_queries_are_answered_in_order(loop, query_conn):

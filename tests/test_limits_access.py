@@ -137,13 +137,14 @@ def test_sixth_connection_on_each_port_gets_a_clear_error_and_is_closed_first_fi
     watcher = dsm.connect_statserv()
     five = queries + statuses + [watcher]
     try:
-        # Each of the five is admitted (a round trip proves it).
-        for sock in queries:
-            assert query_on_open_connection(sock) == {}
+        # Each of the five is admitted (a round trip proves it; a query connection closes after its
+        # reply, so the DSM's own count of open connections proves those two).
         for n, sock in enumerate(statuses):
             sock.sendall(status("MAXC", n, "ok"))
             assert recv_until_end(sock) == END
         assert ask(watcher, "PWD") == '. /'
+        wait_for(lambda: ask(watcher, "GET /dsm/connections_open") == '. "5"', 5,
+                 "the five connections to be open")
 
         for port in (dsm.query_port, dsm.status_port):
             with connect(port) as sixth:
@@ -291,12 +292,15 @@ def test_idle_query_and_status_connections_are_closed_but_statserv_stays_open(ds
 def test_active_query_connection_is_not_closed_as_idle(dsm_factory):
     dsm = dsm_factory.start("--idle-timeout", "0.5")
     with dsm.connect_query() as sock:
+        # A query connection closes once everything sent is answered; until then, bytes that are
+        # not yet a query (separators) keep it active.
         deadline = time.monotonic() + 1.5
-        for _ in range(100):  # 1.5 s of queries, each well inside the timeout
-            assert query_on_open_connection(sock) == {}
+        for _ in range(100):  # 1.5 s of activity, each step well inside the timeout
+            sock.sendall(b" ")
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.1)  # pacing between requests, not a wait for a result
+            time.sleep(0.1)  # pacing between writes, not a wait for a result
+        assert query_on_open_connection(sock) == {}
 
 
 # --- --max-drives, --max-objects ----------------------------------------------------------------

@@ -143,17 +143,27 @@ def test_whitespace_between_queries_is_ignored_and_replies_come_in_order(populat
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_queries_one_at_a_time_on_one_connection(populated, transport):
+@pytest.mark.parametrize("sent,letters", [(b"m", "m"), (b"s\n", "s"), (b"m\r\n", "m"),
+                                          (b" s ", "s"), (b"m s\n", "ms"), (b"s\nm\ns", "sms")])
+def test_connection_closes_once_everything_sent_is_answered(populated, transport, sent, letters):
+    """The original closed after its reply, so `printf m | nc host 2203` returns at once: the DSM
+    closes as soon as all a client sent is answered, without waiting for the client's side."""
     dsm = populated
     want = {"m": m_of(dsm), "s": dsm.query_json("s")}
     with connect(dsm, transport) as sock:
-        for sent, letter in [(b"m", "m"), (b"s\n", "s"), (b"m\r\n", "m"), (b" s ", "s"),
-                             (b"m", "m")]:
-            sock.sendall(sent)
-            reply = recv_until_end(sock)
-            assert replies(reply) == [want[letter]], sent
-        sock.shutdown(socket.SHUT_WR)
-        assert recv_all(sock) == b""  # nothing more, then the DSM closes
+        sock.sendall(sent)  # and no end of stream from our side
+        data = recv_all(sock, timeout=5)  # returns only once the DSM has closed
+    assert replies(data) == [want[letter] for letter in letters]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_connection_with_nothing_answered_yet_stays_open(populated, transport):
+    """Separators alone are no query: the DSM waits for one (up to --idle-timeout)."""
+    dsm = populated
+    with connect(dsm, transport) as sock:
+        sock.sendall(b"\n \r\n")
+        sock.sendall(b"s")
+        assert replies(recv_all(sock, timeout=5)) == [dsm.query_json("s")]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -193,18 +203,16 @@ def assert_names_valid_queries(reply: Any) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("bad", [b"x", b"help", b"?", b"mm\x00", b"\xff\xfe", b"list"])
-def test_bad_query_gets_json_error_and_connection_stays_usable(populated, transport, bad):
+def test_bad_query_gets_json_error_and_the_rest_is_still_answered(populated, transport, bad):
     dsm = populated
     want_m = m_of(dsm)
     with connect(dsm, transport) as sock:
-        sock.sendall(bad + b"\n")
-        reply = recv_until_end(sock, timeout=5)
-        parts = replies(reply)
+        sock.sendall(bad + b"\nm\n")
+        parts = replies(recv_all(sock, timeout=5))
         errors = [part for part in parts if "error" in part]
         assert len(errors) == 1, parts
         assert_names_valid_queries(errors[0])
-        sock.sendall(b"m\n")
-        assert replies(recv_until_end(sock, timeout=5)) == [want_m]
+        assert parts[-1] == want_m
     # the bad query changed nothing
     assert m_of(dsm) == want_m
 

@@ -67,19 +67,13 @@ function addresses(drive) {
   return lines.length ? lines : ["\u2014"];
 }
 
-// The same status always gets the same colour, so runs and changes stand out in the timeline.
-function statusHue(status) {
-  let hash = 2166136261;  // FNV-1a, then the golden angle: "001" and "002" get distant hues
-  for (const ch of String(status)) hash = Math.imul(hash ^ ch.codePointAt(0), 16777619) >>> 0;
-  return Math.round((hash % 1000) * 137.508) % 360;
-}
-
+// Colours by meaning (status_colours.js): the lab's codes and words, anything else neutral.
 function timeline(history) {
   const cell = el("td", "timeline");
   for (const entry of history) {
-    const tick = el("span", "tick", entry.status);
-    tick.style.backgroundColor = "hsl(" + statusHue(entry.status) + ", 60%, 88%)";
-    tick.style.borderColor = "hsl(" + statusHue(entry.status) + ", 45%, 55%)";
+    const meaning = statusMeaning(entry.status);
+    const tick = el("span", "tick status-" + meaning, entry.status);
+    tick.dataset.meaning = meaning;
     tick.title = String(entry.time_stamp) + ": " + String(entry.status);
     cell.appendChild(tick);
   }
@@ -125,7 +119,9 @@ function driveRow(serial, drive, history) {
   const latest = history.length ? history[history.length - 1] : null;
   const latestCell = el("td", "latest");
   if (latest) {
-    latestCell.appendChild(el("div", "status-value", latest.status));
+    const value = el("div", "status-value status-" + statusMeaning(latest.status), latest.status);
+    value.dataset.meaning = statusMeaning(latest.status);
+    latestCell.appendChild(value);
     latestCell.appendChild(el("div", "hint", latest.time_stamp));
   } else {
     latestCell.appendChild(el("span", "hint", "no status yet"));
@@ -176,4 +172,5 @@ function showUnreachable(error) {
   banner.hidden = false;
 }
 
+renderStatusLegend(document.getElementById("legend"));
 refresh();

@@ -1,0 +1,79 @@
+"""./runTests (the README's test command) finds every installed Python 3.8-3.13, pyenv's included,
+runs tox for exactly those, and says which ran, how each did, and which are missing."""
+from __future__ import annotations
+
+import glob
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+
+from dsm_harness import ROOT
+
+
+def load_run_tests():
+    loader = importlib.machinery.SourceFileLoader("run_tests_script", os.path.join(ROOT, "runTests"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+run_tests = load_run_tests()
+
+
+@pytest.mark.parametrize("version", run_tests.VERSIONS)
+def test_every_installed_version_is_found_pyenv_included(version):
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    installed = glob.glob(os.path.join(pyenv, "versions", version + ".*", "bin", "python" + version))
+    found = run_tests.find_interpreter(version)
+    if not installed and found is None:
+        pytest.skip("Python %s is not installed here" % version)
+    assert found is not None, "Python %s is installed (%s) but was not found" % (version, installed)
+    assert run_tests.version_of(found) == version
+
+
+def test_it_runs_exactly_the_found_versions_and_says_which_ran_and_which_are_missing(
+        monkeypatch, capsys):
+    found = {"3.8": "/opt/py38/bin/python3.8", "3.11": "/opt/py311/bin/python3.11"}
+    monkeypatch.setattr(run_tests, "find_interpreter", found.get)
+    monkeypatch.setattr(run_tests, "have_tox", lambda: True)
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        with open(command[command.index("--result-json") + 1], "w") as f:
+            json.dump({"testenvs": {"py38": {"result": {"success": True}},
+                                    "py311": {"result": {"success": False}}}}, f)
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(run_tests.subprocess, "run", fake_run)
+    code = run_tests.main(["tests/test_x.py", "-x"])
+    out = capsys.readouterr().out
+    assert code == 1
+    command, = commands
+    assert command[command.index("-e") + 1] == "py38,py311"
+    assert command[command.index("--skip-missing-interpreters") + 1] == "false"
+    discover = command[command.index("--discover") + 1:command.index("--")]
+    assert discover == [found["3.8"], found["3.11"]]
+    assert command[command.index("--") + 1:] == ["tests/test_x.py", "-x"]
+    assert "missing (not tested): 3.9, 3.10, 3.12, 3.13" in out
+    assert "Python 3.8   passed" in out and "Python 3.11  FAILED" in out
+    assert "Python 3.13  missing: not tested" in out
+
+
+def test_a_clean_tox_run_that_skipped_a_version_is_not_success(monkeypatch, capsys):
+    monkeypatch.setattr(run_tests, "find_interpreter", {"3.12": "/x/python3.12"}.get)
+    monkeypatch.setattr(run_tests, "have_tox", lambda: True)
+
+    def fake_run(command, **kwargs):
+        with open(command[command.index("--result-json") + 1], "w") as f:
+            json.dump({"testenvs": {}}, f)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(run_tests.subprocess, "run", fake_run)
+    assert run_tests.main([]) == 1
+    assert "Python 3.12  did not run" in capsys.readouterr().out
