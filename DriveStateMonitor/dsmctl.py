@@ -19,6 +19,10 @@ m and s show every drive, or only those named: serial numbers as arguments, pipe
 format). Standard input is read when it is a file, or a pipe that has something (or its end) within
 half a second; `-` as a SERIAL (or --drive-list -) always reads it; --all ignores it.
 
+Across a lab (docs/lab.md): m and s take --lab [FILE] or --hosts H1,H2:PORT, ask every DSM at
+once (--timeout S each, --strict) and add a HOST column; `dsmctl.py find SERIAL...` shows where each
+drive is heard (the lab file from --lab, --hosts, $DSM_LAB or ~/.config/dsm/lab, else --host).
+
 --host HOST[:PORT] (default localhost; the port given replaces --query-port 2203 for m/s/w and
 --status-port 3110 for send-status), --unix PATH (the DSM's dsm.sock, or its run dir) for queries.
 
