@@ -921,6 +921,9 @@ def lab_hosts(options: argparse.Namespace, fallback: bool) -> List[lab.LabHost]:
                                 "write %s" % (lab.ENVIRONMENT_VARIABLE, lab.DEFAULT_LAB_FILES[0]))
     except lab.LabFileError as error:
         raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: %s" % error) from None
+    if options.unix:
+        raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: %s asks DSMs on their query port; "
+                            "use --host instead of --unix" % options.command)
     host, port = dsm_address(options, options.query_port)
     return [lab.LabHost(host, port, lab.DEFAULT_HTTP_PORT, show_address((host, port)))]
 

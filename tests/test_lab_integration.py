@@ -122,6 +122,20 @@ def test_find_shows_a_drive_on_every_host_that_hears_it(lab):
     assert len(table.stdout.splitlines()) == 3
 
 
+@pytest.mark.skipif(os.path.exists("/etc/dsm/lab"), reason="this host has a lab file")
+def test_find_without_a_lab_file_asks_the_host_dsm(lab, tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path))
+    env.pop("DSM_LAB", None)
+    b = lab.dsms["bench-b"]
+    result = dsmctl("find", "ZB20G4L7", "--host", "%s:%d" % (LOOPBACK, b.query_port), "--csv",
+                    env=env)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[1][:3] == ["%s:%d" % (LOOPBACK, b.query_port), "ZB20G4L7", "lo"]
+    unix = dsmctl("find", "ZB20G4L7", "--unix", b.run_dir, env=env)
+    assert unix.returncode == 2 and "use --host instead of --unix" in unix.stderr
+
+
 def test_a_stopped_dsm_is_one_line_on_stderr_and_exit_0_unless_strict(lab):
     lab.dsms["bench-b"].stop()
     result = dsmctl("m", "--lab", lab.path, "--timeout", "5")
