@@ -678,7 +678,8 @@ class DriveStateMonitor:
     def _start_http(self, port: int) -> None:
         """Opens --http-port, reads the page's files (once, now) and starts the loop-lag probe."""
         self.web_app = WebApp(WebData(self._http_drives_json, self._http_drive_json,
-                                      self._http_status_json, self.metrics_facts),
+                                      self._http_status_json, self.metrics_facts,
+                                      tuple(self.options.lab)),
                               load_static_files(), self.clock)
         http_sock = open_tcp_listener(port, "HTTP")
         self._add_listener(http_sock, "http", self._accept_http)

@@ -19,6 +19,10 @@ m and s show every drive, or only those named: serial numbers as arguments, pipe
 format). Standard input is read when it is a file, or a pipe that has something (or its end) within
 half a second; `-` as a SERIAL (or --drive-list -) always reads it; --all ignores it.
 
+Across a lab (docs/lab.md): m and s take --lab [FILE] or --hosts H1,H2:PORT, ask every DSM at
+once (--timeout S each, --strict) and add a HOST column; `dsmctl.py find SERIAL...` shows where each
+drive is heard (the lab file from --lab, --hosts, $DSM_LAB or ~/.config/dsm/lab, else --host).
+
 --host HOST[:PORT] (default localhost; the port given replaces --query-port 2203 for m/s/w and
 --status-port 3110 for send-status), --unix PATH (the DSM's dsm.sock, or its run dir) for queries.
 
@@ -73,7 +77,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union  
 from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, ErrorCode,  # noqa: E402
                               StatServClient, is_valid, parse_address)
 from . import drive_simulator  # noqa: E402
-from .options import non_negative_seconds, positive_int  # noqa: E402
+from . import lab  # noqa: E402
+from .options import non_negative_seconds, positive_int, positive_seconds  # noqa: E402
 from .statserv_tree import escape_text, quote_string  # noqa: E402
 
 EXIT_OK = 0
@@ -180,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--csv", action="store_true", help="print CSV instead of a table")
         sub.add_argument("--no-header", action="store_true",
                          help="leave out the table's or the CSV's header line")
+        add_lab_options(sub)
 
     drives = command("m", "the DSM's drives, one row each, sorted by serial number: state, model, "
                           "firmware, IPv4 addresses, last seen and the newest status",
@@ -197,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     statuses.add_argument("-n", dest="count", type=_history_count, default=1, metavar="N|all",
                           help="how many of each drive's newest statuses (default 1; all: every "
                                "status the DSM keeps)")
+    find = command("find", "where each drive is heard: host, interface, address, state, last "
+                           "seen, newest status; across the lab (--lab, --hosts, $DSM_LAB or "
+                           "the default lab file) or the --host DSM")
+    find.add_argument("serials", nargs="+", metavar="SERIAL")
+    find.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    find.add_argument("--no-header", action="store_true",
+                      help="leave out the table's or the CSV's header line")
+    add_lab_options(find)
     wipe = command("w", "wipe every drive and status in the DSM (asks first)", aliases=["wipe"])
     wipe.add_argument("--yes", "-y", action="store_true",
                       help="do not ask (needed when standard input is not a terminal)")
@@ -240,6 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     rmdir = command("rmdir", "remove an empty directory")
     rmdir.add_argument("path")
     return parser
+
+
+def add_lab_options(parser: argparse.ArgumentParser) -> None:
+    """--lab, --hosts, --timeout, --strict: ask every DSM of a lab at once (lab.py, docs/lab.md)."""
+    parser.add_argument("--lab", nargs="?", const="", metavar="FILE",
+                        help="ask every DSM in the lab FILE at once and add a HOST column "
+                             "(no FILE: $%s, else %s)" % (lab.ENVIRONMENT_VARIABLE,
+                                                         " or ".join(lab.DEFAULT_LAB_FILES)))
+    parser.add_argument("--hosts", metavar="H1,H2:PORT",
+                        help="like --lab, with the DSMs listed here (host or host:query-port)")
+    parser.add_argument("--timeout", type=positive_seconds, metavar="S",
+                        help="with --lab/--hosts: each DSM's answer must be complete within S "
+                             "seconds (default: --request-timeout, 10)")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --lab/--hosts: exit %d if any DSM fails (default: only if "
+                             "every one does)" % EXIT_CANNOT_CONNECT)
 
 
 def _port(text: str) -> int:
@@ -846,6 +876,8 @@ def print_raw_or(raw: bytes, value: Any, unchanged: bool) -> None:
 
 
 def command_drives(options: argparse.Namespace) -> int:
+    if lab_wanted(options):
+        return lab_drives(options)
     serials = wanted_serials(options)
     names = options.columns or list(DEFAULT_COLUMNS)
     if options.json:
@@ -881,6 +913,8 @@ def command_drives(options: argparse.Namespace) -> int:
 
 
 def command_statuses(options: argparse.Namespace) -> int:
+    if lab_wanted(options):
+        return lab_statuses(options)
     serials = wanted_serials(options)
     (raw, statuses), = query(options, "s")
     chosen = pick(statuses, serials)
@@ -956,11 +990,144 @@ def command_send_status(options: argparse.Namespace) -> int:
 
 def command_simulate(options: argparse.Namespace) -> int:
     return drive_simulator.run(options, dsm_address(options, options.status_port))
+# ---------------------------------------------------------------------------------------------
+# Across the lab (--lab, --hosts; find): lab.py asks every DSM at once, this prints
+
+
+def lab_wanted(options: argparse.Namespace) -> bool:
+    return options.lab is not None or bool(options.hosts)
+
+
+def lab_hosts(options: argparse.Namespace, fallback: bool) -> List[lab.LabHost]:
+    """The DSMs asked: --hosts, --lab FILE, --lab alone ($DSM_LAB / default file); with
+    `fallback`, also a lab file found without --lab, else the --host DSM."""
+    try:
+        if options.hosts:
+            if options.lab is not None:
+                raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: --lab and --hosts do not go "
+                                    "together")
+            return lab.parse_hosts_option(options.hosts)
+        path = options.lab or lab.default_lab_file()
+        if path and (options.lab is not None or fallback):
+            return lab.read_lab_file(path)
+        if options.lab is not None:
+            raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: --lab without a FILE: set $%s or "
+                                "write %s" % (lab.ENVIRONMENT_VARIABLE, lab.DEFAULT_LAB_FILES[0]))
+    except lab.LabFileError as error:
+        raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: %s" % error) from None
+    if options.unix:
+        raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: %s asks DSMs on their query port; "
+                            "use --host instead of --unix" % options.command)
+    host, port = dsm_address(options, options.query_port)
+    return [lab.LabHost(host, port, lab.DEFAULT_HTTP_PORT, show_address((host, port)))]
+
+
+def ask_lab(options: argparse.Namespace, letters: str, fallback: bool = False
+            ) -> List[lab.HostAnswer]:
+    """The answers of the DSMs that answered; one stderr line per DSM that did not.
+    CommandFailed(2) when none answered, or (--strict) when any did not."""
+    hosts = lab_hosts(options, fallback)
+    answers = lab.ask_lab(hosts, letters, options.timeout or options.request_timeout or 10.0)
+    failed = [answer for answer in answers if answer.error is not None]
+    for answer in failed:
+        print("dsmctl: %s (%s): %s" % (answer.host.name, answer.host.address, answer.error),
+              file=sys.stderr)
+    if failed and (len(failed) == len(answers) or options.strict):
+        raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: %d of %d DSMs did not answer"
+                            % (len(failed), len(answers)))
+    return [answer for answer in answers if answer.error is None]
+
+
+def _warn_unknown_in_lab(serials: Optional[List[str]], known: Iterable[str]) -> None:
+    unknown = sorted(set(serials or ()) - set(known))
+    if unknown:
+        print("dsmctl: not known to any DSM asked: %s" % ", ".join(unknown), file=sys.stderr)
+
+
+def lab_drives(options: argparse.Namespace) -> int:
+    """m across the lab: one row per (DSM, drive), the HOST column first."""
+    serials = wanted_serials(options)
+    answers = ask_lab(options, "m" if options.json else "ms")
+    known: List[str] = []
+    if options.json:
+        chosen = {answer.host.name: pick(answer.replies[0], serials) for answer in answers}
+        _warn_unknown_in_lab(serials, [s for answer in answers for s in answer.replies[0]])
+        print(json.dumps(chosen))
+        return EXIT_OK
+    rows: List[Row] = []
+    for answer in answers:
+        drives, statuses = answer.replies
+        for serial in sorted(set(drives) | set(statuses)):
+            known.append(serial)
+            if serials is not None and serial not in serials:
+                continue
+            drive = drives.get(serial)
+            row = dict(drive) if isinstance(drive, dict) else {}
+            row.setdefault("serial_number", serial)
+            row["host"] = answer.host.name
+            history = statuses.get(serial)
+            if isinstance(history, list) and history and isinstance(history[-1], dict):
+                row["_latest"] = history[-1]
+            rows.append(row)
+    rows.sort(key=lambda row: str(row["serial_number"]))  # stable: hosts in lab-file order
+    _warn_unknown_in_lab(serials, known)
+    columns = expand_columns(["host"] + list(options.columns or DEFAULT_COLUMNS), rows)
+    print_rows([heading for heading, _ in columns],
+               [[cell_text(get(row)) for _, get in columns] for row in rows], options)
+    return EXIT_OK
+
+
+def lab_statuses(options: argparse.Namespace) -> int:
+    """s across the lab: HOST, SERIAL, TIME STAMP, STATUS; --json: {host: the DSM's s}."""
+    serials = wanted_serials(options)
+    answers = ask_lab(options, "s")
+    chosen = {}
+    for answer in answers:
+        picked = pick(answer.replies[0], serials)
+        if options.count is not None:
+            picked = {serial: history[-options.count:] if isinstance(history, list) else history
+                      for serial, history in picked.items()}
+        chosen[answer.host.name] = picked
+    _warn_unknown_in_lab(serials, [s for answer in answers for s in answer.replies[0]])
+    if options.json:
+        print(json.dumps(chosen))
+        return EXIT_OK
+    rows = []
+    for host, statuses in chosen.items():
+        for serial, history in statuses.items():
+            for entry in history if isinstance(history, list) else []:
+                entry = entry if isinstance(entry, dict) else {"status": entry}
+                rows.append([host, serial, cell_text(entry.get("time_stamp")),
+                             cell_text(entry.get("status"))])
+    rows.sort(key=lambda row: row[1])
+    print_rows(["host", "serial_number", "time_stamp", "status"], rows, options)
+    return EXIT_OK
+
+
+FIND_COLUMNS = ("host", "serial_number", "interface", "source_address", "ipv4_addr", "state",
+                "last_seen", "status", "time_stamp")
+
+
+def command_find(options: argparse.Namespace) -> int:
+    """Where each drive is heard, on every DSM that knows it (lab.find_drives)."""
+    serials = [serial.strip() for serial in options.serials if serial.strip()]
+    rows = lab.find_drives(ask_lab(options, "ms", fallback=True), serials)
+    missing = [serial for serial in serials if not any(row["serial_number"] == serial
+                                                       for row in rows)]
+    if missing:
+        print("dsmctl: not heard by any DSM asked: %s" % ", ".join(missing), file=sys.stderr)
+    if options.json:
+        print(json.dumps(rows))
+    else:
+        print_rows(list(FIND_COLUMNS), [[cell_text(row[name]) for name in FIND_COLUMNS]
+                                        for row in rows], options)
+    return EXIT_OK
 
 
 DSM_COMMANDS = {"m": command_drives, "drives": command_drives, "s": command_statuses,
                 "statuses": command_statuses, "w": command_wipe, "wipe": command_wipe,
-                "send-status": command_send_status, "simulate": command_simulate}
+                "send-status": command_send_status, "simulate": command_simulate,
+                "find": command_find}
 
 
 COMMANDS = {"get": command_get, "put": command_put, "ls": command_ls, "tree": command_tree,

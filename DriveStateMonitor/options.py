@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from .access import network_list
 from .local_dirs import default_log_dir, default_state_dir
+from .lab import LabFileError, LabHost, read_lab_file
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_QUERY_PORT = 2203
@@ -66,6 +67,13 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def lab_file_option(path: str) -> List[LabHost]:
+    try:
+        return read_lab_file(path)
+    except LabFileError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def interface_list(text: str) -> List[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -103,6 +111,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help="TCP port of the web page, the JSON API (/api/...) and Prometheus "
                              "metrics (/metrics) (default %(default)s; unlike the other ports, 0 "
                              "turns it off)")
+    parser.add_argument("--lab", type=lab_file_option, default=(), metavar="FILE",
+                        help="the lab file (docs/lab.md): the page offers the whole lab's drives, "
+                             "fetched by the browser from each DSM listed (read at start)")
     parser.add_argument("--drive-lifetime", type=positive_seconds, default=DEFAULT_DRIVE_LIFETIME,
                         metavar="SECONDS",
                         help="a drive not heard for this long reads EXPIRED in the tree and "

@@ -5,6 +5,12 @@
     GET /api/drives             the `m` reply as JSON
     GET /api/drives/<serial>    one drive's `m` view plus its status history ("statuses")
     GET /api/status             the `s` reply as JSON
+    GET /api/lab                the DSMs of --lab FILE and their page URLs ({"hosts": []} without)
+
+The JSON API (/api/...) allows GET from any origin (CORS `Access-Control-Allow-Origin: *`): a DSM's
+page in "whole lab" view fetches every other DSM's /api/drives and /api/status itself
+(web/lab.js, docs/lab.md). The API is read-only and public on the port anyway; the page and
+/metrics send no such header, so no other origin reads them.
 
 The data comes from callables the daemon passes in (`WebData`), so this module knows neither the
 store nor the loop. The static files are read once, when the daemon starts: serving them is a dict
@@ -23,6 +29,7 @@ from urllib.parse import unquote
 from .event_loop import StreamTransport
 from .http_protocol import HttpServerConnection, Request, RequestError
 from .pipelining import PipelinedConnection
+from .lab import LabHost
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render_metrics
 
 log = logging.getLogger("dsm.http")
@@ -41,6 +48,25 @@ PAGE_POLICY = ("Content-Security-Policy",
                "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
                "frame-ancestors 'none'")
 ALLOWED_METHODS = ("GET", "HEAD")
+# Read-only JSON for any origin: the lab view of another DSM's page (see the module docstring).
+ANY_ORIGIN = ("Access-Control-Allow-Origin", "*")
+
+
+def lab_json(hosts: Tuple[LabHost, ...]) -> bytes:
+    """/api/lab: {"hosts": [{name, host, query_port, http_port, url}]}, in lab-file order."""
+    return json.dumps({"hosts": [
+        {"name": host.name, "host": host.host, "query_port": host.query_port,
+         "http_port": host.http_port, "url": "http://%s" % host.http_address}
+        for host in hosts]}).encode("utf-8")
+
+
+def page_policy(hosts: Tuple[LabHost, ...]) -> Tuple[str, str]:
+    """PAGE_POLICY, with each lab DSM's HTTP origin added to connect-src (and nothing else)."""
+    if not hosts:
+        return PAGE_POLICY
+    origins = " ".join("http://%s" % host.http_address for host in hosts)
+    return (PAGE_POLICY[0], PAGE_POLICY[1].replace("connect-src 'self'",
+                                                   "connect-src 'self' " + origins))
 
 
 class StaticFile(NamedTuple):
@@ -55,6 +81,7 @@ class WebData(NamedTuple):
     drive_json: Callable[[str], Optional[bytes]]      # one drive + statuses; None if unknown
     status_json: Callable[[], bytes]                  # the `s` JSON
     metrics_facts: Callable[[], Mapping[str, Any]]    # see metrics.render_metrics
+    lab_hosts: Tuple[LabHost, ...] = ()               # --lab: the DSMs of the page's lab view
 
 
 class Reply(NamedTuple):
@@ -113,6 +140,8 @@ class WebApp:
         self.clock = clock
         self.requests: Dict[Tuple[str, int], int] = collections.Counter()
         self._date = (-1, "")
+        self.lab_json = lab_json(data.lab_hosts)
+        self.page_policy = page_policy(data.lab_hosts)
 
     def date(self) -> str:
         """The Date header's value, formatted once per second."""
@@ -123,6 +152,8 @@ class WebApp:
 
     def answer(self, request: Request) -> Reply:
         handler, reply = self._route(request)
+        if handler.startswith("api_") or (handler != "page" and request.path.startswith("/api/")):
+            reply = reply._replace(headers=reply.headers + (ANY_ORIGIN,))
         self.requests[(handler, reply.status)] += 1
         return reply
 
@@ -145,6 +176,8 @@ class WebApp:
             return "api_drives", Reply(200, JSON_TYPE, self.data.drives_json(), (NO_STORE,))
         if path == "/api/status":
             return "api_status", Reply(200, JSON_TYPE, self.data.status_json(), (NO_STORE,))
+        if path == "/api/lab":
+            return "api_lab", Reply(200, JSON_TYPE, self.lab_json, (NO_STORE,))
         if path.startswith("/api/drives/"):
             serial = unquote(path[len("/api/drives/"):], errors="replace")
             body = self.data.drive_json(serial) if serial else None
@@ -156,11 +189,11 @@ class WebApp:
         if static is not None:
             headers: Tuple[Tuple[str, str], ...] = (("Cache-Control", "no-cache"),)
             if static.content_type.startswith("text/html"):
-                headers += (PAGE_POLICY,)
+                headers += (self.page_policy,)
             return "page", Reply(200, static.content_type, static.body, headers)
         if is_api:
             return "not_found", error_reply(404, "no API endpoint %s; there are /api/drives, "
-                                            "/api/drives/<serial> and /api/status" % path, True)
+                                            "/api/drives/<serial>, /api/status and /api/lab" % path, True)
         return "not_found", error_reply(404, "nothing at %s; the page is at /, metrics at "
                                         "/metrics" % path, False)
 
