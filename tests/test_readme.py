@@ -108,13 +108,13 @@ def test_the_readme_is_a_first_day_under_200_lines_linking_the_reference():
     # .ci/run runs exactly the README's test command.
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         ci = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    assert ci[-1] == "./runTests" and ("sh", "./runTests") in readme_examples()
+    assert ci[-1] == "tests/runTests" and ("sh", "tests/runTests") in readme_examples()
 
 
 @pytest.mark.skipif(shutil.which("nc") is None or shutil.which("curl") is None,
                     reason="the README uses nc and curl (apt-get install netcat-openbsd curl)")
 def test_every_readme_command_works_as_printed(readme_env):
-    examples = [(kind, text) for kind, text in readme_examples() if text != "./runTests"]
+    examples = [(kind, text) for kind, text in readme_examples() if text != "tests/runTests"]
     # "Everyday tasks" begin "with the DSM running (./runDSM) and drives heard (... the simulator
     # of step 2)", after the first five minutes ended with ./stopDSM: do just that.
     stop = examples.index(("sh", "./stopDSM"))

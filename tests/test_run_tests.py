@@ -1,4 +1,4 @@
-"""./runTests (the README's test command) finds every installed Python 3.8-3.13, pyenv's included,
+"""tests/runTests (the README's test command) finds every installed Python 3.8-3.13, pyenv's included,
 runs tox for exactly those, and says which ran, how each did, and which are missing."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dsm_harness import ROOT
 
 
 def load_run_tests():
-    loader = importlib.machinery.SourceFileLoader("run_tests_script", os.path.join(ROOT, "runTests"))
+    loader = importlib.machinery.SourceFileLoader("run_tests_script", os.path.join(ROOT, "tests", "runTests"))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
