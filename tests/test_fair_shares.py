@@ -145,14 +145,11 @@ def test_past_max_output_total_the_connection_holding_the_most_is_closed_first()
 # --- real DSMs -------------------------------------------------------------------------------------
 def test_connections_past_the_per_address_limit_get_a_clear_error_and_unix_still_works(dsm_factory):
     dsm = dsm_factory.start("--max-connections-per-address", "3")
-    held = [dsm.connect_query() for _ in range(3)]
+    # Status Server connections stay open once answered (query connections close).
+    held = [dsm.connect_statserv() for _ in range(3)]
     try:
         for sock in held:  # admitted: each answers
-            sock.sendall(b"s")
-        for sock in held:
-            data = b""
-            while not data.endswith(END):
-                data += sock.recv(4096)
+            assert ask(sock, "PWD") == ". /"
         with connect(dsm.status_port) as fourth:
             error = json_error(read_until_closed(fourth))
             assert "from 127.0.0.1" in error and "--max-connections-per-address" in error
@@ -255,22 +252,17 @@ def test_below_the_descriptor_limit_excess_clients_get_an_error_and_the_log_stay
     refused = 0
     try:
         for _ in range(160):  # bounded: more than the 128 descriptors
-            sock = socket.create_connection((LOOPBACK, dsm.query_port), timeout=5)
+            # Status Server connections stay open once answered (query connections close).
+            sock = socket.create_connection((LOOPBACK, dsm.statserv_port), timeout=5)
             opened.append(sock)
-            sock.sendall(b"s")
-            reply = b""
             try:
-                while not reply.endswith(END):
-                    chunk = sock.recv(4096)
-                    if not chunk:
-                        break
-                    reply += chunk
-            except ConnectionResetError:
-                pass
-            if b"too many connections" in reply:
+                reply = ask(sock, "PWD")
+            except (ConnectionResetError, BrokenPipeError):
+                reply = ""
+            if "too many connections" in reply:
                 refused += 1
             else:
-                assert reply == b"{}" + END, reply
+                assert reply == ". /", reply
         assert refused >= 160 - 128
         # A snapshot (SAVE) still has descriptors to work with.
         with dsm.connect_statserv(unix=True) as sock:

@@ -289,18 +289,20 @@ def test_idle_query_and_status_connections_are_closed_but_statserv_stays_open(ds
         watcher.close()
 
 
-def test_active_query_connection_is_not_closed_as_idle(dsm_factory):
-    dsm = dsm_factory.start("--idle-timeout", "0.5")
-    with dsm.connect_query() as sock:
-        # A query connection closes once everything sent is answered; until then, bytes that are
-        # not yet a query (separators) keep it active.
+def test_statserv_connection_in_use_is_not_closed_as_idle(dsm_factory):
+    # Completed requests are what keeps a connection from idling out (issue 10: bytes alone do
+    # not; see test_fair_shares' whitespace drip). Query and status connections close once
+    # answered, so the long-lived kind is the Status Server's, with a held object.
+    dsm = dsm_factory.start("--statserv-idle-timeout", "0.5")
+    with dsm.connect_statserv() as sock:
+        assert ask(sock, "TOUCH /lab/kept AUTOEXPIRE=1").startswith(".")
         deadline = time.monotonic() + 1.5
-        for _ in range(100):  # 1.5 s of activity, each step well inside the timeout
-            sock.sendall(b" ")
+        for _ in range(100):  # 1.5 s of requests, each well inside the timeout
+            assert ask(sock, "PWD") == ". /"
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.1)  # pacing between writes, not a wait for a result
-        assert query_on_open_connection(sock) == {}
+            time.sleep(0.1)  # pacing between requests, not a wait for a result
+        assert ask(sock, "GET /lab/kept") == ". UNDEFINED"
 
 
 # --- --max-drives, --max-objects ----------------------------------------------------------------

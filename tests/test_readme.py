@@ -56,6 +56,8 @@ def substitute(command: str, env: Dict[str, str]) -> str:
     """The README command with the test's ports and dirs instead of the defaults."""
     command = command.replace("/tmp/DriveStateMonitor", env["run"])
     command = command.replace("localhost 2203", "127.0.0.1 %s" % env["query"])
+    command = command.replace("localhost:2203", "127.0.0.1:%s" % env["query"])
+    command = command.replace("/tmp/lab.txt", os.path.join(env["logs"], "lab.txt"))
     command = command.replace("localhost:2204", "127.0.0.1:%s" % env["http"])
     command = command.replace("3110", env["status"])
     if command.startswith("./runDSM"):
@@ -150,6 +152,8 @@ def test_every_readme_command_works_as_printed(readme_env):
     assert table[0].split()[:3] == ["SERIAL", "STATE", "MODEL"] and len(table) == 6
     assert "PASS" in by_command["DriveStateMonitor/dsmctl.py s Z84G7YVX"]
     assert "stopped" in by_command["./stopDSM"]
+    lab_table = dict(outputs)["DriveStateMonitor/dsmctl.py m --lab /tmp/lab.txt"].splitlines()
+    assert lab_table[0].split()[:2] == ["HOST", "SERIAL"] and "bench-a" in lab_table[1]
     everyday = dict(outputs[stop + 1:])
     assert "already running" not in everyday["./runDSM"]  # the first one really stopped
     assert everyday["printf m | nc localhost 2203"].endswith("\x04")
