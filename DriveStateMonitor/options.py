@@ -43,6 +43,10 @@ def positive_int(text: str) -> int:
     return value
 
 
+# The largest number of seconds an option takes (ten years); OverflowError lies beyond.
+MAX_SECONDS = 10 * 365.25 * 86400.0
+
+
 def _finite_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -50,6 +54,8 @@ def _finite_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError("not a finite number of seconds: %r" % text)
+    if abs(value) > MAX_SECONDS:  # a socket timeout or select() of 1e300 s raises OverflowError
+        raise argparse.ArgumentTypeError("at most %d seconds (ten years): %r" % (MAX_SECONDS, text))
     return value
 
 

@@ -177,13 +177,20 @@ def bind_arguments(command: _Command, arguments: List[Tuple[bytes, int]]) -> Dic
     return bound
 
 
+# The largest LIFETIME / MINPERIOD / DEADBAND a client may give: ten years of seconds. Larger
+# values only stand for "forever" (LIFETIME=0 says that) and would make every deadline sum huge.
+MAX_CLIENT_NUMBER = 10 * 365.25 * 86400.0
+
+
 def _number(text: str, what: str) -> float:
+    """A LIFETIME, DEADBAND or MINPERIOD: a finite number in [0, MAX_CLIENT_NUMBER]; SYNTAX if
+    not (negative, inf, nan, 1e400, too large, `1_0`)."""
     try:
         number = float(text)
     except ValueError:
         number = -1.0
-    if not number >= 0 or number == float("inf") or "_" in text:  # also rejects NaN
-        raise StatServError(SYNTAX, "%s must be a non-negative number" % what)
+    if not 0 <= number <= MAX_CLIENT_NUMBER or "_" in text:  # also rejects NaN and inf
+        raise StatServError(SYNTAX, "%s must be a number from 0 to %d" % (what, MAX_CLIENT_NUMBER))
     return number
 
 

@@ -243,9 +243,14 @@ def _parse_typed(text: str, type_name: str) -> Any:
     elif type_name == TYPE_FLOAT:
         if stripped and "_" not in stripped:
             try:
-                return float(stripped)
+                number = float(stripped)
             except ValueError:
                 pass
+            else:
+                # inf, nan and 1e400 are refused like every non-finite number at intake: they
+                # would be a bare Infinity/NaN in `s`, `/api/...` and the snapshot (intake.py).
+                if math.isfinite(number):
+                    return number
     elif type_name == TYPE_BOOL:
         lowered = stripped.lower()
         if lowered in _TRUE_WORDS:
@@ -775,6 +780,8 @@ class Tree:
         type_name = _type_of_python(value)
         if type_name == TYPE_STRING:
             self._check_length(value, "value")
+        elif type_name == TYPE_FLOAT and not math.isfinite(value):
+            raise StatServError(TYPE, "%r is not a finite number" % value)
         if comment is not None and comment != node.comment:
             self._check_length(comment, "comment")
             self._set_text(node, comment=comment)
@@ -1310,9 +1317,13 @@ def _parse_saved_value(text: str) -> Tuple[Any, str]:
         return int(token), rest
     if token and "_" not in token:
         try:
-            return float(token), rest
+            number = float(token)
         except ValueError:
             pass
+        else:
+            if not math.isfinite(number):  # an older SAVE may hold inf/nan: not servable
+                raise StatServError(TYPE, "%s is not a finite number" % token[:40])
+            return number, rest
     raise StatServError(SYNTAX, "bad value %r" % token)
 
 

@@ -342,3 +342,7 @@ def _check_tree_entry(entry: Any) -> None:
         raise ValueError("tree entry %r has a field of the wrong type" % (entry.get("path"),))
     if not get("dir") and "word" not in entry and not isinstance(get("value"), _VALUE_TYPES):
         raise ValueError("tree value %r is not a string or number" % (get("value"),))
+    for key in ("value", "mtime", "deadline", "lifetime"):
+        number = get(key)
+        if type(number) is float and number - number != 0.0:  # inf or nan: never servable
+            raise ValueError("tree entry %r holds a non-finite %s" % (entry["path"], key))
