@@ -324,7 +324,8 @@ class DriveStateMonitor:
         self.journal.open(loaded.next_seq)
         self.state.attach(self.ack_guard.record)
         # After the restore: what was acknowledged before is never refused by the budget.
-        self.tree.byte_budget = lambda: self.options.max_store_bytes - self.store.status_bytes
+        self.tree.byte_budget = lambda: (self.options.max_store_bytes - self.store.status_bytes
+                                         - self.store.drive_bytes)
         if damage is not None:
             log.critical("%s", damage)
             # A snapshot now holds everything intact; then the damaged files are renamed aside.
@@ -572,14 +573,14 @@ class DriveStateMonitor:
         refusing = self.journal.refusing
         if refusing is not None:
             return refusing
-        budget = self.options.max_store_bytes - self.tree_bytes()
+        budget = self.options.max_store_bytes - self.tree_bytes() - self.store.drive_bytes
         refused_budget = self.store.refused_status_budget
         if not self.store.record_status(report.serial_number, report.entry_json, self.clock(),
                                         budget=budget):
             if self.store.refused_status_budget != refused_budget:
-                return ("store full: statuses and Status Server objects hold %d bytes (limit %d, "
-                        "--max-store-bytes); not stored" % (
-                            self.store.status_bytes + self.tree_bytes(),
+                return ("store full: statuses, drives and Status Server objects hold %d bytes "
+                        "(limit %d, --max-store-bytes); not stored" % (
+                            self.store.status_bytes + self.tree_bytes() + self.store.drive_bytes,
                             self.options.max_store_bytes))
             return "status table full: %d serial numbers" % self.store.max_status_serials
         self.counters["statuses"] += 1
@@ -610,9 +611,19 @@ class DriveStateMonitor:
                                parsed.detail)
                 return
             serial, fields = parsed.serial_number, parsed.fields
+            refused_budget = self.store.refused_drive_budget
+            budget = (self.options.max_store_bytes - self.tree_bytes()
+                      - self.store.status_bytes)
             if not self.store.record_announcement(serial, fields, data, now, sender[0],
-                                                  iface):
-                self.counters["announcements_rejected_table_full"] += 1
+                                                  iface, budget=budget):
+                if self.store.refused_drive_budget != refused_budget:
+                    # A datagram has no reply: counted, and logged at most as often as bad input.
+                    self.counters["announcements_rejected_store_full"] += 1
+                    self._complain("multicast %s:%d on %s" % (sender[0], sender[1], iface),
+                                   "drive %s not stored: the store is full (--max-store-bytes "
+                                   "%d)" % (serial[:64], self.options.max_store_bytes))
+                else:
+                    self.counters["announcements_rejected_table_full"] += 1
                 return
             self.state.announced(serial, data, now, sender[0], iface)
 
@@ -661,9 +672,10 @@ class DriveStateMonitor:
                              acks_withdrawn=self.ack_guard.withdrawn,
                              saves_written=self.saves.written, saves_refused=self.saves.refused,
                              output_evictions=self.loop.output_evictions,
-                             statuses_refused_store_full=self.store.refused_status_budget),
+                             statuses_refused_store_full=self.store.refused_status_budget,
+                             drives_refused_store_full=self.store.refused_drive_budget),
             "output_queued_bytes": self.loop.output_total,
-            "store_bytes": self.store.status_bytes + self.tree_bytes(),
+            "store_bytes": self.store.status_bytes + self.tree_bytes() + self.store.drive_bytes,
         }, now)
 
     def _publish_facts_periodically(self) -> None:
@@ -759,7 +771,7 @@ class DriveStateMonitor:
             "announcements": counters["announcements"],
             "announcements_rejected": by_prefix("announcements_rejected_",
                                                 REJECT_REASONS + ("other_interface",
-                                                                  "table_full")),
+                                                                  "table_full", "store_full")),
             "statuses": counters["statuses"],
             "status_serials": len(self.store.statuses),
             "queries": by_prefix("queries_", ("m", "s", "w", "bad")),

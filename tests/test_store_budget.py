@@ -124,3 +124,86 @@ def test_past_max_store_bytes_statuses_and_tree_writes_get_clear_errors(dsm_fact
         assert ask(sock, "PWD") == ". /"
     # Nothing that was stored before the limit is lost.
     assert dsm.query_json("s") == stored
+
+
+# --- drive announcements are charged too (wave 2) -------------------------------------------------
+from DriveStateMonitor.announcement import parse_announcement  # noqa: E402
+from DriveStateMonitor.drive_store import drive_cost  # noqa: E402
+from dsm_harness import announcement  # noqa: E402
+
+
+def _announce(store: DriveStore, serial: str, budget=None, **extra) -> bool:
+    raw = announcement(serial, **extra)
+    parsed = parse_announcement(raw)
+    return store.record_announcement(serial, parsed.fields, raw, 1.0, "127.0.0.1", "lo",
+                                     budget=budget)
+
+
+def _recount_drives(store: DriveStore) -> int:
+    total = 0
+    for serial, drive in store.drives.items():
+        own = {k: v for k, v in drive.fields.items() if k not in ("last_seen", "last_seen_epoch",
+               "source_address", "interface", "state")}
+        total += drive_cost(serial, drive.raw, json.dumps(own).encode("utf-8"))
+    return total
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["D1", "D2", "D3"]), st.integers(0, 3000),
+                          st.booleans()), max_size=30))
+def test_the_drive_byte_count_always_matches_a_recount(changes):
+    store = DriveStore()
+    for serial, pad, added in changes:
+        extra = {"note": "n" * pad}
+        if added:
+            extra["state"] = "theirs"  # an added field: the fields are re-encoded, held twice
+        assert _announce(store, serial, **extra)
+        assert store.drive_bytes == _recount_drives(store)
+    store.wipe()
+    assert store.drive_bytes == 0
+
+
+def test_new_drives_past_the_budget_are_refused_and_counted_and_none_is_evicted():
+    store = DriveStore()
+    cost = drive_cost("D000", announcement("D000"), announcement("D000"))
+    budget = 10 * cost + cost // 2
+    results = [_announce(store, "D%03d" % n, budget=budget) for n in range(30)]
+    assert results == [True] * 10 + [False] * 20
+    assert store.refused_drive_budget == 20 and len(store.drives) == 10
+    assert store.drive_bytes <= budget
+    # A stored drive heard again with the same or a smaller datagram is always taken...
+    assert _announce(store, "D003", budget=budget)
+    # ...one that grows past the budget is refused and the drive keeps what it had.
+    before = store.drives["D004"].raw
+    assert not _announce(store, "D004", budget=budget, note="x" * 5000)
+    assert store.drives["D004"].raw == before
+    # No budget (a restore): never refused.
+    assert _announce(store, "D099")
+    assert len(store.drives) == 11
+
+
+def test_the_daemon_charges_drives_to_max_store_bytes_and_counts_refused_announcements(tmp_path):
+    from test_boundary_contract import in_process_dsm  # the in-process DSM, no sockets
+    from DriveStateMonitor.status_protocol import parse_status
+    big = "x" * 60_000  # announcements up to 64 KiB are valid
+    with in_process_dsm(str(tmp_path / "state"), "--max-store-bytes", "1000000") as daemon:
+        for n in range(30):  # bounded: 30 x ~60 KB passes 1 MB
+            daemon._on_datagram(announcement("BIG%02d" % n, note=big), ("127.0.0.1", 8123), 1)
+        stored = set(json.loads(daemon.answer_query(_query("m"), "t")[:-1]))
+        assert 10 <= len(stored) < 30
+        assert daemon.counters["announcements_rejected_store_full"] == 30 - len(stored)
+        assert daemon.store.drive_bytes <= 1_000_000
+        facts = daemon.metrics_facts()
+        assert facts["announcements_rejected"]["store_full"] == 30 - len(stored)
+        # The drives' share leaves the statuses less: a big status is refused, clearly.
+        report = parse_status(json.dumps({"serial_number": "S", "time_stamp": 1,
+                                          "status": "y" * 200_000}).encode())
+        why = daemon.store_status(report, "t")
+        assert why is not None and "--max-store-bytes" in why and "drives" in why
+        # Nothing stored was evicted.
+        assert set(json.loads(daemon.answer_query(_query("m"), "t")[:-1])) == stored
+
+
+def _query(letter: str):
+    from DriveStateMonitor.query_protocol import Query
+    return Query(letter)
