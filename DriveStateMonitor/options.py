@@ -195,8 +195,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                              "connections holding the most are closed first (default %(default)s)")
     limits.add_argument("--max-store-bytes", type=positive_int, default=512 * 1024 * 1024,
                         metavar="BYTES",
-                        help="statuses, drive announcements and Status Server objects together at most; past it "
-                             "writes are refused with a clear error (default %(default)s)")
+                        help="statuses, drive announcements and Status Server objects "
+                             "together at most; past it writes are refused with a clear error "
+                             "(default %(default)s)")
     limits.add_argument("--idle-timeout", type=positive_seconds, default=300.0, metavar="SECONDS",
                         help="query, status and HTTP connections that complete no request and "
                              "read none of their output this long are closed (default %(default)g)")
