@@ -321,6 +321,8 @@ class DriveStateMonitor:
                      if loaded.torn else "")
         damage, facts = recovery_report(loaded, counts)
         self.journal.recovery.update(facts)
+        self.journal.checked_from = loaded.checked_from
+        self.journal.blocked = loaded.unreadable  # an unlistable state dir: hands off, failing
         self.journal.open(loaded.next_seq)
         self.state.attach(self.ack_guard.record)
         # After the restore: what was acknowledged before is never refused by the budget.

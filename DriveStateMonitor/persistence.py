@@ -51,7 +51,7 @@ import signal
 import struct
 import time
 import zlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 log = logging.getLogger("dsm.state")
 
@@ -493,17 +493,68 @@ def _fsync_dir(state_dir: str) -> None:
 def quarantine(path: str, now: float) -> Optional[str]:
     """Renames a damaged file to `<path>.damaged-<UTC time>` (never truncates or deletes it);
     the new name, or None if the rename failed."""
-    target = "%s.damaged-%s" % (path, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
-    suffix = 0
-    while os.path.exists(target + ("" if not suffix else ".%d" % suffix)):
-        suffix += 1
-    target += "" if not suffix else ".%d" % suffix
+    target = _quarantine_target(path, now)
     try:
         os.rename(path, target)
     except OSError as exc:
         log.error("cannot quarantine %s: %s", path, exc)
         return None
     log.warning("quarantined the damaged %s as %s", path, target)
+    return target
+
+
+def _file_intact(path: str) -> bool:
+    """A snapshot or journal file passes its checks (an unreadable one does not)."""
+    try:
+        if _SNAPSHOT_NAME.match(os.path.basename(path)):
+            return snapshot_file_intact(path)
+        with open(path, "rb") as f:
+            scan = scan_journal(f.read())
+        return not scan.damaged
+    except OSError:
+        return False
+
+
+def retire_old_files(state_dir: str, seq: int, checked_from: int, now: float,
+                     spare: Iterable[str] = ()) -> List[str]:
+    """After snapshot `seq` is on disk and read back: removes snapshots older than the previous
+    one and journals older than the previous snapshot. A file numbered below `checked_from` was
+    never read by this process: it is checked first and, if it fails, renamed aside
+    (`*.damaged-<time>`) instead of removed. Returns the quarantined paths. Does not log (it
+    runs in the snapshot child, whose log descriptors are closed). Paths in `spare` (damaged
+    files the parent will rename aside itself) are left alone."""
+    older = [old for old in _numbered(state_dir, _SNAPSHOT_NAME) if old < seq]
+    keep_from = older[-1] if older else seq
+    retired = [(old, snapshot_path(state_dir, old)) for old in older[:-1]]
+    retired += [(old, journal_path(state_dir, old))
+                for old in _numbered(state_dir, _JOURNAL_NAME) if old < keep_from]
+    quarantined = []
+    spare = set(spare)
+    for number, path in retired:
+        if path in spare:
+            continue
+        if number < checked_from and not _file_intact(path):
+            if _quarantine_quietly(path, now) is not None:
+                quarantined.append(path)
+            continue  # a damaged file that cannot be renamed stays: never deleted
+        _unlink(path)
+    return quarantined
+
+
+def _quarantine_target(path: str, now: float) -> str:
+    target = "%s.damaged-%s" % (path, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
+    suffix = 0
+    while os.path.exists(target + ("" if not suffix else ".%d" % suffix)):
+        suffix += 1
+    return target + ("" if not suffix else ".%d" % suffix)
+
+
+def _quarantine_quietly(path: str, now: float) -> Optional[str]:
+    target = _quarantine_target(path, now)
+    try:
+        os.rename(path, target)
+    except OSError:
+        return None
     return target
 
 
@@ -524,6 +575,13 @@ class Loaded:
         self.items_skipped = 0  # snapshot items lost to damage
         self.snapshots_unreadable = 0
         self.journal_gaps = 0  # journals replayed across a gap of dropped records
+        # Why the state dir could not be listed (it exists but is not readable), else None: then
+        # nothing in it was loaded and nothing in it may be written, overwritten or removed.
+        self.unreadable: Optional[str] = None
+        # Files numbered below this were never read (older than the snapshot loaded): checked
+        # before normal cleanup removes them, quarantined if damaged.
+        self.checked_from = 0
+        self._damaged_before: Set[str] = set()  # damaged names when the child started
 
     @property
     def lost_anything(self) -> bool:
@@ -543,10 +601,13 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
         names = os.listdir(state_dir)
     except FileNotFoundError:
         names = []
-    except OSError as exc:  # there, but not readable: say so rather than start empty quietly
-        log.critical("cannot read the state dir %s: %s; starting without its data", state_dir,
-                     exc)
-        names = []
+    except OSError as exc:  # there, but not readable: its files may be anything, so hands off
+        loaded.unreadable = "cannot list the state dir %s: %s" % (state_dir, exc.strerror or exc)
+        log.critical("%s; starting without its data and writing nothing into it (a new snapshot "
+                     "could overwrite a file never read) until the DSM is restarted with it "
+                     "readable: make it readable and writable by the DSM's user (chmod u+rwx) "
+                     "or give another --state-dir", loaded.unreadable)
+        return loaded
     if repair:
         for name in names:
             if _SNAPSHOT_TMP_NAME.match(name):
@@ -561,6 +622,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
         except OSError as exc:
             log.error("snapshot %s unreadable: %s", path, exc)
             loaded.snapshots_unreadable += 1
+            loaded.damaged.append(path)  # never loaded: renamed aside later, never removed
             continue
         if state is not None and check.intact:
             loaded.snapshot, loaded.snapshot_seq = state, seq
@@ -622,6 +684,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
                 except OSError as exc:
                     log.error("cannot cut the torn tail of %s: %s", path, exc)
     loaded.next_seq = max(snapshots + journals + [0]) + 1
+    loaded.checked_from = first
     return loaded
 
 
@@ -663,6 +726,11 @@ class Journal:
         # Damaged files found at start: renamed aside once a new snapshot holds what they held.
         self.quarantine_pending: List[str] = []
         self.recovery: Dict[str, int] = dict.fromkeys(RECOVERY_FACTS, 0)
+        # Set when the state dir could not be listed at start (Loaded.unreadable): nothing is
+        # written into it for the life of the process, so no file never read can be overwritten.
+        self.blocked: Optional[str] = None
+        # Files numbered below this were never read: checked before cleanup (retire_old_files).
+        self.checked_from = 0
 
     # --- records ------------------------------------------------------------------------------
     def record(self, record: Any) -> None:
@@ -683,6 +751,10 @@ class Journal:
         self.seq = seq
         self.journal_bytes = 0
         self._index = 0
+        if self.blocked is not None:
+            self.error = self.blocked
+            self.needs_snapshot = True
+            return False
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._fd = os.open(journal_path(self.state_dir, seq),
@@ -760,15 +832,17 @@ class Journal:
     # --- snapshots ----------------------------------------------------------------------------
     def start_snapshot(self) -> bool:
         """Forks a child that writes snapshot N+1 while the parent goes on with journal N+1."""
-        if self._child is not None:
+        if self._child is not None or self.blocked is not None:
             return False
         self.flush(time.monotonic())
-        new_seq = self.seq + 1
+        new_seq = self._free_seq(self.seq + 1)
         try:
             os.makedirs(self.state_dir, exist_ok=True)
         except OSError as exc:
             self._failed("cannot create the state dir", exc)
             return False
+        if self.checked_from > 0:  # the child may rename never-read files: tell them apart
+            self._damaged_before = self._damaged_names()
         pid = os.fork()
         if pid == 0:  # the child: write and leave, touching nothing of the parent's loop
             code = 1
@@ -776,6 +850,8 @@ class Journal:
                 become_child(self.child_setup)
                 write_snapshot(self.state_dir, new_seq, self.snapshot_source())
                 code = 0
+                retire_old_files(self.state_dir, new_seq, self.checked_from, self.clock(),
+                                 self.quarantine_pending)
             finally:
                 os._exit(code)
         self._child = pid
@@ -801,6 +877,7 @@ class Journal:
         self._child = None
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             self._snapshot_done(self._child_seq)
+            self._note_quarantined(self._quarantined_by_child())
             return True
         self.last_snapshot_error = "snapshot child failed (status %d)" % status
         log.error("snapshot %d failed; the journals before it are kept", self._child_seq)
@@ -808,6 +885,20 @@ class Journal:
             # Records were dropped before this snapshot: only a complete one closes that gap.
             self.needs_snapshot = True
         return False
+
+    def _damaged_names(self) -> Set[str]:
+        try:
+            return {name for name in os.listdir(self.state_dir) if ".damaged-" in name}
+        except OSError:
+            return set()
+
+    def _quarantined_by_child(self) -> List[str]:
+        """The never-read files the child renamed aside (it cannot log): the new damaged names."""
+        if self.checked_from <= 0:
+            return []
+        new = self._damaged_names() - self._damaged_before
+        return sorted(os.path.join(self.state_dir, name.partition(".damaged-")[0])
+                      for name in new)
 
     @property
     def snapshot_running(self) -> bool:
@@ -817,7 +908,11 @@ class Journal:
         """Writes a snapshot in this process (a clean stop); True on success."""
         self.wait_for_child()
         self.flush(time.monotonic())
-        new_seq = self.seq + 1
+        if self.blocked is not None:
+            self.last_snapshot_error = self.blocked
+            log.error("no snapshot written: %s", self.blocked)
+            return False
+        new_seq = self._free_seq(self.seq + 1)
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             write_snapshot(self.state_dir, new_seq, self.snapshot_source())
@@ -828,7 +923,23 @@ class Journal:
         self._close_fd()
         self.seq = new_seq
         self._snapshot_done(new_seq)
+        self._note_quarantined(retire_old_files(self.state_dir, new_seq, self.checked_from,
+                                                self.clock()))
         return True
+
+    def _free_seq(self, seq: int) -> int:
+        """`seq`, or the first number above it that names no snapshot or journal file: a new
+        snapshot never replaces a file (one this process never read, say)."""
+        while os.path.exists(snapshot_path(self.state_dir, seq)) or (
+                seq != self.seq and os.path.exists(journal_path(self.state_dir, seq))):
+            seq += 1
+        return seq
+
+    def _note_quarantined(self, paths: List[str]) -> None:
+        for path in paths:
+            self.recovery["files_quarantined"] += 1
+            log.warning("an old file never loaded failed its check at cleanup: %s renamed aside "
+                        "(*.damaged-<time>), not removed", path)
 
     def wait_for_child(self) -> None:
         if self._child is not None:
@@ -847,16 +958,11 @@ class Journal:
         if self._fd is not None or seq == self.seq:
             self.error = None
         for path in self.quarantine_pending:
-            if os.path.exists(path) and quarantine(path, self.clock()):
+            target = quarantine(path, self.clock()) if os.path.exists(path) else None
+            if target is not None:
                 self.recovery["files_quarantined"] += 1
+                self._damaged_before.add(os.path.basename(target))  # counted here, not again
         self.quarantine_pending = []
-        older = [old for old in _numbered(self.state_dir, _SNAPSHOT_NAME) if old < seq]
-        keep_from = older[-1] if older else seq
-        for old in older[:-1]:
-            _unlink(snapshot_path(self.state_dir, old))
-        for old in _numbered(self.state_dir, _JOURNAL_NAME):
-            if old < keep_from:
-                _unlink(journal_path(self.state_dir, old))
 
     def check_vanished(self) -> bool:
         """True (and marked failed) if the journal file was removed under us: writes to an
