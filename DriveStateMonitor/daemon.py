@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import logging
 import os
@@ -312,8 +313,16 @@ class DriveStateMonitor:
         """Loads the state dir (snapshot + journal) and starts a new journal after it."""
         started = time.monotonic()
         state_dir = self.options.state_dir
-        loaded = load_state(state_dir)
-        counts = self.state.restore(loaded, self.clock())
+        # No cyclic garbage is made while restoring, but 100,000 new objects would start ~100
+        # collections that each walk everything made so far: ~12 % of a large restore.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            loaded = load_state(state_dir)
+            counts = self.state.restore(loaded, self.clock())
+        finally:
+            if collecting:
+                gc.enable()
         if loaded.snapshot is not None or loaded.records:
             log.info("restored from %s in %.3f s: %s%s", state_dir, time.monotonic() - started,
                      ", ".join("%s %d" % kv for kv in sorted(counts.items())),

@@ -84,6 +84,7 @@ MAX_OBJECTS = 100_000
 
 TYPE_STRING, TYPE_INT, TYPE_FLOAT, TYPE_BOOL = "string", "int", "float", "bool"
 TYPE_NAMES = (TYPE_STRING, TYPE_INT, TYPE_FLOAT, TYPE_BOOL)
+_TYPE_NAME_SET = frozenset(TYPE_NAMES)
 _TYPE_OF_PYTHON = {str: TYPE_STRING, bool: TYPE_BOOL, int: TYPE_INT, float: TYPE_FLOAT}
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
@@ -1190,14 +1191,17 @@ class Tree:
     def import_entries(self, entries: List[Dict[str, Any]], now: float) -> None:
         """Recreates exported entries. Lifetimes keep the deadlines they had; auto-expire objects
         come back EXPIRED, since the connection that owned them is gone."""
+        nodes = self._nodes
         for entry in entries:
             path = entry["path"]
             if entry.get("dir"):
                 self.touch_dir(path, entry.get("mtime", now), comment=entry.get("comment", ""))
                 continue
-            self.touch(path, entry.get("mtime", now), comment=entry.get("comment", ""),
-                       type_name=entry.get("type", TYPE_STRING))
-            node = self._nodes[path]
+            node = self._import_new_object(path, entry, now) if path not in nodes else None
+            if node is None:  # not the plain case: every check of touch()
+                self.touch(path, entry.get("mtime", now), comment=entry.get("comment", ""),
+                           type_name=entry.get("type", TYPE_STRING))
+                node = nodes[path]
             word = entry.get("word")
             if word is not None:
                 self._set_text(node, _WORDS.get(word, UNDEFINED), set_value=True)
@@ -1213,6 +1217,34 @@ class Tree:
                 self._schedule(node, node.deadline)
             node.mtime = entry.get("mtime", now)
         self.expire_due(now)
+
+    def _import_new_object(self, path: str, entry: Dict[str, Any], now: float) -> Optional[_Node]:
+        """The restore's fast path for the plain case — a new object, normalized path in an
+        existing directory outside the mount, known type, room left — doing what touch() does
+        for it (same checks, same revision) without the general path's normalizing and
+        parent-making; None when the case is not plain, for touch() to handle (and refuse)."""
+        type_name = entry.get("type", TYPE_STRING)
+        slash = path.rfind("/")
+        parent = self._nodes.get(path[:slash] or "/") if slash >= 0 else None
+        if parent is None or parent.kind != _KIND_DIR or type_name not in _TYPE_NAME_SET \
+                or len(self._nodes) >= self.max_objects or path.startswith(self._mount_below) \
+                or "//" in path or "/." in path or path[-1] == "/" or not _NAME_CHARS.match(path):
+            return None
+        comment = entry.get("comment", "")
+        if comment:
+            self._check_length(comment, "comment")
+        self._check_room(1)  # as touch() checks it: entries and bytes
+        node = _Node(path, _KIND_OBJECT)
+        node.type_name = type_name
+        node.value = UNDEFINED
+        node.parent_path = parent.path
+        self._nodes[path] = node
+        self._text_bytes += len(path)
+        parent.children[node.name] = node
+        if comment:
+            self._set_text(node, comment=comment)
+        self._changed(node, entry.get("mtime", now))
+        return node
 
     # -- SAVE ------------------------------------------------------------------------------------
 

@@ -322,27 +322,31 @@ def _status_entry(entry: Any) -> bytes:
     return json.dumps(value).encode("utf-8")
 
 
-_NUMBER_TYPES = (int, float, type(None))
-_TEXT_TYPES = (str, type(None))
-_VALUE_TYPES = (str, int, float)
+_NUMBER_TYPES = frozenset((int, float, bool, type(None)))
+_TEXT_TYPES = frozenset((str, type(None)))
+_VALUE_TYPES = frozenset((str, int, float, bool))
 _IMPORT_CHUNK = 512
 
 
 def _check_tree_entry(entry: Any) -> None:
-    """The shape export_entries gives; the tree checks paths, types and limits itself."""
-    if type(entry) is not dict or type(entry.get("path")) is not str \
-            or not entry["path"].startswith("/"):
+    """The shape export_entries gives, numbers finite; the tree checks paths, types and limits
+    itself. Type lookups in sets, no exceptions on the good path: a restore of 100,000 objects
+    runs this 100,000 times."""
+    if type(entry) is not dict:
         raise ValueError("not a tree entry")
     get = entry.get
-    if not (isinstance(get("mtime"), _NUMBER_TYPES) and
-            isinstance(get("deadline"), _NUMBER_TYPES) and
-            isinstance(get("lifetime"), _NUMBER_TYPES) and
-            isinstance(get("comment"), _TEXT_TYPES) and
-            isinstance(get("type"), _TEXT_TYPES) and isinstance(get("word"), _TEXT_TYPES)):
-        raise ValueError("tree entry %r has a field of the wrong type" % (entry.get("path"),))
-    if not get("dir") and "word" not in entry and not isinstance(get("value"), _VALUE_TYPES):
-        raise ValueError("tree value %r is not a string or number" % (get("value"),))
-    for key in ("value", "mtime", "deadline", "lifetime"):
-        number = get(key)
-        if type(number) is float and number - number != 0.0:  # inf or nan: never servable
-            raise ValueError("tree entry %r holds a non-finite %s" % (entry["path"], key))
+    path = get("path")
+    if type(path) is not str or path[:1] != "/":
+        raise ValueError("not a tree entry")
+    mtime, deadline, lifetime, value = get("mtime"), get("deadline"), get("lifetime"), get("value")
+    if (type(mtime) not in _NUMBER_TYPES or type(deadline) not in _NUMBER_TYPES
+            or type(lifetime) not in _NUMBER_TYPES or type(get("comment")) not in _TEXT_TYPES
+            or type(get("type")) not in _TEXT_TYPES or type(get("word")) not in _TEXT_TYPES):
+        raise ValueError("tree entry %r has a field of the wrong type" % (path,))
+    if not get("dir") and "word" not in entry and type(value) not in _VALUE_TYPES:
+        raise ValueError("tree value %r is not a string or number" % (value,))
+    # x - x is 0.0 for a finite float and nan (true) for inf or nan: never servable.
+    if ((type(value) is float and value - value) or (type(mtime) is float and mtime - mtime)
+            or (type(deadline) is float and deadline - deadline)
+            or (type(lifetime) is float and lifetime - lifetime)):
+        raise ValueError("tree entry %r holds a non-finite number" % (path,))
