@@ -40,7 +40,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Callable, Deque, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 log = logging.getLogger("dsm.loop")
 
@@ -260,14 +260,27 @@ class EventLoop:
         limit = self.max_output_total
         if limit is None or self.output_total <= limit:
             return
-        for transport in sorted(self._with_output, key=lambda t: t.output_cost, reverse=True):
+        # Largest first by what closing it frees: a reply shared with other clients (the cached
+        # `m`/`s`) stays in memory for them, so its holders come after those of private bytes.
+        for transport in sorted(self._with_output, key=self._freed_by_closing, reverse=True):
             if self.output_total <= limit:
                 break
             log.warning("%s: %d bytes of output queued while all clients hold %d (limit %d, "
                         "--max-output-total); closing the largest first", transport.label,
                         transport.output_cost, self.output_total, limit)
             self.output_evictions += 1
-            transport.abort()
+            transport.reset()
+
+    def _freed_by_closing(self, transport: Any) -> Tuple[int, int]:
+        """(bytes freed if `transport` closed, its output cost): a chunk frees its base only if
+        no other transport holds a view of it."""
+        held: Dict[int, int] = collections.Counter(id(view.obj) for view in transport._out)
+        freed = len(transport._tail) if transport._tail is not None else 0
+        for base_id, count in held.items():
+            entry = self._output_bases.get(base_id)
+            if entry is not None and entry[1] <= count:
+                freed += entry[2]
+        return freed, transport.output_cost
 
     def flush_dirty(self) -> None:
         self.enforce_output_total()
@@ -481,7 +494,7 @@ class StreamTransport:
         if self.max_output is not None and waiting and self.output_cost > self.max_output:
             log.warning("%s: output buffer passed %d bytes; client is not reading; closing",
                         self.label, self.max_output)
-            self.abort()
+            self.reset()
             return
         self.loop.mark_dirty(self)
 
@@ -651,6 +664,16 @@ class StreamTransport:
             self.protocol.connection_lost()
 
     abort = close
+
+    def reset(self) -> None:
+        """Closes with a reset (SO_LINGER 0) for a client that does not read: a plain close
+        would leave the unsent bytes in the kernel's send buffer, and the FIN behind them,
+        until the client reads — memory no limit of ours counts, and a peer never told."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass  # a Unix socket or a test double: a plain close
+        self.close()
 
 
 class _ReadWatcher:
