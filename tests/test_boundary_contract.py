@@ -25,6 +25,8 @@ from unittest import mock
 from urllib.parse import quote
 
 import pytest
+
+from DriveStateMonitor.announcement import REJECT_REASONS
 from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -283,7 +285,12 @@ def test_the_issues_inputs_are_refused_and_every_output_still_serves(tmp_path):
             with pytest.raises(StatusError):
                 parse_status(message)
         assert strict_json(daemon.answer_query(Query("m"), "t")[:-1]) == {}
-        assert daemon.counters["announcements_rejected_unservable"] == 3
+        # Each is refused; which reason depends on where the Python's own JSON parser stops
+        # (a nesting depth it cannot recurse into is "not JSON" on some versions).
+        rejected = sum(daemon.counters["announcements_rejected_" + reason]
+                       for reason in REJECT_REASONS)
+        assert rejected == len(ISSUE_DATAGRAMS)
+        assert daemon.counters["announcements_rejected_unservable"] >= 3
         assert daemon.loop.handler_failures == 0
         serve_everything(daemon, str(tmp_path))
 
