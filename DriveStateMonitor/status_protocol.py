@@ -111,6 +111,15 @@ class StatusParser:
         """True while a message (or a bad one being skipped) is unfinished: --request-timeout."""
         return bool(self._buf) or self._skip != _KEEP
 
+    @property
+    def in_message(self) -> bool:
+        """True while a message is half-received: one that may still be stored, or the rest of a
+        refused object (too long, too deep) the client is still sending — closing then would reset
+        the connection under it and could lose the error it has not read yet. The tail of garbage
+        (skipped to the next line) does not count: its error is sent, and only another could follow.
+        """
+        return (bool(self._buf) and self._skip == _KEEP) or self._skip == _SKIP_MESSAGE
+
     def receive_data(self, data: bytes) -> List[Framed]:
         """Returns every message (or immediate error) that `data` completes, in order."""
         out: List[Framed] = []
