@@ -16,7 +16,8 @@ So several queries sent together (`printf 'm s'`, or a script's one `sendall`) a
 order; a client that closes its side (end of stream) gets every pending reply first; and a client
 that connects and sends nothing stays open until `--idle-timeout`. A query written after the
 previous reply has been read is not answered on the same connection: connect again, as the
-original required (spec `dsm.md`, "Query protocol").
+original required (spec `dsm.md`, "Query protocol"). Status connections close by the same rule
+(status_service.py); it lives once, in pipelining.answered_and_idle.
 """
 from __future__ import annotations
 
