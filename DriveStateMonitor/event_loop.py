@@ -53,6 +53,11 @@ EXIT_KILL_SWITCH = 4
 # One recv per readiness event keeps a flooding client from starving the others; 256 KiB is what a
 # busy connection can usefully hand over in one pass.
 RECV_SIZE = 256 * 1024
+# Read into one buffer shared by every connection (one thread) and copied out at the size read:
+# `recv(RECV_SIZE)` allocates 256 KiB per call, which malloc serves with mmap, mremap and munmap —
+# three system calls and fresh pages for every few-dozen-byte status.
+_RECV_BUFFER = bytearray(RECV_SIZE)
+_RECV_VIEW = memoryview(_RECV_BUFFER)
 # A protocol stops producing replies while this much output waits for a slow reader, and resumes
 # below the low mark (asyncio's defaults are 64 KiB / 16 KiB; our replies are larger).
 HIGH_WATER = 1024 * 1024
@@ -588,14 +593,15 @@ class StreamTransport:
     # --- input --------------------------------------------------------------------------------
     def on_readable(self) -> None:
         try:
-            data = self.sock.recv(RECV_SIZE)
+            size = self.sock.recv_into(_RECV_BUFFER)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # reset by peer and friends: only this connection is lost
             log.debug("%s: recv failed: %s", self.label, exc)
             self.abort()
             return
-        if data:
+        if size:
+            data = _RECV_VIEW[:size].tobytes()
             self.protocol.data_received(data)
             self._track_request()
         else:

@@ -34,7 +34,7 @@ import collections
 import resource
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .access import peer_ip
+from .access import peer_facts
 
 # Descriptors kept free for what the DSM opens itself: journal, snapshot child pipes, SAVE, the
 # log, /proc reads, the listeners (Redis keeps 32 for the same purpose: CONFIG_MIN_RESERVED_FDS).
@@ -82,19 +82,20 @@ class ConnectionSlots:
 
     @staticmethod
     def _key(addr: Any) -> Optional[str]:
-        ip = peer_ip(addr)
-        return None if ip is None else str(ip)
+        facts = peer_facts(addr)
+        return None if facts is None else facts.key
 
     def refusal(self, addr: Any) -> Optional[Tuple[str, str]]:
         """(counter name, clear reason) when `addr` may not have a slot now, else None."""
-        key = self._key(addr)
+        facts = peer_facts(addr)
+        key = None if facts is None else facts.key
         limit = self.limit
         # Scaled down for tiny limits, so `--max-connections 5` still means five for anyone.
         unix_reserve = min(UNIX_RESERVE, limit // 8)
         local_reserve = max(unix_reserve, min(self.local_reserve, limit // 4))
         if key is None:
             allowed = limit
-        elif peer_ip(addr).is_loopback:  # type: ignore[union-attr]
+        elif facts.loopback:  # type: ignore[union-attr]
             allowed = limit - unix_reserve
         else:
             allowed = limit - local_reserve

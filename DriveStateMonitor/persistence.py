@@ -12,6 +12,11 @@ snapshot, every journal from the oldest). Every file read back is checked item b
 costs only the damaged items — never the start (docs/durability.md):
 
 - A journal record is MAGIC, length, index and a CRC32 over them and the payload (compact JSON).
+  A new drive's announcement embeds the datagram's own bytes, which are JSON already:
+  `["A",[serial,time,source,interface],<datagram>]` (EMBEDDED_ANNOUNCEMENT; encoding the datagram
+  as a JSON string cost more than the rest of the record). The reader cuts the datagram out byte
+  for byte and hands the record on as the older `["a",serial,datagram,time,source,interface]`,
+  which it still reads; the datagram passes the live checks again when it is replayed.
   A record that fails its check is skipped and the reader resynchronises on the next MAGIC; the
   indexes show records lost, duplicated or moved (replay is in index order, each once). Only a
   torn *last* record — cut short by a crash mid-append — is cut off in place.
@@ -79,6 +84,50 @@ _SNAPSHOT_TMP_NAME = re.compile(r"snapshot-(\d+)\.json\.tmp\.\d+\Z")
 _JOURNAL_NAME = re.compile(r"journal-(\d+)\.log\Z")
 
 
+# The start of a record that embeds an announcement's bytes (see the top).
+EMBEDDED_ANNOUNCEMENT = b'["A",'
+_RECORD_HEAD = json.JSONDecoder()
+
+
+def embedded_announcement(serial: str, datagram: bytes, now: float, source: str,
+                          interface: str) -> bytes:
+    """The payload of an announcement record: `datagram` (JSON text, as parse_announcement
+    accepted it) embedded as it is, after a JSON list of the other fields."""
+    return b'%s[%s,%s,%s,%s],%s]' % (
+        EMBEDDED_ANNOUNCEMENT, _json_str(serial), repr(float(now)).encode("ascii"),
+        _json_str(source), _json_str(interface), datagram)
+
+
+def _json_str(text: str) -> bytes:
+    return json.encoder.encode_basestring_ascii(text).encode("ascii")
+
+
+def _decode_embedded(text: str) -> Optional[List[Any]]:
+    """`["A",[serial,time,source,interface],<datagram>]` as the record
+    `["a",serial,datagram text,time,source,interface]`; None if it is not one."""
+    try:
+        head, end = _RECORD_HEAD.raw_decode(text, len(EMBEDDED_ANNOUNCEMENT))
+    except ValueError:
+        return None
+    if (type(head) is not list or len(head) != 4 or text[end:end + 1] != ","
+            or not text.endswith("]")):
+        return None
+    serial, t, source, interface = head
+    return ["a", serial, text[end + 1:-1], t, source, interface]
+
+
+def decode_payload(payload: bytes) -> Any:
+    """A record's payload (checked against its CRC already) as the record; ValueError if it is not
+    one (not UTF-8, not JSON, a malformed embedded announcement)."""
+    text = payload.decode("utf-8")
+    if payload.startswith(EMBEDDED_ANNOUNCEMENT):
+        record = _decode_embedded(text)
+        if record is None:
+            raise ValueError("malformed announcement record")
+        return record
+    return json.loads(text)
+
+
 def encode_record(record: Any, index: int = 0) -> bytes:
     """One framed record: magic, length, index, CRC32, payload. `record` is a JSON-able value, or
     bytes already holding its JSON (the hot paths build those by concatenation instead of
@@ -138,7 +187,7 @@ def _decode_at(data: bytes, offset: int) -> Optional[Tuple[int, Any, int]]:
     if zlib.crc32(payload, zlib.crc32(fields)) != crc:
         return None
     try:
-        record = json.loads(payload.decode("utf-8"))
+        record = decode_payload(payload)
     except ValueError:
         return None
     if not isinstance(record, list) or not record or not isinstance(record[0], str):

@@ -5,13 +5,43 @@ transport's high-water mark waits to be sent; past that, reading pauses until th
 up — so a client that pipelines big requests and never reads holds about one reply's worth of
 memory, not thousands. After the client's end of stream, what it asked before is answered, then the
 connection closes.
+
+`answered_and_idle` is the one close rule of the DSM's own request/reply connections (queries and
+statuses): see its docstring and query_service.py.
 """
 from __future__ import annotations
 
 import collections
+import socket
 from typing import Any, Deque, Iterable
 
 from .event_loop import StreamTransport
+
+
+def more_input_waiting(transport: StreamTransport) -> bool:
+    """True when at least one byte from the client waits unread (a non-blocking MSG_PEEK)."""
+    sock = getattr(transport, "sock", None)
+    if sock is None:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing waiting
+    except OSError:
+        return False  # reset: closing is right anyway
+
+
+def answered_and_idle(transport: StreamTransport, replied: bool, unfinished: bool) -> bool:
+    """The close rule shared by query (port 2203, Unix socket) and status (port 3110) connections.
+
+    True, so the connection should close once its output is sent, when at least one reply has been
+    written (`replied`), no request is half-received (`unfinished`: a status message whose closing
+    brace has not arrived yet; never the tail of a bad request whose error was sent), and no
+    further byte waits in the socket's receive buffer. The original answered and closed (spec
+    dsm.md, "Query protocol", "Status protocol"), so `nc` one-liners (netcat-openbsd never closes
+    its side) return at once, while several requests sent together are all answered first.
+    """
+    return replied and not unfinished and not more_input_waiting(transport)
 
 
 class PipelinedConnection:

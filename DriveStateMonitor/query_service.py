@@ -16,15 +16,15 @@ So several queries sent together (`printf 'm s'`, or a script's one `sendall`) a
 order; a client that closes its side (end of stream) gets every pending reply first; and a client
 that connects and sends nothing stays open until `--idle-timeout`. A query written after the
 previous reply has been read is not answered on the same connection: connect again, as the
-original required (spec `dsm.md`, "Query protocol").
+original required (spec `dsm.md`, "Query protocol"). Status connections close by the same rule
+(status_service.py); it lives once, in pipelining.answered_and_idle.
 """
 from __future__ import annotations
 
-import socket
 from typing import Callable, List
 
 from .event_loop import StreamTransport
-from .pipelining import PipelinedConnection
+from .pipelining import PipelinedConnection, answered_and_idle
 from .query_protocol import Query, QueryParser, encode_reply
 
 AnswerQuery = Callable[[Query, str], bytes]
@@ -64,15 +64,4 @@ class QueryConnection(PipelinedConnection):
             return True
         # A bad token left open by the last chunk (parser.partial) does not keep the connection:
         # its error is sent, and the rest of it could only earn another error.
-        return self.replied and not self._more_input_waiting()
-
-    def _more_input_waiting(self) -> bool:
-        sock = getattr(self.transport, "sock", None)
-        if sock is None:
-            return False
-        try:
-            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except (BlockingIOError, InterruptedError):
-            return False  # nothing waiting
-        except OSError:
-            return False  # reset: closing is right anyway
+        return answered_and_idle(self.transport, self.replied, unfinished=False)

@@ -1,9 +1,18 @@
-"""A status connection (port 3110): each framed message stored and acknowledged, or refused."""
+"""A status connection (port 3110): each framed message stored and acknowledged, or refused.
+
+The original acknowledged one status and closed (spec dsm.md, "Status protocol"). We close with the
+rule query connections use (pipelining.answered_and_idle): once every message received has its
+`\x04` or error, no message is half-received and no further byte waits, the connection closes
+after the replies are sent — so `echo "{...}" | nc host 3110` returns at once with netcat-openbsd,
+while several statuses sent in one write are all answered, in order, first. A status written after
+the previous ack was read goes on a new connection, as with the original.
+"""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 from .event_loop import StreamTransport
+from .pipelining import answered_and_idle
 from .status_protocol import (END_BYTE, StatusError, StatusParser, StatusReport, error_reply,
                               parse_status)
 
@@ -24,16 +33,21 @@ class StatusConnection:
         self.store = store
         self.bad_input = bad_input
         self.parser = StatusParser(max_message) if max_message else StatusParser()
+        self.replied = False
 
     def data_received(self, data: bytes) -> None:
         # One write for all the replies a chunk completes: pipelined statuses cost one append.
         replies = [self._answer(framed.message, framed.error)
                    for framed in self.parser.receive_data(data)]
+        transport = self.transport
         if replies:
-            self.transport.write(b"".join(replies))
-        if self.transport.output_size >= self.transport.high_water:
+            self.replied = True
+            transport.write(b"".join(replies))
+        if transport.output_size >= transport.high_water:
             # A client that sends without reading its acks waits for itself, not us.
-            self.transport.pause_reading()
+            transport.pause_reading()
+        elif answered_and_idle(transport, self.replied, self.parser.in_message):
+            transport.close_when_flushed()
 
     def eof_received(self) -> None:
         for framed in self.parser.eof_received():
@@ -41,7 +55,10 @@ class StatusConnection:
         self.transport.close_when_flushed()
 
     def writing_drained(self) -> None:
-        self.transport.resume_reading()
+        if answered_and_idle(self.transport, self.replied, self.parser.in_message):
+            self.transport.close_when_flushed()
+        else:
+            self.transport.resume_reading()
 
     def connection_lost(self) -> None:
         pass

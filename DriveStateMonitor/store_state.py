@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
 from .announcement import Rejected, parse_announcement
-from .persistence import GAP_RECORD, Loaded
+from .persistence import GAP_RECORD, Loaded, embedded_announcement
 from .statserv_tree import LIMIT, StatServError, Tree
 
 log = logging.getLogger("dsm.state")
@@ -115,7 +115,8 @@ class StoreState:
     # --- changes, as they happen --------------------------------------------------------------
     def announced(self, serial: str, raw: bytes, now: float, source: str, interface: str) -> None:
         if self.record is not None:
-            self.record(["a", serial, raw.decode("utf-8"), now, source, interface])
+            # The datagram is JSON already: embedded as it is, not encoded as a string.
+            self.record(embedded_announcement(serial, raw, now, source, interface))
             self._heard_recorded[serial] = now
 
     def heard(self, serial: str, now: float, source: str, interface: str) -> None:

@@ -123,39 +123,56 @@ def mode_status_oneshot(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def mode_status_pipelined(args: Dict[str, Any]) -> Dict[str, Any]:
-    """Many newline-terminated statuses per persistent connection, at most `window` unacknowledged."""
+    """Pipelined batches: `batch` newline-terminated statuses sent in one write per connection,
+    every ack read, then the DSM closes (it closes once all it received is answered, as the
+    original did); `window // batch` connections (at most 8) are in flight at once, so the DSM
+    always has a batch waiting. A batch of 200 is about 18 KB: one loopback segment."""
     port, prefix, nserials = args["port"], args["prefix"], args["serials"]
     count, duration, window = args["count"], args["duration"], args["window"]
     batch = args.get("batch", 200)
     form = args.get("form", "json")
+    in_flight_max = max(1, min(8, window // batch))
     wait_start(args)
-    sock = tcp(port, nodelay=True)
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     deadline = t0 + duration
-    sent = acked = 0
+    sent = acked = connections = 0
     errors = 0
     error: Optional[str] = None
+    in_flight: List[Any] = []  # (socket, statuses sent on it), oldest first
     try:
-        while acked < sent or (sent < count and time.perf_counter() < deadline):
-            while sent < count and sent - acked < window and time.perf_counter() < deadline:
+        while in_flight or (sent < count and time.perf_counter() < deadline):
+            while (len(in_flight) < in_flight_max and sent < count
+                   and time.perf_counter() < deadline):
                 n = min(batch, count - sent)
+                sock = tcp(port, nodelay=True)
                 sock.sendall(b"".join(
                     status_message("%s-%d" % (prefix, i % nserials), "%07d" % i, form) + b"\n"
                     for i in range(sent, sent + n)))
                 sent += n
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                error = "closed by the DSM with %d of %d acknowledged" % (acked, sent)
+                connections += 1
+                in_flight.append((sock, n))
+            sock, n = in_flight.pop(0)
+            replies = []
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                replies.append(chunk)
+            sock.close()
+            reply = b"".join(replies)
+            errors += reply.count(b"{")
+            got = reply.count(END)
+            acked += got
+            if got != n:
+                error = "closed by the DSM with %d of %d acknowledged" % (got, n)
                 break
-            if b"{" in chunk:
-                errors += chunk.count(b"{")
-            acked += chunk.count(END)
     except OSError as exc:
         error = "after %d acks: %s" % (acked, exc)
+    for sock, _ in in_flight:
+        sock.close()
     elapsed = time.perf_counter() - t0
-    sock.close()
     return dict(sent=sent, acked=acked, error_replies=errors, elapsed=elapsed, error=error,
-                cpu=cpu_seconds() - cpu0)
+                connections=connections, cpu=cpu_seconds() - cpu0)
 
 
 # --- announcements ----------------------------------------------------------------------------------

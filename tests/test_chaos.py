@@ -96,8 +96,8 @@ class Chaos:
 
 # --- well-behaved clients -----------------------------------------------------------------------
 def good_statuses(chaos: Chaos, worker: int) -> None:
-    """Script-style statuses (one connection each, sometimes several per connection); each ack is
-    recorded, and a status that is not acknowledged is a failure."""
+    """Script-style statuses (one connection each, sometimes several sent together on one); each
+    ack is recorded, and a status that is not acknowledged is a failure."""
     rng = random.Random(chaos.seed * 100 + worker)
     serial = "GOOD%d" % worker
     # At most 3000 statuses each: the `s` reply stays well below --max-output.
@@ -109,15 +109,16 @@ def good_statuses(chaos: Chaos, worker: int) -> None:
                    for k in range(batch)]
         try:
             with socket.create_connection((LOOPBACK, chaos.dsm.status_port), timeout=10) as sock:
-                for entry in entries:
-                    message = dict(serial_number=serial, **entry)
-                    sock.sendall(str(message).encode() if rng.random() < 0.5
-                                 else json.dumps(message).encode() + b"\n")
-                    if recv_until_end(sock, timeout=10) != END:
-                        chaos.fail("status %r not acknowledged" % (entry,))
-                        return
-                    with chaos.lock:
-                        chaos.acked.setdefault(serial, []).append(entry)
+                # The DSM closes once all it received is answered: several go in one write.
+                messages = [dict(serial_number=serial, **entry) for entry in entries]
+                sock.sendall(b"".join(str(message).encode() if rng.random() < 0.5
+                                      else json.dumps(message).encode() + b"\n"
+                                      for message in messages))
+                if recv_until_end(sock, timeout=10, count=batch) != END * batch:
+                    chaos.fail("statuses %r not acknowledged" % (entries,))
+                    return
+                with chaos.lock:
+                    chaos.acked.setdefault(serial, []).extend(entries)
         except OSError as exc:
             chaos.fail("status client %d: %s" % (worker, exc))
             return

@@ -657,12 +657,25 @@ def status_conn(loop):
 ORIGINAL = b"{'serial_number': 'ZA1', 'time_stamp': 1, 'status': '001'}"
 
 
-def test_original_style_status_is_stored_and_acknowledged_without_a_terminator(loop, status_conn):
+def test_original_style_status_is_stored_acknowledged_and_closed_without_a_terminator(
+        loop, status_conn):
     transport, sink, peer = status_conn()
     peer.send(ORIGINAL)
-    peer.read_until(loop, lambda p: p.received == b"\x04", "ack")
+    # the client keeps its side open (netcat-openbsd, the lab scripts): the DSM closes, as the
+    # original did, once all it received is answered
+    peer.read_until(loop, lambda p: p.eof, "the close after the ack")
+    assert peer.received == b"\x04" and transport.closed
     assert [(r.serial_number, r.status) for r in sink.reports] == [("ZA1", "001")]
-    assert not peer.eof
+
+
+def test_status_connection_stays_open_while_a_message_is_half_received(loop, status_conn):
+    transport, sink, peer = status_conn()
+    peer.send(ORIGINAL + ORIGINAL[:20])
+    peer.read_until(loop, lambda p: p.received == b"\x04", "the first ack")
+    assert not transport.closed and not peer.eof
+    peer.send(ORIGINAL[20:])
+    peer.read_until(loop, lambda p: p.eof, "the second ack and the close")
+    assert peer.received == b"\x04\x04" and len(sink.reports) == 2
 
 
 def test_bad_status_gets_error_and_end_byte_and_the_connection_still_works(loop, status_conn):
@@ -716,10 +729,21 @@ def test_status_reading_pauses_while_replies_pile_up_and_resumes_when_drained():
     sink = StatusSink()
     connection = StatusConnection(transport, sink.store, sink.bad_input)
     transport.output_size = HIGH_WATER
-    connection.data_received(ORIGINAL)
+    connection.data_received(ORIGINAL + ORIGINAL[:10])
     assert not transport.reading and transport.writes == [b"\x04"]
-    connection.writing_drained()
-    assert transport.reading
+    connection.writing_drained()  # half a message waits: read on
+    assert transport.reading and not transport.closing
+
+
+def test_status_connection_closes_when_drained_with_everything_answered():
+    transport = FakeTransport()
+    sink = StatusSink()
+    connection = StatusConnection(transport, sink.store, sink.bad_input)
+    transport.output_size = HIGH_WATER
+    connection.data_received(ORIGINAL)
+    assert not transport.reading and not transport.closing  # paused, not closed, while above
+    connection.writing_drained()  # (a FakeTransport has no socket: no byte waits)
+    assert transport.closing
 
 
 def test_status_end_of_stream_answers_the_rest_and_closes_when_flushed():

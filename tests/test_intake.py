@@ -197,3 +197,54 @@ def test_broken_pretty_printed_message_gets_one_error_then_the_next_works(broken
     framed = parser.receive_data(broken + b"\n" + b"{'serial_number': 'B', 'time_stamp': 1, "
                                                   b"'status': 2}")
     assert [f.error is not None for f in framed] == [True, False], framed
+
+
+# --- needs_value_check: skipping the walk only where it could find nothing -------------------
+from hypothesis import example  # noqa: E402
+
+from DriveStateMonitor.intake import (MAX_DEPTH as _DEPTH, check_value as _check_value,  # noqa: E402
+                                      json_loads as _json_loads,
+                                      needs_value_check as _needs_value_check)
+
+_ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=6)  # lone surrogates too
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | _ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_ANY_TEXT, inner, max_size=3),
+    max_leaves=40)
+
+
+def _deep(value, levels):
+    for n in range(levels):
+        value = [value] if n % 2 else {"k": value}
+    return value
+
+
+def _skipping_is_safe(text: str) -> None:
+    try:
+        value = _json_loads(text)
+    except (ValueError, RecursionError):
+        return  # refused before any check
+    if not _needs_value_check(text):
+        _check_value(value)  # must not raise: nothing was left for the walk to find
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.integers(0, _DEPTH + 3), st.booleans())
+def test_text_that_skips_the_walk_always_meets_check_value(value, levels, ascii_only):
+    # ensure_ascii writes lone surrogates (st.text makes them) as \ud800 escapes
+    _skipping_is_safe(json.dumps(_deep(value, levels), ensure_ascii=ascii_only))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from('{}[]",:\\u0123456789dabcefn tr.-e'), max_size=60))
+@example('{"\\udc00": 1}')
+@example('["\\ud800"]')
+def test_any_text_that_skips_the_walk_meets_check_value(text):
+    _skipping_is_safe(text)
+
+
+def test_the_walk_is_kept_for_escapes_and_deep_text():
+    assert _needs_value_check('{"a": "\\ud800"}')
+    assert _needs_value_check("[" * (_DEPTH + 1) + "]" * (_DEPTH + 1))
+    assert not _needs_value_check('{"serial_number": "Z", "n": [1, {"a": 2.5}]}')

@@ -132,16 +132,18 @@ def announce_distinct(dsm, serials: List[str], rounds: int = 5) -> None:
 def test_sixth_connection_on_each_port_gets_a_clear_error_and_is_closed_first_five_still_work(
         dsm_factory):
     dsm = dsm_factory.start("--max-connections", "5")
+    assert dsm.send_status(status("MAXC", 0, "ok")) == END  # (that connection closes after its ack)
     queries = [dsm.connect_query(), dsm.connect_query()]
     statuses = [connect(dsm.status_port), connect(dsm.status_port)]
     watcher = dsm.connect_statserv()
     five = queries + statuses + [watcher]
+    again = status("MAXC", 9, "again")
     try:
-        # Each of the five is admitted (a round trip proves it; a query connection closes after its
-        # reply, so the DSM's own count of open connections proves those two).
-        for n, sock in enumerate(statuses):
-            sock.sendall(status("MAXC", n, "ok"))
-            assert recv_until_end(sock) == END
+        # Each of the five is admitted (a round trip proves it for the watcher; query and status
+        # connections close after their replies, so the DSM's own count of open connections
+        # proves those four: the status ones hold half a message each).
+        for sock in statuses:
+            sock.sendall(again[:10])
         assert ask(watcher, "PWD") == '. /'
         wait_for(lambda: ask(watcher, "GET /dsm/connections_open") == '. "5"', 5,
                  "the five connections to be open")
@@ -159,7 +161,7 @@ def test_sixth_connection_on_each_port_gets_a_clear_error_and_is_closed_first_fi
         started = time.monotonic()
         for sock in queries:
             assert set(query_on_open_connection(sock)) == {"MAXC"}
-        statuses[0].sendall(status("MAXC", 9, "again"))
+        statuses[0].sendall(again[10:])
         assert recv_until_end(statuses[0]) == END
         assert ask(watcher, "GET /dsm/pid") == '. "%d"' % dsm.pid
         assert time.monotonic() - started < PROMPT_S * 3
@@ -173,14 +175,15 @@ def test_sixth_connection_on_each_port_gets_a_clear_error_and_is_closed_first_fi
 
 
 # --- message, line and value sizes ------------------------------------------------------------
-def test_status_over_max_message_gets_an_error_and_the_connection_stays_usable(dsm_factory):
+def test_status_over_max_message_gets_an_error_and_the_next_one_is_stored(dsm_factory):
     dsm = dsm_factory.start("--max-message", "1000")
     with connect(dsm.status_port) as sock:
-        sock.sendall(status("BIG", 1, "x" * 2000))
-        error = json_error(recv_until_end(sock))
+        # sent together: the refused one and the next are both answered before the DSM closes
+        sock.sendall(status("BIG", 1, "x" * 2000) + status("SMALL", 2, "y" * 800))
+        reply = recv_until_end(sock, count=2)
+        assert reply.endswith(END + END), reply
+        error = json_error(reply[:-1])
         assert "1000" in error or "large" in error, error
-        sock.sendall(status("SMALL", 2, "y" * 800))
-        assert recv_until_end(sock) == END
     assert dsm.query_json("s") == {"SMALL": [{"time_stamp": 2, "status": "y" * 800}]}
 
 

@@ -1,8 +1,8 @@
 """The README's `nc` one-liners return at once with the complete reply, with the real `nc` binary.
 
 Debian's default netcat (netcat-openbsd) never closes its side at the end of its input unless given
-`-N`; the DSM closes once everything received has been answered (query_service.py), so the
-one-liners end as soon as the reply is in. Skipped where no `nc` is installed (.ci/run installs it).
+`-N`; the DSM closes once everything received has been answered (pipelining.answered_and_idle,
+for query and status connections alike), so the one-liners end as soon as the reply is in. Skipped where no `nc` is installed (.ci/run installs it).
 """
 from __future__ import annotations
 
@@ -64,3 +64,19 @@ def test_several_queries_in_one_line_are_all_answered_in_order(populated):
 def test_a_bad_query_gets_its_error_at_once(populated):
     out = run_nc(["-U", populated.unix_socket], b"x\n")
     assert "error" in replies(out)[0]
+
+
+def test_echo_a_status_to_the_status_port_returns_at_once_with_the_ack(dsm):
+    out = run_nc(["127.0.0.1", str(dsm.status_port)],
+                 b"{'serial_number': 'NC2', 'time_stamp': 't2', 'status': '001'}\n")
+    assert out == END
+    assert dsm.query_json("s") == {"NC2": [{"time_stamp": "t2", "status": "001"}]}
+
+
+def test_several_statuses_in_one_nc_input_are_all_acknowledged(dsm):
+    lines = b"".join(b'{"serial_number": "NC3", "time_stamp": %d, "status": "00%d"}\n' % (n, n)
+                     for n in range(4))
+    out = run_nc(["127.0.0.1", str(dsm.status_port)], lines + b"not a status\n")
+    assert out.startswith(END * 4) and out.endswith(END) and "error" in json.loads(out[4:-1])
+    assert dsm.query_json("s") == {"NC3": [{"time_stamp": n, "status": "00%d" % n}
+                                           for n in range(4)]}

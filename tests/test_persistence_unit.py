@@ -568,3 +568,84 @@ def test_snapshot_stores_no_derived_drive_objects_and_restores_them_from_the_rec
     fresh = restored(snapshot_of(state, now), now + 1)
     assert fresh.tree.get("/drives/ZV1/model", now + 1) == "ST4000NK0001"
     assert fresh.tree.dump() == state.tree.dump()
+
+
+# --- a new drive's record embeds its datagram ---------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from DriveStateMonitor.announcement import Announcement, parse_announcement  # noqa: E402
+from DriveStateMonitor.persistence import EMBEDDED_ANNOUNCEMENT, embedded_announcement  # noqa: E402
+
+DATAGRAMS = [
+    b'{"serial_number": "ZA1", "model": "ST4000NK0001"}',
+    '{"serial_number":"ZA2" ,\n "model":"\u00e9t\u00e9", "n": 1.50, "x": [1, {"y": null}]}'.encode(),
+    b' {"serial_number": "ZA3", "s": "a \\"quoted\\" \\\\ ] word"} ',
+]
+
+
+def journaled(state: StoreState) -> List[Any]:
+    payloads: List[Any] = []
+    state.attach(payloads.append)
+    return payloads
+
+
+@pytest.mark.parametrize("datagram", DATAGRAMS)
+def test_a_new_drive_is_journaled_with_its_datagram_embedded_and_replays_byte_for_byte(datagram):
+    serial = json.loads(datagram)["serial_number"]
+    state = make_state()
+    payloads = journaled(state)
+    assert state.store.record_announcement(serial, json.loads(datagram), datagram, 100.5,
+                                           "10.1.2.3", "eth\u00e90")
+    state.announced(serial, datagram, 100.5, "10.1.2.3", "eth\u00e90")
+    assert len(payloads) == 1 and payloads[0].startswith(EMBEDDED_ANNOUNCEMENT)
+    assert datagram in payloads[0]  # embedded as it is, not encoded as a string
+    records, used = decode_records(encode_record(payloads[0], 7))
+    assert records == [["a", serial, datagram.decode(), 100.5, "10.1.2.3", "eth\u00e90"]]
+    replayed = make_state()
+    replayed.apply(records[0])
+    assert replayed.store.drives[serial].raw == datagram
+
+
+def test_old_string_announcement_records_and_embedded_ones_load_side_by_side():
+    old = ["a", "OLD1", '{"serial_number": "OLD1", "model": "m"}', 10.0, "10.0.0.1", "lo"]
+    new = embedded_announcement("NEW1", b'{"serial_number": "NEW1"}', 11.0, "10.0.0.2", "lo")
+    records, used = decode_records(encode_record(old, 0) + encode_record(new, 1))
+    state = make_state()
+    for record in records:
+        state.apply(record)
+    assert set(state.store.drives) == {"OLD1", "NEW1"}
+    assert state.store.drives["NEW1"].raw == b'{"serial_number": "NEW1"}'
+
+
+@pytest.mark.parametrize("payload", [
+    b'["A",["S",1.0,"h"],{"serial_number": "S"}]',      # three fields in the head, not four
+    b'["A",["S",1.0,"h","lo"]{"serial_number": "S"}]',   # no comma after the head
+    b'["A",["S",1.0,"h","lo"],{"serial_number": "S"}',   # no closing bracket
+    b'["A",{"S":1},{"serial_number": "S"}]',             # the head is not a list
+    b'["A",["S",1.0,"h","lo",],{}]',                     # the head is not JSON
+])
+def test_a_malformed_embedded_record_with_a_valid_crc_is_skipped(payload):
+    records, _ = decode_records(encode_record(RECORDS[0], 0) + encode_record(payload, 1)
+                               + encode_record(RECORDS[1], 2))
+    assert records == RECORDS[:2]
+
+
+def test_an_embedded_datagram_that_fails_the_live_checks_is_refused_at_replay():
+    records, _ = decode_records(encode_record(
+        b'["A",["S",1.0,"h","lo"],{"serial_number": "OTHER"}]', 0))
+    with pytest.raises(ValueError):
+        make_state().apply(records[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.text(max_size=8) | st.integers() | st.floats(
+    allow_nan=False, allow_infinity=False) | st.none(), max_size=4), st.text(min_size=1, max_size=8),
+    st.booleans())
+def test_any_accepted_datagram_survives_the_journal_byte_for_byte(fields, serial, ascii_only):
+    fields["serial_number"] = serial
+    datagram = json.dumps(fields, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    if not isinstance(parse_announcement(datagram), Announcement):
+        return  # refused live, so never journaled
+    records, _ = decode_records(encode_record(
+        embedded_announcement(serial, datagram, 5.25, "::1", "lo"), 0))
+    assert records == [["a", serial, datagram.decode("utf-8"), 5.25, "::1", "lo"]]

@@ -68,12 +68,15 @@ def announce_all(dsm, serials: Iterable[str], batch: int = 50, rounds: int = 5) 
 
 
 def store_statuses(dsm, statuses: Iterable[tuple]) -> None:
-    """Stores (serial, time_stamp, status) tuples over one status connection, checking each ack."""
+    """Stores (serial, time_stamp, status) tuples sent together on one status connection (it
+    closes once all are answered), checking that each got its ack."""
+    statuses = list(statuses)
+    batch = b"".join(json.dumps({"serial_number": serial, "time_stamp": stamp,
+                                 "status": status}).encode() + b"\n"
+                     for serial, stamp, status in statuses)
     with socket.create_connection(("127.0.0.1", dsm.status_port), timeout=10) as sock:
-        for serial, stamp, status in statuses:
-            sock.sendall(json.dumps({"serial_number": serial, "time_stamp": stamp,
-                                     "status": status}).encode() + b"\n")
-            assert recv_until_end(sock) == END
+        sock.sendall(batch)
+        assert recv_until_end(sock, count=len(statuses)) == END * len(statuses)
 
 
 def assert_wiped(parts: List[Any], drives: int, status_serials: int, statuses: int) -> None:

@@ -122,14 +122,24 @@ def test_bad_message_gets_json_error_and_nothing_is_stored(dsm, message):
 
 
 @pytest.mark.parametrize("message", BAD_MESSAGES)
-def test_connection_is_usable_after_a_bad_message(dsm, message):
+def test_a_bad_message_is_answered_and_the_next_one_sent_with_it_is_stored(dsm, message):
+    with connect_status(dsm) as sock:
+        # sent together: both are answered, in order, before the DSM closes
+        sock.sendall(message + b"\n" + status_json("AFTER", 5, "002"))
+        reply = recv_all(sock, timeout=5)
+        assert reply.endswith(END + END), reply
+        assert_error(reply[:-1])
+    assert statuses(dsm) == {"AFTER": [{"time_stamp": 5, "status": "002"}]}
+
+
+@pytest.mark.parametrize("message", BAD_MESSAGES)
+def test_a_bad_message_alone_gets_its_error_and_the_connection_closes(dsm, message):
     with connect_status(dsm) as sock:
         sock.sendall(message + b"\n")
-        reply = recv_until_end(sock, timeout=5)
-        assert_error(reply)
-        sock.sendall(status_json("AFTER", 5, "002"))
-        assert recv_until_end(sock, timeout=5) == END
-    assert statuses(dsm) == {"AFTER": [{"time_stamp": 5, "status": "002"}]}
+        # the DSM closes by itself (the client keeps its side open, as netcat-openbsd does)
+        assert_error(recv_all(sock, timeout=5))
+    assert dsm.send_status(status_json("NEXT", 6, "002")) == END
+    assert statuses(dsm) == {"NEXT": [{"time_stamp": 6, "status": "002"}]}
 
 
 @pytest.mark.parametrize("closed", [False, True], ids=["open", "closed-at-end"])
@@ -143,12 +153,17 @@ def test_message_over_one_mib_is_refused_without_waiting_for_its_end(dsm, closed
             # the message closes properly: still too large
             sock.sendall(b'"}')
         # the error arrives without an end to the message (no newline, no end of stream)
-        assert_error(recv_until_end(sock, timeout=10))
-        # the rest of an unfinished oversized message is dropped up to the next newline; then all
-        # is normal again
-        rest = b"" if closed else b"more of the same " * 100
-        sock.sendall(rest + b"\n" + status_json("NEXT", 2, "002"))
-        assert recv_until_end(sock, timeout=10) == END
+        if closed:
+            # the refused message has ended and is answered: the DSM closes
+            assert_error(recv_all(sock, timeout=10))
+        else:
+            assert_error(recv_until_end(sock, timeout=10))
+            # the rest of an unfinished oversized message is dropped up to the next newline (the
+            # connection stays open for it); then all is normal again
+            sock.sendall(b"more of the same " * 100 + b"\n" + status_json("NEXT", 2, "002"))
+            assert recv_all(sock, timeout=10) == END
+    if closed:
+        assert dsm.send_status(status_json("NEXT", 2, "002")) == END
     assert statuses(dsm) == {"GOOD": [{"time_stamp": 1, "status": "001"}],
                              "NEXT": [{"time_stamp": 2, "status": "002"}]}
 
@@ -188,15 +203,34 @@ def test_pipelined_messages_on_one_connection_are_acked_in_order(dsm):
     assert statuses(dsm) == {"PL": [{"time_stamp": n, "status": "00%d" % n} for n in (1, 2, 3, 4)]}
 
 
-def test_messages_one_at_a_time_on_a_persistent_connection(dsm):
-    with connect_status(dsm) as sock:
-        for n in range(8):
-            # the lab scripts' framing: nothing after the closing brace
+def test_each_status_is_acknowledged_and_its_connection_closed(dsm):
+    for n in range(3):
+        with connect_status(dsm) as sock:
+            # the lab scripts' framing: nothing after the closing brace, the connection left open;
+            # the DSM answers and closes, as the original did (spec dsm.md, "Status protocol")
             sock.sendall(status_literal("ONE", n, "%03d" % n))
-            assert recv_until_end(sock, timeout=5) == END
-        sock.shutdown(socket.SHUT_WR)
-        assert recv_all(sock, timeout=5) == b""
-    assert statuses(dsm) == {"ONE": [{"time_stamp": n, "status": "%03d" % n} for n in range(8)]}
+            assert recv_all(sock, timeout=5) == END
+    assert statuses(dsm) == {"ONE": [{"time_stamp": n, "status": "%03d" % n} for n in range(3)]}
+
+
+def test_a_status_sent_after_the_ack_was_read_needs_a_new_connection(dsm):
+    with connect_status(dsm) as sock:
+        sock.sendall(status_literal("LATE", 1, "001"))
+        assert recv_until_end(sock, timeout=5) == END
+        assert recv_all(sock, timeout=5) == b""  # closed by the DSM
+    assert dsm.send_status(status_literal("LATE", 2, "002")) == END
+    assert statuses(dsm) == {"LATE": [{"time_stamp": n, "status": "%03d" % n} for n in (1, 2)]}
+
+
+def test_a_pipelined_batch_gets_every_ack_in_order_then_the_close(dsm):
+    messages = [status_literal("PIPE", n, "%03d" % n) if n % 2 else status_json("PIPE", n, "%03d" % n)
+                for n in range(15)]
+    with connect_status(dsm) as sock:
+        sock.sendall(b"".join(messages[:5]) + b"{'serial_number': 'PIPE'}" + b"".join(messages[5:]))
+        reply = recv_all(sock, timeout=10)
+    assert reply.startswith(END * 5) and reply.endswith(END * 11), reply
+    assert_error(reply[5:-10])
+    assert [entry["time_stamp"] for entry in statuses(dsm)["PIPE"]] == list(range(15))
 
 
 @pytest.mark.parametrize("step", [1, 3, 7])
@@ -226,12 +260,9 @@ def test_message_split_across_many_small_sends(dsm, step):
 def test_history_keeps_the_last_n_oldest_first(dsm_factory):
     dsm = dsm_factory.start("--history", "3")
     with connect_status(dsm) as sock:
-        for n in range(7):
-            sock.sendall(status_json("H1", n, "s%d" % n) + b"\n")
-            assert recv_until_end(sock, timeout=5) == END
-        for n in range(2):
-            sock.sendall(status_json("H2", n, "t%d" % n) + b"\n")
-            assert recv_until_end(sock, timeout=5) == END
+        sock.sendall(b"".join(status_json("H1", n, "s%d" % n) + b"\n" for n in range(7))
+                     + b"".join(status_json("H2", n, "t%d" % n) + b"\n" for n in range(2)))
+        assert recv_until_end(sock, timeout=5, count=9) == END * 9
     assert statuses(dsm) == {
         "H1": [{"time_stamp": n, "status": "s%d" % n} for n in (4, 5, 6)],
         "H2": [{"time_stamp": n, "status": "t%d" % n} for n in (0, 1)],

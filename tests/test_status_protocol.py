@@ -319,3 +319,87 @@ def test_error_reply_is_json_with_the_reason_then_end_byte():
     reply = error_reply("missing field: status")
     assert reply.endswith(END_BYTE)
     assert json.loads(reply[:-1]) == {"error": "missing field: status"}
+
+
+# --- the fast paths of parse_status, equivalent to the full path -----------------------------
+import unittest.mock  # noqa: E402
+
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
+
+import DriveStateMonitor.status_protocol as status_protocol  # noqa: E402
+
+
+def outcome(message: bytes):
+    """What parse_status makes of `message`, types included (1, 1.0 and True differ)."""
+    try:
+        report = parse_status(message)
+    except StatusError as exc:
+        return ("error", str(exc))
+    return ("report", report.serial_number, report.entry_json,
+            type(report.time_stamp), repr(report.time_stamp),
+            type(report.status), repr(report.status))
+
+
+def outcome_of_the_full_path(message: bytes):
+    """The same with both fast paths off: every message read by JSON/literal_eval, checked by
+    check_value, its entry written by the JSON encoder."""
+    with unittest.mock.patch.object(status_protocol, "_parse_flat", lambda text: None), \
+            unittest.mock.patch.object(status_protocol, "_SCALAR_JSON", {}):
+        return outcome(message)
+
+
+SCALARS = (st.text(max_size=12) | st.integers(min_value=-10 ** 20, max_value=10 ** 20)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.booleans() | st.none())
+FIELDS = st.sampled_from(["serial_number", "time_stamp", "status", "x", "'", '"', ""])
+STATUSES = st.dictionaries(FIELDS | st.text(max_size=6), SCALARS | st.lists(SCALARS, max_size=2),
+                           max_size=5)
+
+
+def render(value: dict, form: int, compact: bool) -> bytes:
+    if form == 0:
+        text = str(value)
+    elif form == 1:
+        text = json.dumps(value)
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+    if compact:
+        text = text.replace(", ", ",").replace(": ", ":")
+    return text.encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=600, deadline=None)
+@given(STATUSES, st.integers(0, 2), st.booleans())
+@example({"serial_number": "A", "time_stamp": "t", "status": "001"}, 0, False)
+@example({"serial_number": "A", "time_stamp": -0.0, "status": 1e300}, 1, False)
+@example({"serial_number": "A", "time_stamp": 12345678901234567, "status": 0.1}, 0, True)
+@example({"serial_number": "A", "time_stamp": "\x01", "status": "é"}, 2, False)
+def test_fast_paths_give_exactly_what_the_full_path_gives(value, form, compact):
+    message = render(value, form, compact)
+    assert outcome(message) == outcome_of_the_full_path(message)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("{}'\": ,-.0123456789aéx\\\x01"), max_size=40))
+def test_fast_paths_agree_with_the_full_path_on_near_misses(text):
+    message = text.encode("utf-8")
+    assert outcome(message) == outcome_of_the_full_path(message)
+
+
+@pytest.mark.parametrize("message", [
+    ORIGINAL, JSON_STATUS,
+    b"{'serial_number': 'S', 'time_stamp': 1764474000.25, 'status': -3}",
+    b'{"serial_number":"S","time_stamp":"t","status":"002","extra":"x"}',
+])
+def test_the_usual_statuses_take_the_fast_path(message):
+    assert status_protocol._parse_flat(message.decode()) is not None
+
+
+@pytest.mark.parametrize("message", [
+    b"{'serial_number': 'S', 'time_stamp': 1e999, 'status': 1}",      # exponent: may be infinite
+    b"{'serial_number': 'S', 'time_stamp': 1" + b"0" * 20 + b", 'status': 1}",  # many digits
+    b"{'serial_number': 'S', 'time_stamp': True, 'status': None}",  # constants
+    b"{'serial_number': 'S\\ud800', 'time_stamp': 1, 'status': 1}",  # escapes
+    b" {'serial_number': 'S', 'time_stamp': 1, 'status': 1}",      # outside the braces
+])
+def test_anything_unusual_takes_the_full_path(message):
+    assert status_protocol._parse_flat(message.decode()) is None
