@@ -48,6 +48,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import struct
 import time
 import zlib
@@ -449,6 +450,22 @@ def write_snapshot(state_dir: str, seq: int, state: Dict[str, Any]) -> None:
     _fsync_dir(state_dir)
 
 
+def read_state_file(path: str) -> bytes:
+    """The whole content of the regular file at `path`.
+
+    Raises OSError for anything else found under a state file's name — a FIFO (whose open() would
+    block the start for good), a device such as /dev/zero (whose read() never ends), a directory —
+    so a planted or mistaken file costs that file only (docs/durability.md)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def snapshot_file_intact(path: str) -> bool:
     """True if every line of the snapshot file at `path` passes its CRC, the lines are numbered
     0, 1, ... in order and the end line counts them. Streams: memory stays small however large
@@ -556,8 +573,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
     for seq in reversed(snapshots):
         path = snapshot_path(state_dir, seq)
         try:
-            with open(path, "rb") as f:
-                state, check = decode_snapshot(f.read())
+            state, check = decode_snapshot(read_state_file(path))
         except OSError as exc:
             log.error("snapshot %s unreadable: %s", path, exc)
             loaded.snapshots_unreadable += 1
@@ -586,8 +602,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
             continue
         path = journal_path(state_dir, seq)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_state_file(path)
         except OSError as exc:
             log.error("journal %s unreadable: %s", path, exc)
             loaded.damaged.append(path)
@@ -686,10 +701,13 @@ class Journal:
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._fd = os.open(journal_path(self.state_dir, seq),
-                               os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                               os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                               | os.O_NONBLOCK, 0o644)
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):  # a FIFO or device planted there
+                raise OSError(errno.EINVAL, "not a regular file", journal_path(self.state_dir, seq))
             if os.fstat(self._fd).st_size:  # not new (it never is, normally): number on from it
-                with open(journal_path(self.state_dir, seq), "rb") as f:
-                    indexes = [index for index, _ in scan_journal(f.read()).records]
+                indexes = [index for index, _ in
+                           scan_journal(read_state_file(journal_path(self.state_dir, seq))).records]
                 self._index = max(indexes, default=-1) + 1
         except OSError as exc:
             self._failed("cannot open the journal", exc)
