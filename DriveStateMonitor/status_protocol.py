@@ -31,7 +31,7 @@ import json
 import re
 from typing import Any, List, NamedTuple, Optional
 
-from .intake import IntakeError, check_python_literal, check_value, json_loads
+from .intake import IntakeError, check_python_literal, check_serial, check_value, json_loads
 
 END_BYTE = b"\x04"
 # Statuses are a few dozen bytes; 1 MiB leaves room for a traceback in `status` and still bounds what
@@ -259,6 +259,10 @@ def parse_status(message: bytes) -> StatusReport:
         raise StatusError("serial_number must be a string") from None
     if not serial:
         raise StatusError("serial_number is empty")
+    try:
+        check_serial(serial)
+    except IntakeError as exc:
+        raise StatusError(str(exc)) from None
     try:
         entry_json = _ENTRY_ENCODER.encode({"time_stamp": value["time_stamp"],
                                             "status": value["status"]}).encode("utf-8")

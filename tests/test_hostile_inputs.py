@@ -70,3 +70,92 @@ def test_dsm_starts_and_serves_past_a_fifo_and_a_device_in_its_state_dir(dsm_fac
     assert "not a regular file" in again.log_text()
     again.signal(signal.SIGTERM)
     assert again.wait_exit() == 0
+
+
+# --- names every output can serve ----------------------------------------------------------------
+from urllib.parse import quote  # noqa: E402
+
+from DriveStateMonitor.announcement import Announcement, Rejected, parse_announcement  # noqa: E402
+from DriveStateMonitor.drive_view import MAX_COMPONENT_CHARS, path_component  # noqa: E402
+from DriveStateMonitor.intake import MAX_SERIAL_CHARS  # noqa: E402
+from DriveStateMonitor.status_protocol import StatusError, parse_status  # noqa: E402
+from DriveStateMonitor.statserv_protocol import MAX_LINE_BYTES  # noqa: E402
+from DriveStateMonitor.http_protocol import MAX_REQUEST_LINE_BYTES  # noqa: E402
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=MAX_SERIAL_CHARS * 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_a_serial_is_accepted_exactly_when_a_url_and_a_tree_line_can_hold_it(serial):
+    datagram = json.dumps({"serial_number": serial, "port": 8123}).encode()
+    status = json.dumps({"serial_number": serial, "time_stamp": 1, "status": 1}).encode()
+    result = parse_announcement(datagram)
+    try:
+        parse_status(status)
+        status_accepted = True
+    except StatusError:
+        status_accepted = False
+    fits = len(serial) <= MAX_SERIAL_CHARS
+    assert status_accepted == (fits and serial != "")
+    if serial.strip():
+        assert isinstance(result, Announcement) == fits, result
+    if fits:
+        request_line = "GET /api/drives/%s HTTP/1.1" % quote(serial, safe="")
+        assert len(request_line.encode()) <= MAX_REQUEST_LINE_BYTES
+        get_line = "GET /drives/%s/serial_number" % path_component(serial)
+        assert len(get_line.encode()) <= MAX_LINE_BYTES
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_TEXT, st.text(max_size=70_000).filter(lambda t: len(t) > 5000), st.integers()))
+def test_a_path_component_is_short_safe_and_idempotent(name):
+    component = path_component(name)
+    assert 1 <= len(component) <= MAX_COMPONENT_CHARS + 1
+    assert component.isascii() and "/" not in component and " " not in component
+    assert component not in (".", "..")
+    assert path_component(component) == component
+
+
+def test_long_names_from_a_datagram_can_be_asked_for_on_every_port(dsm_factory):
+    from test_boundary_contract import free_tcp_port, http_get  # one HTTP client for the suite
+    port = free_tcp_port()
+    dsm = dsm_factory.start("--http-port", str(port))
+    serial = "\u00e9" * MAX_SERIAL_CHARS  # the longest accepted, 12 bytes a character in a URL
+    dsm.announce(json.dumps({"serial_number": serial, "k" * 60_000: "long key", "port": 8123,
+                             "network_interfaces": [{"name": "n" * 300, "ipv4_addr": "1.2.3.4"}]
+                             }).encode())
+    dsm.announce(json.dumps({"serial_number": "x" * (MAX_SERIAL_CHARS + 1)}).encode())
+    dsm.announce(json.dumps({"serial_number": "AFTER"}).encode())
+    wait_for(lambda: "AFTER" in dsm.query_json("m"), 10, "the drive after")
+    assert set(dsm.query_json("m")) == {serial, "AFTER"}
+    too_long = json.dumps({"serial_number": "y" * (MAX_SERIAL_CHARS + 1), "time_stamp": 1,
+                           "status": 1}).encode()
+    assert b"longer than %d characters" % MAX_SERIAL_CHARS in dsm.send_status(too_long)
+
+    response = http_get(port, "/api/drives/" + quote(serial, safe=""))
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["serial_number"] == serial
+
+    def listing(path: str):
+        with dsm.connect_statserv() as sock:
+            sock.sendall(b"LS %s\nLOGOFF\n" % path.encode())
+            return [line[2:].split(" = ")[0].rstrip("/")
+                    for line in recv_all_text(sock).splitlines() if line.startswith("* ")]
+    drive = "/drives/" + path_component(serial)
+    names = listing(drive)
+    assert len(names) >= 4
+    paths = [drive + "/" + name for name in names if name != "interfaces"]
+    paths += [drive + "/interfaces/%s/%s" % (iface, field)
+              for iface in listing(drive + "/interfaces")
+              for field in listing(drive + "/interfaces/" + iface)]
+    with dsm.connect_statserv() as sock:
+        sock.sendall(b"".join(b"GET %s\n" % path.encode() for path in paths) + b"LOGOFF\n")
+        replies = recv_all_text(sock).splitlines()
+    assert len(replies) == len(paths) and all(reply.startswith(". ") for reply in replies), replies
+    assert '. "long key"' in replies and '. "1.2.3.4"' in replies
+
+
+def recv_all_text(sock: socket.socket) -> str:
+    from dsm_harness import recv_all
+    return recv_all(sock, timeout=10).decode("utf-8")
