@@ -159,3 +159,53 @@ def test_long_names_from_a_datagram_can_be_asked_for_on_every_port(dsm_factory):
 def recv_all_text(sock: socket.socket) -> str:
     from dsm_harness import recv_all
     return recv_all(sock, timeout=10).decode("utf-8")
+
+
+# --- one reply for a message with line breaks inside a string ------------------------------------
+# Lines of a traceback; no quote or backslash (one would end the string, or escape the line break:
+# a valid Python literal), and no line after the first opening a new object.
+_LINE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, blacklist_characters="\\\"'"),
+                max_size=40).filter(lambda line: not line.lstrip().startswith("{"))
+
+
+def _frames(parser: StatusParser, data: bytes, cuts) -> list:
+    out, last = [], 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        out += parser.receive_data(data[last:cut])
+        last = cut
+    return out + parser.eof_received()
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_LINE, min_size=2, max_size=8), newline=st.sampled_from(["\n", "\r\n"]),
+       cuts=st.lists(st.integers(0, 600), max_size=6), closing=st.sampled_from(["\x04", "\n", ""]))
+def test_a_message_broken_by_line_breaks_in_a_string_gets_exactly_one_reply(lines, newline, cuts,
+                                                                                closing):
+    # A lab script building its JSON by hand with a traceback in `status`: the original answered
+    # one error; then every line of the traceback got its own.
+    broken = '{"serial_number": "A", "time_stamp": 1, "status": "%s"}' % newline.join(lines)
+    good = b'{"serial_number": "B", "time_stamp": 2, "status": 1}'
+    data = broken.encode() + closing.encode() + b"\n" + good + b"\x04"
+    frames = _frames(StatusParser(), data, cuts)
+    assert [frame.message for frame in frames] == [None, good], frames
+    assert frames[0].error.startswith("line break inside a string")
+
+
+def test_after_a_broken_message_an_end_byte_makes_garbage_an_error_again():
+    parser = StatusParser()
+    frames = parser.receive_data(b'{"a": "x\ny"}\x04garbage\n{"b": 1}\n')
+    assert [(frame.message, bool(frame.error)) for frame in frames] == [
+        (None, True), (None, True), (b'{"b": 1}', False)]
+
+
+def test_real_dsm_answers_a_pasted_traceback_once_and_stores_the_next_status(dsm):
+    traceback = 'Traceback (most recent call last):\n  File "t.py", line 3\nValueError: "bad"'
+    message = ('{"serial_number": "TB", "time_stamp": 1, "status": "%s"}' % traceback).encode()
+    with socket.create_connection((LOOPBACK, dsm.status_port), timeout=10) as sock:
+        sock.sendall(message)  # the lab's way: no terminator, wait for the end byte
+        first = recv_until_end(sock)
+        sock.sendall(b'\n{"serial_number": "NEXT", "time_stamp": 2, "status": 1}')
+        second = recv_until_end(sock)
+    assert first.count(END) == 1 and b'"error"' in first, first
+    assert second == END, second
+    assert set(dsm.query_json("s")) == {"NEXT"}
