@@ -209,3 +209,33 @@ def test_real_dsm_answers_a_pasted_traceback_once_and_stores_the_next_status(dsm
     assert first.count(END) == 1 and b'"error"' in first, first
     assert second == END, second
     assert set(dsm.query_json("s")) == {"NEXT"}
+
+
+# --- a SAVE flood under new names -----------------------------------------------------------------
+def test_save_flood_under_new_names_is_refused_past_the_file_count(tmp_path):
+    from DriveStateMonitor.event_loop import EventLoop
+    from DriveStateMonitor.save_writer import SaveWriter
+    from DriveStateMonitor.statserv_tree import StatServError, Tree
+    from test_save_writer import Session, run_until
+    saves = os.path.join(os.path.realpath(str(tmp_path)), "saves")
+    os.makedirs(saves)
+    for n in range(5):  # tiny files: far under the bytes limit
+        with open(os.path.join(saves, "old%d" % n), "w") as f:
+            f.write("x")
+    loop = EventLoop()
+    try:
+        writer = SaveWriter(loop, Tree(), saves, max_files=6)
+        session = Session()
+        writer.start(os.path.join(saves, "new0"), session)  # the sixth file
+        run_until(loop, lambda: session.answers)
+        assert session.answers == [(None, None)]
+        with pytest.raises(StatServError) as error:
+            writer.start(os.path.join(saves, "new1"), Session())
+        assert error.value.code == "LIMIT" and "6 files" in str(error.value)
+        again = Session()
+        writer.start(os.path.join(saves, "old0"), again)  # over an existing name: still fine
+        run_until(loop, lambda: again.answers)
+        assert again.answers == [(None, None)]
+        assert len(os.listdir(saves)) == 6 and writer.refused == 1
+    finally:
+        loop.close()
