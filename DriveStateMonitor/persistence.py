@@ -292,6 +292,8 @@ class SnapshotCheck:
         self.out_of_order = False
         self.has_end = False
         self.legacy = False
+        self.newer_format: Optional[Any] = None  # the file_format of a newer DSM's snapshot
+        self.items = 0  # numbered item lines that passed their check
 
     @property
     def intact(self) -> bool:
@@ -354,10 +356,13 @@ def decode_snapshot(data: bytes) -> Tuple[Optional[Dict[str, Any]], SnapshotChec
         raw_items[index] = text
     items = _parse_items(raw_items, check)
     header = items.pop(0, None)
+    check.items = len(items)
     highest = max(items) if items else 0
     total = expected if expected is not None else highest + 1
     check.missing = max(0, total - len(items) - (header is not None))
     if not isinstance(header, dict) or header.get("file_format") != SNAPSHOT_FORMAT:
+        if isinstance(header, dict) and header.get("file_format") is not None:
+            check.newer_format = header.get("file_format")  # intact, but not ours to read
         if header is not None or not items:
             return None, check
         # The header line is lost: the items still say which list or dict they belong to.
@@ -583,6 +588,15 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
             break
         loaded.snapshots_unreadable += 1
         loaded.damaged.append(path)
+        if check.newer_format is not None:
+            # A downgrade: the file is fine, this DSM cannot read it. Said as such, with what it
+            # holds, so the operator knows to run the newer DSM (the file is kept, renamed).
+            loaded.items_skipped += check.items
+            log.critical("snapshot %s is in file format %r, which this DSM (format %d) cannot "
+                         "read: its %d items are not loaded; it is kept as *.damaged-<time> for "
+                         "the DSM version that wrote it; trying an older one", path,
+                         check.newer_format, SNAPSHOT_FORMAT, check.items)
+            continue
         log.error("snapshot %s is damaged (%d lines failed their check, %d items missing); "
                   "trying an older one", path, check.items_bad, check.missing)
         if state is not None and salvage is None:
@@ -591,7 +605,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
         # No intact snapshot at all: the newest damaged one's intact items beat nothing.
         seq, state, check = salvage
         loaded.snapshot, loaded.snapshot_seq = state, seq
-        loaded.items_skipped = max(check.missing, check.items_bad)
+        loaded.items_skipped += max(check.missing, check.items_bad)
         log.error("no intact snapshot: using the %d intact items of %s",
                   sum(len(v) for v in state.values() if isinstance(v, (list, dict))),
                   snapshot_path(state_dir, seq))

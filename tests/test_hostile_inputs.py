@@ -239,3 +239,34 @@ def test_save_flood_under_new_names_is_refused_past_the_file_count(tmp_path):
         assert len(os.listdir(saves)) == 6 and writer.refused == 1
     finally:
         loop.close()
+
+
+# --- a snapshot from a newer DSM ------------------------------------------------------------------
+def _as_newer_format(path: str, file_format: int) -> None:
+    import zlib
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    body = lines[0][9:].replace(b'"file_format":%d' % persistence.SNAPSHOT_FORMAT,
+                                b'"file_format":%d' % file_format)
+    assert body != lines[0][9:]
+    lines[0] = b"%08x " % zlib.crc32(body) + body  # intact: only the format is new
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines))
+
+
+def test_a_newer_format_snapshot_is_reported_with_what_it_holds_and_an_older_one_used(tmp_path,
+                                                                                       caplog):
+    state_dir = str(tmp_path)
+    old = {"statuses": {"OLD": ['{"time_stamp": 1, "status": 1}']}, "drives": [], "tree": []}
+    persistence.write_snapshot(state_dir, 1, old)
+    newer = {"statuses": {"S%d" % i: ['{"time_stamp": 1, "status": %d}' % i] for i in range(7)},
+             "drives": [], "tree": []}
+    persistence.write_snapshot(state_dir, 2, newer)
+    _as_newer_format(persistence.snapshot_path(state_dir, 2), persistence.SNAPSHOT_FORMAT + 1)
+    with caplog.at_level("CRITICAL", logger="dsm.state"):
+        loaded = persistence.load_state(state_dir)
+    assert loaded.snapshot_seq == 1 and set(loaded.snapshot["statuses"]) == {"OLD"}
+    assert loaded.items_skipped == 7 and loaded.snapshots_unreadable == 1
+    assert persistence.snapshot_path(state_dir, 2) in loaded.damaged  # kept, renamed aside later
+    assert any("file format %d" % (persistence.SNAPSHOT_FORMAT + 1) in record.getMessage()
+               and "7 items" in record.getMessage() for record in caplog.records)
