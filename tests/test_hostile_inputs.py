@@ -270,3 +270,46 @@ def test_a_newer_format_snapshot_is_reported_with_what_it_holds_and_an_older_one
     assert persistence.snapshot_path(state_dir, 2) in loaded.damaged  # kept, renamed aside later
     assert any("file format %d" % (persistence.SNAPSHOT_FORMAT + 1) in record.getMessage()
                and "7 items" in record.getMessage() for record in caplog.records)
+
+
+# --- HTTP: what can never be a request is answered at once --------------------------------------
+from DriveStateMonitor.http_protocol import HttpServerConnection, RequestError  # noqa: E402
+
+TLS_CLIENT_HELLO = bytes.fromhex("16030100a5010000a10303") + bytes(range(32))
+
+
+@pytest.mark.parametrize("data", [TLS_CLIENT_HELLO, b"\x00\x01", b" GET / HTTP/1.1",
+                                  b"GET /keep/a\n", b"m\n", b"GET / HTTP/2.0\r\n",
+                                  b"PRI * HTTP/2.0\r\n", b"GET /\x7f HTTP/1.1\r\n"])
+def test_bytes_that_can_never_start_a_request_are_refused_without_waiting_for_more(data):
+    connection = HttpServerConnection()
+    events = connection.receive_data(data)
+    assert len(events) == 1 and isinstance(events[0], RequestError), events
+    assert events[0].status in (400, 505) and not connection.reading
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60))
+def test_a_valid_request_split_anywhere_is_never_refused_early(cut):
+    data = b"\r\nGET /api/drives?x=1 HTTP/1.1\r\nHost: d\r\nX-A: b\r\n\r\n"
+    connection = HttpServerConnection()
+    events = connection.receive_data(data[:cut]) + connection.receive_data(data[cut:])
+    assert [type(event).__name__ for event in events] == ["Request"]
+
+
+def test_real_dsm_answers_a_tls_client_hello_on_the_http_port_at_once(dsm_factory):
+    from test_boundary_contract import free_tcp_port
+    from dsm_harness import recv_all
+    port = free_tcp_port()
+    dsm = dsm_factory.start("--http-port", str(port), "--request-timeout", "60")
+    for probe in (TLS_CLIENT_HELLO, b"GET /keep/a\n"):
+        with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+            sock.sendall(probe)  # and waits, as a TLS client does: no half-close
+            reply = recv_all(sock, timeout=10)  # well before the 60 s request deadline
+        assert reply.startswith(b"HTTP/1.1 400 "), reply[:100]
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_boundary_contract import http_get
+    body = http_get(port, "/metrics").split(b"\r\n\r\n", 1)[1].decode("utf-8")
+    failures = [sample.value for family in text_string_to_metric_families(body)
+                for sample in family.samples if sample.name == "dsm_handler_failures_total"]
+    assert failures == [0.0]  # a refusal, not a handler failure
