@@ -6,13 +6,14 @@ drive's and is rejected with a reason, never an exception.
 
 What is accepted must be servable on every output (intake.py): a datagram holding a number that
 is not finite (`1e400`, NaN), a lone surrogate (`\\ud800`), an over-long integer or nesting deeper
-than intake.MAX_DEPTH is rejected as `unservable`, counted and logged like any other rejection.
+than intake.MAX_DEPTH, or a serial number longer than intake.MAX_SERIAL_CHARS is rejected as
+`unservable`, counted and logged like any other rejection.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Optional
 
-from .intake import IntakeError, check_value, json_loads, needs_value_check
+from .intake import IntakeError, check_serial, check_value, json_loads, needs_value_check
 
 REJECT_NOT_JSON = "not_json"
 REJECT_NOT_OBJECT = "not_object"
@@ -52,6 +53,10 @@ def parse_announcement(datagram: bytes) -> "Announcement | Rejected":
         serial = _identity(fields.get("world_wide_name"))
     if serial is None:
         return Rejected(REJECT_NO_SERIAL, "no serial_number or world_wide_name")
+    try:
+        check_serial(serial)
+    except IntakeError as exc:
+        return Rejected(REJECT_UNSERVABLE, str(exc))
     return Announcement(serial, fields)
 
 

@@ -46,6 +46,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])\Z")
 # A request target: visible ASCII only (RFC 9112 3.2); anything else is a bad request.
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+# What a request line may start with: a method's token character, or the empty lines before it.
+_REQUEST_START = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\r\n")
 # Field values: visible characters, spaces, tabs and obs-text; no NUL, CR, LF or other controls.
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
 _CONTENT_LENGTH = re.compile(rb"[0-9]+\Z")
@@ -146,6 +148,10 @@ class HttpServerConnection:
     # --- parsing ------------------------------------------------------------------------------
     def _check_partial_line(self, partial: int) -> Optional[RequestError]:
         if not self._lines:
+            if partial and self._buffer[len(self._buffer) - partial] not in _REQUEST_START:
+                # A TLS ClientHello, a binary probe: never a request, said at once rather than
+                # after the request deadline (or never, if the client waits for an answer).
+                return RequestError(400, "not an HTTP request (want: METHOD /path HTTP/1.1)")
             if partial > self.max_request_line:
                 return RequestError(414, "request line longer than %d bytes"
                                     % self.max_request_line)
@@ -163,6 +169,9 @@ class HttpServerConnection:
             if len(line) > self.max_request_line:
                 return self._fail(RequestError(414, "request line longer than %d bytes"
                                                % self.max_request_line))
+            error = _check_request_line(line)
+            if error is not None:  # answered now: no head can make it valid
+                return self._fail(error)
             self._lines.append(line)
             self._head_bytes = len(line)
             return None
@@ -223,9 +232,9 @@ class HttpServerConnection:
         return head, body
 
 
-def _parse_head(lines: List[bytes], max_body: int) -> Union[Tuple[Request, int], RequestError]:
-    """A Request and the length of the body to skip, or why the head is refused."""
-    parts = lines[0].split(b" ")
+def _check_request_line(line: bytes) -> Optional[RequestError]:
+    """Why `line` cannot be a request line we serve, or None."""
+    parts = line.split(b" ")
     if len(parts) != 3 or not all(parts):
         return RequestError(400, "malformed request line (want: METHOD /path HTTP/1.1)")
     method, target, version = parts
@@ -234,11 +243,22 @@ def _parse_head(lines: List[bytes], max_body: int) -> Union[Tuple[Request, int],
     version_match = _VERSION.match(version)
     if version_match is None:
         return RequestError(400, "malformed HTTP version")
-    http_version = (int(version_match.group(1)), int(version_match.group(2)))
-    if http_version[0] != 1:
+    if version_match.group(1) != b"1":
         return RequestError(505, "only HTTP/1.0 and HTTP/1.1 are served")
     if not _TARGET.match(target):
         return RequestError(400, "malformed request target")
+    return None
+
+
+def _parse_head(lines: List[bytes], max_body: int) -> Union[Tuple[Request, int], RequestError]:
+    """A Request and the length of the body to skip, or why the head is refused."""
+    error = _check_request_line(lines[0])
+    if error is not None:
+        return error
+    method, target, version = lines[0].split(b" ")
+    version_match = _VERSION.match(version)
+    assert version_match is not None  # checked above
+    http_version = (int(version_match.group(1)), int(version_match.group(2)))
     headers: List[Tuple[str, str]] = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")

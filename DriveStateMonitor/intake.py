@@ -13,6 +13,7 @@ check is made once, at intake, where the client who sent it can still be told:
     check_value(value)      finite numbers, valid Unicode strings (keys too), plain JSON types,
                             nesting at most MAX_DEPTH levels; raises IntakeError with the reason
     check_text(text)        one string: valid Unicode
+    check_serial(serial)    a serial number short enough to be a URL path and a tree name
     parse_int(text)         a decimal digit string of at most MAX_INT_DIGITS digits, else error
     json_loads(text)        json.loads that refuses NaN/Infinity and over-long digit strings
                             while parsing, before any int() runs
@@ -41,6 +42,10 @@ MAX_DEPTH = 32
 # and prints on every supported Python, and costs microseconds even where conversion is quadratic
 # (3.8-3.10).
 MAX_INT_DIGITS = 4300
+# A serial number is a key of every output: a URL path (/api/drives/<serial>, %-encoded up to 12
+# bytes a character, under HTTP's 8190-byte request line), a Status Server name (under its 8192-byte
+# line). Real ones are 8 characters (a world wide name 20); 256 leaves room and fits both.
+MAX_SERIAL_CHARS = 256
 
 
 class IntakeError(ValueError):
@@ -55,6 +60,12 @@ def check_text(text: str, what: str = "text") -> None:
         except UnicodeEncodeError:
             raise IntakeError("%s is not valid Unicode (a lone surrogate such as \\ud800)"
                               % what) from None
+
+
+def check_serial(serial: str, what: str = "serial_number") -> None:
+    """Raises IntakeError if `serial` is longer than MAX_SERIAL_CHARS characters."""
+    if len(serial) > MAX_SERIAL_CHARS:
+        raise IntakeError("%s longer than %d characters" % (what, MAX_SERIAL_CHARS))
 
 
 def check_value(value: Any, max_depth: int = MAX_DEPTH, what: str = "value") -> None:

@@ -53,6 +53,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import struct
 import time
 import zlib
@@ -340,6 +341,8 @@ class SnapshotCheck:
         self.out_of_order = False
         self.has_end = False
         self.legacy = False
+        self.newer_format: Optional[Any] = None  # the file_format of a newer DSM's snapshot
+        self.items = 0  # numbered item lines that passed their check
 
     @property
     def intact(self) -> bool:
@@ -402,10 +405,13 @@ def decode_snapshot(data: bytes) -> Tuple[Optional[Dict[str, Any]], SnapshotChec
         raw_items[index] = text
     items = _parse_items(raw_items, check)
     header = items.pop(0, None)
+    check.items = len(items)
     highest = max(items) if items else 0
     total = expected if expected is not None else highest + 1
     check.missing = max(0, total - len(items) - (header is not None))
     if not isinstance(header, dict) or header.get("file_format") != SNAPSHOT_FORMAT:
+        if isinstance(header, dict) and header.get("file_format") is not None:
+            check.newer_format = header.get("file_format")  # intact, but not ours to read
         if header is not None or not items:
             return None, check
         # The header line is lost: the items still say which list or dict they belong to.
@@ -498,6 +504,22 @@ def write_snapshot(state_dir: str, seq: int, state: Dict[str, Any]) -> None:
     _fsync_dir(state_dir)
 
 
+def read_state_file(path: str) -> bytes:
+    """The whole content of the regular file at `path`.
+
+    Raises OSError for anything else found under a state file's name — a FIFO (whose open() would
+    block the start for good), a device such as /dev/zero (whose read() never ends), a directory —
+    so a planted or mistaken file costs that file only (docs/durability.md)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def snapshot_file_intact(path: str) -> bool:
     """True if every line of the snapshot file at `path` passes its CRC, the lines are numbered
     0, 1, ... in order and the end line counts them. Streams: memory stays small however large
@@ -555,11 +577,12 @@ def quarantine(path: str, now: float) -> Optional[str]:
 def _file_intact(path: str) -> bool:
     """A snapshot or journal file passes its checks (an unreadable one does not)."""
     try:
+        # Only a regular file is read: a FIFO or device under the name would block or never end.
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
         if _SNAPSHOT_NAME.match(os.path.basename(path)):
             return snapshot_file_intact(path)
-        with open(path, "rb") as f:
-            scan = scan_journal(f.read())
-        return not scan.damaged
+        return not scan_journal(read_state_file(path)).damaged
     except OSError:
         return False
 
@@ -666,8 +689,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
     for seq in reversed(snapshots):
         path = snapshot_path(state_dir, seq)
         try:
-            with open(path, "rb") as f:
-                state, check = decode_snapshot(f.read())
+            state, check = decode_snapshot(read_state_file(path))
         except OSError as exc:
             log.error("snapshot %s unreadable: %s", path, exc)
             loaded.snapshots_unreadable += 1
@@ -678,6 +700,15 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
             break
         loaded.snapshots_unreadable += 1
         loaded.damaged.append(path)
+        if check.newer_format is not None:
+            # A downgrade: the file is fine, this DSM cannot read it. Said as such, with what it
+            # holds, so the operator knows to run the newer DSM (the file is kept, renamed).
+            loaded.items_skipped += check.items
+            log.critical("snapshot %s is in file format %r, which this DSM (format %d) cannot "
+                         "read: its %d items are not loaded; it is kept as *.damaged-<time> for "
+                         "the DSM version that wrote it; trying an older one", path,
+                         check.newer_format, SNAPSHOT_FORMAT, check.items)
+            continue
         log.error("snapshot %s is damaged (%d lines failed their check, %d items missing); "
                   "trying an older one", path, check.items_bad, check.missing)
         if state is not None and salvage is None:
@@ -686,7 +717,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
         # No intact snapshot at all: the newest damaged one's intact items beat nothing.
         seq, state, check = salvage
         loaded.snapshot, loaded.snapshot_seq = state, seq
-        loaded.items_skipped = max(check.missing, check.items_bad)
+        loaded.items_skipped += max(check.missing, check.items_bad)
         log.error("no intact snapshot: using the %d intact items of %s",
                   sum(len(v) for v in state.values() if isinstance(v, (list, dict))),
                   snapshot_path(state_dir, seq))
@@ -697,8 +728,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
             continue
         path = journal_path(state_dir, seq)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_state_file(path)
         except OSError as exc:
             log.error("journal %s unreadable: %s", path, exc)
             loaded.damaged.append(path)
@@ -807,10 +837,13 @@ class Journal:
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             self._fd = os.open(journal_path(self.state_dir, seq),
-                               os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                               os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                               | os.O_NONBLOCK, 0o644)
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):  # a FIFO or device planted there
+                raise OSError(errno.EINVAL, "not a regular file", journal_path(self.state_dir, seq))
             if os.fstat(self._fd).st_size:  # not new (it never is, normally): number on from it
-                with open(journal_path(self.state_dir, seq), "rb") as f:
-                    indexes = [index for index, _ in scan_journal(f.read()).records]
+                indexes = [index for index, _ in
+                           scan_journal(read_state_file(journal_path(self.state_dir, seq))).records]
                 self._index = max(indexes, default=-1) + 1
         except OSError as exc:
             self._failed("cannot open the journal", exc)

@@ -16,7 +16,8 @@ never become an object (the first one is not `{`, the nesting passes MAX_DEPTH, 
 max_message bytes) are rejected at once — never a silent wait — and the rest of them is dropped
 without a second error: garbage up to the next `\\x04` or newline, the rest of a broken object up to
 its closing bracket (the scan goes on counting brackets, keeping no bytes) or `\\x04`; a line break
-inside a string (never valid) resynchronises at once.
+inside a string (never valid) resynchronises at once, dropping the lines after it that cannot
+start a message (the rest of a pasted traceback) up to the next `\\x04` without further errors.
 Whitespace, newlines and `\\x04` between messages are separators.
 
 `parse_status` turns one framed message into a `StatusReport` or raises `StatusError`; nothing is
@@ -31,7 +32,7 @@ import json
 import re
 from typing import Any, List, NamedTuple, Optional
 
-from .intake import IntakeError, check_python_literal, check_value, json_loads
+from .intake import IntakeError, check_python_literal, check_serial, check_value, json_loads
 
 END_BYTE = b"\x04"
 # Statuses are a few dozen bytes; 1 MiB leaves room for a traceback in `status` and still bounds what
@@ -114,6 +115,10 @@ class StatusParser:
         self._depth = 0
         self._quote = 0          # the quote byte of the string we are inside, or 0
         self._skip = _KEEP       # what to drop after an error: nothing, the line, the message
+        # After a line break inside a string: the lines that follow, up to one starting with '{'
+        # or an end byte, are the rest of that message (a multi-line traceback pasted into a
+        # string), already answered — dropped without an error each.
+        self._rest_of_broken = False
 
     @property
     def buffered(self) -> int:
@@ -146,22 +151,29 @@ class StatusParser:
                     buf.clear()
                     pos = 0
                     break
+                if buf[match.start()] == _END:
+                    self._rest_of_broken = False
                 del buf[:match.end()]
                 pos = self._restart()
                 continue
             if self._depth == 0 and self._skip == _KEEP:  # between messages
                 match = _NOT_SEPARATOR.search(buf)
+                start = len(buf) if match is None else match.start()
+                if self._rest_of_broken and buf.find(END_BYTE, 0, start) >= 0:
+                    self._rest_of_broken = False
                 if match is None:
                     buf.clear()
                     pos = 0
                     break
-                del buf[:match.start()]
+                del buf[:start]
                 if buf[0] != _BRACE:
-                    out.append(Framed(None, "not a status object: a message must be a dict "
-                                            "starting with '{'"))
+                    if not self._rest_of_broken:
+                        out.append(Framed(None, "not a status object: a message must be a dict "
+                                                "starting with '{'"))
                     self._skip = _SKIP_LINE
                     pos = 0
                     continue
+                self._rest_of_broken = False
                 # Fast path for the usual status, a flat dict that arrived whole: one C-level
                 # match instead of the scan. Tried once per message start, so a slow drip still
                 # costs O(n).
@@ -195,6 +207,7 @@ class StatusParser:
                                             "valid JSON or a Python literal"))
                 del buf[:pos]
                 pos = self._restart()
+                self._rest_of_broken = True
             elif byte == _BACKSLASH:  # only searched inside strings
                 if at + 1 >= len(buf):
                     pos = at  # the escaped byte has not arrived; look again with more data
@@ -277,6 +290,10 @@ def parse_status(message: bytes) -> StatusReport:
         raise StatusError("serial_number must be a string") from None
     if not serial:
         raise StatusError("serial_number is empty")
+    try:
+        check_serial(serial)
+    except IntakeError as exc:
+        raise StatusError(str(exc)) from None
     time_stamp, status = value["time_stamp"], value["status"]
     if type(time_stamp) in _SCALAR_JSON and type(status) in _SCALAR_JSON:
         # What _ENTRY_ENCODER writes for a string, int or finite float (checked above), without

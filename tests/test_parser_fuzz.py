@@ -208,7 +208,10 @@ def test_giant_garbage_query_line_gives_one_short_error():
 
 def test_giant_announcement_is_parsed_or_rejected():
     assert parse_announcement(b"[" * 65_000).reason in REJECT_REASONS
-    assert parse_announcement(b'{"serial_number": "' + b"s" * 65_000 + b'"}').serial_number
+    # A serial no URL or Status Server line could hold is refused (intake.MAX_SERIAL_CHARS).
+    assert parse_announcement(b'{"serial_number": "' + b"s" * 65_000 + b'"}').reason == "unservable"
+    assert parse_announcement(b'{"serial_number": "' + b"s" * 256 + b'", "x": "' + b"y" * 65_000
+                              + b'"}').serial_number == "s" * 256
 
 
 def test_invalid_utf8_everywhere_never_raises():
