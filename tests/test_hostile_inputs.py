@@ -201,13 +201,19 @@ def test_after_a_broken_message_an_end_byte_makes_garbage_an_error_again():
 def test_real_dsm_answers_a_pasted_traceback_once_and_stores_the_next_status(dsm):
     traceback = 'Traceback (most recent call last):\n  File "t.py", line 3\nValueError: "bad"'
     message = ('{"serial_number": "TB", "time_stamp": 1, "status": "%s"}' % traceback).encode()
+    # Sent together (a status connection closes once all it sent is answered): the broken message
+    # gets one error, its stray lines none, and the status after it its own ack.
     with socket.create_connection((LOOPBACK, dsm.status_port), timeout=10) as sock:
-        sock.sendall(message)  # the lab's way: no terminator, wait for the end byte
-        first = recv_until_end(sock)
-        sock.sendall(b'\n{"serial_number": "NEXT", "time_stamp": 2, "status": 1}')
-        second = recv_until_end(sock)
-    assert first.count(END) == 1 and b'"error"' in first, first
-    assert second == END, second
+        sock.sendall(message + b'\n{"serial_number": "NEXT", "time_stamp": 2, "status": 1}')
+        replies = b""
+        while replies.count(END) < 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            replies += chunk
+    first, _, second = replies.partition(END)
+    assert b'"error"' in first and first.count(b'"error"') == 1, replies
+    assert second == END, replies
     assert set(dsm.query_json("s")) == {"NEXT"}
 
 
@@ -313,3 +319,19 @@ def test_real_dsm_answers_a_tls_client_hello_on_the_http_port_at_once(dsm_factor
     failures = [sample.value for family in text_string_to_metric_families(body)
                 for sample in family.samples if sample.name == "dsm_handler_failures_total"]
     assert failures == [0.0]  # a refusal, not a handler failure
+
+
+def test_an_old_state_file_that_is_a_fifo_is_judged_damaged_without_blocking(tmp_path):
+    # retire_old_files checks files the load never read before removing them; a FIFO under a
+    # journal's or snapshot's name must be judged at once, not opened and waited on.
+    import signal as _signal
+    from DriveStateMonitor.persistence import _file_intact, journal_path, snapshot_path
+    fifos = [journal_path(str(tmp_path), 1), snapshot_path(str(tmp_path), 1)]
+    for path in fifos:
+        os.mkfifo(path)
+    _signal.signal(_signal.SIGALRM, lambda *_: pytest.fail("blocked on a FIFO"))
+    _signal.alarm(5)  # bound: a regression would block in open()
+    try:
+        assert [_file_intact(path) for path in fifos] == [False, False]
+    finally:
+        _signal.alarm(0)
