@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -147,6 +148,7 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
                         help="how long to wait for it to exit (default %(default)s)")
     options = parser.parse_args(argv)
     run_dir = options.run_dir
+    pid: Optional[int] = None
     try:
         if not lock_is_held(run_dir):
             print("stopDSM: no DSM is running (run dir %s)" % run_dir)
@@ -184,5 +186,22 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
     except PermissionError:
-        print("stopDSM: not allowed to signal the DSM (it belongs to another user)", file=sys.stderr)
+        if pid is None:
+            print("stopDSM: not allowed to read the run dir %s; choose yours with --run-dir DIR"
+                  % run_dir, file=sys.stderr)
+        else:
+            print("stopDSM: not allowed to stop the DSM (pid %d): it runs as %s; stop it as that "
+                  "user (e.g. sudo ./stopDSM)" % (pid, _owner_of(pid)), file=sys.stderr)
         return EXIT_KILL_SWITCH
+
+
+def _owner_of(pid: Optional[int]) -> str:
+    """'user NAME' (or 'uid N') running process `pid`; 'another user' when that cannot be read."""
+    try:
+        uid = os.stat("/proc/%d" % pid).st_uid
+    except (OSError, TypeError):
+        return "another user"
+    try:
+        return "user %s" % pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "uid %d" % uid
