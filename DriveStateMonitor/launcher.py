@@ -118,9 +118,21 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
         return EXIT_KILL_SWITCH
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
+    except BrokenPipeError:
+        # `./runDSM | head -1`: the reader left while runDSM said where the DSM is; only the
+        # start (or the shared DSM) was printed to standard output, so the start went well.
+        _quiet_stdout()
+        return EXIT_OK
     except OSError as exc:
         print("runDSM: %s" % exc, file=sys.stderr)
         return EXIT_SOCKET_CREATE
+
+
+def _quiet_stdout() -> None:
+    """Points standard output at /dev/null, so exiting does not flush into a closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _already_running(run_dir: str) -> int:

@@ -8,13 +8,15 @@
   "2026-11-30 10:01:05" (one format in one `s` table);
 - `stopDSM` of another user's DSM said only "it belongs to another user"; it names the pid, the
   user and the fix now;
-- a run dir another user left behind was reported with its fix twice, and by uid only.
+- a run dir another user left behind was reported with its fix twice, and by uid only;
+- `./runDSM | head -1` ended "[Errno 32] Broken pipe", exit 2, for a DSM that had started.
 """
 from __future__ import annotations
 
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -23,8 +25,9 @@ import pytest
 
 from DriveStateMonitor import drive_simulator
 from DriveStateMonitor.launcher import stop_dsm
+from DriveStateMonitor import start_report
 from DriveStateMonitor.start_report import start_failure
-from dsm_harness import PACKAGE, TEST_GROUP, free_udp_port
+from dsm_harness import PACKAGE, TEST_GROUP, free_udp_port, short_temp_dir
 from test_web_integration import CHROMIUM_FLAGS, needs_chromium, start_web_dsm
 
 DSMCTL = os.path.join(PACKAGE, "dsmctl.py")
@@ -147,3 +150,29 @@ def test_a_start_failure_naming_its_option_is_not_told_the_fix_twice():
     taken = start_failure(2, "2026 ERROR dsm: cannot bind the status port 3110: Address already "
                              "in use\n", "/x/log.txt")
     assert "fix: choose another with --status-port PORT" in taken.splitlines()[2]
+
+
+def test_run_dsm_into_a_closed_pipe_still_reports_the_start_as_it_went():
+    """`./runDSM | head -1` used to end "runDSM: [Errno 32] Broken pipe", exit 2, for a DSM that
+    had started."""
+    base = short_temp_dir()
+    run_dir = os.path.join(base, "run")
+    args = [sys.executable, os.path.join(PACKAGE, "runDSM"), "--interfaces", "lo",
+            "--query-port", "0", "--status-port", "0", "--statserv-port", "0", "--http-port", "0",
+            "--mcast-group", TEST_GROUP, "--mcast-port", str(free_udp_port()),
+            "--run-dir", run_dir, "--log-dir", os.path.join(base, "logs"),
+            "--state-dir", os.path.join(base, "state")]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before runDSM says anything
+    try:
+        result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=write_end,
+                                stderr=subprocess.PIPE, timeout=60, universal_newlines=True)
+        os.close(write_end)
+        assert (result.returncode, result.stderr) == (0, "")
+        assert start_report.read_info(run_dir)["pid"] > 0  # it did start
+    finally:
+        stopped = subprocess.run([sys.executable, os.path.join(PACKAGE, "stopDSM"), "--run-dir",
+                                  run_dir], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped.returncode == 0
