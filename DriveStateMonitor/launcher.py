@@ -81,13 +81,14 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
                   % (run_dir, exc.strerror or exc), file=sys.stderr)
             return EXIT_SOCKET_CREATE
         log_file = options.log_file or log_file_for(options.log_dir)
-        for problem in (
-                unusable_dir(os.path.dirname(os.path.abspath(log_file)), "log dir",
-                             "--log-file FILE or" if options.log_file else "--log-dir"),
-                unusable_dir(options.state_dir, "state dir", "--state-dir")):
-            if problem:
+        problems = [problem for problem in (
+            unusable_dir(os.path.dirname(os.path.abspath(log_file)), "log dir",
+                         "--log-file FILE or" if options.log_file else "--log-dir"),
+            unusable_dir(options.state_dir, "state dir", "--state-dir")) if problem]
+        if problems:  # both at once: a user whose home is not writable needs both options
+            for problem in problems:
                 print("runDSM: %s" % problem, file=sys.stderr)
-                return EXIT_SOCKET_CREATE
+            return EXIT_SOCKET_CREATE
         if options.log_file is None:
             argv += ["--log-file", log_file]
         log_offset = os.path.getsize(log_file) if os.path.exists(log_file) else 0

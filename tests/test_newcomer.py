@@ -9,7 +9,8 @@
 - `stopDSM` of another user's DSM said only "it belongs to another user"; it names the pid, the
   user and the fix now;
 - a run dir another user left behind was reported with its fix twice, and by uid only;
-- `./runDSM | head -1` ended "[Errno 32] Broken pipe", exit 2, for a DSM that had started.
+- `./runDSM | head -1` ended "[Errno 32] Broken pipe", exit 2, for a DSM that had started;
+- a user with an unwritable home was told of the log dir, and of the state dir only next time.
 """
 from __future__ import annotations
 
@@ -176,3 +177,20 @@ def test_run_dsm_into_a_closed_pipe_still_reports_the_start_as_it_went():
                                  stderr=subprocess.PIPE, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
     assert stopped.returncode == 0
+
+
+def test_run_dsm_names_every_dir_it_cannot_use_at_once(tmp_path):
+    """A lab user whose home is not writable (nobody's is /nonexistent) lacks both the log and the
+    state dir: runDSM used to name only the log dir, and the state dir only on the next try."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, os.path.join(PACKAGE, "runDSM"), "--interfaces", "lo",
+         "--run-dir", str(tmp_path / "run"), "--log-dir", str(blocker / "logs"),
+         "--state-dir", str(blocker / "state")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+        universal_newlines=True)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "--log-dir DIR" in lines[0] and "--state-dir DIR" in lines[1], lines
+    assert not (tmp_path / "run" / "dsm.json").exists()  # nothing started
