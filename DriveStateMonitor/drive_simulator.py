@@ -94,6 +94,13 @@ def is_silent(index: int, flaky: int, elapsed: float, silence: float) -> bool:
     return since_turn >= silence and int(since_turn // silence) % 2 == 1
 
 
+def flaky_names(drives: List[Dict[str, Any]], flaky: int, shown: int = 3) -> str:
+    """The serial numbers of the `flaky` drives that fall silent (the first ones), for the banner:
+    a newcomer told to watch "the flaky drive" must know which it is. At most `shown` named."""
+    names = [drive["serial_number"] for drive in drives[:min(flaky, shown)]]
+    return ", ".join(names) + (", ..." if flaky > shown else "")
+
+
 def status_for_round(round_number: int, drives: List[Dict[str, Any]], seed: int) -> Dict[str, str]:
     """The status report of round `round_number`: one drive per round, in turn, stepping through
     STATUS_CYCLE; every seventh report of a drive is a failure instead."""
@@ -191,7 +198,8 @@ def run(options: argparse.Namespace, status_address: Any, out: TextIO = sys.stdo
     print("simulating %d drive%s (%s...) on %s to %s:%d every %g s%s%s; Ctrl-C stops" % (
         len(drives), "" if len(drives) == 1 else "s", drives[0]["serial_number"],
         options.interface, options.mcast_group, options.mcast_port, options.interval,
-        "; %d flaky" % options.flaky if options.flaky else "",
+        "; %d flaky (%s)" % (options.flaky, flaky_names(drives, options.flaky))
+        if options.flaky else "",
         "; statuses to %s:%d" % status_address if options.statuses else ""), file=out, flush=True)
     silent_before = set()
     status_failing = False

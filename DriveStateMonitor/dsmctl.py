@@ -12,7 +12,7 @@ The DSM's queries (port 2203, or <run-dir>/dsm.sock with --unix) and status repo
                                             without one it needs --yes) (alias: wipe)
     dsmctl.py send-status SERIAL STATUS [--time-stamp TS]
                                             report a status as test scripts do (default time stamp:
-                                            now, ISO format); prints nothing on success
+                                            now, YYYY-MM-DD HH:MM:SS); prints nothing on success
 
 m and s show every drive, or only those named: serial numbers as arguments, piped on standard input
 (one a line, or CSV whose first column is the serial number), or in --drive-list FILE (the same
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("serial", metavar="SERIAL")
     send.add_argument("status", metavar="STATUS", help='such as "002"')
     send.add_argument("--time-stamp", metavar="TS",
-                      help="the status's time stamp (default: now, ISO format)")
+                      help="the status's time stamp (default: now, YYYY-MM-DD HH:MM:SS)")
 
 
     simulate = command("simulate", "announce N simulated Kinetic drives every --interval seconds "
@@ -969,7 +969,8 @@ def command_wipe(options: argparse.Namespace) -> int:
 def command_send_status(options: argparse.Namespace) -> int:
     stamp = options.time_stamp
     if stamp is None:
-        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        # The lab's form, as test scripts and the simulator write it ("2026-11-30 10:01:05").
+        stamp = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
     message = json.dumps({"serial_number": options.serial, "time_stamp": stamp,
                           "status": options.status}).encode("utf-8")
     address = dsm_address(options, options.status_port)

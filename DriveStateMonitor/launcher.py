@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -80,13 +81,14 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
                   % (run_dir, exc.strerror or exc), file=sys.stderr)
             return EXIT_SOCKET_CREATE
         log_file = options.log_file or log_file_for(options.log_dir)
-        for problem in (
-                unusable_dir(os.path.dirname(os.path.abspath(log_file)), "log dir",
-                             "--log-file FILE or" if options.log_file else "--log-dir"),
-                unusable_dir(options.state_dir, "state dir", "--state-dir")):
-            if problem:
+        problems = [problem for problem in (
+            unusable_dir(os.path.dirname(os.path.abspath(log_file)), "log dir",
+                         "--log-file FILE or" if options.log_file else "--log-dir"),
+            unusable_dir(options.state_dir, "state dir", "--state-dir")) if problem]
+        if problems:  # both at once: a user whose home is not writable needs both options
+            for problem in problems:
                 print("runDSM: %s" % problem, file=sys.stderr)
-                return EXIT_SOCKET_CREATE
+            return EXIT_SOCKET_CREATE
         if options.log_file is None:
             argv += ["--log-file", log_file]
         log_offset = os.path.getsize(log_file) if os.path.exists(log_file) else 0
@@ -117,9 +119,21 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
         return EXIT_KILL_SWITCH
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
+    except BrokenPipeError:
+        # `./runDSM | head -1`: the reader left while runDSM said where the DSM is; only the
+        # start (or the shared DSM) was printed to standard output, so the start went well.
+        _quiet_stdout()
+        return EXIT_OK
     except OSError as exc:
         print("runDSM: %s" % exc, file=sys.stderr)
         return EXIT_SOCKET_CREATE
+
+
+def _quiet_stdout() -> None:
+    """Points standard output at /dev/null, so exiting does not flush into a closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _already_running(run_dir: str) -> int:
@@ -147,6 +161,7 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
                         help="how long to wait for it to exit (default %(default)s)")
     options = parser.parse_args(argv)
     run_dir = options.run_dir
+    pid: Optional[int] = None
     try:
         if not lock_is_held(run_dir):
             print("stopDSM: no DSM is running (run dir %s)" % run_dir)
@@ -184,5 +199,22 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
     except PermissionError:
-        print("stopDSM: not allowed to signal the DSM (it belongs to another user)", file=sys.stderr)
+        if pid is None:
+            print("stopDSM: not allowed to read the run dir %s; choose yours with --run-dir DIR"
+                  % run_dir, file=sys.stderr)
+        else:
+            print("stopDSM: not allowed to stop the DSM (pid %d): it runs as %s; stop it as that "
+                  "user (e.g. sudo ./stopDSM)" % (pid, _owner_of(pid)), file=sys.stderr)
         return EXIT_KILL_SWITCH
+
+
+def _owner_of(pid: Optional[int]) -> str:
+    """'user NAME' (or 'uid N') running process `pid`; 'another user' when that cannot be read."""
+    try:
+        uid = os.stat("/proc/%d" % pid).st_uid
+    except (OSError, TypeError):
+        return "another user"
+    try:
+        return "user %s" % pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "uid %d" % uid

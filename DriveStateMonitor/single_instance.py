@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 import struct
 import stat
 from typing import Any, Dict, Optional
@@ -52,6 +53,14 @@ def ensure_run_dir(run_dir: str) -> None:
     check_run_dir(run_dir)
 
 
+def _user_name(uid: int) -> str:
+    """' (name)' of a uid for messages, '' when it has none."""
+    try:
+        return " (%s)" % pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
 def check_run_dir(run_dir: str) -> None:
     """Refuses (RunDirError) a run dir that is not a real directory owned by this user, or that
     group or others may write: anyone who can write there can plant symlinks or hold the lock."""
@@ -64,9 +73,10 @@ def check_run_dir(run_dir: str) -> None:
         raise RunDirError("the run dir %s (--run-dir) is not a directory (a symlink?); remove it "
                           "or choose another --run-dir" % run_dir)
     if info.st_uid != os.geteuid():
-        raise RunDirError("the run dir %s (--run-dir) belongs to uid %d, not to this user (uid "
-                          "%d); remove it or choose another --run-dir"
-                          % (run_dir, info.st_uid, os.geteuid()))
+        raise RunDirError("the run dir %s (--run-dir) belongs to uid %d%s, not to this user, uid "
+                          "%d%s; choose another --run-dir (or have its owner remove it)"
+                          % (run_dir, info.st_uid, _user_name(info.st_uid), os.geteuid(),
+                             _user_name(os.geteuid())))
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise RunDirError("the run dir %s (--run-dir) is writable by group or others (mode %04o); "
                           "chmod go-w it or choose another --run-dir"

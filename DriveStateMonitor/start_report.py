@@ -64,7 +64,8 @@ def start_failure(code: int, new_log: str, log_file: str) -> str:
     if "in use" in cause:
         text += "\n  another program (or another DSM) has it"
     fix = fix_for(cause)
-    if fix:
+    if fix and not re.search(r"choose another (with )?%s" % fix.split()[0], cause):
+        # (a cause that already says "choose another --run-dir" is not told it twice)
         text += "\n  fix: choose another with %s" % fix
     return text + "\n(exited with code %d; full log: %s)" % (code, log_file)
 
