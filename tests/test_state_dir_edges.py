@@ -144,14 +144,16 @@ def test_an_unreadable_older_snapshot_is_quarantined_not_removed(tmp_path, monke
     write_snapshot(state_dir, 1, {"format": 1, "seq": 1})
     write_snapshot(state_dir, 2, {"format": 1, "seq": 2})
     flip_middle(snapshot_path(state_dir, 2))
-    real_open = open
+    real_open = os.open
 
-    def guarded_open(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(path).endswith("snapshot-1.json") and "r" in (args[0] if args else "r"):
+    def guarded_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> Any:
+        # State files are read through os.open (non-blocking, regular files only); as root a
+        # chmod would not stop the read, so the refusal is simulated where the file is opened.
+        if str(path).endswith("snapshot-1.json") and not flags & (os.O_WRONLY | os.O_RDWR):
             raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_open)
     loaded = load_state(state_dir)
     monkeypatch.undo()
     assert snapshot_path(state_dir, 1) in loaded.damaged
