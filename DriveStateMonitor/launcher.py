@@ -66,6 +66,17 @@ def run_dsm(argv: Optional[List[str]] = None) -> int:
     Exit codes as every script: 0 started (or already running: shared), 1 Ctrl-C, 2 a dir or socket
     could not be used (the cause is printed first, with the option that fixes it), 3 listen
     failed, 4 it did not answer in time."""
+    code = _start_or_share(argv)
+    try:
+        # A pipe's reader may have gone (`./runDSM | head -1`) with our report still buffered
+        # (Python 3.8 block-buffers a piped stdout): the start went as `code` says all the same.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+    return code
+
+
+def _start_or_share(argv: Optional[List[str]]) -> int:
     parser = build_parser(prog="runDSM")
     parser.description = ("Start the Drive State Monitor in the background (or share the one "
                           "already running) and wait until it answers queries.")
