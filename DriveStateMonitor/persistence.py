@@ -529,20 +529,13 @@ def snapshot_file_intact(path: str) -> bool:
         for line in f:
             if not line.endswith(b"\n"):
                 return False
-            line = line[:-1]
-            if len(line) < 11 or line[8:9] != b" ":
+            checked = _check_snapshot_line(line[:-1])  # the loader's own line check
+            if checked is None:
                 return False
-            try:
-                crc = int(line[:8], 16)
-            except ValueError:
-                return False
-            body = line[9:]
-            if zlib.crc32(body) != crc:
-                return False
-            number, _, rest = body.partition(b" ")
-            if number == b"end":
-                return rest == b"%d" % expected and not f.read(1)
-            if number != b"%d" % expected:
+            index = checked[0]
+            if index < 0:  # the end line, which counts the items
+                return -index == expected and not f.read(1)
+            if index != expected:
                 return False
             expected += 1
     return False
