@@ -156,14 +156,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help="log to FILE instead of standard error (runDSM sets it; SIGHUP "
                              "reopens it for logrotate)")
     limits = parser.add_argument_group(
-        "limits and access", "every limit refuses with a clear error; see README, 'Operating it "
-        "safely'")
+        "limits and access", "every limit refuses with a clear error; see docs/operating-safely.md")
     limits.add_argument("--allow", type=network_list, default=None, metavar="CIDR[,CIDR...]",
                         help="networks allowed to connect to the TCP ports (default: any); the "
                              "Unix sockets are always open to whoever may open the socket file")
     limits.add_argument("--wipe-from", choices=("any", "local"), default="any",
                         help="who may send the w query: any client (the original's rule, default) "
-                             "or only loopback and Unix-socket clients")
+                             "or only loopback clients and, on the Unix socket, the DSM's own user or root")
     limits.add_argument("--max-connections", type=positive_int, default=1000, metavar="N",
                         help="open client connections at most; the next is answered with an "
                              "error and closed (default %(default)s)")
