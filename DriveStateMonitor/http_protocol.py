@@ -82,6 +82,10 @@ class RequestError(NamedTuple):
     detail: str
 
 
+# What a line whose first byte is not in _REQUEST_START gets, whether the line is whole or not yet.
+NOT_A_REQUEST = RequestError(400, "not an HTTP request (want: METHOD /path HTTP/1.1)")
+
+
 Event = Union[Request, RequestError]
 
 
@@ -151,7 +155,7 @@ class HttpServerConnection:
             if partial and self._buffer[len(self._buffer) - partial] not in _REQUEST_START:
                 # A TLS ClientHello, a binary probe: never a request, said at once rather than
                 # after the request deadline (or never, if the client waits for an answer).
-                return RequestError(400, "not an HTTP request (want: METHOD /path HTTP/1.1)")
+                return NOT_A_REQUEST
             if partial > self.max_request_line:
                 return RequestError(414, "request line longer than %d bytes"
                                     % self.max_request_line)
@@ -166,6 +170,8 @@ class HttpServerConnection:
         if not self._lines:
             if not line:
                 return None  # RFC 9112 2.2: empty lines before a request line are ignored
+            if line[0] not in _REQUEST_START:  # as _check_partial_line judges it, however split
+                return self._fail(NOT_A_REQUEST)
             if len(line) > self.max_request_line:
                 return self._fail(RequestError(414, "request line longer than %d bytes"
                                                % self.max_request_line))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import List
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from DriveStateMonitor.http_protocol import (MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADER_FIELDS,
@@ -250,6 +250,7 @@ _piece = st.sampled_from([b"GET", b"HEAD", b" ", b"/", b"/x", b"HTTP/1.1", b"HTT
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_piece, max_size=40), st.integers(min_value=0, max_value=400))
+@example(pieces=[b" ", b"\r\n"], cut=1)  # a line not starting a request, whole or cut
 def test_request_like_input_parses_the_same_however_it_is_split(pieces, cut):
     data = b"".join(pieces)
     cut = min(cut, len(data))
