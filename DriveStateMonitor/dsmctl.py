@@ -845,7 +845,9 @@ def cell_text(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    # A NUL shown as \x00: Python 3.10's csv cannot write one at all, 3.8 quotes it, 3.11 does
+    # not, and on a terminal it is invisible (JSON, above, escapes it as \u0000 anyway).
+    return str(value).replace("\x00", "\\x00")
 
 
 def print_rows(headings: List[str], rows: List[List[str]], options: argparse.Namespace) -> None:

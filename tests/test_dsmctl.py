@@ -336,3 +336,12 @@ def test_help_documents_the_exit_codes():
     for phrase in ("1 keyboard interrupt", "2 cannot connect", "3 the connection broke",
                    "5 the server refused", "6 get of a value that is not valid"):
         assert phrase in text
+
+
+def test_a_nul_in_a_value_is_shown_escaped_in_tables_and_csv_on_every_python(capsys):
+    # Python 3.10's csv raised "need to escape" on a NUL (3.8 quoted it, 3.11+ writes it raw).
+    import argparse
+    from DriveStateMonitor.dsmctl import cell_text, print_rows
+    row = [cell_text("Z\x00K"), cell_text({"m": "a\x00"})]
+    print_rows(["serial_number", "model"], [row], argparse.Namespace(csv=True, no_header=True))
+    assert capsys.readouterr().out == 'Z\\x00K,"{""m"":""a\\u0000""}"\n'
