@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,10 +40,45 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         delay = min(delay * 2, 0.1)
 
 
+# A port a test picks now for a process to bind later comes from below the kernel's ephemeral
+# range (ip_local_port_range): a port-0 probe hands out an ephemeral port, which any outgoing
+# connection of the suite (or its DSMs) may take before the later bind — a flake seen under load.
+_DEFAULT_PORTS = {2203, 3110, 3111, 2204, 8123}
+_port_choice = random.Random()
+
+
+def _reservable_ports() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return range(max(1024, ephemeral_low // 2), ephemeral_low)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A TCP (or UDP) port that nothing binds now, outside the ephemeral range and never one of
+    the DSM's defaults, checked on the wildcard address (a DSM binds every address)."""
+    ports = _reservable_ports()
+    for _ in range(500):  # bounded: almost every try succeeds
+        port = _port_choice.choice(ports)
+        if port in _DEFAULT_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def free_tcp_port() -> int:
+    return free_port(socket.SOCK_STREAM)
+
+
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    return free_port(socket.SOCK_DGRAM)
 
 
 def short_temp_dir() -> str:

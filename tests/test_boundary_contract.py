@@ -43,7 +43,7 @@ from DriveStateMonitor.statserv_protocol import StatServSession
 from DriveStateMonitor.statserv_tree import Tree
 from DriveStateMonitor.web_service import WebApp, WebData
 
-from dsm_harness import END, LOOPBACK, PACKAGE, recv_all, recv_until_end, wait_for
+from dsm_harness import END, LOOPBACK, PACKAGE, free_tcp_port, recv_all, recv_until_end, wait_for
 
 NOW = 1_700_000_000.0
 DSMCTL = os.path.join(PACKAGE, "dsmctl.py")
@@ -305,12 +305,6 @@ def test_save_failing_on_its_text_leaves_no_temporary_file(tmp_path):
 
 
 # --- against a real daemon -----------------------------------------------------------------------
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
 def http_get(port: int, path: str, extra: bytes = b"") -> bytes:
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
         sock.sendall(b"GET %s HTTP/1.1\r\nHost: d\r\nConnection: close\r\n%s\r\n"

@@ -17,18 +17,12 @@ from typing import List
 
 import pytest
 
-from dsm_harness import (LOOPBACK, PACKAGE, ROOT, announcement, run_script, short_temp_dir,
-                         wait_for)
+from dsm_harness import (LOOPBACK, PACKAGE, ROOT, announcement, free_tcp_port, run_script,
+                         short_temp_dir, wait_for)
 from DriveStateMonitor.statserv_client import StatServClient
 
 DSMCTL = os.path.join(PACKAGE, "dsmctl.py")
 CHANGE_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (\S+) = (.*)$")
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def server_of(dsm) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional
 
 import pytest
 
-from dsm_harness import LOOPBACK, PACKAGE, announcement, run_script, wait_for
+from dsm_harness import LOOPBACK, PACKAGE, announcement, free_tcp_port, run_script, wait_for
 from DriveStateMonitor import dsmctl
 
 DSMCTL = os.path.join(PACKAGE, "dsmctl.py")
@@ -30,12 +30,6 @@ TWO_INTERFACES = [
     {"name": "eth0", "mac_addr": "00:c9:58:01:aa:10", "ipv4_addr": "10.20.30.41"},
     {"name": "eth1", "mac_addr": "00:c9:58:01:aa:11", "ipv4_addr": "10.20.31.41"},
 ]
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def ports(dsm) -> List[str]:

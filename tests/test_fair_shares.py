@@ -11,7 +11,7 @@ from typing import List
 
 from DriveStateMonitor.event_loop import CHUNK_OVERHEAD, EventLoop, StreamTransport
 from DriveStateMonitor.fair_shares import ConnectionSlots, sweep
-from dsm_harness import END, LOOPBACK, wait_for
+from dsm_harness import END, LOOPBACK, free_tcp_port, wait_for
 from test_limits_access import ask, connect, counter, json_error, read_until_closed
 
 
@@ -161,9 +161,7 @@ def test_connections_past_the_per_address_limit_get_a_clear_error_and_unix_still
 
 
 def test_http_head_dripped_a_byte_at_a_time_gets_408_at_the_request_timeout(dsm_factory):
-    with socket.socket() as probe:  # --http-port 0 turns HTTP off: pick a free port
-        probe.bind((LOOPBACK, 0))
-        http_port = probe.getsockname()[1]
+    http_port = free_tcp_port()  # --http-port 0 turns HTTP off: pick a free port
     dsm = dsm_factory.start("--request-timeout", "1", "--idle-timeout", "60",
                             "--http-port", str(http_port))
     head = b"GET /api/drives HTTP/1.1\r\nHost: x\r\n" + b"X-Drip: " + b"a" * 200

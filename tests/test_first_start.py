@@ -17,7 +17,8 @@ from typing import List
 
 import pytest
 
-from dsm_harness import END, PACKAGE, ROOT, TEST_GROUP, free_udp_port, run_script, short_temp_dir
+from dsm_harness import (END, PACKAGE, ROOT, TEST_GROUP, free_tcp_port, free_udp_port,
+                         run_script, short_temp_dir)
 
 sys.path.insert(0, ROOT)
 from DriveStateMonitor import local_dirs, options, start_report  # noqa: E402
@@ -181,12 +182,8 @@ def test_run_dsm_ends_with_pid_ports_sockets_web_address_and_the_next_command(la
 
 def test_run_dsm_prints_the_web_address_when_the_page_is_on(launches):
     launch = launches()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
+    http_port = free_tcp_port()
     started = launch.run("runDSM", launch.args(http_port=str(http_port)))
-    if started.returncode == 2 and "in use" in started.stderr:
-        pytest.skip("the probed free port was taken meanwhile")
     assert started.returncode == 0, started.stderr
     assert "http://localhost:%d/" % http_port in started.stdout
 

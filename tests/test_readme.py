@@ -21,7 +21,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from dsm_harness import ROOT, TEST_GROUP, free_udp_port, short_temp_dir, wait_for
+from dsm_harness import ROOT, TEST_GROUP, free_tcp_port, free_udp_port, short_temp_dir, wait_for
 
 README = os.path.join(ROOT, "README.md")
 COMMAND_TIMEOUT_S = 60
@@ -42,14 +42,12 @@ def readme_examples() -> List[Tuple[str, str]]:
 
 
 def free_tcp_ports(count: int) -> List[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+    ports: List[int] = []
+    while len(ports) < count:  # bounded: free_tcp_port rarely repeats itself
+        port = free_tcp_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def substitute(command: str, env: Dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from typing import Iterator, List
 
 import pytest
 
-from dsm_harness import LOOPBACK, announcement, wait_for
+from dsm_harness import LOOPBACK, announcement, free_tcp_port, wait_for
 from DriveStateMonitor.statserv_client import (DIRECTORY, EXPIRED, NONEXISTENT, UNDEFINED,
                                                ErrorCode, StatServClient, encode_argument,
                                                is_valid, parse_address, parse_value)
@@ -27,12 +27,6 @@ AWKWARD_VALUES = [
     "back\\slash \\n \\x41", "UNDEFINED", "EXPIRED", "# not a trace", "@ not a notice",
     "* not a line", ". not the end", "! NONEXISTENT not an error", "\x00\x01\x7f",
 ]
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def updates_until(client: StatServClient, expected, timeout: float = 10.0):

@@ -18,23 +18,12 @@ from typing import Any, Dict, Optional, Set
 
 import pytest
 
-from dsm_harness import END, LOOPBACK, ROOT, announcement, recv_all, wait_for
+from dsm_harness import END, LOOPBACK, ROOT, announcement, free_tcp_port, recv_all, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
 # Ports a lab's real DSM (or a drive) may be using on this host: never ours.
 RESERVED_PORTS = {2203, 2204, 3110, 3111, 8123}
-
-
-def free_tcp_port() -> int:
-    """A TCP port nothing listens on now (the DSM binds it a moment later)."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-    raise AssertionError("no free TCP port")
 
 
 @pytest.fixture
