@@ -19,7 +19,8 @@ import pytest
 
 from DriveStateMonitor.single_instance import _write_atomic
 from dsm_harness import END, short_temp_dir
-from test_scripts import RUN_DSM, is_dsm, pid_alive, scripts  # noqa: F401 (a fixture)
+from test_scripts import (RUN_DSM, is_dsm, pid_alive, plant_bystander_pid,  # noqa: F401
+                          scripts)  # (scripts: a fixture)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 
@@ -153,12 +154,7 @@ def test_with_wipe_from_local_another_user_on_the_unix_socket_cannot_wipe(dsm_fa
 def test_stop_dsm_never_signals_a_pid_it_cannot_tie_to_the_lock_holder(scripts, procs):
     # The lock is held (by this test), but the pid file names a bystander that is not the holder:
     # the window in which a DSM restarting after a crash has the lock and has not written its pid.
-    bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                                 stdin=subprocess.PIPE)
-    procs.append(bystander)
-    os.makedirs(scripts.run_dir)
-    with open(os.path.join(scripts.run_dir, "dsm.pid"), "w") as f:
-        f.write("%d\n" % bystander.pid)
+    bystander = plant_bystander_pid(scripts.run_dir, procs)
     lock_fd = os.open(os.path.join(scripts.run_dir, "dsm.lock"), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.lockf(lock_fd, fcntl.LOCK_EX)  # the DSM's own kind of lock (POSIX)

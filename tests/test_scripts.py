@@ -222,14 +222,21 @@ def test_run_dsm_shares_the_running_dsm(scripts):
     assert pid_alive(pid)
 
 
-def test_a_stale_pid_file_neither_blocks_a_start_nor_gets_signalled(scripts, procs):
-    # A process that is not a DSM, whose pid a dead DSM's files still name.
+def plant_bystander_pid(run_dir: str, procs: list) -> subprocess.Popen:
+    """A live process that is not a DSM, named by <run_dir>/dsm.pid (made here); stopped with
+    `procs`."""
     bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                                  stdin=subprocess.PIPE)
     procs.append(bystander)
-    os.makedirs(scripts.run_dir)
-    with open(os.path.join(scripts.run_dir, "dsm.pid"), "w") as f:
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "dsm.pid"), "w") as f:
         f.write("%d\n" % bystander.pid)
+    return bystander
+
+
+def test_a_stale_pid_file_neither_blocks_a_start_nor_gets_signalled(scripts, procs):
+    # A process that is not a DSM, whose pid a dead DSM's files still name.
+    bystander = plant_bystander_pid(scripts.run_dir, procs)
     with open(os.path.join(scripts.run_dir, "dsm.json"), "w") as f:
         json.dump({"pid": bystander.pid, "query_port": 1, "status_port": 2}, f)
     open(os.path.join(scripts.run_dir, "dsm.lock"), "w").close()  # no one holds it
