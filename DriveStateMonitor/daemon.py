@@ -50,6 +50,7 @@ from .save_writer import SAVE_SUBDIR, SaveWriter
 from .state_guard import AckGuard, recovery_report, write_exit_note
 from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
+from .status_oneshot import OneShotStatus
 from .status_service import StatusConnection
 from .web_service import WebApp, WebConnection, WebData, http_refusal, load_static_files
 
@@ -441,6 +442,15 @@ class DriveStateMonitor:
                refusal: Callable[[str, str], bytes]) -> Optional[StreamTransport]:
         """A transport for an accepted connection, or None after refusing it with a clear error."""
         kind = label.split("-")[0]
+        on_close = self._take_slot(conn, addr, kind, refusal)
+        if on_close is None:
+            return None
+        return self._transport(conn, peer_label(kind, addr), on_close)
+
+    def _take_slot(self, conn: socket.socket, addr: Any, kind: str,
+                   refusal: Callable[[str, str], bytes]) -> Optional[Callable[[Any], None]]:
+        """Admits an accepted connection (counted, its slot taken) and returns what its handler
+        calls when it closes; None after refusing it with a clear error."""
         why = code = None
         if not self.access.allows(addr):
             code = "DENIED"
@@ -464,15 +474,21 @@ class DriveStateMonitor:
             return None
         if not NODELAY_INHERITED and isinstance(addr, tuple):  # TCP, not a Unix socket
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        def closed(transport: StreamTransport) -> None:
-            self.transports.discard(transport)
-            self.slots.closed(addr)
+        transports, slots = self.transports, self.slots
 
-        transport = StreamTransport(self.loop, conn, peer_label(kind, addr),
-                                    max_output=self.options.max_output, on_close=closed)
-        self.transports.add(transport)
-        self.slots.opened(addr)
+        def closed(handler: Any) -> None:
+            transports.discard(handler)
+            slots.closed(addr)
+
+        slots.opened(addr)
         self.counters["connections_" + kind] += 1
+        return closed
+
+    def _transport(self, conn: socket.socket, label: str,
+                   on_close: Callable[[Any], None]) -> StreamTransport:
+        transport = StreamTransport(self.loop, conn, label, max_output=self.options.max_output,
+                                    on_close=on_close)
+        self.transports.add(transport)
         return transport
 
     def _accept_query(self, conn: socket.socket, addr: Any, label: str) -> None:
@@ -485,10 +501,22 @@ class DriveStateMonitor:
                 transport, lambda query, source: self.answer_query(query, source, is_local)))
 
     def _accept_status(self, conn: socket.socket, addr: Any, label: str) -> None:
-        transport = self._admit(conn, addr, label, query_refusal)
-        if transport is not None:
-            transport.start(StatusConnection(transport, self.store_status, self._complain,
-                                             self.options.max_message))
+        # One-shot first; the general path takes over whatever is not a lab script's one status.
+        on_close = self._take_slot(conn, addr, "status", query_refusal)
+        if on_close is not None:
+            oneshot = OneShotStatus(
+                self.loop, conn, lambda: peer_label("status", addr), self.store_status,
+                self._complain, self.options.max_message, self._status_transport, on_close)
+            self.transports.add(oneshot)
+            oneshot.start()
+
+    def _status_transport(self, oneshot: OneShotStatus) -> StreamTransport:
+        """The general path for a connection a OneShotStatus hands over (status_oneshot.py)."""
+        self.transports.discard(oneshot)
+        transport = self._transport(oneshot.sock, oneshot.label, oneshot.on_close)
+        transport.start(StatusConnection(transport, self.store_status, self._complain,
+                                         self.options.max_message))
+        return transport
 
     def _accept_statserv(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, statserv_refusal)
@@ -579,7 +607,7 @@ class DriveStateMonitor:
         self._complain(source, "%s %r" % (query.foreign or "unknown query", query.bad_token))
         return error_reply(query.bad_token, query.foreign, self.ports)
 
-    def store_status(self, report: StatusReport, source: str) -> Optional[str]:
+    def store_status(self, report: StatusReport) -> Optional[str]:
         """Stores one status; None when stored, else why it was refused."""
         refusing = self.journal.refusing
         if refusing is not None:

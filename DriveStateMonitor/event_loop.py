@@ -58,6 +58,13 @@ RECV_SIZE = 256 * 1024
 # three system calls and fresh pages for every few-dozen-byte status.
 _RECV_BUFFER = bytearray(RECV_SIZE)
 _RECV_VIEW = memoryview(_RECV_BUFFER)
+
+
+def shared_receive(sock: socket.socket, flags: int = 0) -> bytes:
+    """One `recv` of at most RECV_SIZE bytes through the shared buffer (b"" at end of stream);
+    raises what `recv_into` raises (BlockingIOError when nothing waits)."""
+    return _RECV_VIEW[:sock.recv_into(_RECV_BUFFER, 0, flags)].tobytes()
+
 # A protocol stops producing replies while this much output waits for a slow reader, and resumes
 # below the low mark (asyncio's defaults are 64 KiB / 16 KiB; our replies are larger).
 HIGH_WATER = 1024 * 1024
@@ -593,22 +600,26 @@ class StreamTransport:
     # --- input --------------------------------------------------------------------------------
     def on_readable(self) -> None:
         try:
-            size = self.sock.recv_into(_RECV_BUFFER)
+            data = shared_receive(self.sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # reset by peer and friends: only this connection is lost
             log.debug("%s: recv failed: %s", self.label, exc)
             self.abort()
             return
-        if size:
-            data = _RECV_VIEW[:size].tobytes()
-            self.protocol.data_received(data)
-            self._track_request()
+        if data:
+            self.received(data)
         else:
             self._eof = True
             self._reading = False
             self._update_interest()
             self.protocol.eof_received()
+
+    def received(self, data: bytes) -> None:
+        """Hands `data` to the protocol as read from the socket; also the bytes a handler read
+        before this transport took its connection over (status_oneshot.py)."""
+        self.protocol.data_received(data)
+        self._track_request()
 
     def _track_request(self) -> None:
         """Starts the request clock at the first byte of an incomplete request; stops it when the
@@ -711,11 +722,16 @@ class Listener(_ReadWatcher):
         self._paused = False
         self._last_logged = float("-inf")
         self.out_of_descriptors = 0  # accepts that failed for want of a descriptor
+        # socket.accept() turns the listener's family and type into enums on every call (a third
+        # of its cost); the new socket is built from these plain ints instead, as accept() does.
+        self._socket_args = (int(sock.family), int(sock.type), sock.proto)
 
     def on_readable(self) -> None:
+        accept, args = self.sock._accept, self._socket_args
         for _ in range(ACCEPTS_PER_EVENT):
             try:
-                conn, addr = self.sock.accept()
+                fd, addr = accept()
+                conn = socket.socket(*args, fileno=fd)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:

@@ -25,7 +25,7 @@ import logging
 import os
 from typing import Any, Dict, Optional, Set, Tuple
 
-from .event_loop import EventLoop, StreamTransport
+from .event_loop import EventLoop
 from .persistence import Journal, Loaded
 
 log = logging.getLogger("dsm.state")
@@ -63,13 +63,13 @@ class AckGuard:
     def __init__(self, loop: EventLoop, journal: Journal) -> None:
         self.loop = loop
         self.journal = journal
-        self._acknowledgers: Set[StreamTransport] = set()
+        self._acknowledgers: Set[Any] = set()  # StreamTransport, OneShotStatus
         self.withdrawn = 0  # connections closed so that an unsynced change is not acknowledged
 
     def record(self, record: Any) -> None:
         self.journal.record(record)
         handler = self.loop.current
-        if isinstance(handler, StreamTransport):
+        if getattr(handler, "handles_input", False):  # a connection (not a timer or datagram)
             self._acknowledgers.add(handler)
 
     def flush(self, monotonic_now: float) -> None:

@@ -81,6 +81,9 @@ _FLAT_STRING = r"""(?:'[^'"\\\x00-\x1f]*'|"[^'"\\\x00-\x1f]*")"""
 _FLAT_VALUE = r"(?:%s|-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,17})?)" % _FLAT_STRING
 _FLAT_PAIR = r"%s *: *%s" % (_FLAT_STRING, _FLAT_VALUE)
 _FLAT_STATUS = re.compile(r"\{ *(?:%s *, *)*%s *\}\Z" % (_FLAT_PAIR, _FLAT_PAIR))
+# The same, followed by nothing but what the framer skips between messages (group 1: the object).
+_WHOLE_FLAT_STATUS = re.compile(r"(\{ *(?:%s *, *)*%s *\})[ \t\r\n\x0b\x0c\x04]*\Z"
+                                % (_FLAT_PAIR, _FLAT_PAIR))
 # One encoder for every entry: json.dumps with an option builds a new one per call.
 _ENTRY_ENCODER = json.JSONEncoder(allow_nan=False)
 # How that encoder writes each scalar type (json.encoder: ensure_ascii, int/float __repr__).
@@ -277,6 +280,37 @@ def parse_status(message: bytes) -> StatusReport:
     value = _parse_flat(text)
     if value is None:
         value = _parse_any(text)
+    return _report(value)
+
+
+def parse_whole_flat_status(data: bytes, max_message: int = MAX_MESSAGE) -> Optional[StatusReport]:
+    """The report in `data` when `data` is exactly one usual status (the _FLAT_STATUS form, at most
+    `max_message` bytes) followed by nothing but separators; None for anything else, which only
+    the framer (StatusParser) can judge. Raises StatusError where parse_status would.
+
+    For such bytes StatusParser frames exactly one message, that object, and keeps nothing (its
+    `_FLAT_OBJECT` span is the same object; the separators after it are skipped), and
+    parse_status reads it as here: the one-shot connection (status_oneshot.py) relies on this,
+    and tests/test_status_oneshot.py checks it against the framer and parse_status."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    match = _WHOLE_FLAT_STATUS.match(text)
+    if match is None:
+        return None
+    end = match.end(1)
+    if len(text) == len(data):  # ASCII: character and byte offsets agree
+        size = end
+    else:
+        size = len(text[:end].encode("utf-8"))
+    if size > max_message:
+        return None
+    return _report(json_loads(text[:end].replace("'", '"')))
+
+
+def _report(value: dict) -> StatusReport:
+    """A parsed message's dict as a report (fields present and of the right kinds), else StatusError."""
     missing = [field for field in REQUIRED_FIELDS if field not in value]
     if missing:
         raise StatusError("missing field%s: %s; a status needs serial_number, time_stamp and status"

@@ -18,8 +18,8 @@ from .status_protocol import (END_BYTE, StatusError, StatusParser, StatusReport,
 
 ACK = END_BYTE
 
-# Stores a report; returns None when stored, or the reason it was refused.
-StoreStatus = Callable[[StatusReport, str], Optional[str]]
+# Stores a report; returns None when stored, or the reason it was refused (daemon.store_status).
+StoreStatus = Callable[[StatusReport], Optional[str]]
 # Told about each refused message: (source, reason).
 ReportBadInput = Callable[[str, str], None]
 
@@ -80,7 +80,7 @@ class StatusConnection:
             except StatusError as exc:
                 error = str(exc)
             else:
-                error = self.store(report, self.transport.label)
+                error = self.store(report)
                 if error is None:
                     return ACK
         reason = error or "not a status"

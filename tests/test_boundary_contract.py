@@ -245,7 +245,7 @@ def test_whatever_any_port_accepts_every_output_serves(datagrams, messages, put_
                         report = parse_status(frame.message)
                     except StatusError:
                         continue
-                    daemon.store_status(report, "test")
+                    daemon.store_status(report)
             for index, (type_name, text) in enumerate(put_values):
                 encoded = quote(text.encode("utf-8", "surrogatepass"), safe="").encode()
                 statserv(daemon, b"TOUCH /t/o%d TYPE=%s\nPUT /t/o%d %s\n"

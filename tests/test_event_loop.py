@@ -425,11 +425,11 @@ class FlakyListeningSocket(socket.socket):
 
     fail_with = ()
 
-    def accept(self):
+    def _accept(self):  # what Listener calls (socket.accept() calls it too)
         if self.fail_with:
             code, self.fail_with = self.fail_with[0], self.fail_with[1:]
             raise OSError(code, os.strerror(code))
-        return super().accept()
+        return super()._accept()
 
 
 def listening(cls=socket.socket):
@@ -625,7 +625,7 @@ class StatusSink:
         self.bad = []
         self.refuse = refuse
 
-    def store(self, report, label):
+    def store(self, report):
         if self.refuse:
             return self.refuse
         self.reports.append(report)

@@ -165,7 +165,7 @@ def test_the_daemon_on_an_unlistable_state_dir_refuses_acks_under_fsync_always(u
     before = read(os.path.join(unlistable, "snapshot-1.json"))
     with in_process_dsm(unlistable, "--fsync", "always") as daemon:
         report = parse_status(b'{"serial_number": "S1", "time_stamp": 1, "status": "ok"}')
-        why = daemon.store_status(report, "test")
+        why = daemon.store_status(report)
         assert why is not None and "not stored: the state dir is failing" in why
         assert "cannot list the state dir" in why
         assert not daemon.journal.snapshot_now()

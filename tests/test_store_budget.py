@@ -198,7 +198,7 @@ def test_the_daemon_charges_drives_to_max_store_bytes_and_counts_refused_announc
         # The drives' share leaves the statuses less: a big status is refused, clearly.
         report = parse_status(json.dumps({"serial_number": "S", "time_stamp": 1,
                                           "status": "y" * 200_000}).encode())
-        why = daemon.store_status(report, "t")
+        why = daemon.store_status(report)
         assert why is not None and "--max-store-bytes" in why and "drives" in why
         # Nothing stored was evicted.
         assert set(json.loads(daemon.answer_query(_query("m"), "t")[:-1])) == stored

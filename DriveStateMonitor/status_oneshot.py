@@ -1,0 +1,180 @@
+"""The one-shot status connection: the lab scripts' way of reporting, at the floor's cost.
+
+Theory of operation
+-------------------
+Nearly every status connection is a lab script's one-shot (spec dsm.md, "Status protocol"): connect,
+send one dict, read the `\\x04`, close. The general path — a StreamTransport with its output queue,
+water marks and request clock, and a StatusConnection with its framer — exists for everything
+else: statuses that drip in, several in one write, garbage, a slow reader. For the one-shot, that
+machinery is most of the DSM's cost per status (issue 12 measured it against the floor server).
+
+So an accepted status connection starts as a `OneShotStatus`: a bare selector handler holding the
+socket and nothing else. Its first read decides.
+
+* The bytes are exactly one usual status (`parse_whole_flat_status`: one flat dict, then nothing
+  but separators) and the read did not fill the receive buffer, so nothing more was waiting (Linux
+  TCP `recv` drains the whole receive queue up to the size asked): it is parsed, stored and
+  journaled as the general path would, and its reply (`\\x04`, or the error) is sent by `flush()`
+  — which the loop calls for dirty handlers after the before-sleep hooks, so the journal write
+  (and, with `--fsync always`, the fsync) of the status is done before its acknowledgement
+  leaves. Then the connection closes: the general path's close rule
+  (pipelining.answered_and_idle) gives the same result, as every message received is answered.
+* Anything else — a partial message, two messages, garbage, a message over `--max-message`, a
+  read that filled the buffer, a reply the socket would not take at once — hands the socket, and
+  the bytes already read, to the general path (`take_over`), which then goes on exactly as if it
+  had had the connection from the start.
+
+A connection that connects and sends nothing is closed by the idle sweep like any other (it is
+in the daemon's set of connections and has the attributes `fair_shares.sweep` reads). The reply
+is a few bytes and is not counted in `--max-output-total`. tests/test_status_oneshot.py checks
+that both paths give the same replies and store the same entries for every input.
+"""
+from __future__ import annotations
+
+import time
+from selectors import EVENT_READ
+from socket import MSG_DONTWAIT
+from typing import Any, Callable, Optional
+
+from .event_loop import RECV_SIZE, EventLoop, StreamTransport, shared_receive
+from .status_protocol import END_BYTE, StatusError, error_reply, parse_whole_flat_status
+from .status_service import ReportBadInput, StoreStatus
+
+# Gives the connection to the general path: a started StreamTransport + StatusConnection.
+TakeOver = Callable[["OneShotStatus"], StreamTransport]
+
+
+class OneShotStatus:
+    """A status connection until its first read (see the module docstring)."""
+
+    __slots__ = ("loop", "sock", "label_of", "store", "bad_input", "max_message", "take_over",
+                 "on_close", "closed", "last_activity", "_reply", "_closing", "_label",
+                 "_registered")
+
+    handles_input = True  # an exception in its handlers is this connection's, not the DSM's
+    # What fair_shares.sweep and the daemon's idle rule read: no request is ever half-read here.
+    request_started = None
+    reading = True
+    protocol = None
+
+    def __init__(self, loop: EventLoop, sock: Any, label_of: Callable[[], str],
+                 store: StoreStatus, bad_input: ReportBadInput, max_message: int,
+                 take_over: TakeOver, on_close: Callable[[Any], None]) -> None:
+        self.loop = loop
+        self.sock = sock  # left blocking: every call on it passes MSG_DONTWAIT (no ioctl)
+        self.label_of = label_of  # the peer's label is built only if it is ever shown
+        self.store = store
+        self.bad_input = bad_input
+        self.max_message = max_message
+        self.take_over = take_over
+        self.on_close = on_close
+        self.closed = False
+        self.last_activity = time.monotonic()
+        self._reply: Optional[bytes] = None
+        self._closing = False
+        self._label: Optional[str] = None
+        self._registered = False
+
+    @property
+    def label(self) -> str:
+        if self._label is None:
+            self._label = self.label_of()
+        return self._label
+
+    def start(self) -> None:
+        """Reads at once: a script sends its status right after connecting, so it has usually
+        arrived by the time the connection is accepted. Waits for readability only if not."""
+        loop = self.loop
+        accepting, loop.current = loop.current, self  # what it stores is this connection's
+        try:
+            self.on_readable()
+        except Exception:
+            self.abort()  # the listener logs it; the slot is given back here
+            raise
+        finally:
+            loop.current = accepting
+
+    def on_readable(self) -> None:
+        try:
+            data = shared_receive(self.sock, MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            if not self._registered:
+                self._registered = True
+                self.loop.register(self.sock, EVENT_READ, self)
+            return
+        except OSError:  # reset by peer and friends: nothing was said, nothing to answer
+            self.close()
+            return
+        if not data:  # connected and closed without a word
+            self.close()
+            return
+        if len(data) == RECV_SIZE:
+            self._hand_over(data)
+            return
+        try:
+            report = parse_whole_flat_status(data, self.max_message)
+        except StatusError as exc:
+            self._reply = self._refused(str(exc))
+        else:
+            if report is None:
+                self._hand_over(data)
+                return
+            error = self.store(report)
+            self._reply = END_BYTE if error is None else self._refused(error)
+        self.loop.mark_dirty(self)
+
+    def _refused(self, reason: str) -> bytes:
+        self.bad_input(self.label, reason)
+        return error_reply(reason)
+
+    def _hand_over(self, data: bytes) -> StreamTransport:
+        self.closed = True  # without closing the socket: it is the transport's now
+        if self._registered:
+            self.loop.unregister(self.sock)
+        transport = self.take_over(self)
+        if data:
+            # Changes journaled from here on are the transport's to acknowledge (AckGuard).
+            self.loop.current = transport
+            transport.received(data)
+        return transport
+
+    def flush(self) -> None:
+        """Sends the reply (after this pass's journal flush) and closes."""
+        if self.closed:
+            return
+        reply = self._reply
+        if reply is not None:
+            try:
+                sent = self.sock.send(reply, MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent < len(reply):  # the kernel would not take a few bytes: the general path waits
+                transport = self._hand_over(b"")
+                transport.write(reply[sent:])
+                transport.close_when_flushed()
+                return
+        elif not self._closing:
+            return
+        self.close()
+
+    def close_when_flushed(self) -> None:
+        """Closes once the reply, if any, is sent (the daemon's shutdown)."""
+        self._closing = True
+        self.loop.mark_dirty(self)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._registered:
+            self.loop.unregister(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.on_close(self)
+
+    abort = close
