@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import gc
 import json
 import logging
@@ -50,7 +51,7 @@ from .save_writer import SAVE_SUBDIR, SaveWriter
 from .state_guard import AckGuard, recovery_report, write_exit_note
 from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
-from .status_oneshot import OneShotStatus
+from .status_oneshot import OneShotStatus, StatusPort
 from .status_service import StatusConnection
 from .web_service import WebApp, WebConnection, WebData, http_refusal, load_static_files
 
@@ -242,6 +243,9 @@ class DriveStateMonitor:
         query_sock = open_tcp_listener(opts.query_port, "query")
         self._add_listener(query_sock, "query", self._accept_query)
         status_sock = open_tcp_listener(opts.status_port, "status")
+        self._status_port = StatusPort(self.loop, self.store_status, self._complain,
+                                       opts.max_message, self._status_transport,
+                                       functools.partial(peer_label, "status"))
         self._add_listener(status_sock, "status", self._accept_status)
         statserv_sock = open_tcp_listener(opts.statserv_port, "Status Server")
         self._add_listener(statserv_sock, "statserv", self._accept_statserv)
@@ -458,7 +462,7 @@ class DriveStateMonitor:
                 peer_label(kind, addr).split(" ", 1)[1], self.access.describe())
             self.counters["connections_refused_not_allowed"] += 1
         else:
-            refused = self.slots.refusal(addr)
+            refused = self.slots.take(addr)
             if refused is not None:
                 code = "LIMIT"
                 why = refused[1]
@@ -480,7 +484,6 @@ class DriveStateMonitor:
             transports.discard(handler)
             slots.closed(addr)
 
-        slots.opened(addr)
         self.counters["connections_" + kind] += 1
         return closed
 
@@ -504,9 +507,7 @@ class DriveStateMonitor:
         # One-shot first; the general path takes over whatever is not a lab script's one status.
         on_close = self._take_slot(conn, addr, "status", query_refusal)
         if on_close is not None:
-            oneshot = OneShotStatus(
-                self.loop, conn, lambda: peer_label("status", addr), self.store_status,
-                self._complain, self.options.max_message, self._status_transport, on_close)
+            oneshot = OneShotStatus(self._status_port, conn, addr, on_close)
             self.transports.add(oneshot)
             oneshot.start()
 
@@ -612,7 +613,7 @@ class DriveStateMonitor:
         refusing = self.journal.refusing
         if refusing is not None:
             return refusing
-        budget = self.options.max_store_bytes - self.tree_bytes() - self.store.drive_bytes
+        budget = self.options.max_store_bytes - self.tree.byte_size - self.store.drive_bytes
         refused_budget = self.store.refused_status_budget
         if not self.store.record_status(report.serial_number, report.entry_json, self.clock(),
                                         budget=budget):

@@ -71,34 +71,47 @@ class ConnectionSlots:
     """
 
     def __init__(self, max_connections: int, per_address: int, local_reserve: int) -> None:
-        self.limit = max_connections
         self.per_address = per_address
         self.local_reserve = local_reserve
         self.open = 0
         self.by_address: Dict[str, int] = collections.Counter()
+        self.set_limit(max_connections)
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit
+        # Scaled down for tiny limits, so `--max-connections 5` still means five for anyone.
+        unix_reserve = min(UNIX_RESERVE, limit // 8)
+        self._allowed_loopback = limit - unix_reserve
+        self._allowed_remote = limit - max(unix_reserve, min(self.local_reserve, limit // 4))
 
     @staticmethod
     def _key(addr: Any) -> Optional[str]:
         facts = peer_facts(addr)
         return None if facts is None else facts.key
 
+    def take(self, addr: Any) -> Optional[Tuple[str, str]]:
+        """`refusal(addr)`, and when there is none, `opened(addr)`: one lookup of the peer."""
+        facts = peer_facts(addr)
+        refused = self._refusal(facts)
+        if refused is None:
+            self.open += 1
+            if facts is not None:
+                self.by_address[facts.key] += 1
+        return refused
+
     def refusal(self, addr: Any) -> Optional[Tuple[str, str]]:
         """(counter name, clear reason) when `addr` may not have a slot now, else None."""
-        facts = peer_facts(addr)
+        return self._refusal(peer_facts(addr))
+
+    def _refusal(self, facts: Any) -> Optional[Tuple[str, str]]:
         key = None if facts is None else facts.key
         limit = self.limit
-        # Scaled down for tiny limits, so `--max-connections 5` still means five for anyone.
-        unix_reserve = min(UNIX_RESERVE, limit // 8)
-        local_reserve = max(unix_reserve, min(self.local_reserve, limit // 4))
         if key is None:
             allowed = limit
-        elif facts.loopback:  # type: ignore[union-attr]
-            allowed = limit - unix_reserve
+        elif facts.loopback:
+            allowed = self._allowed_loopback
         else:
-            allowed = limit - local_reserve
+            allowed = self._allowed_remote
         if self.open >= allowed:
             return ("limit", "too many connections (limit %d%s); try again later" % (
                 limit, "" if allowed == limit else

@@ -40,7 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def accept(conn: socket.socket, addr: Any) -> None:
         transport = StreamTransport(loop, conn, peer_label("status", addr))
-        transport.start(StatusConnection(transport, store, bad_input))
+        transport.start(StatusConnection(transport, lambda report: store(report, transport.label),
+                                         bad_input))
 
     listener = Listener(loop, sock, "status", accept)
     loop.on_signals([signal.SIGINT, signal.SIGTERM],

@@ -8,8 +8,11 @@ water marks and request clock, and a StatusConnection with its framer — exists
 else: statuses that drip in, several in one write, garbage, a slow reader. For the one-shot, that
 machinery is most of the DSM's cost per status (issue 12 measured it against the floor server).
 
-So an accepted status connection starts as a `OneShotStatus`: a bare selector handler holding the
-socket and nothing else. Its first read decides.
+So an accepted status connection starts as a `OneShotStatus`: a bare handler holding the socket and
+nothing else, not even registered with the selector. It reads at once, in the accept itself (the
+script sent its status right after connecting, so it has usually arrived: no epoll registration,
+no `setblocking` — every call passes MSG_DONTWAIT — and no second loop pass); only if nothing is
+there yet does it wait for readability. That first read decides.
 
 * The bytes are exactly one usual status (`parse_whole_flat_status`: one flat dict, then nothing
   but separators) and the read did not fill the receive buffer, so nothing more was waiting (Linux
@@ -17,8 +20,9 @@ socket and nothing else. Its first read decides.
   journaled as the general path would, and its reply (`\\x04`, or the error) is sent by `flush()`
   — which the loop calls for dirty handlers after the before-sleep hooks, so the journal write
   (and, with `--fsync always`, the fsync) of the status is done before its acknowledgement
-  leaves. Then the connection closes: the general path's close rule
-  (pipelining.answered_and_idle) gives the same result, as every message received is answered.
+  leaves, and a failed flush withdraws it (state_guard.AckGuard). Then the connection closes:
+  the general path's close rule (pipelining.answered_and_idle) gives the same result, as every
+  message received is answered.
 * Anything else — a partial message, two messages, garbage, a message over `--max-message`, a
   read that filled the buffer, a reply the socket would not take at once — hands the socket, and
   the bytes already read, to the general path (`take_over`), which then goes on exactly as if it
@@ -34,7 +38,7 @@ from __future__ import annotations
 import time
 from selectors import EVENT_READ
 from socket import MSG_DONTWAIT
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from .event_loop import RECV_SIZE, EventLoop, StreamTransport, shared_receive
 from .status_protocol import END_BYTE, StatusError, error_reply, parse_whole_flat_status
@@ -44,12 +48,21 @@ from .status_service import ReportBadInput, StoreStatus
 TakeOver = Callable[["OneShotStatus"], StreamTransport]
 
 
+class StatusPort(NamedTuple):
+    """What every one-shot connection of one status listener shares (set up once by the daemon)."""
+    loop: EventLoop
+    store: StoreStatus
+    bad_input: ReportBadInput
+    max_message: int           # --max-message: a bigger message goes to the general path
+    take_over: TakeOver
+    label_of: Callable[[Any], str]  # the peer's label from accept()'s address, built if shown
+
+
 class OneShotStatus:
     """A status connection until its first read (see the module docstring)."""
 
-    __slots__ = ("loop", "sock", "label_of", "store", "bad_input", "max_message", "take_over",
-                 "on_close", "closed", "last_activity", "_reply", "_closing", "_label",
-                 "_registered")
+    __slots__ = ("port", "sock", "addr", "on_close", "closed", "last_activity", "_reply",
+                 "_closing", "_label", "_registered")
 
     handles_input = True  # an exception in its handlers is this connection's, not the DSM's
     # What fair_shares.sweep and the daemon's idle rule read: no request is ever half-read here.
@@ -57,16 +70,11 @@ class OneShotStatus:
     reading = True
     protocol = None
 
-    def __init__(self, loop: EventLoop, sock: Any, label_of: Callable[[], str],
-                 store: StoreStatus, bad_input: ReportBadInput, max_message: int,
-                 take_over: TakeOver, on_close: Callable[[Any], None]) -> None:
-        self.loop = loop
+    def __init__(self, port: StatusPort, sock: Any, addr: Any,
+                 on_close: Callable[[Any], None]) -> None:
+        self.port = port
         self.sock = sock  # left blocking: every call on it passes MSG_DONTWAIT (no ioctl)
-        self.label_of = label_of  # the peer's label is built only if it is ever shown
-        self.store = store
-        self.bad_input = bad_input
-        self.max_message = max_message
-        self.take_over = take_over
+        self.addr = addr
         self.on_close = on_close
         self.closed = False
         self.last_activity = time.monotonic()
@@ -78,13 +86,13 @@ class OneShotStatus:
     @property
     def label(self) -> str:
         if self._label is None:
-            self._label = self.label_of()
+            self._label = self.port.label_of(self.addr)
         return self._label
 
     def start(self) -> None:
         """Reads at once: a script sends its status right after connecting, so it has usually
         arrived by the time the connection is accepted. Waits for readability only if not."""
-        loop = self.loop
+        loop = self.port.loop
         accepting, loop.current = loop.current, self  # what it stores is this connection's
         try:
             self.on_readable()
@@ -100,7 +108,7 @@ class OneShotStatus:
         except (BlockingIOError, InterruptedError):
             if not self._registered:
                 self._registered = True
-                self.loop.register(self.sock, EVENT_READ, self)
+                self.port.loop.register(self.sock, EVENT_READ, self)
             return
         except OSError:  # reset by peer and friends: nothing was said, nothing to answer
             self.close()
@@ -108,33 +116,34 @@ class OneShotStatus:
         if not data:  # connected and closed without a word
             self.close()
             return
+        port = self.port
         if len(data) == RECV_SIZE:
             self._hand_over(data)
             return
         try:
-            report = parse_whole_flat_status(data, self.max_message)
+            report = parse_whole_flat_status(data, port.max_message)
         except StatusError as exc:
             self._reply = self._refused(str(exc))
         else:
             if report is None:
                 self._hand_over(data)
                 return
-            error = self.store(report)
+            error = port.store(report)
             self._reply = END_BYTE if error is None else self._refused(error)
-        self.loop.mark_dirty(self)
+        port.loop.mark_dirty(self)
 
     def _refused(self, reason: str) -> bytes:
-        self.bad_input(self.label, reason)
+        self.port.bad_input(self.label, reason)
         return error_reply(reason)
 
     def _hand_over(self, data: bytes) -> StreamTransport:
         self.closed = True  # without closing the socket: it is the transport's now
         if self._registered:
-            self.loop.unregister(self.sock)
-        transport = self.take_over(self)
+            self.port.loop.unregister(self.sock)
+        transport = self.port.take_over(self)
         if data:
             # Changes journaled from here on are the transport's to acknowledge (AckGuard).
-            self.loop.current = transport
+            self.port.loop.current = transport
             transport.received(data)
         return transport
 
@@ -163,14 +172,14 @@ class OneShotStatus:
     def close_when_flushed(self) -> None:
         """Closes once the reply, if any, is sent (the daemon's shutdown)."""
         self._closing = True
-        self.loop.mark_dirty(self)
+        self.port.loop.mark_dirty(self)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         if self._registered:
-            self.loop.unregister(self.sock)
+            self.port.loop.unregister(self.sock)
         try:
             self.sock.close()
         except OSError:

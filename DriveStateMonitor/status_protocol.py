@@ -32,7 +32,8 @@ import json
 import re
 from typing import Any, List, NamedTuple, Optional
 
-from .intake import IntakeError, check_python_literal, check_serial, check_value, json_loads
+from .intake import (MAX_SERIAL_CHARS, IntakeError, check_python_literal, check_serial, check_value,
+                     json_loads)
 
 END_BYTE = b"\x04"
 # Statuses are a few dozen bytes; 1 MiB leaves room for a traceback in `status` and still bounds what
@@ -84,6 +85,7 @@ _FLAT_STATUS = re.compile(r"\{ *(?:%s *, *)*%s *\}\Z" % (_FLAT_PAIR, _FLAT_PAIR)
 # The same, followed by nothing but what the framer skips between messages (group 1: the object).
 _WHOLE_FLAT_STATUS = re.compile(r"(\{ *(?:%s *, *)*%s *\})[ \t\r\n\x0b\x0c\x04]*\Z"
                                 % (_FLAT_PAIR, _FLAT_PAIR))
+_SCAN_FLAT = json.JSONDecoder().scan_once
 # One encoder for every entry: json.dumps with an option builds a new one per call.
 _ENTRY_ENCODER = json.JSONEncoder(allow_nan=False)
 # How that encoder writes each scalar type (json.encoder: ensure_ascii, int/float __repr__).
@@ -306,7 +308,19 @@ def parse_whole_flat_status(data: bytes, max_message: int = MAX_MESSAGE) -> Opti
         size = len(text[:end].encode("utf-8"))
     if size > max_message:
         return None
-    return _report(json_loads(text[:end].replace("'", '"')))
+    # Plain JSON after `'` -> `"` (see _FLAT_STATUS), with numbers that can neither overflow nor
+    # pass the digit limit: json's own C scanner reads it as json_loads would, without the hooks.
+    value = _SCAN_FLAT(text[:end].replace("'", '"'), 0)[0]
+    try:
+        serial, time_stamp, status = value["serial_number"], value["time_stamp"], value["status"]
+    except KeyError:
+        return _report(value)  # which says what is missing
+    if type(serial) is not str or not serial or len(serial) > MAX_SERIAL_CHARS:
+        return _report(value)  # which says what is wrong
+    # _report's work for the only kinds a flat status holds (str, int, finite float).
+    return StatusReport(serial, ('{"time_stamp": %s, "status": %s}' % (
+        _SCALAR_JSON[type(time_stamp)](time_stamp),
+        _SCALAR_JSON[type(status)](status))).encode("ascii"), time_stamp, status)
 
 
 def _report(value: dict) -> StatusReport:

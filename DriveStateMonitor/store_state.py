@@ -37,6 +37,9 @@ SNAPSHOT_FORMAT = 1
 Recorder = Callable[[List[Any]], None]
 
 
+# json.dumps(a str) without the encoder object it builds per call: the same ASCII text.
+_json_string = json.encoder.encode_basestring_ascii
+
 class JournaledTree(Tree):
     """A Tree whose client-facing changes (TOUCH, TOUCHDIR, PUT, REMOVE, RMDIR) are journaled.
 
@@ -132,7 +135,7 @@ class StoreState:
     def status(self, serial: str, entry_json: bytes) -> None:
         if self.record is not None:
             # The entry is JSON already: embed it rather than encode it a second time.
-            self.record(b'["s",%s,%s]' % (json.dumps(serial).encode("utf-8"), entry_json))
+            self.record(b'["s",%s,%s]' % (_json_string(serial).encode("ascii"), entry_json))
 
     def wiped(self, now: float) -> None:
         self._heard_recorded.clear()

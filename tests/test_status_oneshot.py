@@ -1,0 +1,367 @@
+"""The one-shot status path (status_oneshot.py): the same replies and stored entries as the general
+path (StreamTransport + StatusConnection) for every input, the acknowledgement only after the
+journal flush, and every connection's slot given back exactly once."""
+import json
+import os
+import socket
+import time
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from DriveStateMonitor.event_loop import EventLoop, StreamTransport
+from DriveStateMonitor.persistence import FSYNC_ALWAYS, Journal
+from DriveStateMonitor.state_guard import AckGuard
+from DriveStateMonitor.status_oneshot import OneShotStatus, StatusPort
+from DriveStateMonitor.status_protocol import (MAX_MESSAGE, StatusError, StatusParser,
+                                               parse_whole_flat_status)
+from DriveStateMonitor.status_service import StatusConnection
+from test_status_protocol import STATUSES, outcome, render
+
+DEADLINE_S = 5.0
+ORIGINAL = b"{'serial_number': 'ZA1', 'time_stamp': '2026-11-30 06:00:00', 'status': '001'}"
+SEPARATORS = st.text(alphabet=" \t\r\n\x0b\x0c\x04", max_size=3).map(str.encode)
+
+
+# --- the parse: exactly what the framer and parse_status make of the same bytes ------------------
+def fast_outcome(data: bytes, max_message: int = MAX_MESSAGE):
+    try:
+        report = parse_whole_flat_status(data, max_message)
+    except StatusError as exc:
+        return ("error", str(exc))
+    if report is None:
+        return None
+    return ("report", report.serial_number, report.entry_json,
+            type(report.time_stamp), repr(report.time_stamp),
+            type(report.status), repr(report.status))
+
+
+def assert_general_path_agrees(data: bytes, max_message: int = MAX_MESSAGE) -> bool:
+    """When the one-shot parse takes `data`, the framer frames exactly one message from it and
+    keeps nothing, and parse_status makes the same of that message. True if it took it."""
+    fast = fast_outcome(data, max_message)
+    if fast is None:
+        return False  # the general path decides, nothing to compare
+    parser = StatusParser(max_message)
+    framed = parser.receive_data(data)
+    assert len(framed) == 1 and framed[0].error is None, framed
+    assert not parser.partial and not parser.in_message and parser.buffered == 0
+    assert outcome(framed[0].message) == fast
+    return True
+
+
+@settings(max_examples=500, deadline=None)
+@given(STATUSES, st.integers(0, 2), st.booleans(), SEPARATORS)
+@example({"serial_number": "A", "time_stamp": "t", "status": "001"}, 0, False, b"\n")
+@example({"serial_number": "", "time_stamp": "t", "status": "001"}, 0, False, b"")
+@example({"serial_number": "A" * 257, "time_stamp": 1, "status": 2}, 1, False, b"\x04")
+@example({"serial_number": 7, "time_stamp": 1, "status": 2}, 1, False, b"")
+@example({"time_stamp": 1, "status": 2}, 0, True, b"")
+def test_a_whole_flat_status_is_read_as_the_general_path_reads_it(value, form, compact, after):
+    assert_general_path_agrees(render(value, form, compact) + after)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("{}'\": ,-.0123456789aéx\\\x01\n\x04"), max_size=40))
+def test_near_misses_are_left_to_the_general_path_or_read_as_it_reads_them(text):
+    assert_general_path_agrees(text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("data", [
+    ORIGINAL, ORIGINAL + b"\n", ORIGINAL + b"\x04", ORIGINAL + b"\r\n",
+    json.dumps({"serial_number": "S", "time_stamp": 1764474000.25, "status": -3}).encode(),
+    json.dumps({"serial_number": "Ü1", "time_stamp": "t", "status": "é"}, ensure_ascii=False
+               ).encode(),
+])
+def test_the_lab_scripts_statuses_take_the_one_shot_path(data):
+    assert assert_general_path_agrees(data)
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\n", b" " + ORIGINAL,                      # nothing, or something before the brace
+    ORIGINAL + ORIGINAL, ORIGINAL + b"\n" + ORIGINAL,  # two messages
+    ORIGINAL[:-1], ORIGINAL + b"x",                   # cut short, or more after it
+    json.dumps({"serial_number": "S", "time_stamp": 1, "status": "x"}, indent=2).encode(),
+    b"{'serial_number': 'S', 'time_stamp': [1], 'status': 1}",  # not flat
+    b"\xff" + ORIGINAL,                               # not UTF-8
+])
+def test_everything_else_is_left_to_the_general_path(data):
+    assert fast_outcome(data) is None
+
+
+def test_a_status_over_max_message_is_left_to_the_general_path():
+    assert fast_outcome(ORIGINAL, max_message=len(ORIGINAL)) is not None
+    assert fast_outcome(ORIGINAL, max_message=len(ORIGINAL) - 1) is None
+    wide = "é" * 30  # characters and bytes differ: the limit is in bytes
+    data = json.dumps({"serial_number": "S", "time_stamp": 1, "status": wide},
+                      ensure_ascii=False).encode()
+    assert fast_outcome(data, max_message=len(data)) is not None
+    assert fast_outcome(data, max_message=len(data) - 1) is None
+
+
+# --- over sockets: the one-shot connection against the general path -------------------------------
+class Sink:
+    """The daemon's side, reduced to what a status connection asks of it."""
+
+    def __init__(self, refuse=None):
+        self.stored = []
+        self.bad = []
+        self.refuse = refuse
+
+    def store(self, report):
+        if self.refuse:
+            return self.refuse
+        self.stored.append((report.serial_number, report.entry_json))
+        return None
+
+    def bad_input(self, label, reason):
+        self.bad.append(reason)
+
+
+class Server:
+    """A loopback listener whose connections are served by the one-shot path or the general path,
+    as the daemon serves them (daemon._accept_status / _status_transport)."""
+
+    def __init__(self, loop, sink, max_message=MAX_MESSAGE):
+        self.loop = loop
+        self.sink = sink
+        self.max_message = max_message
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.closed = []  # every handler whose connection closed, in order
+        self.open = set()
+        self.port = StatusPort(loop, sink.store, sink.bad_input, max_message, self.take_over,
+                               lambda addr: "status %s:%d" % addr)
+
+    def connect(self, data: bytes, then_close: bool = True) -> socket.socket:
+        client = socket.create_connection(self.listener.getsockname())
+        if data:
+            client.sendall(data)
+        if then_close:
+            client.shutdown(socket.SHUT_WR)
+        return client
+
+    def accept(self, one_shot: bool):
+        conn, addr = self.listener.accept()
+        if one_shot:
+            handler = OneShotStatus(self.port, conn, addr, self.on_close)
+            self.open.add(handler)
+            handler.start()
+            return handler
+        return self._general(conn, "status general")
+
+    def take_over(self, oneshot):
+        self.open.discard(oneshot)
+        return self._general(oneshot.sock, oneshot.label, oneshot.on_close)
+
+    def _general(self, conn, label, on_close=None):
+        transport = StreamTransport(self.loop, conn, label, on_close=on_close or self.on_close)
+        self.open.add(transport)
+        transport.start(StatusConnection(transport, self.sink.store, self.sink.bad_input,
+                                         self.max_message))
+        return transport
+
+    def on_close(self, handler):
+        self.closed.append(handler)
+        self.open.discard(handler)
+
+    def close(self):
+        for handler in list(self.open):
+            handler.close()
+        self.listener.close()
+
+
+def read_to_end(loop, client, timeout=DEADLINE_S) -> bytes:
+    """Runs the loop until the server closes the client's connection; everything it was sent."""
+    client.setblocking(False)
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            chunk = client.recv(65536)
+        except BlockingIOError:
+            chunk = None
+        except ConnectionResetError:
+            break
+        if chunk == b"":
+            break
+        if chunk:
+            received += chunk
+            continue
+        assert time.monotonic() < deadline, "no close within %.0f s; got %r" % (timeout, received)
+        loop.run_once(max_wait=0.01)
+    client.close()
+    return bytes(received)
+
+
+def served(data: bytes, one_shot: bool, sink_refuses=None, max_message=MAX_MESSAGE):
+    """(reply bytes, stored entries, complaints, closes) of one connection that sent `data` and
+    closed its side."""
+    loop = EventLoop()
+    sink = Sink(sink_refuses)
+    server = Server(loop, sink, max_message)
+    try:
+        client = server.connect(data)
+        server.accept(one_shot)
+        reply = read_to_end(loop, client)
+        while server.open:  # the server's side closes in the same pass or the next
+            loop.run_once(max_wait=0.01)
+        return reply, sink.stored, sink.bad, len(server.closed)
+    finally:
+        server.close()
+        loop.close()
+
+
+INPUTS = [
+    ORIGINAL, ORIGINAL + b"\n", ORIGINAL + ORIGINAL, ORIGINAL + b"\n" + ORIGINAL + b"\x04",
+    ORIGINAL[:30], b"garbage", b"", b"{'serial_number': 'A', 'status': 1}",
+    json.dumps({"serial_number": "S", "time_stamp": 1, "status": "x"}, indent=2).encode(),
+    b"{'serial_number': '" + b"s" * 300 + b"', 'time_stamp': 1, 'status': 2}",
+]
+
+
+@pytest.mark.parametrize("data", INPUTS)
+def test_one_shot_and_general_path_give_the_same_replies_and_store_the_same(data):
+    assert served(data, one_shot=True) == served(data, one_shot=False)
+
+
+@pytest.mark.parametrize("data", [ORIGINAL, ORIGINAL + ORIGINAL])
+def test_a_refusal_by_the_store_reads_the_same_on_both_paths(data):
+    refused = served(data, one_shot=True, sink_refuses="store full")
+    assert refused == served(data, one_shot=False, sink_refuses="store full")
+    assert json.loads(refused[0].split(b"\x04")[0]) == {"error": "store full"}
+
+
+def test_a_message_over_max_message_reads_the_same_on_both_paths():
+    assert served(ORIGINAL, True, max_message=40) == served(ORIGINAL, False, max_message=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STATUSES, st.integers(0, 2), SEPARATORS, st.integers(0, 2))
+def test_one_shot_and_general_path_agree_on_generated_statuses(value, form, after, copies):
+    data = (render(value, form, False) + after) * copies
+    assert served(data, one_shot=True) == served(data, one_shot=False)
+
+
+# --- acknowledgement after the journal flush ------------------------------------------------------
+def test_the_ack_leaves_only_after_the_passes_journal_flush(tmp_path):
+    loop = EventLoop()
+    sink = Sink()
+    server = Server(loop, sink)
+    seen_by_flush = []
+    client = server.connect(ORIGINAL, then_close=False)
+    client.setblocking(False)
+
+    def journal_flush():  # the daemon's last before-sleep hook is the journal's flush
+        try:
+            seen_by_flush.append(client.recv(10))
+        except BlockingIOError:
+            seen_by_flush.append(None)
+
+    loop.add_before_sleep(journal_flush)
+    try:
+        handler = server.accept(one_shot=True)
+        assert isinstance(handler, OneShotStatus) and sink.stored  # read and stored at accept
+        reply = read_to_end(loop, client)
+        assert reply == b"\x04" and seen_by_flush[0] is None
+        assert len(server.closed) == 1 and not server.open
+    finally:
+        server.close()
+        loop.close()
+
+
+def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(tmp_path):
+    loop = EventLoop()
+    journal = Journal(str(tmp_path / "state"), FSYNC_ALWAYS, lambda: {"format": 1})
+    assert journal.open(1)
+    guard = AckGuard(loop, journal)
+    loop.add_before_sleep(lambda: guard.flush(time.monotonic()))
+    sink = Sink()
+
+    def store_and_journal(report):
+        sink.store(report)
+        guard.record(["s", report.serial_number, 1])
+        return None
+
+    server = Server(loop, sink)
+    server.port = server.port._replace(store=store_and_journal)
+    client = server.connect(ORIGINAL)
+    os.close(journal._fd)  # the journal's next write fails (EBADF), as on a dying disk
+    journal._fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        server.accept(one_shot=True)
+        assert sink.stored
+        assert read_to_end(loop, client) == b""  # closed unanswered, never a false ack
+        assert guard.withdrawn == 1 and journal.refusing
+    finally:
+        server.close()
+        loop.close()
+        journal.close()
+
+
+# --- a connection that says nothing, or says it late ----------------------------------------------
+def test_a_status_sent_after_the_accept_is_read_when_it_arrives():
+    loop = EventLoop()
+    sink = Sink()
+    server = Server(loop, sink)
+    client = server.connect(b"", then_close=False)
+    try:
+        handler = server.accept(one_shot=True)
+        assert not sink.stored and not handler.closed
+        client.sendall(ORIGINAL)
+        assert read_to_end(loop, client) == b"\x04"
+        assert [serial for serial, _ in sink.stored] == ["ZA1"] and len(server.closed) == 1
+    finally:
+        server.close()
+        loop.close()
+
+
+def test_a_silent_connection_closes_once_at_shutdown_and_gives_its_slot_back():
+    loop = EventLoop()
+    server = Server(loop, Sink())
+    client = server.connect(b"", then_close=False)
+    try:
+        handler = server.accept(one_shot=True)
+        # what the daemon's idle sweep reads
+        assert handler.request_started is None and handler.reading and handler.protocol is None
+        handler.close_when_flushed()  # the daemon's shutdown
+        assert read_to_end(loop, client) == b""
+        handler.close()
+        assert server.closed == [handler] and handler.closed
+    finally:
+        server.close()
+        loop.close()
+
+
+def test_a_connection_closed_without_a_word_gives_its_slot_back_once():
+    loop = EventLoop()
+    server = Server(loop, Sink())
+    client = server.connect(b"")
+    try:
+        handler = server.accept(one_shot=True)
+        client.close()
+        deadline = time.monotonic() + DEADLINE_S
+        while not handler.closed:
+            assert time.monotonic() < deadline
+            loop.run_once(max_wait=0.01)
+        assert server.closed == [handler] and not server.open
+    finally:
+        server.close()
+        loop.close()
+
+
+def test_a_handed_over_connection_gives_its_slot_back_once_through_its_transport():
+    loop = EventLoop()
+    server = Server(loop, Sink())
+    client = server.connect(ORIGINAL[:20], then_close=False)
+    try:
+        handler = server.accept(one_shot=True)
+        (transport,) = server.open
+        assert isinstance(transport, StreamTransport) and handler.closed
+        client.sendall(ORIGINAL[20:])
+        assert read_to_end(loop, client) == b"\x04"
+        while server.open:
+            loop.run_once(max_wait=0.01)
+        assert server.closed == [transport]
+    finally:
+        server.close()
+        loop.close()
