@@ -12,7 +12,11 @@ So an accepted status connection starts as a `OneShotStatus`: a bare handler hol
 nothing else, not even registered with the selector. It reads at once, in the accept itself (the
 script sent its status right after connecting, so it has usually arrived: no epoll registration,
 no `setblocking` — every call passes MSG_DONTWAIT — and no second loop pass); only if nothing is
-there yet does it wait for readability. That first read decides.
+there yet does it wait for readability. While any connection of the port waits so, new ones wait
+too, instead of reading at accept: a connection accepted later must not overtake one whose bytes
+are still on their way, so statuses are stored in the order their bytes came, as on the general
+path (a client with several connections in flight finds its statuses in `s` in the order sent).
+That first read decides.
 
 * The bytes are exactly one usual status (`parse_whole_flat_status`: one flat dict, then nothing
   but separators) and the read did not fill the receive buffer, so nothing more was waiting (Linux
@@ -38,7 +42,7 @@ from __future__ import annotations
 import time
 from selectors import EVENT_READ
 from socket import MSG_DONTWAIT
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from .event_loop import RECV_SIZE, EventLoop, StreamTransport, shared_receive
 from .status_protocol import END_BYTE, StatusError, error_reply, parse_whole_flat_status
@@ -48,14 +52,23 @@ from .status_service import ReportBadInput, StoreStatus
 TakeOver = Callable[["OneShotStatus"], StreamTransport]
 
 
-class StatusPort(NamedTuple):
-    """What every one-shot connection of one status listener shares (set up once by the daemon)."""
-    loop: EventLoop
-    store: StoreStatus
-    bad_input: ReportBadInput
-    max_message: int           # --max-message: a bigger message goes to the general path
-    take_over: TakeOver
-    label_of: Callable[[Any], str]  # the peer's label from accept()'s address, built if shown
+class StatusPort:
+    """What every one-shot connection of one status listener shares (set up once by the daemon),
+    and how many of them still wait for their first bytes."""
+
+    __slots__ = ("loop", "store", "bad_input", "max_message", "take_over", "label_of", "waiting")
+
+    def __init__(self, loop: EventLoop, store: StoreStatus, bad_input: ReportBadInput,
+                 max_message: int, take_over: TakeOver, label_of: Callable[[Any], str]) -> None:
+        self.loop = loop
+        self.store = store
+        self.bad_input = bad_input
+        self.max_message = max_message  # --max-message: a bigger message goes to the general path
+        self.take_over = take_over
+        self.label_of = label_of  # the peer's label from accept()'s address, built if shown
+        # Registered connections whose first bytes have not been read: while there are any, a new
+        # connection does not read at accept either, so it cannot overtake them (see the top).
+        self.waiting = 0
 
 
 class OneShotStatus:
@@ -91,8 +104,13 @@ class OneShotStatus:
 
     def start(self) -> None:
         """Reads at once: a script sends its status right after connecting, so it has usually
-        arrived by the time the connection is accepted. Waits for readability only if not."""
-        loop = self.port.loop
+        arrived by the time the connection is accepted. Waits for readability if not, or if an
+        earlier connection still waits (statuses are stored in the order their bytes came)."""
+        port = self.port
+        if port.waiting:
+            self._wait()
+            return
+        loop = port.loop
         accepting, loop.current = loop.current, self  # what it stores is this connection's
         try:
             self.on_readable()
@@ -102,13 +120,23 @@ class OneShotStatus:
         finally:
             loop.current = accepting
 
+    def _wait(self) -> None:
+        if not self._registered:
+            self._registered = True
+            self.port.waiting += 1
+            self.port.loop.register(self.sock, EVENT_READ, self)
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            self.port.waiting -= 1
+            self.port.loop.unregister(self.sock)
+
     def on_readable(self) -> None:
         try:
             data = shared_receive(self.sock, MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            if not self._registered:
-                self._registered = True
-                self.port.loop.register(self.sock, EVENT_READ, self)
+            self._wait()
             return
         except OSError:  # reset by peer and friends: nothing was said, nothing to answer
             self.close()
@@ -116,6 +144,7 @@ class OneShotStatus:
         if not data:  # connected and closed without a word
             self.close()
             return
+        self._unregister()  # read once: from here on it only sends, then closes
         port = self.port
         if len(data) == RECV_SIZE:
             self._hand_over(data)
@@ -138,8 +167,7 @@ class OneShotStatus:
 
     def _hand_over(self, data: bytes) -> StreamTransport:
         self.closed = True  # without closing the socket: it is the transport's now
-        if self._registered:
-            self.port.loop.unregister(self.sock)
+        self._unregister()
         transport = self.port.take_over(self)
         if data:
             # Changes journaled from here on are the transport's to acknowledge (AckGuard).
@@ -178,8 +206,7 @@ class OneShotStatus:
         if self.closed:
             return
         self.closed = True
-        if self._registered:
-            self.port.loop.unregister(self.sock)
+        self._unregister()
         try:
             self.sock.close()
         except OSError:

@@ -283,7 +283,7 @@ def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(tmp
         return None
 
     server = Server(loop, sink)
-    server.port = server.port._replace(store=store_and_journal)
+    server.port.store = store_and_journal
     client = server.connect(ORIGINAL)
     os.close(journal._fd)  # the journal's next write fails (EBADF), as on a dying disk
     journal._fd = os.open(os.devnull, os.O_RDONLY)
@@ -362,6 +362,28 @@ def test_a_handed_over_connection_gives_its_slot_back_once_through_its_transport
         while server.open:
             loop.run_once(max_wait=0.01)
         assert server.closed == [transport]
+    finally:
+        server.close()
+        loop.close()
+
+
+def test_a_connection_accepted_later_never_overtakes_one_whose_status_is_on_its_way():
+    # A client with several connections in flight: A is accepted before its bytes arrive, B after.
+    loop = EventLoop()
+    sink = Sink()
+    server = Server(loop, sink)
+    first = server.connect(b"", then_close=False)
+    try:
+        server.accept(one_shot=True)  # nothing there yet: A waits for readability
+        first.sendall(ORIGINAL.replace(b"ZA1", b"A"))
+        second = server.connect(ORIGINAL.replace(b"ZA1", b"B"))
+        server.accept(one_shot=True)  # B's status is there, but A's came first
+        assert sink.stored == [] and server.port.waiting == 2
+        assert read_to_end(loop, first) == b"\x04" and read_to_end(loop, second) == b"\x04"
+        assert [serial for serial, _ in sink.stored] == ["A", "B"]
+        while server.open:
+            loop.run_once(max_wait=0.01)
+        assert server.port.waiting == 0 and len(server.closed) == 2
     finally:
         server.close()
         loop.close()
