@@ -220,4 +220,5 @@ def needs_value_check(text: str) -> bool:
     at most MAX_DEPTH opening brackets in the whole text (JSON keys are strings; its numbers were
     checked while parsing). The equivalence is a property test (tests/test_intake.py).
     """
-    return "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH
+    # "\\" first: one memchr, where most texts have no backslash at all.
+    return ("\\" in text and "\\u" in text) or text.count("{") + text.count("[") > MAX_DEPTH
