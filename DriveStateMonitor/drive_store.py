@@ -144,8 +144,9 @@ class DriveStore:
         self.history = history
         # A drive not heard for this long is "expired" in `m` (None: drives never expire).
         self.drive_lifetime = drive_lifetime
-        # (deadline, serial); one entry per drive at most, re-queued when it comes due while the
-        # drive has been heard since — so announcements never grow the heap.
+        # (heard at, serial), due at heard at + drive_lifetime; one entry per drive at most,
+        # re-queued when it comes due while the drive has been heard since — so announcements
+        # never grow the heap. The time is the record's own last_seen object: no float per entry.
         self._expiry_heap: List[Tuple[float, str]] = []
         self.max_drives = max_drives
         self.max_status_serials = max_status_serials
@@ -261,24 +262,28 @@ class DriveStore:
             self.on_change(drive.serial, now, appeared)
         if self.drive_lifetime is not None and not drive.expiry_queued:
             drive.expiry_queued = True
-            heapq.heappush(self._expiry_heap, (now + self.drive_lifetime, drive.serial))
+            heapq.heappush(self._expiry_heap, (drive.last_seen, drive.serial))
 
     def next_deadline(self) -> Optional[float]:
         """When `expire_due` may next have a drive to expire, or None."""
-        return self._expiry_heap[0][0] if self._expiry_heap else None
+        if not self._expiry_heap or self.drive_lifetime is None:
+            return None
+        return self._expiry_heap[0][0] + self.drive_lifetime
 
     def expire_due(self, now: float) -> List[str]:
         """Marks every drive silent for longer than the lifetime as expired; returns their serials."""
         expired: List[str] = []
         heap = self._expiry_heap
-        while heap and heap[0][0] <= now:
+        lifetime = self.drive_lifetime
+        if lifetime is None:
+            return expired
+        while heap and heap[0][0] + lifetime <= now:
             _, serial = heapq.heappop(heap)
             drive = self.drives.get(serial)
             if drive is None or not drive.expiry_queued:
                 continue  # wiped, or a stale entry
-            deadline = drive.last_seen + self.drive_lifetime
-            if deadline > now:
-                heapq.heappush(heap, (deadline, serial))
+            if drive.last_seen + lifetime > now:
+                heapq.heappush(heap, (drive.last_seen, serial))
                 continue
             drive.expiry_queued = False
             drive.alive = False

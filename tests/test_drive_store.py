@@ -467,3 +467,39 @@ def test_a_drive_record_keeps_no_per_drive_dict():
     raw = announcement_bytes("ZA1")
     announce(store, raw)
     assert store.drives["ZA1"].cost == drive_cost("ZA1", raw, raw) == store.drive_bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.5, 30.0), st.lists(st.tuples(st.sampled_from(["hear", "expire"]),
+                                                st.sampled_from("ABCD"), st.floats(0.0, 12.0)),
+                                      max_size=40))
+def test_expiry_matches_a_model_of_last_seen_plus_lifetime(lifetime, steps):
+    store = DriveStore(drive_lifetime=lifetime)
+    last_seen, alive = {}, {}
+    now = T0
+    for op, serial, step in steps:
+        now += step
+        if op == "hear":
+            raw = json.dumps({"serial_number": serial}).encode()
+            if store.refresh_repeat(raw, now, "10.0.0.1", "eth0") is None:
+                store.record_announcement(serial, {"serial_number": serial}, raw, now,
+                                          "10.0.0.1", "eth0")
+            last_seen[serial], alive[serial] = now, True
+        else:
+            expired = store.expire_due(now)
+            due = sorted(s for s in alive if alive[s] and last_seen[s] + lifetime <= now)
+            assert sorted(expired) == due
+            for s in due:
+                alive[s] = False
+        assert {s: d.alive for s, d in store.drives.items()} == alive
+        queued = [last_seen[s] + lifetime for s in alive if alive[s]]
+        if queued:  # the next wake-up is never after the first drive that is due
+            assert store.next_deadline() <= min(queued)
+
+
+def test_an_expiry_entry_holds_no_time_of_its_own():
+    store = DriveStore(drive_lifetime=60.0)
+    announce(store, announcement_bytes("ZA1"), now=T0 + 0.5)
+    (heard_at, serial), = store._expiry_heap
+    assert serial == "ZA1" and heard_at is store.drives["ZA1"].last_seen
+    assert store.next_deadline() == T0 + 0.5 + 60.0
