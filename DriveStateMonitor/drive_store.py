@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import heapq
 import json
-import re
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -33,8 +32,8 @@ LAST_SEEN = "last_seen"
 LAST_SEEN_FORMAT = "%Y %b %d %H:%M:%S"
 ADDED_FIELDS = (LAST_SEEN, "last_seen_epoch", "source_address", "interface", "state")
 _ADDED = frozenset(ADDED_FIELDS)
-# A serial json.dumps would write as is between quotes (the common case): no encoder call needed.
-_PLAIN_JSON_TEXT = re.compile(r'[ !#-\[\]-~]*\Z')
+# json.dumps of a str (ensure_ascii), without json.dumps' Python layers.
+_json_string = json.encoder.encode_basestring_ascii
 ALIVE = "alive"
 EXPIRED = "expired"
 _NEVER = float("-inf")
@@ -217,8 +216,7 @@ class DriveStore:
         if drive is None:
             appeared = serial not in self.statuses  # its directory may exist for statuses
             drive = self.drives[serial] = DriveRecord(serial, len(self._m_parts), now)
-            key = ('"%s": ' % serial if _PLAIN_JSON_TEXT.match(serial)
-                   else json.dumps(serial) + ": ").encode("utf-8")
+            key = (_json_string(serial) + ": ").encode("ascii")  # json.dumps(serial), in C
             self._m_parts += (key, b"", b"")
             self._stale.append(drive)
         else:
