@@ -644,11 +644,12 @@ class DriveStateMonitor:
     # --- time ---------------------------------------------------------------------------------
     def _schedule_deadline(self) -> None:
         """Keeps one loop timer at the earliest deadline of the tree and the drive store."""
-        deadlines = [d for d in (self.tree.next_deadline(), self.store.next_deadline())
-                     if d is not None]
-        if not deadlines:
+        # Runs every loop pass (once per datagram at a few thousand a second): no list, no min().
+        due, store_due = self.tree.next_deadline(), self.store.next_deadline()
+        if due is None or (store_due is not None and store_due < due):
+            due = store_due
+        if due is None:
             return
-        due = min(deadlines)
         if self._deadline_timer is not None and not self._deadline_timer.cancelled:
             if self._deadline_at is not None and self._deadline_at <= due:
                 return

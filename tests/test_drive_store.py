@@ -503,3 +503,27 @@ def test_an_expiry_entry_holds_no_time_of_its_own():
     (heard_at, serial), = store._expiry_heap
     assert serial == "ZA1" and heard_at is store.drives["ZA1"].last_seen
     assert store.next_deadline() == T0 + 0.5 + 60.0
+
+
+# --- the daemon's one deadline timer: the earlier of the tree's and the drive store's ----------
+def test_the_daemon_wakes_for_the_earlier_of_the_tree_and_the_store_deadlines(tmp_path):
+    from DriveStateMonitor.daemon import DriveStateMonitor
+    from DriveStateMonitor.options import parse_options
+    clock = [T0]
+    dsm = DriveStateMonitor(parse_options(
+        ["--query-port", "0", "--run-dir", str(tmp_path / "run"), "--log-dir", str(tmp_path),
+         "--state-dir", str(tmp_path / "state"), "--drive-lifetime", "30"]), clock=lambda: clock[0])
+    try:
+        dsm._schedule_deadline()
+        assert dsm._deadline_at is None  # nothing can expire: no timer
+        announce(dsm.store, announcement_bytes("ZA1"), now=T0)
+        dsm._schedule_deadline()
+        assert dsm._deadline_at == T0 + 30  # the store's only
+        dsm.tree.touch("/lab/x", T0, lifetime=10.0)
+        dsm._schedule_deadline()
+        assert dsm._deadline_at == T0 + 10  # the tree's, earlier
+        dsm.tree.touch("/lab/y", T0, lifetime=60.0)
+        dsm._schedule_deadline()
+        assert dsm._deadline_at == T0 + 10  # a later one changes nothing
+    finally:
+        dsm.loop.close()
