@@ -4,15 +4,16 @@ Pure: no sockets, and every method that needs the time takes it (`now`, epoch se
 
 The `m` reply is one bytes join of a list kept up to date: per drive, in the table's order, its key
 (`"serial": `), its datagram without the closing brace, and its "tail": a separator, the added
-fields' JSON and `, `. A drive whose datagram is already in json.dumps' form (as drives send it) keeps only that
-"body" — the datagram without its last byte — which serves as the `m` part, as the key for
-recognising repeats, and (plus the brace) as the datagram; any other drive keeps the datagram and
-a re-encoded body. A drive heard again only goes on a list of stale tails, rebuilt at
-the next `m`. So a query over 10,000 drives of which a few changed costs a few
-`json.dumps` calls and a join, and a drive's data is held once, as its datagram. (Drives leave the
-table only all at once, by `w`, so each drive's place in the list never moves.) `s` is joined from
-per-serial fragments rebuilt only for serials that changed. A drive that repeats its previous announcement byte for byte —
-what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup, no JSON parsing.
+fields' JSON and `, `. A drive whose datagram is already in json.dumps' form (as drives send it)
+keeps only that "body" — the datagram without its last byte — which serves as the `m` part, as the
+key for recognising repeats, and (plus the brace) as the datagram; any other drive keeps the
+datagram and a re-encoded body. A drive heard again only goes on a list of stale tails, rebuilt at
+the next `m`. So a query over 10,000 drives of which a few changed costs a few `json.dumps` calls
+and a join, and a drive's data is held once, as its datagram. (Drives leave the table only all at
+once, by `w`, so each drive's place in the list never moves.) `s` is joined from per-serial
+fragments rebuilt only for serials that changed. A drive that repeats its previous announcement
+byte for byte — what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup,
+no JSON parsing.
 
 The store is the one source of truth for drive data: the Status Server's `/drives/` is a view derived
 from it (drive_view.py). `on_change`, when set, is told which serial changed in a way the view shows
