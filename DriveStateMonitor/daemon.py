@@ -36,7 +36,7 @@ from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_
                          StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
-from .multicast_socket import MulticastSetupError, open_multicast_socket
+from .multicast_socket import MulticastSetupError, open_multicast_socket, sole_interface
 from .options import parse_options
 from .persistence import Journal, close_inherited_fds, load_state
 from .sd_notify import notify as sd_notify
@@ -261,8 +261,11 @@ class DriveStateMonitor:
             mcast_sock = open_multicast_socket(opts.mcast_group, opts.mcast_port, self.interfaces)
         except MulticastSetupError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, str(exc))
+        sole = sole_interface(mcast_sock, self.interfaces)  # then datagrams come as index 0
+        if sole is not None:
+            self._iface_names = {0: sole.name}
         self.listeners.append(DatagramReader(self.loop, mcast_sock, "multicast",
-                                             self._on_datagram, with_ifindex=True))
+                                             self._on_datagram, with_ifindex=sole is None))
         self.ports = {
             "query_port": query_sock.getsockname()[1],
             "status_port": status_sock.getsockname()[1],
@@ -670,11 +673,12 @@ class DriveStateMonitor:
     # --- time ---------------------------------------------------------------------------------
     def _schedule_deadline(self) -> None:
         """Keeps one loop timer at the earliest deadline of the tree and the drive store."""
-        deadlines = [d for d in (self.tree.next_deadline(), self.store.next_deadline())
-                     if d is not None]
-        if not deadlines:
+        # Runs every loop pass (once per datagram at a few thousand a second): no list, no min().
+        due, store_due = self.tree.next_deadline(), self.store.next_deadline()
+        if due is None or (store_due is not None and store_due < due):
+            due = store_due
+        if due is None:
             return
-        due = min(deadlines)
         if self._deadline_timer is not None and not self._deadline_timer.cancelled:
             if self._deadline_at is not None and self._deadline_at <= due:
                 return

@@ -3,16 +3,17 @@
 Pure: no sockets, and every method that needs the time takes it (`now`, epoch seconds).
 
 The `m` reply is one bytes join of a list kept up to date: per drive, in the table's order, its key
-(`"serial": `), its datagram without the closing brace, a separator, the added fields' JSON and
-`, `. A drive whose datagram is already in json.dumps' form (as drives send it) keeps only that
-"body" — the datagram without its last byte — which serves as the `m` part, as the key for
-recognising repeats, and (plus the brace) as the datagram; any other drive keeps the datagram and
-a re-encoded body. A drive heard again only goes on a list of stale added
-fields, rebuilt at the next `m`. So a query over 10,000 drives of which a few changed costs a few
-`json.dumps` calls and a join, and a drive's data is held once, as its datagram. (Drives leave the
-table only all at once, by `w`, so each drive's place in the list never moves.) `s` is joined from
-per-serial fragments rebuilt only for serials that changed. A drive that repeats its previous announcement byte for byte —
-what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup, no JSON parsing.
+(`"serial": `), its datagram without the closing brace, and its "tail": a separator, the added
+fields' JSON and `, `. A drive whose datagram is already in json.dumps' form (as drives send it)
+keeps only that "body" — the datagram without its last byte — which serves as the `m` part, as the
+key for recognising repeats, and (plus the brace) as the datagram; any other drive keeps the
+datagram and a re-encoded body. A drive heard again only goes on a list of stale tails, rebuilt at
+the next `m`. So a query over 10,000 drives of which a few changed costs a few `json.dumps` calls
+and a join, and a drive's data is held once, as its datagram. (Drives leave the table only all at
+once, by `w`, so each drive's place in the list never moves.) `s` is joined from per-serial
+fragments rebuilt only for serials that changed. A drive that repeats its previous announcement
+byte for byte — what drives do every 5 s — is recognised by the raw bytes and costs a dict lookup,
+no JSON parsing.
 
 The store is the one source of truth for drive data: the Status Server's `/drives/` is a view derived
 from it (drive_view.py). `on_change`, when set, is told which serial changed in a way the view shows
@@ -24,7 +25,6 @@ from __future__ import annotations
 import collections
 import heapq
 import json
-import re
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -33,10 +33,11 @@ LAST_SEEN = "last_seen"
 LAST_SEEN_FORMAT = "%Y %b %d %H:%M:%S"
 ADDED_FIELDS = (LAST_SEEN, "last_seen_epoch", "source_address", "interface", "state")
 _ADDED = frozenset(ADDED_FIELDS)
-# A serial json.dumps would write as is between quotes (the common case): no encoder call needed.
-_PLAIN_JSON_TEXT = re.compile(r'[ !#-\[\]-~]*\Z')
+# json.dumps of a str (ensure_ascii), without json.dumps' Python layers.
+_json_string = json.encoder.encode_basestring_ascii
 ALIVE = "alive"
 EXPIRED = "expired"
+_NEVER = float("-inf")
 DEFAULT_HISTORY = 20
 # A flood of announcements with random serial numbers must not eat the memory: new drives past
 # this many are refused (and counted) until `w` clears the table.
@@ -45,11 +46,13 @@ DEFAULT_MAX_STATUS_SERIALS = 100_000
 
 
 class DriveRecord:
+    # Slots, and nothing per drive that can be derived (its cost, its fields): 10,000 drives are
+    # 10,000 of these (docs/performance.md, bytes per drive).
     __slots__ = ("serial", "body", "fields_prefix", "model", "firmware", "last_seen",
-                 "source_address", "interface", "slot", "added_json", "alive", "expiry_queued",
-                 "changed_at", "state_at", "cost")
+                 "source_address", "interface", "slot", "m_tail", "alive", "expiry_queued",
+                 "changed_at", "state_at", "journaled_at")
 
-    def __init__(self, serial: str) -> None:
+    def __init__(self, serial: str, slot: int = 0, now: float = 0.0) -> None:
         self.serial = serial
         # The datagram as the drive sent it, without its closing brace when fields_prefix is None;
         # the fields are parsed from it on demand.
@@ -61,13 +64,22 @@ class DriveRecord:
         self.last_seen = 0.0
         self.source_address = ""
         self.interface = ""
-        self.slot = 0  # where this drive's five parts of the `m` reply start in the parts list
-        self.added_json: Optional[bytes] = None  # `"last_seen": ...}` for `m`; None when stale
+        self.slot = slot  # where this drive's three parts of the `m` reply start in the parts list
+        # What follows the body in `m`: `, "last_seen": ...}, ` (the separator, the added
+        # fields, the comma before the next drive); None when stale.
+        self.m_tail: Optional[bytes] = None
         self.alive = True
         self.expiry_queued = False  # an entry for this drive is in the expiry heap
         self.changed_at = 0.0  # when the announcement's content last changed (epoch s)
-        self.state_at = 0.0    # when `alive` last flipped (or the drive was first heard)
-        self.cost = 0  # bytes charged against --max-store-bytes (drive_cost)
+        self.state_at = now    # when `alive` last flipped (or the drive was first heard)
+        # When a record of it last went to the journal (store_state.py; -inf: never).
+        self.journaled_at = _NEVER
+
+    @property
+    def cost(self) -> int:
+        """Bytes charged against --max-store-bytes: drive_cost of what it holds."""
+        own_json_len = 0 if self.fields_prefix is None else len(self.fields_prefix) + 1
+        return len(self.raw) + own_json_len + len(self.serial) + DRIVE_RECORD_OVERHEAD
 
     @property
     def fields(self) -> Dict[str, Any]:
@@ -94,6 +106,22 @@ STATUS_ENTRY_OVERHEAD = 96
 DRIVE_RECORD_OVERHEAD = 400
 
 
+# json.dumps(value) with its default options, without the new C encoder json.dumps builds on every
+# call (JSONEncoder.iterencode): a quarter of re-encoding a new drive's fields. json's own encoder
+# and options; no circular check, as nothing json.loads made has a cycle. Property-tested against
+# json.dumps (tests/test_drive_store.py).
+_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+if _C_ENCODER is not None:
+    _ENCODE = _C_ENCODER(None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii,
+                         None, ": ", ", ", False, False, True)
+
+    def dumps_default(value: Any) -> str:
+        """json.dumps(value) for a value json.loads made (no cycles)."""
+        return "".join(_ENCODE(value, 0))
+else:  # a Python built without _json
+    dumps_default = json.dumps
+
+
 def drive_cost(serial: str, raw: bytes, own_json: bytes) -> int:
     """Bytes of memory one stored drive is charged against --max-store-bytes."""
     return len(raw) + (0 if own_json == raw else len(own_json)) + len(serial) + \
@@ -116,8 +144,9 @@ class DriveStore:
         self.history = history
         # A drive not heard for this long is "expired" in `m` (None: drives never expire).
         self.drive_lifetime = drive_lifetime
-        # (deadline, serial); one entry per drive at most, re-queued when it comes due while the
-        # drive has been heard since — so announcements never grow the heap.
+        # (heard at, serial), due at heard at + drive_lifetime; one entry per drive at most,
+        # re-queued when it comes due while the drive has been heard since — so announcements
+        # never grow the heap. The time is the record's own last_seen object: no float per entry.
         self._expiry_heap: List[Tuple[float, str]] = []
         self.max_drives = max_drives
         self.max_status_serials = max_status_serials
@@ -170,51 +199,47 @@ class DriveStore:
         announcement that grows: the drive keeps what it had). Restores give no budget: what was
         stored before is never dropped."""
         drive = self.drives.get(serial)
-        if drive is None and len(self.drives) >= self.max_drives:
-            self.refused_drives += 1
-            return False
-        changed = drive is None or drive.raw != raw
-        if changed:
-            own = fields if _ADDED.isdisjoint(fields) else {
-                key: value for key, value in fields.items() if key not in _ADDED}
-            own_json = json.dumps(own).encode("utf-8")
-            cost = drive_cost(serial, raw, own_json)
-            if budget is not None:
-                old_cost = drive.cost if drive is not None else 0
-                if cost > old_cost and self.drive_bytes + cost - old_cost > budget:
-                    self.refused_drive_budget += 1
-                    return False
-        appeared = drive is None
         if drive is None:
-            drive = self.drives[serial] = DriveRecord(serial)
-            drive.slot = len(self._m_parts)
-            key = ('"%s": ' % serial if _PLAIN_JSON_TEXT.match(serial)
-                   else json.dumps(serial) + ": ").encode("utf-8")
-            self._m_parts += (key, b"", b"", b"", b", ")
-            self._stale.append(drive)
-            drive.state_at = now
+            if len(self.drives) >= self.max_drives:
+                self.refused_drives += 1
+                return False
+        elif drive.raw == raw:
+            self._heard(drive, now, source_address, interface)
+            return True
+        own = fields if _ADDED.isdisjoint(fields) else {
+            key: value for key, value in fields.items() if key not in _ADDED}
+        own_json = dumps_default(own).encode("utf-8")
+        cost = drive_cost(serial, raw, own_json)
+        old_cost = drive.cost if drive is not None else 0
+        if budget is not None and cost > old_cost and self.drive_bytes + cost - old_cost > budget:
+            self.refused_drive_budget += 1
+            return False
+        if drive is None:
             appeared = serial not in self.statuses  # its directory may exist for statuses
-        if changed:
+            drive = self.drives[serial] = DriveRecord(serial, len(self._m_parts), now)
+            key = (_json_string(serial) + ": ").encode("ascii")  # json.dumps(serial), in C
+            self._m_parts += (key, b"", b"")
+            self._stale.append(drive)
+        else:
+            appeared = False
             table = self._serial_by_body if drive.fields_prefix is None else self._serial_by_raw
             if table.get(drive.body) == serial:
                 del table[drive.body]
-            # Most drives share a model and a firmware: keep one string of each.
-            drive.model = self._shared(str(fields.get("model", "")))
-            drive.firmware = self._shared(str(fields.get("firmware_version", "")))
-            if own_json == raw:
-                drive.fields_prefix = None
-                drive.body = body = raw[:-1]
-                self._serial_by_body[body] = serial
-            else:
-                drive.fields_prefix = body = own_json[:-1]
-                drive.body = raw
-                self._serial_by_raw[raw] = serial
-            self._m_parts[drive.slot + 1] = body
-            self._m_parts[drive.slot + 2] = b", " if len(body) > 1 else b""
-            drive.changed_at = now
-            self.drive_bytes += cost - drive.cost
-            drive.cost = cost
-        self._heard(drive, now, source_address, interface, changed, appeared)
+        # Most drives share a model and a firmware: keep one string of each.
+        drive.model = self._shared(str(fields.get("model", "")))
+        drive.firmware = self._shared(str(fields.get("firmware_version", "")))
+        if own_json == raw:
+            drive.fields_prefix = None
+            drive.body = body = raw[:-1]
+            self._serial_by_body[body] = serial
+        else:
+            drive.fields_prefix = body = own_json[:-1]
+            drive.body = raw
+            self._serial_by_raw[raw] = serial
+        self._m_parts[drive.slot + 1] = body  # its tail (separator included) is stale: _heard
+        drive.changed_at = now
+        self.drive_bytes += cost - old_cost
+        self._heard(drive, now, source_address, interface, True, appeared)
         return True
 
     def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str,
@@ -228,38 +253,42 @@ class DriveStore:
         if not drive.alive:
             drive.alive = True
             drive.state_at = now
-        if drive.added_json is not None:
-            drive.added_json = None
+        if drive.m_tail is not None:
+            drive.m_tail = None
             self._stale.append(drive)
         self.drives_version += 1
         if visible and self.on_change is not None:
             self.on_change(drive.serial, now, appeared)
         if self.drive_lifetime is not None and not drive.expiry_queued:
             drive.expiry_queued = True
-            heapq.heappush(self._expiry_heap, (now + self.drive_lifetime, drive.serial))
+            heapq.heappush(self._expiry_heap, (drive.last_seen, drive.serial))
 
     def next_deadline(self) -> Optional[float]:
         """When `expire_due` may next have a drive to expire, or None."""
-        return self._expiry_heap[0][0] if self._expiry_heap else None
+        if not self._expiry_heap or self.drive_lifetime is None:
+            return None
+        return self._expiry_heap[0][0] + self.drive_lifetime
 
     def expire_due(self, now: float) -> List[str]:
         """Marks every drive silent for longer than the lifetime as expired; returns their serials."""
         expired: List[str] = []
         heap = self._expiry_heap
-        while heap and heap[0][0] <= now:
+        lifetime = self.drive_lifetime
+        if lifetime is None:
+            return expired
+        while heap and heap[0][0] + lifetime <= now:
             _, serial = heapq.heappop(heap)
             drive = self.drives.get(serial)
             if drive is None or not drive.expiry_queued:
                 continue  # wiped, or a stale entry
-            deadline = drive.last_seen + self.drive_lifetime
-            if deadline > now:
-                heapq.heappush(heap, (deadline, serial))
+            if drive.last_seen + lifetime > now:
+                heapq.heappush(heap, (drive.last_seen, serial))
                 continue
             drive.expiry_queued = False
             drive.alive = False
             drive.state_at = now
-            if drive.added_json is not None:
-                drive.added_json = None
+            if drive.m_tail is not None:
+                drive.m_tail = None
                 self._stale.append(drive)
             self.drives_version += 1
             expired.append(serial)
@@ -278,17 +307,20 @@ class DriveStore:
         """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}, followed by `end`."""
         parts = self._m_parts
         for drive in self._stale:
-            if drive.added_json is None and self.drives.get(drive.serial) is drive:
-                drive.added_json = json.dumps(self.added_fields(drive))[1:].encode("utf-8")
-                parts[drive.slot + 3] = drive.added_json
+            if drive.m_tail is None and self.drives.get(drive.serial) is drive:
+                separator = ", " if len(parts[drive.slot + 1]) > 1 else ""  # body "{": no fields
+                drive.m_tail = (separator + dumps_default(self.added_fields(drive))[1:]
+                                + ", ").encode("utf-8")
+                parts[drive.slot + 2] = drive.m_tail
         self._stale = []
         if len(parts) == 1:
             return b"{}" + end
-        parts[-1] = b"}" + end  # the last drive's separator closes the object, for this join
+        last_tail = parts[-1]
+        parts[-1] = last_tail[:-2] + b"}" + end  # the last drive's comma closes the object
         try:
             return b"".join(parts)
         finally:
-            parts[-1] = b", "
+            parts[-1] = last_tail
 
     def _shared(self, text: str) -> str:
         """One string object for each distinct short text (models, firmware, addresses)."""

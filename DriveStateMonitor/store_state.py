@@ -107,7 +107,6 @@ class StoreState:
         self.tree = tree
         self.publisher = publisher
         self.record: Optional[Recorder] = None
-        self._heard_recorded: Dict[str, float] = {}
         self._owned_at_crash: Dict[str, float] = {}  # replay: auto-expire objects never released
 
     def attach(self, record: Optional[Recorder]) -> None:
@@ -120,7 +119,7 @@ class StoreState:
         if self.record is not None:
             # The datagram is JSON already: embedded as it is, not encoded as a string.
             self.record(embedded_announcement(serial, raw, now, source, interface))
-            self._heard_recorded[serial] = now
+            self.store.drives[serial].journaled_at = now  # kept on the record: no table per drive
 
     def heard(self, serial: str, now: float, source: str, interface: str) -> None:
         # Drives repeat themselves every 5 s; one record per quarter lifetime keeps a restarted
@@ -128,9 +127,10 @@ class StoreState:
         if self.record is None:
             return
         lifetime = self.store.drive_lifetime or 60.0
-        if now - self._heard_recorded.get(serial, float("-inf")) >= lifetime / 4:
+        drive = self.store.drives[serial]
+        if now - drive.journaled_at >= lifetime / 4:
             self.record(["h", serial, now, source, interface])
-            self._heard_recorded[serial] = now
+            drive.journaled_at = now
 
     def status(self, serial: str, entry_json: bytes) -> None:
         if self.record is not None:
@@ -138,7 +138,6 @@ class StoreState:
             self.record(b'["s",%s,%s]' % (_json_string(serial).encode("ascii"), entry_json))
 
     def wiped(self, now: float) -> None:
-        self._heard_recorded.clear()
         if self.record is not None:
             self.record(["w", now])
 

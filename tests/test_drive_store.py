@@ -385,3 +385,145 @@ def test_m_keys_are_valid_json_for_any_serial(serial):
     raw = json.dumps(fields).encode()
     store.record_announcement(serial, fields, raw, T0, "10.0.0.1", "eth0")
     assert json.loads(store.multicast_json())[serial]["model"] == "M"
+
+
+# --- the `m` reply byte for byte, and the encoder it uses --------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from DriveStateMonitor.drive_store import DriveRecord, drive_cost, dumps_default  # noqa: E402
+
+_TEXT = st.text(st.characters(blacklist_categories=()), max_size=5)  # lone surrogates too
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES)
+def test_dumps_default_is_json_dumps(value):
+    assert dumps_default(value) == json.dumps(value)
+
+
+def _reference_m(store, end):
+    """The `m` reply as the original tool built it: json.dumps of every drive's view, in order."""
+    return json.dumps({serial: store.drive_view(serial) for serial in store.drives}).encode() + end
+
+
+_SERIALS = st.sampled_from(["A", "B", 'q"t', "caf\u00e9"])
+_DATAGRAM_FORMS = st.sampled_from(["dumps", "compact", "utf8", "empty", "added"])
+
+
+def _datagram(serial, form, variant):
+    fields = {"serial_number": serial, "model": "M%d" % variant, "n": [variant, {"x": 1.5}]}
+    if form == "dumps":
+        return fields, json.dumps(fields).encode()
+    if form == "compact":
+        return fields, json.dumps(fields, separators=(",", ":")).encode()
+    if form == "utf8":
+        fields["model"] += "\u00e9"
+        return fields, json.dumps(fields, ensure_ascii=False).encode()
+    if form == "added":
+        fields.update(state="x", last_seen=variant)
+        return fields, json.dumps(fields).encode()
+    return {}, b"{}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["announce", "repeat", "expire", "m", "wipe"]),
+                          _SERIALS, _DATAGRAM_FORMS, st.integers(0, 2)), max_size=25))
+def test_m_is_byte_for_byte_the_original_tools_json_after_any_history(steps):
+    store = DriveStore(drive_lifetime=10.0)
+    sent = {}
+    now = T0
+    for op, serial, form, variant in steps:
+        now += 3.7
+        if op == "announce":
+            fields, raw = _datagram(serial, form, variant)
+            assert store.record_announcement(serial, fields, raw, now, "10.0.0.%d" % variant,
+                                              "eth%d" % variant)
+            sent[serial] = raw
+        elif op == "repeat" and serial in sent:
+            store.refresh_repeat(sent[serial], now, "10.0.0.9", "eth9")
+        elif op == "expire":
+            store.expire_due(now + 20.0)
+        elif op == "wipe":
+            store.wipe(now)
+            sent.clear()
+        end = b"\x04" if variant else b""
+        assert store.multicast_json(end) == _reference_m(store, end)
+        assert store.drive_bytes == sum(
+            drive_cost(d.serial, d.raw, dumps_default(
+                {k: v for k, v in d.fields.items() if k not in ADDED_FIELDS}).encode())
+            for d in store.drives.values())
+
+
+def test_a_drive_record_keeps_no_per_drive_dict():
+    record = DriveRecord("A")
+    assert not hasattr(record, "__dict__")
+    # what a drive costs is derived from what it holds, not stored beside it
+    store = DriveStore()
+    raw = announcement_bytes("ZA1")
+    announce(store, raw)
+    assert store.drives["ZA1"].cost == drive_cost("ZA1", raw, raw) == store.drive_bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.5, 30.0), st.lists(st.tuples(st.sampled_from(["hear", "expire"]),
+                                                st.sampled_from("ABCD"), st.floats(0.0, 12.0)),
+                                      max_size=40))
+def test_expiry_matches_a_model_of_last_seen_plus_lifetime(lifetime, steps):
+    store = DriveStore(drive_lifetime=lifetime)
+    last_seen, alive = {}, {}
+    now = T0
+    for op, serial, step in steps:
+        now += step
+        if op == "hear":
+            raw = json.dumps({"serial_number": serial}).encode()
+            if store.refresh_repeat(raw, now, "10.0.0.1", "eth0") is None:
+                store.record_announcement(serial, {"serial_number": serial}, raw, now,
+                                          "10.0.0.1", "eth0")
+            last_seen[serial], alive[serial] = now, True
+        else:
+            expired = store.expire_due(now)
+            due = sorted(s for s in alive if alive[s] and last_seen[s] + lifetime <= now)
+            assert sorted(expired) == due
+            for s in due:
+                alive[s] = False
+        assert {s: d.alive for s, d in store.drives.items()} == alive
+        queued = [last_seen[s] + lifetime for s in alive if alive[s]]
+        if queued:  # the next wake-up is never after the first drive that is due
+            assert store.next_deadline() <= min(queued)
+
+
+def test_an_expiry_entry_holds_no_time_of_its_own():
+    store = DriveStore(drive_lifetime=60.0)
+    announce(store, announcement_bytes("ZA1"), now=T0 + 0.5)
+    (heard_at, serial), = store._expiry_heap
+    assert serial == "ZA1" and heard_at is store.drives["ZA1"].last_seen
+    assert store.next_deadline() == T0 + 0.5 + 60.0
+
+
+# --- the daemon's one deadline timer: the earlier of the tree's and the drive store's ----------
+def test_the_daemon_wakes_for_the_earlier_of_the_tree_and_the_store_deadlines(tmp_path):
+    from DriveStateMonitor.daemon import DriveStateMonitor
+    from DriveStateMonitor.options import parse_options
+    clock = [T0]
+    dsm = DriveStateMonitor(parse_options(
+        ["--query-port", "0", "--run-dir", str(tmp_path / "run"), "--log-dir", str(tmp_path),
+         "--state-dir", str(tmp_path / "state"), "--drive-lifetime", "30"]), clock=lambda: clock[0])
+    try:
+        dsm._schedule_deadline()
+        assert dsm._deadline_at is None  # nothing can expire: no timer
+        announce(dsm.store, announcement_bytes("ZA1"), now=T0)
+        dsm._schedule_deadline()
+        assert dsm._deadline_at == T0 + 30  # the store's only
+        dsm.tree.touch("/lab/x", T0, lifetime=10.0)
+        dsm._schedule_deadline()
+        assert dsm._deadline_at == T0 + 10  # the tree's, earlier
+        dsm.tree.touch("/lab/y", T0, lifetime=60.0)
+        dsm._schedule_deadline()
+        assert dsm._deadline_at == T0 + 10  # a later one changes nothing
+    finally:
+        dsm.loop.close()

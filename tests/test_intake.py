@@ -248,3 +248,49 @@ def test_the_walk_is_kept_for_escapes_and_deep_text():
     assert _needs_value_check('{"a": "\\ud800"}')
     assert _needs_value_check("[" * (_DEPTH + 1) + "]" * (_DEPTH + 1))
     assert not _needs_value_check('{"serial_number": "Z", "n": [1, {"a": 2.5}]}')
+
+
+# --- json_loads: the short-text decoder is the checked decoder ---------------------------------
+from hypothesis import assume  # noqa: E402
+
+from DriveStateMonitor import intake as _intake  # noqa: E402
+
+
+def _decoded(decoder, text):
+    try:
+        return ("value", decoder.decode(text))
+    except IntakeError as exc:
+        return ("refused", str(exc))
+    except (ValueError, RecursionError) as exc:
+        return ("error", type(exc).__name__)
+
+
+def _same_value(a, b):
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) and type(a) is type(b)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=st.sampled_from('{}[]",:0123456789-+.eE tnrufals\\N'), max_size=80),
+    _JSON_VALUES.map(json.dumps)))
+@example("1" * MAX_INT_DIGITS)
+@example("-" + "9" * (MAX_INT_DIGITS - 1))
+@example("[1e400]")
+@example("NaN")
+def test_short_texts_decode_exactly_as_the_checked_decoder_does(text):
+    assume(len(text) <= MAX_INT_DIGITS)
+    fast, full = _decoded(_intake._SHORT_TEXT_DECODER, text), _decoded(_intake._DECODER, text)
+    assert fast[0] == full[0], (text, fast, full)
+    if fast[0] == "value":
+        assert _same_value(fast[1], full[1]), (text, fast, full)
+    if fast[0] == "value":
+        assert _same_value(json_loads(text), full[1])  # json_loads takes the short decoder
+
+
+def test_only_texts_too_short_for_an_overlong_integer_take_the_short_decoder():
+    # the longest short text is one integer of exactly the largest servable length
+    assert json_loads("9" * MAX_INT_DIGITS) == int("9" * MAX_INT_DIGITS)
+    with pytest.raises(IntakeError):
+        json_loads("9" * (MAX_INT_DIGITS + 1))
+    with pytest.raises(IntakeError):
+        json_loads("[%s]" % ("9" * (MAX_INT_DIGITS + 1)))

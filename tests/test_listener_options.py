@@ -20,3 +20,35 @@ def test_accepted_connections_have_nodelay_from_the_listener():
                 assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
     finally:
         listener.close()
+
+
+# --- one interface: no per-datagram interface lookup -------------------------------------------
+def test_sole_interface_only_for_one_join_with_the_kernel_filter_on():
+    import socket as _socket
+
+    from DriveStateMonitor.event_loop import IP_PKTINFO
+    from DriveStateMonitor.interfaces import select_interfaces
+    from DriveStateMonitor.multicast_socket import open_multicast_socket, sole_interface
+    lo = select_interfaces(["lo"])
+    sock = open_multicast_socket("239.1.2.98", 0, lo)
+    try:
+        assert sock.getsockopt(_socket.IPPROTO_IP, IP_PKTINFO) == 1
+        assert sole_interface(sock, lo + lo) is None  # two joins: ask per datagram
+        assert sock.getsockopt(_socket.IPPROTO_IP, IP_PKTINFO) == 1
+        assert sole_interface(sock, lo) == lo[0]
+        assert sock.getsockopt(_socket.IPPROTO_IP, IP_PKTINFO) == 0  # not asked any more
+    finally:
+        sock.close()
+
+
+def test_no_sole_interface_where_the_kernel_would_deliver_other_joins():
+    from DriveStateMonitor.interfaces import select_interfaces
+    from DriveStateMonitor.multicast_socket import (IP_MULTICAST_ALL, open_multicast_socket,
+                                                    sole_interface)
+    lo = select_interfaces(["lo"])
+    sock = open_multicast_socket("239.1.2.98", 0, lo)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 1)  # as where the option is missing
+        assert sole_interface(sock, lo) is None
+    finally:
+        sock.close()
