@@ -337,6 +337,20 @@ def test_output_past_max_output_aborts_the_connection(loop, pairs):
     assert loop.handler_failures == 0
 
 
+def test_a_reply_written_below_the_high_water_mark_never_counts_as_a_client_not_reading(
+        loop, pairs):
+    # A pipelining protocol writes its next reply once output fell below the mark: the client
+    # holds the mark plus one reply at most, and whether it is reset must not depend on how much
+    # of the last reply the kernel happened to take.
+    transport, protocol, peer = pairs(loop, max_output=1000)
+    assert transport.high_water == 500
+    transport.write(b"x" * 400)
+    transport.write(b"y" * 900)  # past the cap, on top of output below the mark
+    assert not transport.closed
+    peer.read_until(loop, lambda p: len(p.received) == 1300, "both replies")
+    assert peer.received == b"x" * 400 + b"y" * 900
+
+
 def test_send_to_a_closed_peer_closes_only_this_connection(loop, pairs):
     transport, protocol, peer = pairs(loop)
     other, other_protocol, other_peer = pairs(loop)
