@@ -215,8 +215,9 @@ def needs_value_check(text: str) -> bool:
     """False when the value json_loads made of `text` certainly meets check_value, so the walk
     over it can be skipped (about a third of an announcement's parse).
 
-    After json_loads only two things check_value refuses can remain: a lone surrogate, which in
-    decoded text only a `\\u` escape can make, and nesting deeper than MAX_DEPTH, impossible with
+    `text` is decoded from UTF-8 (a datagram), so it holds no lone surrogate itself. After
+    json_loads only two things check_value refuses can remain: a lone surrogate, which in such
+    text only a `\\u` escape can make, and nesting deeper than MAX_DEPTH, impossible with
     at most MAX_DEPTH opening brackets in the whole text (JSON keys are strings; its numbers were
     checked while parsing). The equivalence is a property test (tests/test_intake.py).
     """
