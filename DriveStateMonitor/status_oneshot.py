@@ -75,7 +75,7 @@ class OneShotStatus:
     """A status connection until its first read (see the module docstring)."""
 
     __slots__ = ("port", "sock", "addr", "on_close", "closed", "last_activity", "_reply",
-                 "_closing", "_label", "_registered")
+                 "_closing", "_label", "_registered", "_transport")
 
     handles_input = True  # an exception in its handlers is this connection's, not the DSM's
     # What fair_shares.sweep and the daemon's idle rule read: no request is ever half-read here.
@@ -95,6 +95,7 @@ class OneShotStatus:
         self._closing = False
         self._label: Optional[str] = None
         self._registered = False
+        self._transport: Optional[StreamTransport] = None  # the general path's, once handed over
 
     @property
     def label(self) -> str:
@@ -168,7 +169,7 @@ class OneShotStatus:
     def _hand_over(self, data: bytes) -> StreamTransport:
         self.closed = True  # without closing the socket: it is the transport's now
         self._unregister()
-        transport = self.port.take_over(self)
+        transport = self._transport = self.port.take_over(self)
         if data:
             # Changes journaled from here on are the transport's to acknowledge (AckGuard).
             self.port.loop.current = transport
@@ -213,4 +214,10 @@ class OneShotStatus:
             pass
         self.on_close(self)
 
-    abort = close
+    def abort(self) -> None:
+        """Closes the connection at once: this handler's, or the transport's it was handed to (an
+        exception while the transport handles the bytes read here surfaces through this handler)."""
+        if self._transport is not None:
+            self._transport.abort()
+        else:
+            self.close()

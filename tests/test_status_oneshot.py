@@ -156,7 +156,7 @@ class Server:
     def _general(self, conn, label, on_close=None):
         transport = StreamTransport(self.loop, conn, label, on_close=on_close or self.on_close)
         self.open.add(transport)
-        transport.start(StatusConnection(transport, self.sink.store, self.sink.bad_input,
+        transport.start(StatusConnection(transport, self.port.store, self.sink.bad_input,
                                          self.max_message))
         return transport
 
@@ -384,6 +384,38 @@ def test_a_connection_accepted_later_never_overtakes_one_whose_status_is_on_its_
         while server.open:
             loop.run_once(max_wait=0.01)
         assert server.port.waiting == 0 and len(server.closed) == 2
+    finally:
+        server.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("at_accept", [True, False])
+def test_a_failure_while_the_general_path_handles_the_bytes_read_here_closes_that_connection(
+        at_accept):
+    # An exception handling one connection's input is that connection's problem: whichever
+    # handler holds the socket by then is closed and its slot given back, once.
+    loop = EventLoop()
+    sink = Sink()
+
+    def failing_store(report):
+        raise RuntimeError("a bug in storing")
+
+    server = Server(loop, sink)
+    server.port.store = failing_store
+    client = server.connect(ORIGINAL + ORIGINAL if at_accept else b"", then_close=False)
+    try:
+        if at_accept:
+            with pytest.raises(RuntimeError):  # the listener logs it and closes the socket
+                server.accept(one_shot=True)
+        else:
+            server.accept(one_shot=True)
+            client.sendall(ORIGINAL + ORIGINAL)
+        assert read_to_end(loop, client) == b""
+        (transport,) = server.closed
+        assert isinstance(transport, StreamTransport) and transport.closed and not server.open
+        assert server.port.waiting == 0
+        if not at_accept:
+            assert loop.input_failures == 1
     finally:
         server.close()
         loop.close()
