@@ -76,6 +76,23 @@ def is_dsm(pid: int) -> bool:
         return False
 
 
+def dsm_pids_with_run_dir(run_dir: str) -> List[int]:
+    """Pids of the DSM processes whose command line names `run_dir` (every test has its own)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(b"DriveStateMonitor.py") for arg in args) and \
+                os.fsencode(run_dir) in args:
+            found.append(int(entry))
+    return found
+
+
 def lock_held(run_dir: str) -> bool:
     fd = os.open(os.path.join(run_dir, "dsm.lock"), os.O_RDWR)
     try:
@@ -130,6 +147,9 @@ class Scripts:
 
     def cleanup(self) -> None:
         self.remember_pid()
+        # A runDSM that lost a start race leaves its DSM starting; on a loaded host it can take the
+        # lock only after the winner was stopped here, and outlive the test: find it by run dir.
+        self.pids += [pid for pid in dsm_pids_with_run_dir(self.run_dir) if pid not in self.pids]
         for pid in self.pids:
             if pid_alive(pid) and is_dsm(pid):
                 os.kill(pid, signal.SIGTERM)
@@ -437,3 +457,18 @@ def test_multicast_listener_copied_alone_runs(tmp_path):
         assert any(name.startswith("multicast_listener.") for name in compiled), compiled
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_cleanup_finds_a_dsm_started_with_the_run_dir_whose_pid_it_never_read(scripts, procs):
+    # What a runDSM that lost a start race leaves behind: a DSM of this run dir, pid file not ours.
+    late = subprocess.Popen([sys.executable, os.path.join(ROOT, "DriveStateMonitor",
+                                                          "DriveStateMonitor.py")]
+                            + scripts.dsm_args(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(late)
+    # (/proc/<pid>/cmdline reads empty for a moment after the spawn)
+    wait_for(lambda: dsm_pids_with_run_dir(scripts.run_dir) == [late.pid], 10,
+             "the DSM's command line")
+    assert dsm_pids_with_run_dir(scripts.run_dir + "-other") == []
+    scripts.cleanup()
+    assert late.wait(15) is not None
