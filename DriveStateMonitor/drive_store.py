@@ -78,8 +78,8 @@ class DriveRecord:
     @property
     def cost(self) -> int:
         """Bytes charged against --max-store-bytes: drive_cost of what it holds."""
-        own_json_len = 0 if self.fields_prefix is None else len(self.fields_prefix) + 1
-        return len(self.raw) + own_json_len + len(self.serial) + DRIVE_RECORD_OVERHEAD
+        return _cost(self.serial, self.raw,
+                     0 if self.fields_prefix is None else len(self.fields_prefix) + 1)
 
     @property
     def fields(self) -> Dict[str, Any]:
@@ -124,8 +124,12 @@ else:  # a Python built without _json
 
 def drive_cost(serial: str, raw: bytes, own_json: bytes) -> int:
     """Bytes of memory one stored drive is charged against --max-store-bytes."""
-    return len(raw) + (0 if own_json == raw else len(own_json)) + len(serial) + \
-        DRIVE_RECORD_OVERHEAD
+    return _cost(serial, raw, 0 if own_json == raw else len(own_json))
+
+
+def _cost(serial: str, raw: bytes, re_encoded: int) -> int:
+    """drive_cost, given the length of the re-encoded fields kept (0: the datagram serves)."""
+    return len(raw) + re_encoded + len(serial) + DRIVE_RECORD_OVERHEAD
 
 
 def status_cost(serial: str, entry_json: bytes) -> int:

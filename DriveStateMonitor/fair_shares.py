@@ -94,9 +94,7 @@ class ConnectionSlots:
         facts = peer_facts(addr)
         refused = self._refusal(facts)
         if refused is None:
-            self.open += 1
-            if facts is not None:
-                self.by_address[facts.key] += 1
+            self._count_opened(None if facts is None else facts.key)
         return refused
 
     def refusal(self, addr: Any) -> Optional[Tuple[str, str]]:
@@ -122,8 +120,10 @@ class ConnectionSlots:
         return None
 
     def opened(self, addr: Any) -> None:
+        self._count_opened(self._key(addr))
+
+    def _count_opened(self, key: Optional[str]) -> None:
         self.open += 1
-        key = self._key(addr)
         if key is not None:
             self.by_address[key] += 1
 

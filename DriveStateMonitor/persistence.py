@@ -99,6 +99,12 @@ def embedded_announcement(serial: str, datagram: bytes, now: float, source: str,
         _json_str(source), _json_str(interface), datagram)
 
 
+def status_record(serial: str, entry_json: bytes) -> bytes:
+    """The payload of a status record, `["s",serial,entry]`: the entry is JSON already (the `s`
+    reply's), embedded rather than encoded a second time."""
+    return b'["s",%s,%s]' % (_json_str(serial), entry_json)
+
+
 def _json_str(text: str) -> bytes:
     return json.encoder.encode_basestring_ascii(text).encode("ascii")
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
 from .announcement import Rejected, parse_announcement
-from .persistence import GAP_RECORD, Loaded, embedded_announcement
+from .persistence import GAP_RECORD, Loaded, embedded_announcement, status_record
 from .statserv_tree import LIMIT, StatServError, Tree
 
 log = logging.getLogger("dsm.state")
@@ -36,9 +36,6 @@ log = logging.getLogger("dsm.state")
 SNAPSHOT_FORMAT = 1
 Recorder = Callable[[List[Any]], None]
 
-
-# json.dumps(a str) without the encoder object it builds per call: the same ASCII text.
-_json_string = json.encoder.encode_basestring_ascii
 
 class JournaledTree(Tree):
     """A Tree whose client-facing changes (TOUCH, TOUCHDIR, PUT, REMOVE, RMDIR) are journaled.
@@ -134,8 +131,7 @@ class StoreState:
 
     def status(self, serial: str, entry_json: bytes) -> None:
         if self.record is not None:
-            # The entry is JSON already: embed it rather than encode it a second time.
-            self.record(b'["s",%s,%s]' % (_json_string(serial).encode("ascii"), entry_json))
+            self.record(status_record(serial, entry_json))
 
     def wiped(self, now: float) -> None:
         if self.record is not None:
