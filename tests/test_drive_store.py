@@ -392,12 +392,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from DriveStateMonitor.drive_store import DriveRecord, drive_cost, dumps_default  # noqa: E402
 
-_TEXT = st.text(st.characters(blacklist_categories=()), max_size=5)  # lone surrogates too
-_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | _TEXT,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
-    max_leaves=30)
+from test_intake import _JSON_VALUES as _VALUES  # noqa: E402  (any JSON value, lone surrogates too)
 
 
 @settings(max_examples=400, deadline=None)

@@ -200,27 +200,35 @@ def test_late_interface_is_not_used_even_when_another_program_joins_the_group_on
     dsm = start_dsm(dsm_factory)
     late_link()
     # MulticastListener.py, which the spec runs beside a DSM, joins the group on veth-c
+    heard_by_a_listener_not_by_the_dsm(dsm, "c", "NSC", "10.199.3.2")
+
+
+def heard_by_a_listener_not_by_the_dsm(dsm, link: str, serial: str, address: str) -> dict:
+    """Sends `serial`'s announcement from the peer side of `link` while MulticastListener.py
+    listens on veth-`link` in the namespace; the listener hears it there, `dsm` does not. Returns
+    the DSM's `m` once it heard the marker drive MARK on veth-a."""
+    iface = "veth-" + link
     err_path = os.path.join(tempfile.mkdtemp(prefix="dsmt"), "listener.err")
     with open(err_path, "wb") as err:
         listener = subprocess.Popen(
             ["ip", "netns", "exec", NS, sys.executable,
-             os.path.join(PACKAGE, "MulticastListener.py"), "-t", "30", "--interfaces", "veth-c",
+             os.path.join(PACKAGE, "MulticastListener.py"), "-t", "30", "--interfaces", iface,
              "--mcast-group", TEST_GROUP, "--mcast-port", str(dsm.mcast_port)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
     try:
         wait_for(lambda: listener.poll() is not None or "listening" in open(err_path).read(),
                  timeout=10, what="MulticastListener.py to listen")
         assert listener.poll() is None, open(err_path).read()
-        send_from_peer(dsm.mcast_port, [(LINKS["c"][3], drive_on("NSC", "10.199.3.2"))] * 3)
+        send_from_peer(dsm.mcast_port, [(LINKS[link][3], drive_on(serial, address))] * 3)
         drives = announce_until(dsm, [(LINKS["a"][3], drive_on("MARK", "10.199.1.2"))], ["MARK"])
     finally:
         if listener.poll() is None:
             listener.send_signal(signal.SIGTERM)
         out, _ = listener.communicate(timeout=15)
-    # the listener heard NSC on veth-c: the datagrams did arrive there
     heard = json.loads(out)
-    assert "NSC" in heard and heard["NSC"]["interface"] == "veth-c", heard
-    assert "NSC" not in drives, drives.get("NSC")
+    assert serial in heard and heard[serial]["interface"] == iface, heard  # they did arrive
+    assert serial not in drives, drives.get(serial)
+    return drives
 
 
 def test_dsm_on_one_interface_hears_only_it_even_when_another_program_joins_another(
@@ -228,25 +236,6 @@ def test_dsm_on_one_interface_hears_only_it_even_when_another_program_joins_anot
     # One interface: the DSM asks the kernel for no interface per datagram (sole_interface); the
     # kernel's own filter (IP_MULTICAST_ALL off) must keep every other interface's datagrams out.
     dsm = dsm_factory.start(interfaces="veth-a", prefix=["ip", "netns", "exec", NS])
-    err_path = os.path.join(tempfile.mkdtemp(prefix="dsmt"), "listener.err")
-    with open(err_path, "wb") as err:
-        listener = subprocess.Popen(
-            ["ip", "netns", "exec", NS, sys.executable,
-             os.path.join(PACKAGE, "MulticastListener.py"), "-t", "30", "--interfaces", "veth-b",
-             "--mcast-group", TEST_GROUP, "--mcast-port", str(dsm.mcast_port)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-    try:
-        wait_for(lambda: listener.poll() is not None or "listening" in open(err_path).read(),
-                 timeout=10, what="MulticastListener.py to listen")
-        assert listener.poll() is None, open(err_path).read()
-        send_from_peer(dsm.mcast_port, [(LINKS["b"][3], drive_on("NSB", "10.199.2.2"))] * 3)
-        drives = announce_until(dsm, [(LINKS["a"][3], drive_on("MARK", "10.199.1.2"))], ["MARK"])
-    finally:
-        if listener.poll() is None:
-            listener.send_signal(signal.SIGTERM)
-        out, _ = listener.communicate(timeout=15)
-    heard = json.loads(out)
-    assert "NSB" in heard and heard["NSB"]["interface"] == "veth-b", heard  # they did arrive
-    assert "NSB" not in drives, drives.get("NSB")
+    drives = heard_by_a_listener_not_by_the_dsm(dsm, "b", "NSB", "10.199.2.2")
     assert drives["MARK"]["interface"] == "veth-a"
     assert drives["MARK"]["source_address"] == "10.199.1.2"

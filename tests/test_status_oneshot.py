@@ -16,6 +16,7 @@ from DriveStateMonitor.status_oneshot import OneShotStatus, StatusPort
 from DriveStateMonitor.status_protocol import (MAX_MESSAGE, StatusError, StatusParser,
                                                parse_whole_flat_status)
 from DriveStateMonitor.status_service import StatusConnection
+from test_event_loop import StatusSink
 from test_status_protocol import STATUSES, outcome, render
 
 DEADLINE_S = 5.0
@@ -100,31 +101,22 @@ def test_a_status_over_max_message_is_left_to_the_general_path():
 
 
 # --- over sockets: the one-shot connection against the general path -------------------------------
-class Sink:
+class Sink(StatusSink):
     """The daemon's side, reduced to what a status connection asks of it."""
 
-    def __init__(self, refuse=None):
-        self.stored = []
-        self.bad = []
-        self.refuse = refuse
-
-    def store(self, report):
-        if self.refuse:
-            return self.refuse
-        self.stored.append((report.serial_number, report.entry_json))
-        return None
-
-    def bad_input(self, label, reason):
-        self.bad.append(reason)
+    @property
+    def stored(self):
+        return [(report.serial_number, report.entry_json) for report in self.reports]
 
 
 class Server:
-    """A loopback listener whose connections are served by the one-shot path or the general path,
-    as the daemon serves them (daemon._accept_status / _status_transport)."""
+    """A loopback listener, with a loop of its own, whose connections are served by the one-shot
+    path or the general path, as the daemon serves them (daemon._accept_status /
+    _status_transport)."""
 
-    def __init__(self, loop, sink, max_message=MAX_MESSAGE):
-        self.loop = loop
-        self.sink = sink
+    def __init__(self, sink=None, max_message=MAX_MESSAGE):
+        self.loop = loop = EventLoop()
+        self.sink = sink = sink or Sink()
         self.max_message = max_message
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.closed = []  # every handler whose connection closed, in order
@@ -168,6 +160,16 @@ class Server:
         for handler in list(self.open):
             handler.close()
         self.listener.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def server():
+    made = Server()
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 def read_to_end(loop, client, timeout=DEADLINE_S) -> bytes:
@@ -193,22 +195,25 @@ def read_to_end(loop, client, timeout=DEADLINE_S) -> bytes:
     return bytes(received)
 
 
+def run_until_all_closed(server):
+    deadline = time.monotonic() + DEADLINE_S
+    while server.open:  # the server's side closes in the same pass or the next
+        assert time.monotonic() < deadline, "connections still open: %r" % server.open
+        server.loop.run_once(max_wait=0.01)
+
+
 def served(data: bytes, one_shot: bool, sink_refuses=None, max_message=MAX_MESSAGE):
     """(reply bytes, stored entries, complaints, closes) of one connection that sent `data` and
     closed its side."""
-    loop = EventLoop()
-    sink = Sink(sink_refuses)
-    server = Server(loop, sink, max_message)
+    server = Server(Sink(sink_refuses), max_message)
     try:
         client = server.connect(data)
         server.accept(one_shot)
-        reply = read_to_end(loop, client)
-        while server.open:  # the server's side closes in the same pass or the next
-            loop.run_once(max_wait=0.01)
-        return reply, sink.stored, sink.bad, len(server.closed)
+        reply = read_to_end(server.loop, client)
+        run_until_all_closed(server)
+        return reply, server.sink.stored, server.sink.bad, len(server.closed)
     finally:
         server.close()
-        loop.close()
 
 
 INPUTS = [
@@ -243,10 +248,7 @@ def test_one_shot_and_general_path_agree_on_generated_statuses(value, form, afte
 
 
 # --- acknowledgement after the journal flush ------------------------------------------------------
-def test_the_ack_leaves_only_after_the_passes_journal_flush(tmp_path):
-    loop = EventLoop()
-    sink = Sink()
-    server = Server(loop, sink)
+def test_the_ack_leaves_only_after_the_passes_journal_flush(server):
     seen_by_flush = []
     client = server.connect(ORIGINAL, then_close=False)
     client.setblocking(False)
@@ -257,165 +259,112 @@ def test_the_ack_leaves_only_after_the_passes_journal_flush(tmp_path):
         except BlockingIOError:
             seen_by_flush.append(None)
 
-    loop.add_before_sleep(journal_flush)
-    try:
-        handler = server.accept(one_shot=True)
-        assert isinstance(handler, OneShotStatus) and sink.stored  # read and stored at accept
-        reply = read_to_end(loop, client)
-        assert reply == b"\x04" and seen_by_flush[0] is None
-        assert len(server.closed) == 1 and not server.open
-    finally:
-        server.close()
-        loop.close()
+    server.loop.add_before_sleep(journal_flush)
+    handler = server.accept(one_shot=True)
+    assert isinstance(handler, OneShotStatus) and server.sink.stored  # read and stored at accept
+    reply = read_to_end(server.loop, client)
+    assert reply == b"\x04" and seen_by_flush[0] is None
+    assert len(server.closed) == 1 and not server.open
 
 
-def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(tmp_path):
-    loop = EventLoop()
+def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(server, tmp_path):
     journal = Journal(str(tmp_path / "state"), FSYNC_ALWAYS, lambda: {"format": 1})
     assert journal.open(1)
-    guard = AckGuard(loop, journal)
-    loop.add_before_sleep(lambda: guard.flush(time.monotonic()))
-    sink = Sink()
+    guard = AckGuard(server.loop, journal)
+    server.loop.add_before_sleep(lambda: guard.flush(time.monotonic()))
 
     def store_and_journal(report):
-        sink.store(report)
+        server.sink.store(report)
         guard.record(["s", report.serial_number, 1])
         return None
 
-    server = Server(loop, sink)
     server.port.store = store_and_journal
     client = server.connect(ORIGINAL)
     os.close(journal._fd)  # the journal's next write fails (EBADF), as on a dying disk
     journal._fd = os.open(os.devnull, os.O_RDONLY)
     try:
         server.accept(one_shot=True)
-        assert sink.stored
-        assert read_to_end(loop, client) == b""  # closed unanswered, never a false ack
+        assert server.sink.stored
+        assert read_to_end(server.loop, client) == b""  # closed unanswered, never a false ack
         assert guard.withdrawn == 1 and journal.refusing
     finally:
-        server.close()
-        loop.close()
         journal.close()
 
 
 # --- a connection that says nothing, or says it late ----------------------------------------------
-def test_a_status_sent_after_the_accept_is_read_when_it_arrives():
-    loop = EventLoop()
-    sink = Sink()
-    server = Server(loop, sink)
+def test_a_status_sent_after_the_accept_is_read_when_it_arrives(server):
     client = server.connect(b"", then_close=False)
-    try:
-        handler = server.accept(one_shot=True)
-        assert not sink.stored and not handler.closed
-        client.sendall(ORIGINAL)
-        assert read_to_end(loop, client) == b"\x04"
-        assert [serial for serial, _ in sink.stored] == ["ZA1"] and len(server.closed) == 1
-    finally:
-        server.close()
-        loop.close()
+    handler = server.accept(one_shot=True)
+    assert not server.sink.stored and not handler.closed
+    client.sendall(ORIGINAL)
+    assert read_to_end(server.loop, client) == b"\x04"
+    assert [serial for serial, _ in server.sink.stored] == ["ZA1"] and len(server.closed) == 1
 
 
-def test_a_silent_connection_closes_once_at_shutdown_and_gives_its_slot_back():
-    loop = EventLoop()
-    server = Server(loop, Sink())
+def test_a_silent_connection_closes_once_at_shutdown_and_gives_its_slot_back(server):
     client = server.connect(b"", then_close=False)
-    try:
-        handler = server.accept(one_shot=True)
-        # what the daemon's idle sweep reads
-        assert handler.request_started is None and handler.reading and handler.protocol is None
-        handler.close_when_flushed()  # the daemon's shutdown
-        assert read_to_end(loop, client) == b""
-        handler.close()
-        assert server.closed == [handler] and handler.closed
-    finally:
-        server.close()
-        loop.close()
+    handler = server.accept(one_shot=True)
+    # what the daemon's idle sweep reads
+    assert handler.request_started is None and handler.reading and handler.protocol is None
+    handler.close_when_flushed()  # the daemon's shutdown
+    assert read_to_end(server.loop, client) == b""
+    handler.close()  # closing again gives nothing back twice
+    assert server.closed == [handler] and handler.closed
 
 
-def test_a_connection_closed_without_a_word_gives_its_slot_back_once():
-    loop = EventLoop()
-    server = Server(loop, Sink())
+def test_a_connection_closed_without_a_word_gives_its_slot_back_once(server):
     client = server.connect(b"")
-    try:
-        handler = server.accept(one_shot=True)
-        client.close()
-        deadline = time.monotonic() + DEADLINE_S
-        while not handler.closed:
-            assert time.monotonic() < deadline
-            loop.run_once(max_wait=0.01)
-        assert server.closed == [handler] and not server.open
-    finally:
-        server.close()
-        loop.close()
+    handler = server.accept(one_shot=True)
+    client.close()
+    run_until_all_closed(server)
+    assert server.closed == [handler] and handler.closed
 
 
-def test_a_handed_over_connection_gives_its_slot_back_once_through_its_transport():
-    loop = EventLoop()
-    server = Server(loop, Sink())
+def test_a_handed_over_connection_gives_its_slot_back_once_through_its_transport(server):
     client = server.connect(ORIGINAL[:20], then_close=False)
-    try:
-        handler = server.accept(one_shot=True)
-        (transport,) = server.open
-        assert isinstance(transport, StreamTransport) and handler.closed
-        client.sendall(ORIGINAL[20:])
-        assert read_to_end(loop, client) == b"\x04"
-        while server.open:
-            loop.run_once(max_wait=0.01)
-        assert server.closed == [transport]
-    finally:
-        server.close()
-        loop.close()
+    handler = server.accept(one_shot=True)
+    (transport,) = server.open
+    assert isinstance(transport, StreamTransport) and handler.closed
+    client.sendall(ORIGINAL[20:])
+    assert read_to_end(server.loop, client) == b"\x04"
+    run_until_all_closed(server)
+    assert server.closed == [transport]
 
 
-def test_a_connection_accepted_later_never_overtakes_one_whose_status_is_on_its_way():
+def test_a_connection_accepted_later_never_overtakes_one_whose_status_is_on_its_way(server):
     # A client with several connections in flight: A is accepted before its bytes arrive, B after.
-    loop = EventLoop()
-    sink = Sink()
-    server = Server(loop, sink)
     first = server.connect(b"", then_close=False)
-    try:
-        server.accept(one_shot=True)  # nothing there yet: A waits for readability
-        first.sendall(ORIGINAL.replace(b"ZA1", b"A"))
-        second = server.connect(ORIGINAL.replace(b"ZA1", b"B"))
-        server.accept(one_shot=True)  # B's status is there, but A's came first
-        assert sink.stored == [] and server.port.waiting == 2
-        assert read_to_end(loop, first) == b"\x04" and read_to_end(loop, second) == b"\x04"
-        assert [serial for serial, _ in sink.stored] == ["A", "B"]
-        while server.open:
-            loop.run_once(max_wait=0.01)
-        assert server.port.waiting == 0 and len(server.closed) == 2
-    finally:
-        server.close()
-        loop.close()
+    server.accept(one_shot=True)  # nothing there yet: A waits for readability
+    first.sendall(ORIGINAL.replace(b"ZA1", b"A"))
+    second = server.connect(ORIGINAL.replace(b"ZA1", b"B"))
+    server.accept(one_shot=True)  # B's status is there, but A's came first
+    assert server.sink.stored == [] and server.port.waiting == 2
+    assert read_to_end(server.loop, first) == b"\x04"
+    assert read_to_end(server.loop, second) == b"\x04"
+    assert [serial for serial, _ in server.sink.stored] == ["A", "B"]
+    run_until_all_closed(server)
+    assert server.port.waiting == 0 and len(server.closed) == 2
 
 
 @pytest.mark.parametrize("at_accept", [True, False])
 def test_a_failure_while_the_general_path_handles_the_bytes_read_here_closes_that_connection(
-        at_accept):
+        server, at_accept):
     # An exception handling one connection's input is that connection's problem: whichever
     # handler holds the socket by then is closed and its slot given back, once.
-    loop = EventLoop()
-    sink = Sink()
-
     def failing_store(report):
         raise RuntimeError("a bug in storing")
 
-    server = Server(loop, sink)
     server.port.store = failing_store
     client = server.connect(ORIGINAL + ORIGINAL if at_accept else b"", then_close=False)
-    try:
-        if at_accept:
-            with pytest.raises(RuntimeError):  # the listener logs it and closes the socket
-                server.accept(one_shot=True)
-        else:
+    if at_accept:
+        with pytest.raises(RuntimeError):  # the listener logs it and closes the socket
             server.accept(one_shot=True)
-            client.sendall(ORIGINAL + ORIGINAL)
-        assert read_to_end(loop, client) == b""
-        (transport,) = server.closed
-        assert isinstance(transport, StreamTransport) and transport.closed and not server.open
-        assert server.port.waiting == 0
-        if not at_accept:
-            assert loop.input_failures == 1
-    finally:
-        server.close()
-        loop.close()
+    else:
+        server.accept(one_shot=True)
+        client.sendall(ORIGINAL + ORIGINAL)
+    assert read_to_end(server.loop, client) == b""
+    (transport,) = server.closed
+    assert isinstance(transport, StreamTransport) and transport.closed and not server.open
+    assert server.port.waiting == 0
+    if not at_accept:
+        assert server.loop.input_failures == 1
