@@ -265,7 +265,8 @@ class DriveStateMonitor:
         if sole is not None:
             self._iface_names = {0: sole.name}
         self.listeners.append(DatagramReader(self.loop, mcast_sock, "multicast",
-                                             self._on_datagram, with_ifindex=sole is None))
+                                             self._on_datagram, with_ifindex=sole is None,
+                                             coalesce_s=opts.coalesce))
         self.ports = {
             "query_port": query_sock.getsockname()[1],
             "status_port": status_sock.getsockname()[1],

@@ -602,8 +602,15 @@ class Bench:
             "dsm": R.row("9", "  DSM lost", "%", "no loss where the floor loses none", None,
                          "{:.2f}"),
         }
+        # The same DSM code reading each datagram in a loop pass of its own, as the floor does: what
+        # coalescing (--coalesce, on by default) saves, shown beside the target rows.
+        uncoalesced = {
+            "dsm": R.row("9", "  DSM with --coalesce 0, per new drive", "µs", "", None, "{:.1f}"),
+            "ratio": R.row("9", "  DSM with --coalesce 0 / floor", "×", "", None, "{:.2f}"),
+        }
         floor = FloorServer()
         dsm = self.dsm()
+        dsm0 = self.dsm("--coalesce", "0")
         targets = {"floor": floor, "dsm": dsm}
         all_rows = [r for lv in rows.values() for r in lv.values()] + list(loss.values())
         try:
@@ -645,6 +652,12 @@ class Bench:
                     log("9: %s run %d: %s; lost %.2f %% at 10k new/s"
                         % (name, rep + 1, ", ".join("%s %.1f µs" % kv
                                                     for kv in per_op[name].items()), lost_pct))
+                dsm0.wipe()
+                count = int(5000 * d)
+                new0 = self._floor_announce(dsm0, uncoalesced["dsm"], count, 5000, d, count,
+                                            "F9u%dn" % rep)[0]
+                uncoalesced["dsm"].add(new0)
+                uncoalesced["ratio"].add(new0 / max(per_op["floor"]["new"], 1e-9))
                 for key, _, _ in measures:
                     rows[key]["floor"].add(per_op["floor"][key])
                     rows[key]["dsm"].add(per_op["dsm"][key])
@@ -654,6 +667,7 @@ class Bench:
                 loss["dsm"].checks.append("the DSM lost announcements where the floor lost none")
         finally:
             floor.stop()
+            self.finish(dsm0, list(uncoalesced.values()))
             self.finish(dsm, all_rows)
 
     def _floor_announce(self, target: Any, row: Row, ndrives: int, rate: int, duration: float,

@@ -433,6 +433,107 @@ def test_failing_datagram_handler_drops_that_datagram_only(loop):
         reader.close()
 
 
+def watched(loop, sock):
+    """Whether the loop's selector watches `sock`."""
+    try:
+        loop._selector.get_key(sock)
+        return True
+    except KeyError:
+        return False
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def datagram_pair():
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    yield receiver, lambda *payloads: [sender.sendto(p, receiver.getsockname()) for p in payloads]
+    sender.close()
+    receiver.close()
+
+
+def test_datagram_reader_coalesces_only_datagrams_that_come_close_together(loop, datagram_pair):
+    receiver, send = datagram_pair
+    clock, got = FakeClock(), []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.2, clock=clock)
+    send(b"1")
+    run_until(loop, lambda: got == [b"1"], "the first datagram")
+    assert watched(loop, receiver)  # it came to an idle socket: read at once, no timer
+    clock.now += 1.0
+    send(b"2")
+    run_until(loop, lambda: got == [b"1", b"2"], "a datagram a second later")
+    assert watched(loop, receiver)  # a second apart is not close together
+    clock.now += 0.01
+    send(b"3")
+    run_until(loop, lambda: len(got) == 3, "a datagram 10 ms later")
+    assert not watched(loop, receiver)  # close together: the timer reads from now on
+    send(b"4", b"5")
+    loop.run_once(max_wait=0.0)
+    assert got == [b"1", b"2", b"3"]  # they wait for the timer, in the kernel's buffer
+    run_until(loop, lambda: len(got) == 5, "the timer's batch")
+    assert got == [b"1", b"2", b"3", b"4", b"5"] and reader.coalesced_batches == 1
+    run_until(loop, lambda: watched(loop, receiver), "the selector watching again")
+    assert reader.coalesced_batches == 1  # the read that found nothing handed back to it
+    reader.close()
+
+
+def test_datagram_reader_without_coalescing_reads_each_datagram_as_it_comes(loop, datagram_pair):
+    receiver, send = datagram_pair
+    got = []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.0, clock=FakeClock())
+    for n in range(3):
+        send(b"%d" % n)
+        run_until(loop, lambda: len(got) == n + 1, "datagram %d" % n)
+        assert watched(loop, receiver)
+    reader.close()
+
+
+def test_a_full_coalesced_batch_reads_again_without_waiting(loop, datagram_pair, monkeypatch):
+    from DriveStateMonitor import event_loop
+    monkeypatch.setattr(event_loop, "DATAGRAMS_PER_EVENT", 4)
+    receiver, send = datagram_pair
+    clock, got = FakeClock(), []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.05, clock=clock)
+    delays = []
+    call_later = loop.call_later
+    monkeypatch.setattr(loop, "call_later", lambda delay, cb: delays.append(delay) or
+                        call_later(delay, cb))
+    send(b"a", b"b")
+    run_until(loop, lambda: len(got) == 2, "two datagrams")
+    assert delays == [0.05]  # the second came at the same (fake) instant: coalescing starts
+    send(*[b"%d" % n for n in range(12)])
+    run_until(loop, lambda: watched(loop, receiver), "the selector watching again")
+    assert got[2:] == [b"%d" % n for n in range(12)]
+    assert delays == [0.05, 0.0, 0.0, 0.0]  # three full batches, each read again at once
+    reader.close()
+
+
+def test_closing_a_coalescing_reader_cancels_its_timer(loop, datagram_pair):
+    receiver, send = datagram_pair
+    got = []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.01, clock=FakeClock())
+    send(b"a", b"b")
+    run_until(loop, lambda: reader._poll_timer is not None, "coalescing")
+    timer = reader._poll_timer
+    reader.close()
+    assert timer.cancelled and reader.closed
+    run_until(loop, lambda: not loop._timers or all(t.cancelled for _, _, t in loop._timers),
+              "the timer gone")
+    assert loop.internal_failures == 0
+
+
 # --- Listener ----------------------------------------------------------------------------------
 class FlakyListeningSocket(socket.socket):
     """A listening socket whose next `fail_with` accepts raise the given errno."""

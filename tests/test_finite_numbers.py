@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from DriveStateMonitor.options import non_negative_seconds, positive_seconds
+from DriveStateMonitor.options import (MAX_COALESCE_S, coalesce_seconds,
+                                       non_negative_seconds, parse_options, positive_seconds)
 from DriveStateMonitor.statserv_protocol import StatServSession
 from DriveStateMonitor.statserv_tree import StatServError, Tree
 from DriveStateMonitor.store_state import _check_tree_entry
@@ -106,3 +107,18 @@ def test_seconds_options_refuse_what_a_socket_timeout_cannot_hold(parse, text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse(text)
     assert parse("3e8") == 3e8
+
+
+@pytest.mark.parametrize("text", ["-0.001", "0.021", "1", "nan", "inf"])
+def test_coalesce_refuses_what_the_receive_buffer_cannot_hold(text, capsys):
+    with pytest.raises(argparse.ArgumentTypeError):
+        coalesce_seconds(text)
+    with pytest.raises(SystemExit):
+        parse_options(["--coalesce", text])
+    assert "--coalesce" in capsys.readouterr().err
+
+
+def test_coalesce_takes_zero_up_to_its_limit():
+    assert parse_options(["--coalesce", "0"]).coalesce == 0.0
+    assert parse_options(["--coalesce", str(MAX_COALESCE_S)]).coalesce == MAX_COALESCE_S
+    assert parse_options([]).coalesce == 0.005

@@ -199,6 +199,25 @@ def test_burst_of_bogus_datagrams_then_the_dsm_still_answers(dsm):
     assert dsm.proc.poll() is None
 
 
+@pytest.mark.parametrize("coalesce", ["0", "0.02"])
+def test_a_burst_of_new_drives_is_all_stored_in_order_whether_coalesced_or_not(dsm_factory,
+                                                                              coalesce):
+    dsm = dsm_factory.start("--coalesce", coalesce)
+    serials = ["BURST%03d" % n for n in range(300)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LOOPBACK))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        for serial in serials:
+            sock.sendto(announcement(serial), (TEST_GROUP, dsm.mcast_port))
+        sock.sendto(announcement(serials[0], firmware_version="9.9.9"),
+                    (TEST_GROUP, dsm.mcast_port))
+    drives = wait_for(lambda: (lambda m: m if len(m) == len(serials) and
+                               m[serials[0]]["firmware_version"] == "9.9.9" else None)(m_of(dsm)),
+                      timeout=10, what="the whole burst in m")
+    assert sorted(drives) == serials
+    assert all(drives[s]["firmware_version"] != "9.9.9" for s in serials[1:])
+
+
 def test_wipe_forgets_drives_and_a_repeat_brings_one_back(dsm):
     payload = announcement("WIPED1")
     announce_until(dsm, payload, lambda m: "WIPED1" in m, "WIPED1 in m")
