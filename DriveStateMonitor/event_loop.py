@@ -798,13 +798,14 @@ class DatagramReader(_ReadWatcher):
 
     Coalescing (`coalesce_s` > 0), as a network card's interrupt moderation or Linux's NAPI do it:
     a datagram that arrives while the socket is idle is read at once, but once datagrams come less
-    than `coalesce_s` apart (or several wait for one read) the socket leaves the selector and a timer reads it every `coalesce_s`
-    until a read finds nothing, when the selector watches it again. A busy socket then costs one
-    loop pass (a wakeup, the before-sleep hooks, one journal write) per batch rather than per
-    datagram, and each datagram waits at most `coalesce_s` (docs/performance.md). The kernel's
-    receive buffer holds what arrives meanwhile (multicast_socket.RECEIVE_BUFFER asks for 8 MiB,
-    6,553 datagrams of a drive's size; where the host caps it at Linux's default, 332: the limit
-    on --coalesce keeps 10,000 a second within that).
+    than `coalesce_s` apart (or several wait for one read) the socket leaves the selector and a
+    timer reads it every `coalesce_s` until a read finds nothing, when the selector watches it
+    again. A busy socket then costs one loop pass (a wakeup, the before-sleep hooks, one journal
+    write) per batch rather than per datagram, and each datagram waits at most `coalesce_s`
+    (docs/protocol.md, docs/performance.md). The kernel's receive buffer holds what arrives
+    meanwhile (multicast_socket.RECEIVE_BUFFER asks for 8 MiB, 6,553 datagrams of a drive's size;
+    where the host caps it at Linux's default, 332: options.MAX_COALESCE_S keeps 10,000 a second
+    within that).
     """
 
     def __init__(self, loop: EventLoop, sock: socket.socket, label: str,
@@ -818,7 +819,7 @@ class DatagramReader(_ReadWatcher):
         self.coalesce_s = coalesce_s
         self._last_read_at = float("-inf")  # monotonic s of the last batch or empty poll
         self._poll_timer: Optional[Timer] = None  # set while the timer, not the selector, reads
-        self.coalesced_batches = 0  # timer reads that found datagrams (for tests and /metrics)
+        self.coalesced_batches = 0  # timer reads that found datagrams
 
     def on_readable(self) -> None:
         read = self._read_batch()
@@ -827,7 +828,7 @@ class DatagramReader(_ReadWatcher):
             # Close together: several waited for this read, or the last read was moments ago.
             if (read > 1 or now - self._last_read_at < self.coalesce_s) and not self.closed:
                 self.loop.unregister(self.sock)
-                self._poll_timer = self.loop.call_later(self.coalesce_s, self._poll)
+                self._poll_after(read)
             self._last_read_at = now
 
     def _poll(self) -> None:
@@ -840,6 +841,9 @@ class DatagramReader(_ReadWatcher):
             self.loop.register(self.sock, selectors.EVENT_READ, self)
             return
         self.coalesced_batches += 1
+        self._poll_after(read)
+
+    def _poll_after(self, read: int) -> None:
         # A full batch means more is waiting: read again in this pass's timers, not a period later.
         delay = 0.0 if read >= DATAGRAMS_PER_EVENT else self.coalesce_s
         self._poll_timer = self.loop.call_later(delay, self._poll)

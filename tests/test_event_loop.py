@@ -519,6 +519,22 @@ def test_a_full_coalesced_batch_reads_again_without_waiting(loop, datagram_pair,
     reader.close()
 
 
+def test_a_full_first_read_goes_on_reading_at_once(loop, datagram_pair, monkeypatch):
+    from DriveStateMonitor import event_loop
+    monkeypatch.setattr(event_loop, "DATAGRAMS_PER_EVENT", 4)
+    receiver, send = datagram_pair
+    got, delays = [], []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.05, clock=FakeClock())
+    call_later = loop.call_later
+    monkeypatch.setattr(loop, "call_later", lambda delay, cb: delays.append(delay) or
+                        call_later(delay, cb))
+    send(*[b"%d" % n for n in range(6)])
+    run_until(loop, lambda: len(got) == 6 and watched(loop, receiver), "all six, then quiet")
+    assert delays == [0.0, 0.05]  # a full read (4): again at once; 2 left: then a period later
+    reader.close()
+
+
 def test_closing_a_coalescing_reader_cancels_its_timer(loop, datagram_pair):
     receiver, send = datagram_pair
     got = []
