@@ -835,7 +835,14 @@ class DatagramReader(_ReadWatcher):
         self._poll_timer = None
         if self.closed:
             return
-        read = self._read_batch()
+        try:
+            read = self._read_batch()
+        except Exception as exc:
+            # The socket's failure, counted as in selector mode; and the selector watches the
+            # socket again, since neither it nor a timer would read it: the DSM would go deaf.
+            self.loop.register(self.sock, selectors.EVENT_READ, self)
+            self.loop.handler_failed(self, exc)
+            return
         self._last_read_at = self.clock()
         if read == 0:  # quiet again: the next datagram wakes the loop itself
             self.loop.register(self.sock, selectors.EVENT_READ, self)

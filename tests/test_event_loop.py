@@ -550,6 +550,42 @@ def test_closing_a_coalescing_reader_cancels_its_timer(loop, datagram_pair):
     assert loop.internal_failures == 0
 
 
+class FailingDatagramSocket(socket.socket):
+    """A datagram socket whose next `recvfrom` raises `fail_with` (then it is cleared)."""
+
+    fail_with = None
+
+    def recvfrom(self, *args):
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
+        return super().recvfrom(*args)
+
+
+def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop):
+    # What escapes a read (a MemoryError for the 64 KiB buffer, say) is the socket's failure and
+    # counts toward the kill switch, as in selector mode; but the timer read it, the selector was
+    # not watching, and no next poll was set: the DSM heard no drive again.
+    receiver = FailingDatagramSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    got = []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.01, clock=FakeClock())
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"a", receiver.getsockname())
+            sender.sendto(b"b", receiver.getsockname())
+            run_until(loop, lambda: len(got) == 2, "two datagrams")
+            assert reader._poll_timer is not None and not watched(loop, receiver)  # coalescing
+            receiver.fail_with = MemoryError("no memory for a datagram")
+            run_until(loop, lambda: loop.internal_failures == 1, "the timer's read to fail")
+            sender.sendto(b"c", receiver.getsockname())
+            run_until(loop, lambda: got == [b"a", b"b", b"c"], "a datagram after the failure")
+        assert not reader.closed and loop.input_failures == 0
+    finally:
+        reader.close()
+
+
 # --- Listener ----------------------------------------------------------------------------------
 class FlakyListeningSocket(socket.socket):
     """A listening socket whose next `fail_with` accepts raise the given errno."""
