@@ -562,10 +562,15 @@ class FailingDatagramSocket(socket.socket):
         return super().recvfrom(*args)
 
 
-def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop):
+@pytest.mark.parametrize("failure, internal", [
+    (MemoryError("no memory for a datagram"), 1),  # escapes the read: the socket's failure
+    (ConnectionRefusedError(errno.ECONNREFUSED, "an ICMP error queued on the socket"), 0),
+])
+def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop, failure, internal):
     # What escapes a read (a MemoryError for the 64 KiB buffer, say) is the socket's failure and
     # counts toward the kill switch, as in selector mode; but the timer read it, the selector was
-    # not watching, and no next poll was set: the DSM heard no drive again.
+    # not watching, and no next poll was set: the DSM heard no drive again. An OSError is only
+    # logged, and the read that found nothing hands the socket back to the selector.
     receiver = FailingDatagramSocket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
     got = []
@@ -577,8 +582,9 @@ def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop):
             sender.sendto(b"b", receiver.getsockname())
             run_until(loop, lambda: len(got) == 2, "two datagrams")
             assert reader._poll_timer is not None and not watched(loop, receiver)  # coalescing
-            receiver.fail_with = MemoryError("no memory for a datagram")
-            run_until(loop, lambda: loop.internal_failures == 1, "the timer's read to fail")
+            receiver.fail_with = failure
+            run_until(loop, lambda: receiver.fail_with is None, "the timer's read to fail")
+            assert loop.internal_failures == internal
             sender.sendto(b"c", receiver.getsockname())
             run_until(loop, lambda: got == [b"a", b"b", b"c"], "a datagram after the failure")
         assert not reader.closed and loop.input_failures == 0
