@@ -1,0 +1,173 @@
+"""DatagramReader's coalescing (--coalesce) against every arrival pattern hypothesis can think of.
+
+The reader runs on a simulated loop (virtual time, timers on a heap, one socket the "selector" reports
+ready while datagrams wait) and a simulated socket (a queue, with failures injected into chosen
+reads): deterministic, and no real time passes. A pass does what EventLoop.run_once does: the ready
+socket's handler, then the timers due when the pass began (a timer set during the pass waits for the
+next one), then time moves on to the next arrival or timer if nothing is ready.
+
+The properties: the socket is always watched by exactly one of the selector and a poll timer (else
+the DSM is deaf), every datagram is handed on once and in order (those whose handler raises too),
+none waits longer than `coalesce_s` while reads do not fail, and a closed reader touches nothing.
+"""
+import collections
+import heapq
+from typing import Any, Callable, List
+
+from hypothesis import given, settings, strategies as st
+
+from DriveStateMonitor import event_loop
+from DriveStateMonitor.event_loop import DatagramReader, Timer
+
+
+class SimLoop:
+    """The part of EventLoop a DatagramReader uses, in virtual time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.watched: dict = {}
+        self.timers: List[Any] = []
+        self._seq = 0
+        self.input_failures = 0
+        self.internal_failures = 0
+
+    def register(self, sock: Any, events: int, handler: Any) -> None:
+        assert sock not in self.watched, "registered twice"
+        assert not sock.closed, "a closed socket registered"
+        self.watched[sock] = handler
+
+    def unregister(self, sock: Any) -> None:
+        self.watched.pop(sock, None)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self.now + delay, callback)
+        self._seq += 1
+        heapq.heappush(self.timers, (timer.when, self._seq, timer))
+        return timer
+
+    def live_timers(self) -> int:
+        return sum(not timer.cancelled for _, _, timer in self.timers)
+
+    def input_failed(self, label: Any, exc: BaseException, action: str) -> None:
+        self.input_failures += 1
+
+    def handler_failed(self, handler: Any, exc: BaseException) -> None:
+        self.internal_failures += 1
+
+    def run_pass(self, sock: "SimSocket") -> None:
+        handler = self.watched.get(sock)
+        if handler is not None and sock.queue:
+            try:
+                handler.on_readable()
+            except Exception as exc:
+                self.handler_failed(handler, exc)
+        last_seq = self._seq
+        while self.timers and self.timers[0][0] <= self.now and self.timers[0][1] <= last_seq:
+            _, _, timer = heapq.heappop(self.timers)
+            if timer.cancelled:
+                continue
+            timer.cancelled = True
+            try:
+                timer.callback()
+            except Exception as exc:
+                self.handler_failed(None, exc)
+
+    def next_timer_at(self) -> float:
+        while self.timers and self.timers[0][2].cancelled:
+            heapq.heappop(self.timers)
+        return self.timers[0][0] if self.timers else float("inf")
+
+
+class SimSocket:
+    """A non-blocking datagram socket: `queue` holds what the kernel holds; read number n raises
+    `failures[n]` instead, if there is one."""
+
+    def __init__(self, failures: dict) -> None:
+        self.queue: collections.deque = collections.deque()
+        self.failures = failures
+        self.reads = 0
+        self.closed = False
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def recvfrom(self, size: int) -> Any:
+        assert not self.closed, "read after close"
+        self.reads += 1
+        failure = self.failures.get(self.reads)
+        if failure is not None:
+            raise failure
+        if not self.queue:
+            raise BlockingIOError()
+        return self.queue.popleft(), ("10.0.0.1", 8123)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+FAILURES = st.sampled_from([MemoryError("no memory"), ConnectionRefusedError(111, "ICMP"),
+                            InterruptedError(), OSError(105, "ENOBUFS")])
+
+
+@settings(max_examples=400, deadline=None)
+@given(coalesce_s=st.sampled_from([0.0, 1e-9, 0.001, 0.005, 0.02]),
+       batch=st.integers(1, 6),
+       gaps=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 0.03)), max_size=60),
+       failures=st.dictionaries(st.integers(1, 80), FAILURES, max_size=4),
+       raising=st.sets(st.integers(0, 60), max_size=5),
+       close_after=st.one_of(st.none(), st.integers(0, 60)))
+def test_coalescing_never_goes_deaf_loses_reorders_or_delays_past_its_window(
+        coalesce_s, batch, gaps, failures, raising, close_after):
+    saved = event_loop.DATAGRAMS_PER_EVENT
+    event_loop.DATAGRAMS_PER_EVENT = batch  # small batches: full reads happen often
+    try:
+        loop, sock = SimLoop(), SimSocket(failures)
+        arrivals, at = [], 0.0
+        for gap in gaps:
+            at += gap
+            arrivals.append(at)
+        delivered: List[Any] = []
+
+        def on_datagram(data: int, sender: Any, ifindex: int) -> None:
+            delivered.append((data, loop.now))
+            if data in raising:  # the handler's failure: that datagram's problem only
+                raise ValueError("bad announcement %d" % data)
+
+        reader = DatagramReader(loop, sock, "multicast", on_datagram, with_ifindex=False,
+                                coalesce_s=coalesce_s, clock=lambda: loop.now)
+        pending = collections.deque(enumerate(arrivals))
+        for _ in range(20 * len(arrivals) + 100):  # bounded: each pass reads, or time moves on
+            while pending and pending[0][1] <= loop.now:
+                sock.queue.append(pending.popleft()[0])
+            if close_after is not None and len(delivered) >= close_after and not reader.closed:
+                reader.close()
+                closed_with = len(delivered)
+            loop.run_pass(sock)
+            if reader.closed:
+                assert not loop.watched and loop.live_timers() == 0
+            else:
+                # Exactly one of them reads the socket: both would read it twice over, neither
+                # never again.
+                assert (sock in loop.watched) + loop.live_timers() == 1
+                if coalesce_s == 0.0:
+                    assert sock in loop.watched
+            if reader.closed or (not pending and not sock.queue and sock in loop.watched):
+                break
+            if not (sock in loop.watched and sock.queue):  # nothing ready: time moves on
+                loop.now = max(loop.now, min(pending[0][1] if pending else float("inf"),
+                                             loop.next_timer_at()))
+        else:
+            raise AssertionError("the reader never settled")
+        numbers = [data for data, _ in delivered]
+        if reader.closed:
+            assert len(delivered) == closed_with and numbers == list(range(closed_with))
+            return
+        assert numbers == list(range(len(arrivals)))  # each once, in order
+        assert loop.input_failures == len(raising & set(numbers))
+        assert loop.internal_failures == sum(
+            isinstance(exc, MemoryError) for n, exc in failures.items() if n <= sock.reads)
+        if not failures:
+            waits = [when - arrivals[n] for n, when in delivered]
+            assert max(waits, default=0.0) <= coalesce_s + 1e-12
+    finally:
+        event_loop.DATAGRAMS_PER_EVENT = saved
