@@ -206,6 +206,7 @@ class DriveStateMonitor:
         self.interfaces: List[Interface] = []
         self._iface_names: Dict[int, str] = {}
         self.listeners: List[Any] = []
+        self._announcements: Optional[DatagramReader] = None
         self.transports: Set[StreamTransport] = set()
         self.counters: Dict[str, int] = collections.Counter()
         self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
@@ -264,9 +265,10 @@ class DriveStateMonitor:
         sole = sole_interface(mcast_sock, self.interfaces)  # then datagrams come as index 0
         if sole is not None:
             self._iface_names = {0: sole.name}
-        self.listeners.append(DatagramReader(self.loop, mcast_sock, "multicast",
+        self._announcements = DatagramReader(self.loop, mcast_sock, "multicast",
                                              self._on_datagram, with_ifindex=sole is None,
-                                             coalesce_s=opts.coalesce))
+                                             coalesce_s=opts.coalesce)
+        self.listeners.append(self._announcements)
         self.ports = {
             "query_port": query_sock.getsockname()[1],
             "status_port": status_sock.getsockname()[1],
@@ -691,6 +693,8 @@ class DriveStateMonitor:
     def _run_deadlines(self) -> None:
         self._deadline_timer = None
         self._deadline_at = None
+        if self._announcements is not None:
+            self._announcements.read_waiting()  # heard before the deadline, read after: alive
         now = self.clock()
         self.counters["expirations"] += self.tree.expire_due(now)
         for serial in self.store.expire_due(now):

@@ -850,6 +850,14 @@ class DatagramReader(_ReadWatcher):
         self.coalesced_batches += 1
         self._poll_after(read)
 
+    def read_waiting(self) -> None:
+        """Reads at once what waits while the timer holds the socket (the selector reports the
+        rest itself). The daemon calls it before expiring drives: an announcement that reached the
+        host before its drive's deadline keeps the drive alive, coalesced or not."""
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+            self._poll()
+
     def _poll_after(self, read: int) -> None:
         # A full batch means more is waiting: read again in this pass's timers, not a period later.
         delay = 0.0 if read >= DATAGRAMS_PER_EVENT else self.coalesce_s

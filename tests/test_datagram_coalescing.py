@@ -8,7 +8,8 @@ next one), then time moves on to the next arrival or timer if nothing is ready.
 
 The properties: the socket is always watched by exactly one of the selector and a poll timer (else
 the DSM is deaf), every datagram is handed on once and in order (those whose handler raises too),
-none waits longer than `coalesce_s` while reads do not fail, and a closed reader touches nothing.
+none waits longer than `coalesce_s` while reads do not fail, and a closed reader touches nothing;
+also when the daemon's expiry makes it read early (read_waiting).
 """
 import collections
 import heapq
@@ -115,9 +116,10 @@ FAILURES = st.sampled_from([MemoryError("no memory"), ConnectionRefusedError(111
        gaps=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 0.03)), max_size=60),
        failures=st.dictionaries(st.integers(1, 80), FAILURES, max_size=4),
        raising=st.sets(st.integers(0, 60), max_size=5),
-       close_after=st.one_of(st.none(), st.integers(0, 60)))
+       close_after=st.one_of(st.none(), st.integers(0, 60)),
+       expiries=st.sets(st.integers(0, 300), max_size=5))
 def test_coalescing_never_goes_deaf_loses_reorders_or_delays_past_its_window(
-        coalesce_s, batch, gaps, failures, raising, close_after):
+        coalesce_s, batch, gaps, failures, raising, close_after, expiries):
     saved = event_loop.DATAGRAMS_PER_EVENT
     event_loop.DATAGRAMS_PER_EVENT = batch  # small batches: full reads happen often
     try:
@@ -136,13 +138,15 @@ def test_coalescing_never_goes_deaf_loses_reorders_or_delays_past_its_window(
         reader = DatagramReader(loop, sock, "multicast", on_datagram, with_ifindex=False,
                                 coalesce_s=coalesce_s, clock=lambda: loop.now)
         pending = collections.deque(enumerate(arrivals))
-        for _ in range(20 * len(arrivals) + 100):  # bounded: each pass reads, or time moves on
+        for step in range(20 * len(arrivals) + 100):  # bounded: each pass reads, or time moves on
             while pending and pending[0][1] <= loop.now:
                 sock.queue.append(pending.popleft()[0])
             if close_after is not None and len(delivered) >= close_after and not reader.closed:
                 reader.close()
                 closed_with = len(delivered)
             loop.run_pass(sock)
+            if step in expiries:  # the daemon's expiry timer reads what the poll timer holds
+                reader.read_waiting()
             if reader.closed:
                 assert not loop.watched and loop.live_timers() == 0
             else:
@@ -171,3 +175,43 @@ def test_coalescing_never_goes_deaf_loses_reorders_or_delays_past_its_window(
             assert max(waits, default=0.0) <= coalesce_s + 1e-12
     finally:
         event_loop.DATAGRAMS_PER_EVENT = saved
+
+
+# --- the daemon: expiry reads what the coalescing timer holds first --------------------------------
+def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expiring(tmp_path):
+    # Drive ZA1 re-announced before its deadline, but the datagram waited in the kernel for the
+    # next batch when the expiry timer ran: ZA1 read "expired" (a "went silent" line, EXPIRED in
+    # the tree for its watchers) and came back 20 ms later. Expiry reads the socket first now.
+    import socket
+
+    from DriveStateMonitor.daemon import DriveStateMonitor
+    from DriveStateMonitor.options import parse_options
+    from dsm_harness import announcement
+
+    now = [1_700_000_000.0]
+    dsm = DriveStateMonitor(parse_options(
+        ["--run-dir", str(tmp_path / "run"), "--state-dir", str(tmp_path / "state"),
+         "--fsync", "no", "--drive-lifetime", "30", "--coalesce", "0.02"]), clock=lambda: now[0])
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dsm._restore()
+        dsm._iface_names = {0: "lo"}
+        dsm._announcements = DatagramReader(dsm.loop, receiver, "multicast", dsm._on_datagram,
+                                            with_ifindex=False, coalesce_s=0.02)
+        for serial in ("ZA1", "ZA2"):
+            sender.sendto(announcement(serial), receiver.getsockname())
+        dsm._announcements.on_readable()  # as the loop would: both at once, so the timer reads on
+        assert set(dsm.store.drives) == {"ZA1", "ZA2"} and dsm._announcements._poll_timer
+        now[0] += 30.0
+        sender.sendto(announcement("ZA1"), receiver.getsockname())  # waits for the timer
+        dsm._run_deadlines()
+        assert dsm.store.drives["ZA1"].alive and not dsm.store.drives["ZA2"].alive
+        assert dsm.counters["announcements"] == 3
+    finally:
+        sender.close()
+        if dsm._announcements is not None:
+            dsm._announcements.close()
+        dsm.journal.close()
+        dsm.loop.close()
