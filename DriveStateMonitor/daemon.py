@@ -693,7 +693,8 @@ class DriveStateMonitor:
     def _run_deadlines(self) -> None:
         self._deadline_timer = None
         self._deadline_at = None
-        if self._announcements is not None:
+        store_due = self.store.next_deadline()
+        if self._announcements is not None and store_due is not None and store_due <= self.clock():
             self._announcements.read_waiting()  # heard before the deadline, read after: alive
         now = self.clock()
         self.counters["expirations"] += self.tree.expire_due(now)

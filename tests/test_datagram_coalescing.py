@@ -203,8 +203,13 @@ def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expi
         for serial in ("ZA1", "ZA2"):
             sender.sendto(announcement(serial), receiver.getsockname())
         dsm._announcements.on_readable()  # as the loop would: both at once, so the timer reads on
-        assert set(dsm.store.drives) == {"ZA1", "ZA2"} and dsm._announcements._poll_timer
-        now[0] += 30.0
+        held_by = dsm._announcements._poll_timer
+        assert set(dsm.store.drives) == {"ZA1", "ZA2"} and held_by is not None
+        dsm.tree.touch("/lab/x", now[0], lifetime=10.0)
+        now[0] += 10.0
+        dsm._run_deadlines()  # only the tree's: the batch is left to the timer
+        assert dsm._announcements._poll_timer is held_by and dsm.counters["expirations"] == 1
+        now[0] += 20.0
         sender.sendto(announcement("ZA1"), receiver.getsockname())  # waits for the timer
         dsm._run_deadlines()
         assert dsm.store.drives["ZA1"].alive and not dsm.store.drives["ZA2"].alive
