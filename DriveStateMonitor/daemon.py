@@ -36,7 +36,8 @@ from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_
                          StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
-from .multicast_socket import MulticastSetupError, open_multicast_socket, sole_interface
+from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
+                               sole_interface)
 from .options import parse_options
 from .persistence import Journal, close_inherited_fds, load_state
 from .sd_notify import notify as sd_notify
@@ -839,6 +840,9 @@ class DriveStateMonitor:
             "bad_inputs": self.bad_input.total,
             "handler_failures": self.loop.input_failures,
             "internal_failures": self.loop.internal_failures,
+            "multicast_receive_drops": (receive_drops(self._announcements.sock)
+                                        if self._announcements is not None
+                                        and not self._announcements.closed else None),
         }
 
 

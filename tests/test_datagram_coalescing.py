@@ -214,9 +214,49 @@ def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expi
         dsm._run_deadlines()
         assert dsm.store.drives["ZA1"].alive and not dsm.store.drives["ZA2"].alive
         assert dsm.counters["announcements"] == 3
+        assert dsm.metrics_facts()["multicast_receive_drops"] == 0  # the reader's own socket
     finally:
         sender.close()
         if dsm._announcements is not None:
             dsm._announcements.close()
         dsm.journal.close()
         dsm.loop.close()
+
+
+# --- what coalescing relies on: the kernel's drops are counted ------------------------------------
+def test_receive_drops_counts_what_a_full_receive_buffer_lost():
+    import socket
+    import sys
+
+    import pytest
+
+    from DriveStateMonitor.multicast_socket import receive_drops
+    if not sys.platform.startswith("linux"):
+        pytest.skip("SO_MEMINFO is Linux's")
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel's minimum or so
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    try:
+        assert receive_drops(receiver) == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(200):  # loopback queues each at once: most find the buffer full
+                sender.sendto(b"x" * 500, receiver.getsockname())
+        received = 0
+        while True:
+            try:
+                receiver.recv(1024)
+            except BlockingIOError:
+                break
+            received += 1
+        assert 0 < received < 200 and receive_drops(receiver) == 200 - received
+    finally:
+        receiver.close()
+
+
+def test_the_drop_counter_is_a_metric_where_the_system_gives_it():
+    from DriveStateMonitor.metrics import empty_facts, render_metrics
+    facts = empty_facts()
+    assert "dsm_multicast_receive_drops" not in render_metrics(facts)  # None: not Linux
+    facts["multicast_receive_drops"] = 17
+    assert "\ndsm_multicast_receive_drops_total 17\n" in render_metrics(facts)
