@@ -19,7 +19,7 @@ from .interfaces import Interface
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 # Drives announce in bursts at start-up; a large receive buffer rides them out between loop passes.
 RECEIVE_BUFFER = 8 * 1024 * 1024
-# Linux's SO_MEMINFO (since 4.6) reads a socket's memory figures (include/uapi/linux/sock_diag.h):
+# Linux's SO_MEMINFO reads a socket's memory figures (include/uapi/linux/sock_diag.h):
 # SK_MEMINFO_DROPS counts the datagrams the kernel dropped on it, for want of receive buffer above
 # all — what --coalesce relies on to hold a batch.
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
@@ -93,8 +93,8 @@ def sole_interface(sock: socket.socket, interfaces: List[Interface]) -> Optional
 
 def receive_drops(sock: socket.socket) -> Optional[int]:
     """Datagrams the kernel dropped on `sock` since it was opened (its receive buffer was full, in
-    the main), from Linux's SO_MEMINFO; None where the system does not say (not Linux, or a kernel
-    older than 4.7, whose SO_MEMINFO has no drop count)."""
+    the main), from Linux's SO_MEMINFO; None where the system does not say (not Linux, or an old
+    kernel without SO_MEMINFO or its drop count)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
