@@ -1,10 +1,11 @@
 """DatagramReader's coalescing (--coalesce) against every arrival pattern hypothesis can think of.
 
-The reader runs on a simulated loop (virtual time, timers on a heap, one socket the "selector" reports
-ready while datagrams wait) and a simulated socket (a queue, with failures injected into chosen
-reads): deterministic, and no real time passes. A pass does what EventLoop.run_once does: the ready
-socket's handler, then the timers due when the pass began (a timer set during the pass waits for the
-next one), then time moves on to the next arrival or timer if nothing is ready.
+The reader runs on a simulated loop (virtual time, timers on a heap, one socket the "selector"
+reports ready while datagrams wait; chosen registrations fail as epoll_ctl can) and a simulated
+socket (a queue, with failures injected into chosen reads): deterministic, and no real time passes.
+A pass does what EventLoop.run_once does: the ready socket's handler, then the timers due when the
+pass began (a timer set during the pass waits for the next one), then time moves on to the next
+arrival or timer if nothing is ready.
 
 The properties: the socket is always watched by exactly one of the selector and a poll timer (else
 the DSM is deaf), every datagram is handed on once and in order (those whose handler raises too),
@@ -24,9 +25,11 @@ from DriveStateMonitor.event_loop import DatagramReader, Timer
 class SimLoop:
     """The part of EventLoop a DatagramReader uses, in virtual time."""
 
-    def __init__(self) -> None:
+    def __init__(self, register_failures: Any = ()) -> None:
         self.now = 0.0
         self.watched: dict = {}
+        self.registers = 0
+        self.register_failures = register_failures  # these register calls fail (epoll_ctl ENOMEM)
         self.timers: List[Any] = []
         self._seq = 0
         self.input_failures = 0
@@ -35,6 +38,9 @@ class SimLoop:
     def register(self, sock: Any, events: int, handler: Any) -> None:
         assert sock not in self.watched, "registered twice"
         assert not sock.closed, "a closed socket registered"
+        self.registers += 1
+        if self.registers in self.register_failures:
+            raise OSError(12, "Cannot allocate memory")
         self.watched[sock] = handler
 
     def unregister(self, sock: Any) -> None:
@@ -117,13 +123,14 @@ FAILURES = st.sampled_from([MemoryError("no memory"), ConnectionRefusedError(111
        failures=st.dictionaries(st.integers(1, 80), FAILURES, max_size=4),
        raising=st.sets(st.integers(0, 60), max_size=5),
        close_after=st.one_of(st.none(), st.integers(0, 60)),
-       expiries=st.sets(st.integers(0, 300), max_size=5))
+       expiries=st.sets(st.integers(0, 300), max_size=5),
+       register_failures=st.sets(st.integers(2, 40), max_size=6))
 def test_coalescing_never_goes_deaf_loses_reorders_or_delays_past_its_window(
-        coalesce_s, batch, gaps, failures, raising, close_after, expiries):
+        coalesce_s, batch, gaps, failures, raising, close_after, expiries, register_failures):
     saved = event_loop.DATAGRAMS_PER_EVENT
     event_loop.DATAGRAMS_PER_EVENT = batch  # small batches: full reads happen often
     try:
-        loop, sock = SimLoop(), SimSocket(failures)
+        loop, sock = SimLoop(register_failures), SimSocket(failures)
         arrivals, at = [], 0.0
         for gap in gaps:
             at += gap

@@ -592,6 +592,35 @@ def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop, failure
         reader.close()
 
 
+def test_a_selector_that_cannot_take_the_socket_back_leaves_the_timer_reading(
+        loop, datagram_pair, caplog, monkeypatch):
+    # epoll_ctl can refuse (ENOMEM; ENOSPC past fs.epoll.max_user_watches): the timer read that
+    # found nothing raised, and neither the selector nor a timer read the socket again.
+    receiver, send = datagram_pair
+    got = []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.01, clock=FakeClock())
+    send(b"a", b"b")
+    run_until(loop, lambda: len(got) == 2, "two datagrams")
+    assert not watched(loop, receiver)
+    register, refusals = loop.register, [OSError(errno.ENOSPC, "No space left on device")]
+
+    def refusing_register(sock, events, handler):
+        if refusals:
+            raise refusals.pop()
+        register(sock, events, handler)
+
+    monkeypatch.setattr(loop, "register", refusing_register)
+    with caplog.at_level(logging.ERROR, logger="dsm.loop"):
+        run_until(loop, lambda: not refusals, "the selector to refuse the socket")
+    assert reader._poll_timer is not None and "cannot watch" in caplog.text
+    send(b"c")
+    run_until(loop, lambda: got == [b"a", b"b", b"c"], "a datagram read by the timer")
+    run_until(loop, lambda: watched(loop, receiver), "the selector watching again")
+    assert loop.internal_failures == 0 and reader.watch_failures == 1
+    reader.close()
+
+
 # --- Listener ----------------------------------------------------------------------------------
 class FlakyListeningSocket(socket.socket):
     """A listening socket whose next `fail_with` accepts raise the given errno."""
