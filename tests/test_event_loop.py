@@ -539,7 +539,7 @@ def test_closing_a_coalescing_reader_cancels_its_timer(loop, datagram_pair):
     receiver, send = datagram_pair
     got = []
     reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
-                            with_ifindex=False, coalesce_s=0.01, clock=FakeClock())
+                            with_ifindex=False, coalesce_s=0.2, clock=FakeClock())
     send(b"a", b"b")
     run_until(loop, lambda: reader._poll_timer is not None, "coalescing")
     timer = reader._poll_timer
@@ -575,7 +575,7 @@ def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop, failure
     receiver.bind(("127.0.0.1", 0))
     got = []
     reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
-                            with_ifindex=False, coalesce_s=0.01, clock=FakeClock())
+                            with_ifindex=False, coalesce_s=0.2, clock=FakeClock())
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.sendto(b"a", receiver.getsockname())
@@ -599,7 +599,7 @@ def test_a_selector_that_cannot_take_the_socket_back_leaves_the_timer_reading(
     receiver, send = datagram_pair
     got = []
     reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
-                            with_ifindex=False, coalesce_s=0.01, clock=FakeClock())
+                            with_ifindex=False, coalesce_s=0.2, clock=FakeClock())
     send(b"a", b"b")
     run_until(loop, lambda: len(got) == 2, "two datagrams")
     assert not watched(loop, receiver)
