@@ -189,6 +189,7 @@ def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expi
     # Drive ZA1 re-announced before its deadline, but the datagram waited in the kernel for the
     # next batch when the expiry timer ran: ZA1 read "expired" (a "went silent" line, EXPIRED in
     # the tree for its watchers) and came back 20 ms later. Expiry reads the socket first now.
+    import select
     import socket
 
     from DriveStateMonitor.daemon import DriveStateMonitor
@@ -206,10 +207,16 @@ def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expi
         dsm._restore()
         dsm._iface_names = {0: "lo"}
         dsm._announcements = DatagramReader(dsm.loop, receiver, "multicast", dsm._on_datagram,
-                                            with_ifindex=False, coalesce_s=0.02)
+                                            with_ifindex=False, coalesce_s=0.02,
+                                            clock=lambda: 5.0)  # every read "moments" after the last
+
+        def arrived() -> None:  # what waits is readable (loopback delivers at once, almost always)
+            assert select.select([receiver], [], [], 5.0)[0], "the datagram never arrived"
+
         for serial in ("ZA1", "ZA2"):
             sender.sendto(announcement(serial), receiver.getsockname())
-        dsm._announcements.on_readable()  # as the loop would: both at once, so the timer reads on
+            arrived()
+            dsm._announcements.on_readable()  # as the loop would; the second starts coalescing
         held_by = dsm._announcements._poll_timer
         assert set(dsm.store.drives) == {"ZA1", "ZA2"} and held_by is not None
         dsm.tree.touch("/lab/x", now[0], lifetime=10.0)
@@ -218,6 +225,7 @@ def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expi
         assert dsm._announcements._poll_timer is held_by and dsm.counters["expirations"] == 1
         now[0] += 20.0
         sender.sendto(announcement("ZA1"), receiver.getsockname())  # waits for the timer
+        arrived()
         dsm._run_deadlines()
         assert dsm.store.drives["ZA1"].alive and not dsm.store.drives["ZA2"].alive
         assert dsm.counters["announcements"] == 3
