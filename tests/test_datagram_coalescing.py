@@ -184,7 +184,7 @@ def test_coalescing_never_goes_deaf_loses_reorders_or_delays_past_its_window(
         event_loop.DATAGRAMS_PER_EVENT = saved
 
 
-# --- the daemon: expiry reads what the coalescing timer holds first --------------------------------
+# --- the daemon: expiry reads what the coalescing timer holds first -------------------------------
 def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expiring(tmp_path):
     # Drive ZA1 re-announced before its deadline, but the datagram waited in the kernel for the
     # next batch when the expiry timer ran: ZA1 read "expired" (a "went silent" line, EXPIRED in
@@ -208,7 +208,7 @@ def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expi
         dsm._iface_names = {0: "lo"}
         dsm._announcements = DatagramReader(dsm.loop, receiver, "multicast", dsm._on_datagram,
                                             with_ifindex=False, coalesce_s=0.02,
-                                            clock=lambda: 5.0)  # every read "moments" after the last
+                                            clock=lambda: 5.0)  # each read "just after" the last
 
         def arrived() -> None:  # what waits is readable (loopback delivers at once, almost always)
             assert select.select([receiver], [], [], 5.0)[0], "the datagram never arrived"
@@ -238,7 +238,7 @@ def test_an_announcement_held_for_the_coalescing_timer_keeps_its_drive_from_expi
         dsm.loop.close()
 
 
-# --- what coalescing relies on: the kernel's drops are counted ------------------------------------
+# --- what coalescing relies on: the kernel's drops are counted -----------------------------------
 def test_receive_drops_counts_what_a_full_receive_buffer_lost():
     import socket
     import sys
