@@ -36,7 +36,8 @@ from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_
                          StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
-from .multicast_socket import MulticastSetupError, open_multicast_socket, sole_interface
+from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
+                               sole_interface)
 from .options import parse_options
 from .persistence import Journal, close_inherited_fds, load_state
 from .sd_notify import notify as sd_notify
@@ -206,6 +207,7 @@ class DriveStateMonitor:
         self.interfaces: List[Interface] = []
         self._iface_names: Dict[int, str] = {}
         self.listeners: List[Any] = []
+        self._announcements: Optional[DatagramReader] = None
         self.transports: Set[StreamTransport] = set()
         self.counters: Dict[str, int] = collections.Counter()
         self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
@@ -264,9 +266,10 @@ class DriveStateMonitor:
         sole = sole_interface(mcast_sock, self.interfaces)  # then datagrams come as index 0
         if sole is not None:
             self._iface_names = {0: sole.name}
-        self.listeners.append(DatagramReader(self.loop, mcast_sock, "multicast",
+        self._announcements = DatagramReader(self.loop, mcast_sock, "multicast",
                                              self._on_datagram, with_ifindex=sole is None,
-                                             coalesce_s=opts.coalesce))
+                                             coalesce_s=opts.coalesce)
+        self.listeners.append(self._announcements)
         self.ports = {
             "query_port": query_sock.getsockname()[1],
             "status_port": status_sock.getsockname()[1],
@@ -691,6 +694,9 @@ class DriveStateMonitor:
     def _run_deadlines(self) -> None:
         self._deadline_timer = None
         self._deadline_at = None
+        store_due = self.store.next_deadline()
+        if self._announcements is not None and store_due is not None and store_due <= self.clock():
+            self._announcements.read_waiting()  # heard before the deadline, read after: alive
         now = self.clock()
         self.counters["expirations"] += self.tree.expire_due(now)
         for serial in self.store.expire_due(now):
@@ -834,6 +840,9 @@ class DriveStateMonitor:
             "bad_inputs": self.bad_input.total,
             "handler_failures": self.loop.input_failures,
             "internal_failures": self.loop.internal_failures,
+            "multicast_receive_drops": (receive_drops(self._announcements.sock)
+                                        if self._announcements is not None
+                                        and not self._announcements.closed else None),
         }
 
 

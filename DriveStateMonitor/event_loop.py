@@ -820,6 +820,8 @@ class DatagramReader(_ReadWatcher):
         self._last_read_at = float("-inf")  # monotonic s of the last batch or empty poll
         self._poll_timer: Optional[Timer] = None  # set while the timer, not the selector, reads
         self.coalesced_batches = 0  # timer reads that found datagrams
+        self.watch_failures = 0  # times the selector could not take the socket back
+        self._watch_failure_logged = float("-inf")
 
     def on_readable(self) -> None:
         read = self._read_batch()
@@ -835,13 +837,44 @@ class DatagramReader(_ReadWatcher):
         self._poll_timer = None
         if self.closed:
             return
-        read = self._read_batch()
+        try:
+            read = self._read_batch()
+        except Exception as exc:
+            # The socket's failure, counted as in selector mode; and the selector watches the
+            # socket again, since neither it nor a timer would read it: the DSM would go deaf.
+            self._watch_again()
+            self.loop.handler_failed(self, exc)
+            return
         self._last_read_at = self.clock()
         if read == 0:  # quiet again: the next datagram wakes the loop itself
-            self.loop.register(self.sock, selectors.EVENT_READ, self)
+            self._watch_again()
             return
         self.coalesced_batches += 1
         self._poll_after(read)
+
+    def _watch_again(self) -> None:
+        """Hands the socket back to the selector; where epoll cannot take it (epoll_ctl: ENOMEM,
+        or ENOSPC past fs.epoll.max_user_watches) the timer goes on reading it instead — never
+        neither, or the DSM would hear no drive again. Logged at most once a minute."""
+        try:
+            self.loop.register(self.sock, selectors.EVENT_READ, self)
+        except OSError as exc:
+            self.watch_failures += 1
+            now = time.monotonic()
+            if now - self._watch_failure_logged >= ACCEPT_LOG_PERIOD_S:
+                self._watch_failure_logged = now
+                log.error("%s: the selector cannot watch it (%s); read every %g s instead "
+                          "(logged once a minute; %d such failures so far)", self.label,
+                          exc.strerror or exc, self.coalesce_s, self.watch_failures)
+            self._poll_timer = self.loop.call_later(self.coalesce_s, self._poll)
+
+    def read_waiting(self) -> None:
+        """Reads at once what waits while the timer holds the socket (the selector reports the
+        rest itself). The daemon calls it before expiring drives: an announcement that reached the
+        host before its drive's deadline keeps the drive alive, coalesced or not."""
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+            self._poll()
 
     def _poll_after(self, read: int) -> None:
         # A full batch means more is waiting: read again in this pass's timers, not a period later.

@@ -78,6 +78,12 @@ def render_metrics(facts: Mapping[str, Any]) -> str:
 
     family("dsm_announcements_total", "counter", "Multicast datagrams received.",
            [("", [], facts["announcements"])])
+    drops = facts.get("multicast_receive_drops")
+    if drops is not None:  # Linux only (multicast_socket.receive_drops)
+        family("dsm_multicast_receive_drops_total", "counter",
+               "Multicast datagrams the kernel dropped before the DSM read them (its receive "
+               "buffer was full: a burst beyond what --coalesce's wait and the buffer hold).",
+               [("", [], drops)])
     family("dsm_announcements_rejected_total", "counter",
            "Multicast datagrams dropped, by reason.",
            _by_label("reason", facts["announcements_rejected"]))
@@ -208,5 +214,5 @@ def empty_facts(version: str = "0") -> Dict[str, Any]:
         "journal": {"state": "ok", "records_written": 0, "records_dropped": 0, "fsyncs": 0,
                     "last_snapshot": 0.0},
         "loop_lag": LagHistogram(), "bad_inputs": 0, "handler_failures": 0,
-        "internal_failures": 0,
+        "internal_failures": 0, "multicast_receive_drops": None,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from typing import List, Optional
 
 from .event_loop import IP_PKTINFO
@@ -18,6 +19,12 @@ from .interfaces import Interface
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 # Drives announce in bursts at start-up; a large receive buffer rides them out between loop passes.
 RECEIVE_BUFFER = 8 * 1024 * 1024
+# Linux's SO_MEMINFO reads a socket's memory figures (include/uapi/linux/sock_diag.h):
+# SK_MEMINFO_DROPS counts the datagrams the kernel dropped on it, for want of receive buffer above
+# all — what --coalesce relies on to hold a batch.
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+SK_MEMINFO_DROPS = 8
+SK_MEMINFO_VARS = 9
 
 
 class MulticastSetupError(OSError):
@@ -82,3 +89,18 @@ def sole_interface(sock: socket.socket, interfaces: List[Interface]) -> Optional
     except OSError:
         return None
     return interfaces[0]
+
+
+def receive_drops(sock: socket.socket) -> Optional[int]:
+    """Datagrams the kernel dropped on `sock` since it was opened (its receive buffer was full, in
+    the main), from Linux's SO_MEMINFO; None where the system does not say (not Linux, or an old
+    kernel without SO_MEMINFO or its drop count)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+    except (OSError, ValueError):
+        return None
+    if len(raw) < 4 * (SK_MEMINFO_DROPS + 1):
+        return None
+    return struct.unpack_from("=I", raw, 4 * SK_MEMINFO_DROPS)[0]

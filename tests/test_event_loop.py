@@ -537,7 +537,7 @@ def test_closing_a_coalescing_reader_cancels_its_timer(loop, datagram_pair):
     receiver, send = datagram_pair
     got = []
     reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
-                            with_ifindex=False, coalesce_s=0.01, clock=FakeClock())
+                            with_ifindex=False, coalesce_s=0.2, clock=FakeClock())
     send(b"a", b"b")
     run_until(loop, lambda: reader._poll_timer is not None, "coalescing")
     timer = reader._poll_timer
@@ -548,6 +548,77 @@ def test_closing_a_coalescing_reader_cancels_its_timer(loop, datagram_pair):
     while time.monotonic() < end:
         loop.run_once(max_wait=0.01)
     assert got == [b"a", b"b"] and loop.internal_failures == 0
+
+
+class FailingDatagramSocket(socket.socket):
+    """A datagram socket whose next `recvfrom` raises `fail_with` (then it is cleared)."""
+
+    fail_with = None
+
+    def recvfrom(self, *args):
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
+        return super().recvfrom(*args)
+
+
+@pytest.mark.parametrize("failure, internal", [
+    (MemoryError("no memory for a datagram"), 1),  # escapes the read: the socket's failure
+    (ConnectionRefusedError(errno.ECONNREFUSED, "an ICMP error queued on the socket"), 0),
+])
+def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop, failure, internal):
+    # What escapes a read (a MemoryError for the 64 KiB buffer, say) is the socket's failure and
+    # counts toward the kill switch, as in selector mode; but the timer read it, the selector was
+    # not watching, and no next poll was set: the DSM heard no drive again. An OSError is only
+    # logged, and the read that found nothing hands the socket back to the selector.
+    receiver = FailingDatagramSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    got = []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.2, clock=FakeClock())
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"a", receiver.getsockname())
+            sender.sendto(b"b", receiver.getsockname())
+            run_until(loop, lambda: len(got) == 2, "two datagrams")
+            assert reader._poll_timer is not None and not watched(loop, receiver)  # coalescing
+            receiver.fail_with = failure
+            run_until(loop, lambda: receiver.fail_with is None, "the timer's read to fail")
+            assert loop.internal_failures == internal
+            sender.sendto(b"c", receiver.getsockname())
+            run_until(loop, lambda: got == [b"a", b"b", b"c"], "a datagram after the failure")
+        assert not reader.closed and loop.input_failures == 0
+    finally:
+        reader.close()
+
+
+def test_a_selector_that_cannot_take_the_socket_back_leaves_the_timer_reading(
+        loop, datagram_pair, caplog, monkeypatch):
+    # epoll_ctl can refuse (ENOMEM; ENOSPC past fs.epoll.max_user_watches): the timer read that
+    # found nothing raised, and neither the selector nor a timer read the socket again.
+    receiver, send = datagram_pair
+    got = []
+    reader = DatagramReader(loop, receiver, "multicast", lambda d, s, i: got.append(d),
+                            with_ifindex=False, coalesce_s=0.2, clock=FakeClock())
+    send(b"a", b"b")
+    run_until(loop, lambda: len(got) == 2, "two datagrams")
+    assert not watched(loop, receiver)
+    register, refusals = loop.register, [OSError(errno.ENOSPC, "No space left on device")]
+
+    def refusing_register(sock, events, handler):
+        if refusals:
+            raise refusals.pop()
+        register(sock, events, handler)
+
+    monkeypatch.setattr(loop, "register", refusing_register)
+    with caplog.at_level(logging.ERROR, logger="dsm.loop"):
+        run_until(loop, lambda: not refusals, "the selector to refuse the socket")
+    assert reader._poll_timer is not None and "cannot watch" in caplog.text
+    send(b"c")
+    run_until(loop, lambda: got == [b"a", b"b", b"c"], "a datagram read by the timer")
+    run_until(loop, lambda: watched(loop, receiver), "the selector watching again")
+    assert loop.internal_failures == 0 and reader.watch_failures == 1
+    reader.close()
 
 
 # --- Listener ----------------------------------------------------------------------------------
