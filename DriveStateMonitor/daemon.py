@@ -39,7 +39,7 @@ from .metrics import LagHistogram
 from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
                                sole_interface)
 from .options import parse_options
-from .persistence import Journal, close_inherited_fds, load_state
+from .persistence import FSYNC_ALWAYS, Journal, close_inherited_fds, load_state
 from .sd_notify import notify as sd_notify
 from .sd_notify import watchdog_interval
 from .query_protocol import END_BYTE, Query, encode_reply, error_reply
@@ -199,7 +199,8 @@ class DriveStateMonitor:
         # The snapshot child closes every inherited descriptor: listeners, connections, journal.
         self.journal.child_setup = close_inherited_fds
         self.ack_guard = AckGuard(self.loop, self.journal)
-        self.tree.refusing = lambda: self.journal.refusing
+        if self.journal.fsync == FSYNC_ALWAYS:  # no other policy refuses (Journal.refusing)
+            self.tree.refusing = lambda: self.journal.refusing
         self.saves = SaveWriter(self.loop, self.tree, os.path.join(options.state_dir, SAVE_SUBDIR))
         self._deadline_timer: Optional[Timer] = None
         self._deadline_at: Optional[float] = None

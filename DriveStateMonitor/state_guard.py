@@ -26,7 +26,7 @@ import os
 from typing import Any, Dict, Optional, Set, Tuple
 
 from .event_loop import EventLoop
-from .persistence import Journal, Loaded
+from .persistence import FSYNC_ALWAYS, Journal, Loaded
 
 log = logging.getLogger("dsm.state")
 
@@ -63,14 +63,17 @@ class AckGuard:
     def __init__(self, loop: EventLoop, journal: Journal) -> None:
         self.loop = loop
         self.journal = journal
+        # Only --fsync always refuses (Journal.refusing): other policies need no list per change.
+        self._may_withdraw = journal.fsync == FSYNC_ALWAYS
         self._acknowledgers: Set[Any] = set()  # StreamTransport, OneShotStatus
         self.withdrawn = 0  # connections closed so that an unsynced change is not acknowledged
 
     def record(self, record: Any) -> None:
         self.journal.record(record)
-        handler = self.loop.current
-        if getattr(handler, "handles_input", False):  # a connection (not a timer or datagram)
-            self._acknowledgers.add(handler)
+        if self._may_withdraw:
+            handler = self.loop.current
+            if getattr(handler, "handles_input", False):  # a connection (not a timer or datagram)
+                self._acknowledgers.add(handler)
 
     def flush(self, monotonic_now: float) -> None:
         """The loop's last before-sleep hook: write (and fsync) the pass's records."""
