@@ -706,8 +706,26 @@ class _ReadWatcher:
         self.sock = sock
         self.label = label
         self.closed = False
+        self.watch_failures = 0  # times the selector could not take the socket back
+        self._watch_log = _RateLimitedLog(1, ACCEPT_LOG_PERIOD_S)
         sock.setblocking(False)
         loop.register(sock, selectors.EVENT_READ, self)
+
+    def _watch_again(self, instead: str) -> bool:
+        """Hands the socket back to the selector after a pause; False where epoll cannot take it
+        (epoll_ctl: ENOMEM, or ENOSPC past fs.epoll.max_user_watches), and the caller must set a
+        timer to try again — never neither, or nothing would read the socket again. `instead`
+        says in the log what the caller does meanwhile; logged at most once a minute."""
+        try:
+            self.loop.register(self.sock, selectors.EVENT_READ, self)
+            return True
+        except OSError as exc:
+            self.watch_failures += 1
+            if self._watch_log.allow(time.monotonic()) is not None:
+                log.error("%s: the selector cannot watch it (%s); %s (logged once a minute; %d "
+                          "such failures so far)", self.label, exc.strerror or exc, instead,
+                          self.watch_failures)
+            return False
 
     def close(self) -> None:
         if not self.closed:
@@ -725,7 +743,7 @@ class Listener(_ReadWatcher):
         self.on_accept = on_accept
         self._backoff_s = ACCEPT_BACKOFF_S
         self._paused = False
-        self._last_logged = float("-inf")
+        self._accept_log = _RateLimitedLog(1, ACCEPT_LOG_PERIOD_S)
         self.out_of_descriptors = 0  # accepts that failed for want of a descriptor
         # socket.accept() turns the listener's family and type into enums on every call (a third
         # of its cost); the new socket is built from these plain ints instead, as accept() does.
@@ -762,9 +780,7 @@ class Listener(_ReadWatcher):
         """Stops watching the listener for a while (doubling up to ACCEPT_BACKOFF_MAX_S) instead of
         spinning on a listener that stays ready; logs at most once per ACCEPT_LOG_PERIOD_S."""
         self.out_of_descriptors += 1
-        now = time.monotonic()
-        if now - self._last_logged >= ACCEPT_LOG_PERIOD_S:
-            self._last_logged = now
+        if self._accept_log.allow(time.monotonic()) is not None:
             log.error("%s: cannot accept (%s); pausing accepts for %.1f s (logged once a minute; "
                       "%d such failures so far)", self.label, exc.strerror, self._backoff_s,
                       self.out_of_descriptors)
@@ -820,8 +836,6 @@ class DatagramReader(_ReadWatcher):
         self._last_read_at = float("-inf")  # monotonic s of the last batch or empty poll
         self._poll_timer: Optional[Timer] = None  # set while the timer, not the selector, reads
         self.coalesced_batches = 0  # timer reads that found datagrams
-        self.watch_failures = 0  # times the selector could not take the socket back
-        self._watch_failure_logged = float("-inf")
 
     def on_readable(self) -> None:
         read = self._read_batch()
@@ -842,30 +856,18 @@ class DatagramReader(_ReadWatcher):
         except Exception as exc:
             # The socket's failure, counted as in selector mode; and the selector watches the
             # socket again, since neither it nor a timer would read it: the DSM would go deaf.
-            self._watch_again()
+            self._selector_reads_again()
             self.loop.handler_failed(self, exc)
             return
         self._last_read_at = self.clock()
         if read == 0:  # quiet again: the next datagram wakes the loop itself
-            self._watch_again()
+            self._selector_reads_again()
             return
         self.coalesced_batches += 1
         self._poll_after(read)
 
-    def _watch_again(self) -> None:
-        """Hands the socket back to the selector; where epoll cannot take it (epoll_ctl: ENOMEM,
-        or ENOSPC past fs.epoll.max_user_watches) the timer goes on reading it instead — never
-        neither, or the DSM would hear no drive again. Logged at most once a minute."""
-        try:
-            self.loop.register(self.sock, selectors.EVENT_READ, self)
-        except OSError as exc:
-            self.watch_failures += 1
-            now = time.monotonic()
-            if now - self._watch_failure_logged >= ACCEPT_LOG_PERIOD_S:
-                self._watch_failure_logged = now
-                log.error("%s: the selector cannot watch it (%s); read every %g s instead "
-                          "(logged once a minute; %d such failures so far)", self.label,
-                          exc.strerror or exc, self.coalesce_s, self.watch_failures)
+    def _selector_reads_again(self) -> None:
+        if not self._watch_again("read every %g s instead" % self.coalesce_s):
             self._poll_timer = self.loop.call_later(self.coalesce_s, self._poll)
 
     def read_waiting(self) -> None:
