@@ -791,8 +791,10 @@ class Listener(_ReadWatcher):
 
     def _resume(self) -> None:
         if not self.closed and self._paused:
-            self._paused = False
-            self.loop.register(self.sock, selectors.EVENT_READ, self)
+            if self._watch_again("trying again in %.1f s" % self._backoff_s):
+                self._paused = False
+            else:
+                self.loop.call_later(self._backoff_s, self._resume)
 
     def close(self) -> None:
         if not self.closed and self._paused:

@@ -677,6 +677,35 @@ def test_listener_backs_off_when_out_of_descriptors_then_accepts(loop):
         listener.close()
 
 
+def test_listener_whose_selector_refuses_it_back_after_a_pause_tries_again(loop, caplog,
+                                                                          monkeypatch):
+    # The pause after EMFILE ends by registering the listener again; epoll_ctl can refuse that
+    # (ENOMEM: resources are short, which is why it paused). The port must not stay unwatched.
+    accepted = []
+    sock = listening(FlakyListeningSocket)
+    sock.fail_with = (errno.EMFILE,)
+    listener = Listener(loop, sock, "listener", lambda conn, addr: accepted.append(conn))
+    register, refusals = loop.register, [OSError(errno.ENOMEM, "Cannot allocate memory")]
+
+    def refusing_register(sock, events, handler):
+        if refusals:
+            raise refusals.pop()
+        register(sock, events, handler)
+
+    monkeypatch.setattr(loop, "register", refusing_register)
+    client = socket.create_connection(sock.getsockname())
+    try:
+        with caplog.at_level(logging.ERROR, logger="dsm.loop"):
+            run_until(loop, lambda: accepted, "an accept after the refused re-registration")
+        assert not refusals and listener.watch_failures == 1 and "cannot watch" in caplog.text
+        assert loop.handler_failures == 0
+    finally:
+        client.close()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
 def test_listener_keeps_listening_after_a_transient_accept_error(loop):
     accepted = []
     sock = listening(FlakyListeningSocket)
