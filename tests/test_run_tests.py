@@ -77,3 +77,53 @@ def test_a_clean_tox_run_that_skipped_a_version_is_not_success(monkeypatch, caps
     monkeypatch.setattr(run_tests.subprocess, "run", fake_run)
     assert run_tests.main([]) == 1
     assert "Python 3.12  did not run" in capsys.readouterr().out
+
+
+def test_a_failed_version_ends_with_what_failed_where_a_cut_log_still_shows_it(
+        tmp_path, monkeypatch, capsys):
+    # A real pytest run with one failing and one erroring test stands in for tox's py38 command.
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n\n"
+        "@pytest.fixture\ndef broken():\n    raise RuntimeError('fixture went wrong')\n\n"
+        "def test_fine():\n    pass\n\n"
+        "def test_off_by_one():\n    limit = 3\n    assert limit + 1 <= 3, 'over the limit'\n\n"
+        "def test_needs_fixture(broken):\n    pass\n")
+    pytest_run = subprocess.run([run_tests.sys.executable, "-m", "pytest", "-q", "-p",
+                                 "no:cacheprovider", str(tmp_path / "test_sample.py")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, cwd=str(tmp_path))
+    assert pytest_run.returncode == 1
+    monkeypatch.setattr(run_tests, "find_interpreter", {"3.8": "/opt/py38/bin/python3.8"}.get)
+    monkeypatch.setattr(run_tests, "have_tox", lambda: True)
+    real_run = run_tests.subprocess.run
+
+    def fake_tox(command, **kwargs):
+        with open(command[command.index("--result-json") + 1], "w") as f:
+            json.dump({"testenvs": {"py38": {
+                "result": {"success": False},
+                "setup": [{"retcode": 0, "output": "installed pytest\n", "err": ""}],
+                "test": [{"retcode": 1, "output": pytest_run.stdout, "err": pytest_run.stderr}],
+            }}}, f)
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(run_tests.subprocess, "run", fake_tox)
+    try:
+        assert run_tests.main([]) == 1
+    finally:
+        monkeypatch.setattr(run_tests.subprocess, "run", real_run)
+    out = capsys.readouterr().out
+    tail = out[out.index("runTests: results:"):]
+    assert "what failed under Python 3.8:" in tail
+    assert "test_off_by_one:" in tail and "over the limit" in tail
+    assert "test_sample.py:12: AssertionError" in tail
+    assert "FAILED test_sample.py::test_off_by_one" in tail
+    assert "ERROR test_sample.py::test_needs_fixture" in tail
+    assert "1 failed, 1 passed, 1 error" in tail
+    assert "installed pytest" not in tail  # a setup step that worked is not reported
+
+
+def test_a_version_that_failed_before_pytest_shows_the_end_of_what_it_printed():
+    report = run_tests.failure_report({"setup": [{"retcode": 1, "output": "Collecting x\n",
+                                                  "err": "ERROR: No matching distribution\n"}]})
+    assert report == ["  Collecting x", "  ERROR: No matching distribution"]
+    assert run_tests.failure_report(None) == []
