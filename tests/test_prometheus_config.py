@@ -23,7 +23,8 @@ RULES = os.path.join(PROM_DIR, "dsm-alerts.yml")
 RULE_TESTS = os.path.join(PROM_DIR, "dsm-alerts.test.yml")
 
 ALERTS = {"DriveSilent", "DSMDown", "DSMJournalFailing", "DSMNoSnapshot", "DSMStateDamaged",
-          "DSMEventLoopLag", "DSMHandlerFailures", "DSMInternalFailures"}
+          "DSMEventLoopLag", "DSMHandlerFailures", "DSMInternalFailures",
+          "DSMAnnouncementsDropped"}
 # Labels Prometheus adds to every scraped series (the DSM itself adds no host label).
 TARGET_LABELS = {"job", "instance"}
 
@@ -84,7 +85,7 @@ def rendered_samples() -> Dict[str, Set[str]]:
         connections_refused={"limit": 0}, http_requests={("metrics", 200): 1},
         journal={"state": "ok", "records_written": 1, "records_dropped": 0, "fsyncs": 1,
                  "last_snapshot": 1795516000.0},
-        loop_lag=lag)
+        loop_lag=lag, multicast_receive_drops=3)
     samples: Dict[str, Set[str]] = {}
     for line in render_metrics(facts).splitlines():
         if not line or line.startswith("#"):
@@ -142,7 +143,14 @@ def test_every_metric_in_the_rules_is_rendered_by_the_dsm():
             used.add(metric)
     assert {"dsm_drive_last_seen_timestamp_seconds", "dsm_drive_info", "dsm_journal_healthy",
             "dsm_journal_last_snapshot_timestamp_seconds", "dsm_start_time_seconds",
-            "dsm_event_loop_lag_seconds_bucket", "dsm_handler_failures_total"} <= used
+            "dsm_event_loop_lag_seconds_bucket", "dsm_handler_failures_total",
+            "dsm_multicast_receive_drops_total"} <= used
+
+
+def test_the_protocol_doc_lists_every_alert():
+    with open(os.path.join(ROOT, "docs", "protocol.md"), encoding="utf-8") as f:
+        listed = set(re.findall(r"^\| `([A-Za-z]+)` \|", f.read(), re.M))
+    assert ALERTS <= listed, ALERTS - listed
 
 
 def test_labels_the_rules_join_on_exist():
