@@ -12,6 +12,14 @@ if ROOT not in sys.path:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dsm_harness import DsmFactory  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Hypothesis's too_slow check times how fast this host draws examples, not what the code does: a
+# loaded CI machine can fail it on a strategy that is fine. Each @given test sets its own example
+# count and deadline=None; the checks about the strategies themselves stay on. print_blob: a
+# failure prints the @reproduce_failure line, so a CI log is enough to replay it.
+settings.register_profile("dsm", suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.load_profile("dsm")
 
 
 @pytest.fixture

@@ -127,3 +127,10 @@ def test_a_version_that_failed_before_pytest_shows_the_end_of_what_it_printed():
                                                   "err": "ERROR: No matching distribution\n"}]})
     assert report == ["  Collecting x", "  ERROR: No matching distribution"]
     assert run_tests.failure_report(None) == []
+
+
+def test_the_suite_runs_hypothesis_without_its_host_speed_check_and_prints_replay_blobs():
+    from hypothesis import HealthCheck, settings
+    assert HealthCheck.too_slow in settings().suppress_health_check
+    assert HealthCheck.filter_too_much not in settings().suppress_health_check
+    assert settings().print_blob
