@@ -7,6 +7,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -87,7 +88,11 @@ def test_a_failed_version_ends_with_what_failed_where_a_cut_log_still_shows_it(
         "@pytest.fixture\ndef broken():\n    raise RuntimeError('fixture went wrong')\n\n"
         "def test_fine():\n    pass\n\n"
         "def test_off_by_one():\n    limit = 3\n    assert limit + 1 <= 3, 'over the limit'\n\n"
-        "def test_needs_fixture(broken):\n    pass\n")
+        "def test_needs_fixture(broken):\n    pass\n\n"
+        "from hypothesis import given, settings, strategies as st\n\n"
+        "@settings(print_blob=True, database=None)\n@given(st.lists(st.integers()))\n"
+        "def test_long_lists(values):\n"
+        "    assert len(values) < 3, '\\n'.join('line %d of a long story' % n for n in range(30))\n")
     pytest_run = subprocess.run([run_tests.sys.executable, "-m", "pytest", "-q", "-p",
                                  "no:cacheprovider", str(tmp_path / "test_sample.py")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -118,7 +123,10 @@ def test_a_failed_version_ends_with_what_failed_where_a_cut_log_still_shows_it(
     assert "test_sample.py:12: AssertionError" in tail
     assert "FAILED test_sample.py::test_off_by_one" in tail
     assert "ERROR test_sample.py::test_needs_fixture" in tail
-    assert "1 failed, 1 passed, 1 error" in tail
+    assert re.search(r"\n  2 failed, 1 passed, (\d+ warnings?, )?1 error in ", tail), tail
+    # 30 lines of message, then hypothesis's example and replay line: the end is kept too
+    assert "test_long_lists:" in tail and "@reproduce_failure(" in tail
+    assert "Falsifying example: test_long_lists(" in tail and "line 0 of a long story" in tail
     assert "installed pytest" not in tail  # a setup step that worked is not reported
 
 
