@@ -594,6 +594,20 @@ def test_a_failure_while_the_timer_reads_leaves_the_socket_watched(loop, failure
         reader.close()
 
 
+def refuse_next_register(loop, monkeypatch, refusal: OSError) -> list:
+    """The loop's next register() raises `refusal`, as epoll_ctl can (ENOMEM; ENOSPC past
+    fs.epoll.max_user_watches); later ones work. Returns the pending refusals (empty once used)."""
+    register, refusals = loop.register, [refusal]
+
+    def refusing_register(sock, events, handler):
+        if refusals:
+            raise refusals.pop()
+        register(sock, events, handler)
+
+    monkeypatch.setattr(loop, "register", refusing_register)
+    return refusals
+
+
 def test_a_selector_that_cannot_take_the_socket_back_leaves_the_timer_reading(
         loop, datagram_pair, caplog, monkeypatch):
     # epoll_ctl can refuse (ENOMEM; ENOSPC past fs.epoll.max_user_watches): the timer read that
@@ -605,14 +619,8 @@ def test_a_selector_that_cannot_take_the_socket_back_leaves_the_timer_reading(
     send(b"a", b"b")
     run_until(loop, lambda: len(got) == 2, "two datagrams")
     assert not watched(loop, receiver)
-    register, refusals = loop.register, [OSError(errno.ENOSPC, "No space left on device")]
-
-    def refusing_register(sock, events, handler):
-        if refusals:
-            raise refusals.pop()
-        register(sock, events, handler)
-
-    monkeypatch.setattr(loop, "register", refusing_register)
+    refusals = refuse_next_register(loop, monkeypatch,
+                                    OSError(errno.ENOSPC, "No space left on device"))
     with caplog.at_level(logging.ERROR, logger="dsm.loop"):
         run_until(loop, lambda: not refusals, "the selector to refuse the socket")
     assert reader._poll_timer is not None and "cannot watch" in caplog.text
@@ -656,12 +664,23 @@ def test_listener_accepts_every_pending_connection_in_one_pass(loop):
         listener.close()
 
 
-def test_listener_backs_off_when_out_of_descriptors_then_accepts(loop):
+@pytest.fixture
+def out_of_descriptors(loop):
+    """(listener, accepted): a listener whose first accept fails with EMFILE; `accepted` gets the
+    connections it accepts. Both are closed afterwards."""
     accepted = []
     sock = listening(FlakyListeningSocket)
     sock.fail_with = (errno.EMFILE,)
     listener = Listener(loop, sock, "listener", lambda conn, addr: accepted.append(conn))
-    client = socket.create_connection(sock.getsockname())
+    yield listener, accepted
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_listener_backs_off_when_out_of_descriptors_then_accepts(loop, out_of_descriptors):
+    listener, accepted = out_of_descriptors
+    client = socket.create_connection(listener.sock.getsockname())
     try:
         started = time.monotonic()
         passes = 0
@@ -674,28 +693,16 @@ def test_listener_backs_off_when_out_of_descriptors_then_accepts(loop):
         assert loop.handler_failures == 0
     finally:
         client.close()
-        for conn in accepted:
-            conn.close()
-        listener.close()
 
 
-def test_listener_whose_selector_refuses_it_back_after_a_pause_tries_again(loop, caplog,
-                                                                          monkeypatch):
+def test_listener_whose_selector_refuses_it_back_after_a_pause_tries_again(
+        loop, out_of_descriptors, caplog, monkeypatch):
     # The pause after EMFILE ends by registering the listener again; epoll_ctl can refuse that
     # (ENOMEM: resources are short, which is why it paused). The port must not stay unwatched.
-    accepted = []
-    sock = listening(FlakyListeningSocket)
-    sock.fail_with = (errno.EMFILE,)
-    listener = Listener(loop, sock, "listener", lambda conn, addr: accepted.append(conn))
-    register, refusals = loop.register, [OSError(errno.ENOMEM, "Cannot allocate memory")]
-
-    def refusing_register(sock, events, handler):
-        if refusals:
-            raise refusals.pop()
-        register(sock, events, handler)
-
-    monkeypatch.setattr(loop, "register", refusing_register)
-    client = socket.create_connection(sock.getsockname())
+    listener, accepted = out_of_descriptors
+    refusals = refuse_next_register(loop, monkeypatch,
+                                    OSError(errno.ENOMEM, "Cannot allocate memory"))
+    client = socket.create_connection(listener.sock.getsockname())
     try:
         with caplog.at_level(logging.ERROR, logger="dsm.loop"):
             run_until(loop, lambda: accepted, "an accept after the refused re-registration")
@@ -703,9 +710,6 @@ def test_listener_whose_selector_refuses_it_back_after_a_pause_tries_again(loop,
         assert loop.handler_failures == 0
     finally:
         client.close()
-        for conn in accepted:
-            conn.close()
-        listener.close()
 
 
 def test_listener_keeps_listening_after_a_transient_accept_error(loop):
