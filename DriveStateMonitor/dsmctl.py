@@ -80,6 +80,7 @@ from . import drive_simulator  # noqa: E402
 from . import lab  # noqa: E402
 from .options import non_negative_seconds, positive_int, positive_seconds  # noqa: E402
 from .statserv_tree import escape_text, quote_string  # noqa: E402
+from .terminal_text import escape_controls, json_text  # noqa: E402
 
 EXIT_OK = 0
 EXIT_INTERRUPT = 1
@@ -88,6 +89,7 @@ EXIT_CONNECTION_BROKE = 3
 EXIT_REFUSED = 5
 EXIT_INVALID_VALUE = 6
 EXIT_UNKNOWN_SERIAL = 6  # m/s of a serial number the DSM does not know: nothing valid to show
+EXIT_OUTPUT_FAILED = 7  # standard output cannot be written (full disk, closed, read-only)
 
 # A watch outlives a DSM restart; a one-shot command should fail fast instead.
 WATCH_RECONNECT_TIMEOUT = 30.0
@@ -307,8 +309,20 @@ def json_value(name: str, value: Any) -> Dict[str, Any]:
     return {"name": name, "value": str(value), "valid": is_valid(value)}
 
 
+def show(line: str = "", flush: bool = False) -> None:
+    """One human-readable line on standard output, with what a terminal acts on escaped
+    (terminal_text.escape_controls): every table, listing and message line goes through here."""
+    print(escape_controls(line), flush=flush)
+
+
+def warn(line: str) -> None:
+    """One line on standard error, escaped like show(); what was printed before comes first."""
+    sys.stdout.flush()
+    print(escape_controls(line), file=sys.stderr)
+
+
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    print(json_text(data, indent=2))
 
 
 def _check(client: StatServClient, result: Any) -> Any:
@@ -330,7 +344,7 @@ def command_get(client: StatServClient, options: argparse.Namespace) -> int:
     if options.json:
         print_json(json_value(options.name, value))
     else:
-        print(value)
+        show(str(value))
     return EXIT_OK if is_valid(value) else EXIT_INVALID_VALUE
 
 
@@ -347,7 +361,7 @@ def command_ls(client: StatServClient, options: argparse.Namespace) -> int:
         print_json({"path": options.path, "entries": [json_value(n, v) for n, v in entries]})
     else:
         for name, value in entries:
-            print(name + "/" if value is DIRECTORY else "%s = %s" % (name, display(value)))
+            show(name + "/" if value is DIRECTORY else "%s = %s" % (name, display(value)))
     return EXIT_OK
 
 
@@ -372,11 +386,11 @@ def walk(client: StatServClient, path: str, depth: int = 0) -> List[Dict[str, An
 def print_tree(items: List[Dict[str, Any]], indent: int) -> None:
     for item in items:
         if item.get("directory"):
-            print("%s%s/" % ("  " * indent, item["name"]))
+            show("%s%s/" % ("  " * indent, item["name"]))
             print_tree(item["entries"], indent + 1)
         else:
             shown = quote_string(item["value"]) if item["valid"] else item["value"]
-            print("%s%s = %s" % ("  " * indent, item["name"], shown))
+            show("%s%s = %s" % ("  " * indent, item["name"], shown))
 
 
 def command_tree(client: StatServClient, options: argparse.Namespace) -> int:
@@ -384,7 +398,7 @@ def command_tree(client: StatServClient, options: argparse.Namespace) -> int:
     if options.json:
         print_json({"path": options.path, "directory": True, "entries": items})
     else:
-        print(options.path if options.path.endswith("/") else options.path + "/")
+        show(options.path if options.path.endswith("/") else options.path + "/")
         print_tree(items, 1)
     return EXIT_OK
 
@@ -405,7 +419,7 @@ def command_stat(client: StatServClient, options: argparse.Namespace) -> int:
                 text = "1" if value else "0"
             else:
                 text = str(value)
-            print("%s=%s" % (key, text))
+            show("%s=%s" % (key, text))
     return EXIT_OK
 
 
@@ -428,7 +442,7 @@ def command_watch(client: StatServClient, options: argparse.Namespace) -> int:
         updates = _check(client, client.wait_for_updates(remaining))
         now = time.time()
         for path, value in updates:
-            print(change_line(now, path, value), flush=True)
+            show(change_line(now, path, value), flush=True)
             printed += 1
             if options.count is not None and printed >= options.count:
                 break
@@ -573,6 +587,10 @@ def exchange(address: Address, request: bytes, replies: int, timeout: float, wha
                                         "answering (waiting to %s)" % (what, shown, doing))
                 found += chunk.count(END_BYTE)
                 data += chunk
+                if len(data) > lab.MAX_REPLY_BYTES:  # no DSM queues more (its --max-output)
+                    raise CommandFailed(EXIT_REFUSED, "dsmctl: the %s at %s sent a reply larger "
+                                        "than %d bytes: refused" % (what, shown,
+                                                                    lab.MAX_REPLY_BYTES))
                 last_data = now
                 progress.update(len(data))
     except OSError as error:
@@ -604,6 +622,10 @@ def query(options: argparse.Namespace, letters: str) -> List[Tuple[bytes, Any]]:
                 raise CommandFailed(EXIT_REFUSED, "dsmctl: the DSM at %s answered %s with "
                                     "something that is not JSON: %.200r"
                                     % (show_address(address), letter, text)) from None
+        except RecursionError:
+            raise CommandFailed(EXIT_REFUSED, "dsmctl: the DSM at %s answered %s with JSON "
+                                "nested too deep to read (%d bytes)"
+                                % (show_address(address), letter, len(raw))) from None
         if isinstance(value, dict) and "error" in value:
             raise CommandFailed(EXIT_REFUSED, "dsmctl: the DSM at %s refused %s: %s"
                                 % (show_address(address), letter, value["error"]))
@@ -704,8 +726,8 @@ def warn_unknown(serials: Optional[List[str]], known: Iterable[str]) -> int:
     known = set(known)
     unknown = sorted(set(serials) - known)
     if unknown:
-        print("dsmctl: not known to the DSM (no announcement heard, no status reported): %s"
-              % ", ".join(unknown), file=sys.stderr)
+        warn("dsmctl: not known to the DSM (no announcement heard, no status reported): %s"
+             % ", ".join(unknown))
         return EXIT_UNKNOWN_SERIAL
     return EXIT_OK
 
@@ -851,15 +873,18 @@ def cell_text(value: Any) -> str:
 
 
 def print_rows(headings: List[str], rows: List[List[str]], options: argparse.Namespace) -> None:
-    """CSV (--csv) or an aligned table, each with its header line unless --no-header."""
+    """CSV (--csv) or an aligned table, each with its header line unless --no-header. The CSV
+    keeps every cell as given; the table escapes what a terminal acts on (escape_controls), in
+    headings too (`*ipv4_addr` names columns after the drives' interfaces)."""
     if options.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         if not options.no_header:
             writer.writerow(headings)
         writer.writerows(rows)
         return
-    shown = [[cell or "-" for cell in row] for row in rows]
-    titles = [HEADINGS.get(heading, heading.upper().replace("_", " ")) for heading in headings]
+    shown = [[escape_controls(cell) or "-" for cell in row] for row in rows]
+    titles = [escape_controls(HEADINGS.get(heading, heading.upper().replace("_", " ")))
+              for heading in headings]
     lines = shown if options.no_header else [titles] + shown
     if not lines:
         return
@@ -870,7 +895,12 @@ def print_rows(headings: List[str], rows: List[List[str]], options: argparse.Nam
 
 def print_raw_or(raw: bytes, value: Any, unchanged: bool) -> None:
     """The DSM's JSON as it sent it when nothing was left out, else `value` the same way."""
-    print(raw.decode("utf-8").strip() if unchanged else json.dumps(value))
+    text = raw.strip()
+    # (JSON holds no raw control byte, so ASCII without DEL is safe for a terminal)
+    if unchanged and text.isascii() and b"\x7f" not in text:
+        print(text.decode("ascii"))  # a DSM's JSON is ASCII (ensure_ascii): as it came
+    else:  # left out, or not what a DSM sends: the same data, nothing a terminal acts on
+        print(json_text(value, ensure_ascii=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,8 +939,7 @@ def command_drives(options: argparse.Namespace) -> int:
     print_rows([heading for heading, _ in columns],
                [[cell_text(get(row)) for _, get in columns] for row in rows], options)
     if not drives and serials is None:
-        sys.stdout.flush()
-        print(explain_empty(options), file=sys.stderr)
+        warn(explain_empty(options))
     return code
 
 
@@ -953,18 +982,18 @@ def command_wipe(options: argparse.Namespace) -> int:
             raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: w wipes every drive and status in "
                                 "the DSM at %s; without a terminal to ask on, add --yes" % where)
         if not confirm("Wipe every drive and status in the DSM at %s?" % where):
-            print("dsmctl: nothing wiped", file=sys.stderr)
+            warn("dsmctl: nothing wiped")
             return EXIT_OK
     (raw, answer), = query(options, "w")
     if options.json:
-        print(raw.decode("utf-8").strip())
+        print_raw_or(raw, answer, True)
         return EXIT_OK
     wiped = answer.get("wiped", answer)
     if isinstance(wiped, dict):
-        print("wiped in the DSM at %s: %s" % (where, ", ".join(
+        show("wiped in the DSM at %s: %s" % (where, ", ".join(
             "%s: %s" % (key.replace("_", " "), value) for key, value in wiped.items())))
     else:
-        print("wiped in the DSM at %s: %s" % (where, wiped))
+        show("wiped in the DSM at %s: %s" % (where, wiped))
     return EXIT_OK
 
 
@@ -1033,18 +1062,20 @@ def ask_lab(options: argparse.Namespace, letters: str, fallback: bool = False
     answers = lab.ask_lab(hosts, letters, options.timeout or options.request_timeout or 10.0)
     failed = [answer for answer in answers if answer.error is not None]
     for answer in failed:
-        print("dsmctl: %s (%s): %s" % (answer.host.name, answer.host.address, answer.error),
-              file=sys.stderr)
+        warn("dsmctl: %s (%s): %s" % (answer.host.name, answer.host.address, answer.error))
     if failed and (len(failed) == len(answers) or options.strict):
         raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: %d of %d DSMs did not answer"
                             % (len(failed), len(answers)))
     return [answer for answer in answers if answer.error is None]
 
 
-def _warn_unknown_in_lab(serials: Optional[List[str]], known: Iterable[str]) -> None:
+def _warn_unknown_in_lab(serials: Optional[List[str]], known: Iterable[str]) -> int:
+    """As warn_unknown, for every DSM asked: EXIT_UNKNOWN_SERIAL if one is known to none."""
     unknown = sorted(set(serials or ()) - set(known))
     if unknown:
-        print("dsmctl: not known to any DSM asked: %s" % ", ".join(unknown), file=sys.stderr)
+        warn("dsmctl: not known to any DSM asked: %s" % ", ".join(unknown))
+        return EXIT_UNKNOWN_SERIAL
+    return EXIT_OK
 
 
 def lab_drives(options: argparse.Namespace) -> int:
@@ -1054,9 +1085,10 @@ def lab_drives(options: argparse.Namespace) -> int:
     known: List[str] = []
     if options.json:
         chosen = {answer.host.name: pick(answer.replies[0], serials) for answer in answers}
-        _warn_unknown_in_lab(serials, [s for answer in answers for s in answer.replies[0]])
-        print(json.dumps(chosen))
-        return EXIT_OK
+        code = _warn_unknown_in_lab(serials, [s for answer in answers
+                                              for s in answer.replies[0]])
+        print(json_text(chosen, ensure_ascii=True))
+        return code
     rows: List[Row] = []
     for answer in answers:
         drives, statuses = answer.replies
@@ -1073,11 +1105,11 @@ def lab_drives(options: argparse.Namespace) -> int:
                 row["_latest"] = history[-1]
             rows.append(row)
     rows.sort(key=lambda row: str(row["serial_number"]))  # stable: hosts in lab-file order
-    _warn_unknown_in_lab(serials, known)
+    code = _warn_unknown_in_lab(serials, known)
     columns = expand_columns(["host"] + list(options.columns or DEFAULT_COLUMNS), rows)
     print_rows([heading for heading, _ in columns],
                [[cell_text(get(row)) for _, get in columns] for row in rows], options)
-    return EXIT_OK
+    return code
 
 
 def lab_statuses(options: argparse.Namespace) -> int:
@@ -1091,10 +1123,10 @@ def lab_statuses(options: argparse.Namespace) -> int:
             picked = {serial: history[-options.count:] if isinstance(history, list) else history
                       for serial, history in picked.items()}
         chosen[answer.host.name] = picked
-    _warn_unknown_in_lab(serials, [s for answer in answers for s in answer.replies[0]])
+    code = _warn_unknown_in_lab(serials, [s for answer in answers for s in answer.replies[0]])
     if options.json:
-        print(json.dumps(chosen))
-        return EXIT_OK
+        print(json_text(chosen, ensure_ascii=True))
+        return code
     rows = []
     for host, statuses in chosen.items():
         for serial, history in statuses.items():
@@ -1104,7 +1136,7 @@ def lab_statuses(options: argparse.Namespace) -> int:
                              cell_text(entry.get("status"))])
     rows.sort(key=lambda row: row[1])
     print_rows(["host", "serial_number", "time_stamp", "status"], rows, options)
-    return EXIT_OK
+    return code
 
 
 FIND_COLUMNS = ("host", "serial_number", "interface", "source_address", "ipv4_addr", "state",
@@ -1118,13 +1150,13 @@ def command_find(options: argparse.Namespace) -> int:
     missing = [serial for serial in serials if not any(row["serial_number"] == serial
                                                        for row in rows)]
     if missing:
-        print("dsmctl: not heard by any DSM asked: %s" % ", ".join(missing), file=sys.stderr)
+        warn("dsmctl: not heard by any DSM asked: %s" % ", ".join(missing))
     if options.json:
-        print(json.dumps(rows))
+        print(json_text(rows, ensure_ascii=True))
     else:
         print_rows(list(FIND_COLUMNS), [[cell_text(row[name]) for name in FIND_COLUMNS]
                                         for row in rows], options)
-    return EXIT_OK
+    return EXIT_UNKNOWN_SERIAL if missing else EXIT_OK
 
 
 DSM_COMMANDS = {"m": command_drives, "drives": command_drives, "s": command_statuses,
@@ -1137,19 +1169,99 @@ COMMANDS = {"get": command_get, "put": command_put, "ls": command_ls, "tree": co
             "stat": command_stat, "watch": command_watch, "rm": command_rm, "rmdir": command_rmdir}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    options = parser.parse_args(argv)
+class OutputFailed(Exception):
+    """Standard output cannot be written; `reason` says why ("no space left on device")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CheckedOutput:
+    """Standard output for the length of one command: a write or flush that fails raises
+    OutputFailed (not an OSError, which the socket code around would take for its own), except
+    BrokenPipeError: the reader left (`| head`), which main() keeps quiet. A character the stream
+    cannot encode (a lone surrogate in --csv, an ASCII-only locale) is written backslash-escaped.
+    `stream` None is a closed standard output (`>&-`): any write fails, a command that prints
+    nothing (send-status, put, rm) still succeeds."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def _call(self, operation: Callable[[], Any]) -> Any:
+        if self.stream is None:
+            raise OutputFailed("it is closed")
+        try:
+            return operation()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise OutputFailed(_reason(error)) from None
+        except ValueError as error:  # "I/O operation on closed file"
+            raise OutputFailed(str(error)) from None
+
+    def write(self, text: str) -> int:
+        def write() -> int:
+            try:
+                return self.stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self.stream, "encoding", None) or "utf-8"
+                return self.stream.write(text.encode(encoding, "backslashreplace")
+                                         .decode(encoding))
+        return self._call(write)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self._call(self.stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _silence_stdout(stream: Any) -> None:
+    """Points file descriptor 1 at /dev/null after a failed write, so the interpreter's flush at
+    exit does not fail again ("Exception ignored ...", exit 120); what is still buffered is lost
+    either way."""
     try:
-        if options.command in DSM_COMMANDS:
-            return run_dsm_command(parser, options)
-        return run_statserv_command(parser, options)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no descriptor (a test's capture): nothing to do
+        pass
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs one command; its exit code. Standard output that cannot be written is one line on
+    standard error, exit 7; a reader that leaves early (`| head`, EPIPE) is not an error: exit 0,
+    nothing said."""
+    real_stdout = sys.stdout
+    sys.stdout = CheckedOutput(real_stdout)  # type: ignore[assignment]
+    try:
+        try:
+            code = _run(argv)
+        except SystemExit as leaving:  # argparse: --help, or a usage error
+            code = leaving.code if isinstance(leaving.code, int) else EXIT_CANNOT_CONNECT
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
     except BrokenPipeError:  # stdout closed early (`dsmctl.py tree | head`): not an error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+        _silence_stdout(real_stdout)
         return EXIT_OK
+    except OutputFailed as failure:
+        _silence_stdout(real_stdout)
+        print("dsmctl: cannot write standard output: %s" % failure.reason, file=sys.stderr)
+        return EXIT_OUTPUT_FAILED
+    finally:
+        sys.stdout = real_stdout
+
+
+def _run(argv: Optional[List[str]]) -> int:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.command in DSM_COMMANDS:
+        return run_dsm_command(parser, options)
+    return run_statserv_command(parser, options)
 
 
 def run_dsm_command(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
@@ -1162,8 +1274,7 @@ def run_dsm_command(parser: argparse.ArgumentParser, options: argparse.Namespace
     try:
         return DSM_COMMANDS[options.command](options)
     except CommandFailed as failure:
-        sys.stdout.flush()
-        print(failure.message, file=sys.stderr)
+        warn(failure.message)
         return failure.exit_code
 
 
@@ -1182,14 +1293,14 @@ def run_statserv_command(parser: argparse.ArgumentParser, options: argparse.Name
             connect_dsm(parse_address(options.server), options.request_timeout or 2.0,
                         "Status Server").close()
         except CommandFailed as failure:
-            print(failure.message, file=sys.stderr)
+            warn(failure.message)
             return EXIT_CANNOT_CONNECT
-        print("dsmctl: %s" % client.last_error_text, file=sys.stderr)
+        warn("dsmctl: %s" % client.last_error_text)
         return EXIT_CANNOT_CONNECT
     try:
         return COMMANDS[options.command](client, options)
     except CommandFailed as failure:
-        print(failure.message, file=sys.stderr)
+        warn(failure.message)
         return failure.exit_code
     finally:
         client.logoff()

@@ -26,8 +26,9 @@ query letters, read until as many end bytes as letters arrived (the DSM then clo
 gets the same deadline, so 100 DSMs answer in about the slowest one's time and never more than
 `timeout`. Host names are resolved in daemon threads (getaddrinfo has no non-blocking form; a
 client may use threads, the daemon does not), which wake the selector through a socket pair; a
-name that does not resolve, a refused connection, a timeout, an oversized or malformed reply is
-that host's error, never the command's.
+name that does not resolve, a refused connection, a timeout, an oversized or malformed reply (not
+JSON, nested too deep to parse, not an object of objects, a field of the wrong type) is that host's
+error, never the command's.
 """
 from __future__ import annotations
 
@@ -408,7 +409,9 @@ def _finish(exchange: _Exchange, selector: selectors.BaseSelector, elapsed: floa
 
 
 def parse_replies(data: bytes, letters: str) -> Tuple[Optional[List[Any]], Optional[str]]:
-    """(one JSON object per letter, None) from a DSM's replies, or (None, why not)."""
+    """(one JSON object per letter, None) from a DSM's replies, or (None, why not): not JSON,
+    nested too deep for the parser (RecursionError: 5,000 `[` are a few KB), an {"error": ...}
+    answer, or not the shape of a DSM's reply (reply_shape_error). Never raises for a reply."""
     replies = []
     for letter, raw in zip(letters, data.split(END_BYTE)):
         text = raw.decode("utf-8", "replace").strip()
@@ -416,12 +419,44 @@ def parse_replies(data: bytes, letters: str) -> Tuple[Optional[List[Any]], Optio
             value = json.loads(text)
         except ValueError:
             return None, "answered %s with something that is not JSON: %.100r" % (letter, text)
+        except RecursionError:
+            return None, "answered %s with JSON nested too deep to read (%d bytes)" % (
+                letter, len(raw))
         if isinstance(value, dict) and "error" in value:
-            return None, "refused %s: %s" % (letter, value["error"])
+            return None, "refused %s: %.200s" % (letter, value["error"])
         if not isinstance(value, dict):
             return None, "answered %s with %.100r, not a JSON object" % (letter, text)
+        wrong = reply_shape_error(letter, value)
+        if wrong:
+            return None, "answered %s with %s" % (letter, wrong)
         replies.append(value)
     return replies, None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def reply_shape_error(letter: str, reply: Dict[str, Any]) -> Optional[str]:
+    """What in a DSM's `m` or `s` reply is not of the type its readers take (dsmctl, find), or
+    None. m: {serial: {field: any JSON value, "network_interfaces": [{...}, ...]}}; s: {serial:
+    [{"time_stamp": ..., "status": ...}, ...]} (spec/dsm.md). A field's own value may be of any
+    type: it is shown as its JSON text."""
+    for serial, item in reply.items():
+        if letter == "m":
+            if not isinstance(item, dict):
+                return "%s for drive %.40r, not an object" % (_kind(item), serial)
+            interfaces = item.get("network_interfaces")
+            if interfaces is not None and not (isinstance(interfaces, list) and all(
+                    isinstance(entry, dict) for entry in interfaces)):
+                return "network_interfaces of drive %.40r not a list of objects" % serial
+        elif letter == "s":
+            if not isinstance(item, list):
+                return "%s for drive %.40r, not a list of statuses" % (_kind(item), serial)
+            if not all(isinstance(entry, dict) for entry in item):
+                return "a status of drive %.40r that is not an object" % serial
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_s_across_the_lab_lists_each_hosts_statuses(lab):
 
 def test_find_shows_a_drive_on_every_host_that_hears_it(lab):
     result = dsmctl("find", "ZA10F3K2", "ZC30H5M8", "NOPE", "--lab", lab.path, "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 6, result.stderr  # a serial no DSM knows: as m and s
     rows = json.loads(result.stdout)
     assert [(row["serial_number"], row["host"]) for row in rows] == [
         ("ZA10F3K2", "bench-a"), ("ZA10F3K2", "bench-b"), ("ZC30H5M8", "bench-c")]
@@ -118,6 +118,7 @@ def test_find_shows_a_drive_on_every_host_that_hears_it(lab):
     assert rows[2]["status"] == "PASS" and rows[2]["state"] == "alive"
     assert result.stderr == "dsmctl: not heard by any DSM asked: NOPE\n"
     table = dsmctl("find", "ZA10F3K2", env=dict(os.environ, DSM_LAB=lab.path))
+    assert table.returncode == 0, table.stderr
     assert table.stdout.split("\n")[0].split()[:4] == ["HOST", "SERIAL", "INTERFACE", "SOURCE"]
     assert len(table.stdout.splitlines()) == 3
 
