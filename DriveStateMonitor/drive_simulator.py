@@ -32,6 +32,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from .interfaces import select_interfaces
+from .terminal_text import escape_controls
 from .options import DEFAULT_MCAST_GROUP, DEFAULT_MCAST_PORT, positive_int, positive_seconds
 
 EXIT_OK = 0
@@ -42,11 +43,24 @@ MODELS = [("ST4000NK0001", "3.1.7"), ("ST8000NK0002", "4.0.2"), ("ST4000NK0001",
 STATUS_CYCLE = ["001", "002", "PASS", "000"]
 FAILURE_STATUSES = ["301", "FAIL"]
 _SERIAL_CHARS = "0123456789ABCDEFGHJKLMNPQRSTVWXYZ"
+# The second octet of the drives' IPv4 addresses (10.<octet>.30.1, ...) is 20 for seed 1 and one
+# more for each seed after it, so two simulators with different seeds (up to SEED_NETWORKS apart)
+# give their drives different addresses, as two racks of real drives have.
+SEED_NETWORKS = 200
+
+
+def address_octet(seed: int) -> int:
+    """The second octet of the IPv4 addresses of the drives made from `seed`: 20 to 219."""
+    return 20 + (seed - 1) % SEED_NETWORKS
 
 
 def make_drives(count: int, seed: int) -> List[Dict[str, Any]]:
-    """`count` announcements in the real shape, the same for the same seed; serials are unique."""
+    """`count` announcements in the real shape, the same for the same seed; serials are unique,
+    and so are addresses: drive n's eth0 is 10.S.(30 + 2 * (n // 250)).(n % 250 + 1), its eth1 the
+    next network, with S = address_octet(seed) (distinct for seeds less than SEED_NETWORKS
+    apart), for up to 28,000 drives."""
     rng = random.Random(seed)
+    network = address_octet(seed)
     drives: List[Dict[str, Any]] = []
     serials = set()
     while len(drives) < count:
@@ -63,7 +77,7 @@ def make_drives(count: int, seed: int) -> List[Dict[str, Any]]:
         for i in range(2):
             octets = mac[:5] + [mac[5] + i]
             interfaces.append({
-                "ipv4_addr": "10.20.%d.%d" % ((subnet + i) % 256, host),
+                "ipv4_addr": "10.%d.%d.%d" % (network, (subnet + i) % 256, host),
                 "ipv6_addr": "fe80::%x:%xff:fe%02x:%02x%02x" % (
                     (octets[0] ^ 2) << 8 | octets[1], octets[2], octets[3], octets[4], octets[5]),
                 "mac_addr": ":".join("%02x" % o for o in octets),
@@ -178,29 +192,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print only the first line and errors")
 
 
-def run(options: argparse.Namespace, status_address: Any, out: TextIO = sys.stdout,
+def run(options: argparse.Namespace, status_address: Any, out: Optional[TextIO] = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep) -> int:
-    """Runs the simulation; returns the exit code (0 after --rounds, 1 on Ctrl-C, 2 no socket)."""
+    """Runs the simulation; returns the exit code (0 after --rounds, 1 on Ctrl-C, 2 no socket).
+    Its lines go to `out` (default: sys.stdout when called), escaped (escape_controls) like every
+    dsmctl line: the interface, group and reasons come from the command line and the system."""
+    out = sys.stdout if out is None else out
+
+    def say(line: str, stream: Optional[TextIO] = None) -> None:
+        print(escape_controls(line), file=stream or out, flush=True)
+
     if not 0 <= options.flaky <= options.drives:
-        print("dsmctl: --flaky must be between 0 and --drives (%d)" % options.drives,
-              file=sys.stderr)
+        say("dsmctl: --flaky must be between 0 and --drives (%d)" % options.drives, sys.stderr)
         return EXIT_SOCKET
     drives = make_drives(options.drives, options.seed)
     payloads = [json.dumps(drive).encode("utf-8") for drive in drives]
     try:
         sender = open_sender(options.interface)
     except (ValueError, OSError) as exc:
-        print("dsmctl: cannot send on interface %s: %s (choose one with --interface)"
-              % (options.interface, exc), file=sys.stderr)
+        say("dsmctl: cannot send on interface %s: %s (choose one with --interface)"
+            % (options.interface, exc), sys.stderr)
         return EXIT_SOCKET
     target = (options.mcast_group, options.mcast_port)
-    print("simulating %d drive%s (%s...) on %s to %s:%d every %g s%s%s; Ctrl-C stops" % (
+    say("simulating %d drive%s (%s...) on %s to %s:%d every %g s%s%s; Ctrl-C stops" % (
         len(drives), "" if len(drives) == 1 else "s", drives[0]["serial_number"],
         options.interface, options.mcast_group, options.mcast_port, options.interval,
         "; %d flaky (%s)" % (options.flaky, flaky_names(drives, options.flaky))
         if options.flaky else "",
-        "; statuses to %s:%d" % status_address if options.statuses else ""), file=out, flush=True)
+        "; statuses to %s:%d" % status_address if options.statuses else ""))
     silent_before = set()
     status_failing = False
     started = clock()
@@ -217,21 +237,19 @@ def run(options: argparse.Namespace, status_address: Any, out: TextIO = sys.stdo
                     try:
                         sender.sendto(payload, target)
                     except OSError as exc:
-                        print("dsmctl: cannot send to %s:%d: %s" % (target + (exc,)),
-                              file=sys.stderr)
+                        say("dsmctl: cannot send to %s:%d: %s" % (target + (exc,)), sys.stderr)
                         return EXIT_SOCKET
                 if not options.quiet:
                     for index in sorted(silent ^ silent_before):
-                        print("%s %s" % (drives[index]["serial_number"],
-                                         "falls silent" if index in silent else "is heard again"),
-                              file=out, flush=True)
+                        say("%s %s" % (drives[index]["serial_number"],
+                                       "falls silent" if index in silent else "is heard again"))
                 silent_before = silent
                 if options.statuses:
                     problem = send_status(status_address, status_for_round(round_number, drives,
                                                                             options.seed))
                     if problem and not status_failing:  # once, not every round
-                        print("dsmctl: %s (the drives go on announcing; said again only after "
-                              "a status got through)" % problem, file=sys.stderr)
+                        say("dsmctl: %s (the drives go on announcing; said again only after "
+                            "a status got through)" % problem, sys.stderr)
                     status_failing = bool(problem)
                 round_number += 1
                 if options.rounds is None or round_number < options.rounds:

@@ -48,7 +48,15 @@ Exit codes:
     3  the connection broke during the request (or the DSM/server did not answer in time)
     5  the DSM or server refused the request (an {"error": ...} reply, or a Status Server code): its
        text is printed to standard error
-    6  get: the value is not valid (UNDEFINED or EXPIRED, printed as the word)
+    6  get: the value is not valid (UNDEFINED or EXPIRED, printed as the word); m, s, find: a
+       serial number asked for is known to no DSM asked (the known ones are shown)
+    7  standard output cannot be written (a full disk, closed): one line on standard error,
+       `dsmctl: cannot write standard output: REASON`; a reader that stops early (`| head`,
+       EPIPE) is not an error: exit 0, nothing said
+
+Human-readable output (tables, get, ls, tree, stat, watch, messages) shows control characters
+(C0, DEL, C1, bidirectional marks, lone surrogates) escaped as \\xNN / \\uNNNN, so data from the
+network cannot drive the terminal; --json and --csv keep the data exact (terminal_text.py).
 """
 import os
 import sys
@@ -112,7 +120,11 @@ EPILOG = """exit codes: 0 success, 1 keyboard interrupt, 2 cannot connect to the
 (or a usage error, or w without --yes and without a terminal), 3 the connection broke during the
 request (or no answer in time), 5 the server refused the request (the DSM's {"error": ...} or the
 Status Server's code and text on stderr), 6 get of a value that is not valid (UNDEFINED/EXPIRED,
-printed as the word), or m/s of a serial number the DSM does not know (the known ones are shown)"""
+printed as the word), or m/s/find of a serial number the DSM does not know (the known ones are
+shown), 7 standard output cannot be written (`dsmctl: cannot write standard output: ...`; a reader
+that leaves early, as `| head` does, is not an error: exit 0)"""
+SIMULATE_EPILOG = """exit codes: 0 after --rounds, 1 Ctrl-C, 2 cannot send on the interface (or a usage
+error), 7 standard output cannot be written"""
 
 
 class CommandFailed(Exception):
@@ -124,37 +136,47 @@ class CommandFailed(Exception):
         self.message = message
 
 
-def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+def add_common_options(parser: argparse.ArgumentParser, defaults: bool,
+                       listed: Optional[Iterable[str]] = None) -> None:
     """The options every command takes, before or after its name. Only the top-level parser holds
-    the defaults: a subcommand's own default would overwrite what was given before its name."""
+    the defaults: a subcommand's own default would overwrite what was given before its name.
+    `listed`: the options its --help shows (default all); the others are still taken."""
     default_server = os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_ADDRESS
+    add_argument = parser.add_argument
+    if listed is not None:
+        shown = set(listed)
+
+        def add_argument(*names: str, **settings: Any) -> Any:
+            if names[0] not in shown:
+                settings["help"] = argparse.SUPPRESS
+            return parser.add_argument(*names, **settings)
 
     def default(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
 
-    parser.add_argument("--server", default=default(default_server), metavar="HOST:PORT|PATH",
-                        help="the Status Server: host:port or a Unix socket path such as "
-                             "<run-dir>/statserv.sock (default $%s, else %s; now %s)"
-                             % (ENVIRONMENT_VARIABLE, DEFAULT_ADDRESS, default_server))
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print m, s and w as the DSM's raw JSON, and get, ls, tree and stat "
-                             "results as JSON")
-    parser.add_argument("--host", default=default(DEFAULT_HOST), metavar="HOST[:PORT]",
-                        help="the DSM for m, s, w and send-status (default %s); a port given "
-                             "here replaces --query-port or --status-port" % DEFAULT_HOST)
-    parser.add_argument("--query-port", type=_port, default=default(DEFAULT_QUERY_PORT),
-                        metavar="N", help="the DSM's query port (default %d)" % DEFAULT_QUERY_PORT)
-    parser.add_argument("--status-port", type=_port, default=default(DEFAULT_STATUS_PORT),
-                        metavar="N",
-                        help="the DSM's status port (default %d)" % DEFAULT_STATUS_PORT)
-    parser.add_argument("--unix", default=default(None), metavar="PATH",
-                        help="send m, s and w to the DSM's Unix socket <run-dir>/%s instead "
-                             "(PATH: the socket, or the run dir)" % DSM_SOCKET_NAME)
-    parser.add_argument("--request-timeout", type=non_negative_seconds, default=default(10.0), metavar="S",
-                        help="how long to wait for each answer (default 10)")
-    parser.add_argument("--reconnect-timeout", type=non_negative_seconds, default=default(None), metavar="S",
-                        help="how long to keep reconnecting when the connection breaks "
-                             "(default: 0, watch %g)" % WATCH_RECONNECT_TIMEOUT)
+    add_argument("--server", default=default(default_server), metavar="HOST:PORT|PATH",
+                 help="the Status Server: host:port or a Unix socket path such as "
+                      "<run-dir>/statserv.sock (default $%s, else %s; now %s)"
+                      % (ENVIRONMENT_VARIABLE, DEFAULT_ADDRESS, default_server))
+    add_argument("--json", action="store_true", default=default(False),
+                 help="print m, s and w as the DSM's raw JSON, and get, ls, tree and stat "
+                      "results as JSON")
+    add_argument("--host", default=default(DEFAULT_HOST), metavar="HOST[:PORT]",
+                 help="the DSM for m, s, w and send-status (default %s); a port given "
+                      "here replaces --query-port or --status-port" % DEFAULT_HOST)
+    add_argument("--query-port", type=_port, default=default(DEFAULT_QUERY_PORT),
+                 metavar="N", help="the DSM's query port (default %d)" % DEFAULT_QUERY_PORT)
+    add_argument("--status-port", type=_port, default=default(DEFAULT_STATUS_PORT),
+                 metavar="N",
+                 help="the DSM's status port (default %d)" % DEFAULT_STATUS_PORT)
+    add_argument("--unix", default=default(None), metavar="PATH",
+                 help="send m, s and w to the DSM's Unix socket <run-dir>/%s instead "
+                      "(PATH: the socket, or the run dir)" % DSM_SOCKET_NAME)
+    add_argument("--request-timeout", type=non_negative_seconds, default=default(10.0), metavar="S",
+                 help="how long to wait for each answer (default 10)")
+    add_argument("--reconnect-timeout", type=non_negative_seconds, default=default(None), metavar="S",
+                 help="how long to keep reconnecting when the connection breaks "
+                      "(default: 0, watch %g)" % WATCH_RECONNECT_TIMEOUT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,10 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    def command(name: str, summary: str, aliases: Iterable[str] = ()) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary, epilog=EPILOG,
+    def command(name: str, summary: str, aliases: Iterable[str] = (),
+                listed: Optional[Iterable[str]] = None, epilog: str = EPILOG
+                ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary, epilog=epilog,
                                   aliases=list(aliases))
-        add_common_options(sub, defaults=False)
+        add_common_options(sub, defaults=False, listed=listed)
         return sub
 
     def filtered(sub: argparse.ArgumentParser) -> None:
@@ -224,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the status's time stamp (default: now, YYYY-MM-DD HH:MM:SS)")
 
 
+    # Its help lists its own options and the two it uses of the common ones (--statuses).
     simulate = command("simulate", "announce N simulated Kinetic drives every --interval seconds "
-                                    "on one interface (default lo), until Ctrl-C")
+                                    "on one interface (default lo), until Ctrl-C",
+                       listed=("--host", "--status-port"), epilog=SIMULATE_EPILOG)
     drive_simulator.add_arguments(simulate)
 
     get = command("get", "print a value (UNDEFINED/EXPIRED printed as the word, exit 6)")
