@@ -18,6 +18,6 @@ setup(
     package_data={"DriveStateMonitor": ["web/*", "systemd/*", "prometheus/*"]},
     scripts=["DriveStateMonitor/runDSM", "DriveStateMonitor/stopDSM"],
     python_requires=">=3.8",
-    extras_require={"test": ["pytest", "hypothesis", "prometheus_client", "pyyaml"]},
+    extras_require={"test": ["pytest", "hypothesis", "prometheus_client", "pyyaml", "setuptools"]},
     classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],
 )

@@ -5,10 +5,13 @@ from __future__ import annotations
 import glob
 import importlib.machinery
 import importlib.util
+import configparser
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -41,7 +44,7 @@ def test_it_runs_exactly_the_found_versions_and_says_which_ran_and_which_are_mis
         monkeypatch, capsys):
     found = {"3.8": "/opt/py38/bin/python3.8", "3.11": "/opt/py311/bin/python3.11"}
     monkeypatch.setattr(run_tests, "find_interpreter", found.get)
-    monkeypatch.setattr(run_tests, "have_tox", lambda: True)
+    monkeypatch.setattr(run_tests, "set_up_tools", lambda: "/repo/.venv-tests/bin/python")
     commands = []
 
     def fake_run(command, **kwargs):
@@ -56,6 +59,7 @@ def test_it_runs_exactly_the_found_versions_and_says_which_ran_and_which_are_mis
     out = capsys.readouterr().out
     assert code == 1
     command, = commands
+    assert command[:3] == ["/repo/.venv-tests/bin/python", "-m", "tox"]  # the tools venv's tox
     assert command[command.index("-e") + 1] == "py38,py311"
     assert command[command.index("--skip-missing-interpreters") + 1] == "false"
     discover = command[command.index("--discover") + 1:command.index("--")]
@@ -68,7 +72,7 @@ def test_it_runs_exactly_the_found_versions_and_says_which_ran_and_which_are_mis
 
 def test_a_clean_tox_run_that_skipped_a_version_is_not_success(monkeypatch, capsys):
     monkeypatch.setattr(run_tests, "find_interpreter", {"3.12": "/x/python3.12"}.get)
-    monkeypatch.setattr(run_tests, "have_tox", lambda: True)
+    monkeypatch.setattr(run_tests, "set_up_tools", lambda: "/repo/.venv-tests/bin/python")
 
     def fake_run(command, **kwargs):
         with open(command[command.index("--result-json") + 1], "w") as f:
@@ -99,7 +103,7 @@ def test_a_failed_version_ends_with_what_failed_where_a_cut_log_still_shows_it(
                                 universal_newlines=True, cwd=str(tmp_path))
     assert pytest_run.returncode == 1
     monkeypatch.setattr(run_tests, "find_interpreter", {"3.8": "/opt/py38/bin/python3.8"}.get)
-    monkeypatch.setattr(run_tests, "have_tox", lambda: True)
+    monkeypatch.setattr(run_tests, "set_up_tools", lambda: "/repo/.venv-tests/bin/python")
     real_run = run_tests.subprocess.run
 
     def fake_tox(command, **kwargs):
@@ -145,3 +149,61 @@ def test_the_suite_runs_hypothesis_without_its_host_speed_check_and_prints_repla
     assert HealthCheck.too_slow in settings().suppress_health_check
     assert HealthCheck.filter_too_much not in settings().suppress_health_check
     assert settings().print_blob
+
+
+def test_tox_is_set_up_once_in_a_venv_of_its_own_never_in_the_python_running_it(
+        tmp_path, monkeypatch, capsys):
+    venv = str(tmp_path / ".venv-tests")
+    python = os.path.join(venv, "bin", "python")
+    commands = []
+
+    def fake_run(command, **kwargs):  # stands in for `python -m venv` and pip (the index)
+        commands.append(command)
+        if command[1:3] == ["-m", "venv"]:
+            os.makedirs(os.path.dirname(python))
+            os.symlink(sys.executable, python)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(run_tests.subprocess, "run", fake_run)
+    tox_there = []
+    monkeypatch.setattr(run_tests, "have_tox", lambda where: where in tox_there)
+    assert run_tests.set_up_tools(venv) is None  # pip "installed" it, but tox does not run
+    assert commands == [[sys.executable, "-m", "venv", venv],
+                        [python, "-m", "pip", "install", "--quiet", "tox>=4"]]
+    assert "cannot install tox into %s" % venv in capsys.readouterr().err
+    commands.clear()
+    tox_there.append(python)
+    assert run_tests.set_up_tools(venv) == python
+    assert commands == []  # set up: nothing made, nothing installed, no package index
+
+
+def test_the_tools_venv_is_ignored_by_git_and_tox_builds_no_package_per_run():
+    ini = configparser.ConfigParser()
+    ini.read(os.path.join(ROOT, "tox.ini"))
+    assert ini.getboolean("testenv", "skip_install")  # else an sdist, from the index, every run
+    deps = ini.get("testenv", "deps").split()
+    assert {"pytest", "hypothesis", "prometheus_client", "pyyaml", "setuptools"} <= set(deps)
+    assert run_tests.TOOLS_VENV == os.path.join(ROOT, ".venv-tests")
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")) and \
+            not os.path.isfile(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".venv-tests/bin/python"], cwd=ROOT)
+    assert ignored.returncode == 0
+
+
+def test_the_repository_root_holds_only_what_the_docs_name():
+    """A stray file (a lab.txt left by trying the README) is caught: every tracked entry at the
+    root is named at the start of a line of docs/development.md's layout."""
+    if shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, stdout=subprocess.PIPE,
+                            universal_newlines=True, check=True).stdout.split()
+    entries = {path.split("/")[0] for path in listed}
+    with open(os.path.join(ROOT, "docs", "development.md")) as f:
+        layout = f.read().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for line in layout.splitlines():
+        if line.startswith("    ") and not line.startswith("      "):
+            words = re.split(r"\s{2,}", line.strip())[0]
+            named.update(word.strip("/").split("/")[0] for word in words.split(", "))
+    assert sorted(entries - named - {"README.md"}) == []
