@@ -80,3 +80,13 @@ def test_several_statuses_in_one_nc_input_are_all_acknowledged(dsm):
     assert out.startswith(END * 4) and out.endswith(END) and "error" in json.loads(out[4:-1])
     assert dsm.query_json("s") == {"NC3": [{"time_stamp": n, "status": "00%d" % n}
                                            for n in range(4)]}
+
+
+@pytest.mark.parametrize("how", ["LOGOFF", "-N"])
+def test_a_status_server_one_liner_returns_at_once_ended_by_logoff_or_nc_n(dsm, how):
+    """The Status Server is a session: it answers and waits for the next request until LOGOFF,
+    or until the client ends its side (nc -N) — the two ways the docs show."""
+    request = b"GET /dsm/pid\n" + (b"LOGOFF\n" if how == "LOGOFF" else b"")
+    options = ["-N"] if how == "-N" else []
+    out = run_nc(options + ["127.0.0.1", str(dsm.statserv_port)], request)
+    assert out == b". %d\n" % dsm.pid or out == b'. "%d"\n' % dsm.pid, out

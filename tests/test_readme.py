@@ -54,6 +54,7 @@ def substitute(command: str, env: Dict[str, str]) -> str:
     """The README command with the test's ports and dirs instead of the defaults."""
     command = command.replace("/tmp/DriveStateMonitor", env["run"])
     command = command.replace("localhost 2203", "127.0.0.1 %s" % env["query"])
+    command = command.replace("localhost 3111", "127.0.0.1 %s" % env["statserv"])
     command = command.replace("localhost:2203", "127.0.0.1:%s" % env["query"])
     command = command.replace("/tmp/lab.txt", os.path.join(env["logs"], "lab.txt"))
     command = command.replace("localhost:2204", "127.0.0.1:%s" % env["http"])
@@ -155,6 +156,10 @@ def test_every_readme_command_works_as_printed(readme_env):
     everyday = dict(outputs[stop + 1:])
     assert "already running" not in everyday["./runDSM"]  # the first one really stopped
     assert everyday["printf m | nc localhost 2203"].endswith("\x04")
+    # The Status Server one-liner ends (LOGOFF) with the value, as dsmctl.py get prints it.
+    version = everyday["printf 'GET /dsm/version\\nLOGOFF\\n' | nc localhost 3111"]
+    printed = everyday["DriveStateMonitor/dsmctl.py get /dsm/version"].strip()
+    assert version.strip() == '. "%s"' % printed and printed
     history = json.loads(everyday["echo s | nc -U /tmp/DriveStateMonitor/dsm.sock"][:-1])
     statuses = [entry["status"] for entry in history["Z84G7YVX"]]
     assert "PASS" in statuses and statuses[-1] == "002"  # kept across the restart; send-status
