@@ -75,6 +75,7 @@ if __name__ == "__main__" and not __package__:
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import datetime  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import select  # noqa: E402
 import socket  # noqa: E402
@@ -903,10 +904,15 @@ def print_rows(headings: List[str], rows: List[List[str]], options: argparse.Nam
     keeps every cell as given; the table escapes what a terminal acts on (escape_controls), in
     headings too (`*ipv4_addr` names columns after the drives' interfaces)."""
     if options.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        if not options.no_header:
-            writer.writerow(headings)
-        writer.writerows(rows)
+        # Lines end in "\n"; a cell holding a CR is quoted too (csv quotes only the terminator's
+        # characters, so with "\n" alone a bare CR would split the row for a CSV reader).
+        line = io.StringIO()
+        writer = csv.writer(line, lineterminator="\r\n")
+        for row in rows if options.no_header else [headings] + rows:
+            line.seek(0)
+            line.truncate()
+            writer.writerow(row)
+            sys.stdout.write(line.getvalue()[:-2] + "\n")
         return
     shown = [[escape_controls(cell) or "-" for cell in row] for row in rows]
     titles = [escape_controls(HEADINGS.get(heading, heading.upper().replace("_", " ")))
