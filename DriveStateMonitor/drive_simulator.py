@@ -58,7 +58,7 @@ def make_drives(count: int, seed: int) -> List[Dict[str, Any]]:
     """`count` announcements in the real shape, the same for the same seed; serials are unique,
     and so are addresses: drive n's eth0 is 10.S.(30 + 2 * (n // 250)).(n % 250 + 1), its eth1 the
     next network, with S = address_octet(seed) (distinct for seeds less than SEED_NETWORKS
-    apart), for up to 28,000 drives."""
+    apart), for up to 28,000 drives; the MACs are 00:c9:58:S:... numbered the same way."""
     rng = random.Random(seed)
     network = address_octet(seed)
     drives: List[Dict[str, Any]] = []
@@ -72,7 +72,10 @@ def make_drives(count: int, seed: int) -> List[Dict[str, Any]]:
         n = len(drives)
         host = (n % 250) + 1
         subnet = 30 + 2 * (n // 250)  # eth0 on 10.20.<subnet>.x, eth1 on the next one
-        mac = [0x00, 0xC9, 0x58, rng.randrange(256), rng.randrange(256), rng.randrange(0, 256, 2)]
+        # The MAC (and the IPv6 address made from it) is numbered like the IPv4 addresses, so it
+        # is unique too; the three draws that once made it stay, so serials stay as they were.
+        rng.randrange(256), rng.randrange(256), rng.randrange(0, 256, 2)
+        mac = [0x00, 0xC9, 0x58, network, (n >> 7) & 0xFF, (n & 0x7F) << 1]
         interfaces = []
         for i in range(2):
             octets = mac[:5] + [mac[5] + i]

@@ -52,6 +52,42 @@ def test_drives_have_the_real_announcement_shape():
     assert drive_simulator.make_drives(50, seed=4) != drives
 
 
+def addresses(drives):
+    return {interface[key] for drive in drives for interface in drive["network_interfaces"]
+            for key in ("ipv4_addr", "ipv6_addr", "mac_addr")}
+
+
+def test_different_seeds_give_distinct_addresses_and_the_same_seed_the_same():
+    """Two simulators on one DSM (two racks) must not show the same addresses for two drives."""
+    seen = {}
+    for seed in range(1, drive_simulator.SEED_NETWORKS + 1):
+        drives = drive_simulator.make_drives(300, seed)
+        found = addresses(drives)
+        assert len(found) == 300 * 2 * 3  # unique within one simulation
+        for address in found:
+            assert seen.setdefault(address, seed) == seed, (address, seen[address], seed)
+        assert addresses(drive_simulator.make_drives(300, seed)) == found
+    # Seed 1 keeps the addresses the README shows.
+    first = drive_simulator.make_drives(1, 1)[0]["network_interfaces"]
+    assert [i["ipv4_addr"] for i in first] == ["10.20.30.1", "10.20.31.1"]
+    assert addresses(drive_simulator.make_drives(3, 0)).isdisjoint(
+        addresses(drive_simulator.make_drives(3, 1)))
+
+
+def test_simulate_help_lists_its_own_options_not_every_global_one():
+    result = run_script([sys.executable, DSMCTL, "simulate", "--help"])
+    assert result.returncode == 0
+    options = {word.rstrip(",") for line in result.stdout.splitlines()
+               if line.strip().startswith("-")  # an option's own line, not its help text
+               for word in line.strip().split("  ")[0].split() if word.startswith("--")}
+    assert {"--drives", "--interval", "--seed", "--flaky", "--statuses", "--rounds", "--host",
+            "--status-port"} <= options
+    for other in ("--server", "--json", "--unix", "--query-port", "--request-timeout",
+                  "--reconnect-timeout"):
+        assert other not in options
+    assert "get of a value" not in result.stdout  # its own exit codes, not get's
+
+
 def test_flaky_drives_take_turns_falling_silent_and_coming_back():
     silent = lambda index, t: drive_simulator.is_silent(index, 2, t, 10.0)  # noqa: E731
     assert not any(silent(i, t) for i in (2, 3) for t in range(0, 100))  # not flaky
