@@ -10,12 +10,11 @@ import csv
 import io
 import json
 import os
-import socket
 import socketserver
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import given, strategies as st
