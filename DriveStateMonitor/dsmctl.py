@@ -999,7 +999,7 @@ def command_statuses(options: argparse.Namespace) -> int:
 
 
 def confirm(question: str) -> bool:
-    sys.stderr.write(question + " [y/N] ")
+    sys.stderr.write(escape_controls(question) + " [y/N] ")
     sys.stderr.flush()
     answer = sys.stdin.readline()
     if not answer:
