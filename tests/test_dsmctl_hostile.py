@@ -441,3 +441,12 @@ def test_head_reading_one_line_of_a_long_output_is_quiet_and_exit_0(fakes):
                                 stderr=subprocess.PIPE, timeout=60)
         assert (result.returncode, result.stderr) == (0, b""), args
         assert len(result.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["m", "ZNOPE"], ["s", "ZNOPE"], ["find", "ZNOPE"],
+                                     ["m", "ZNOPE", "--json"]])
+def test_a_serial_no_dsm_knows_exits_6_across_the_lab_as_for_one_dsm(fakes, command):
+    fake = fakes({"m": reply_bytes(DRIVES), "s": reply_bytes(STATUSES)})
+    result = dsmctl(*(command + ["--hosts", fake.address]))
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.decode().count("ZNOPE") == 1
