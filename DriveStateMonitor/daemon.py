@@ -91,7 +91,7 @@ def open_tcp_listener(port: int, what: str) -> socket.socket:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             address = ("0.0.0.0", port)
     except OSError as exc:
-        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc))
+        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc)) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Linux gives every accepted socket the listener's TCP_NODELAY: one system call per
@@ -101,12 +101,12 @@ def open_tcp_listener(port: int, what: str) -> socket.socket:
             sock.bind(address)
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot bind the %s port %d: %s"
-                               % (what, port, exc.strerror or exc))
+                               % (what, port, exc.strerror or exc)) from exc
         try:
             sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on the %s port %d: %s"
-                               % (what, port, exc.strerror or exc))
+                               % (what, port, exc.strerror or exc)) from exc
     except BaseException:
         sock.close()
         raise
@@ -118,25 +118,25 @@ def open_unix_listener(path: str, what: str) -> socket.socket:
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError as exc:
-        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc))
+        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc)) from exc
     try:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, "cannot replace %s: %s" % (path, exc.strerror))
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot replace %s: %s" % (path, exc.strerror)) from exc
         try:
             sock.bind(path)
             # Any local user may query, as anyone on the network may query the TCP port.
             os.chmod(path, 0o666)
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot bind the %s socket %s: %s"
-                               % (what, path, exc.strerror or exc))
+                               % (what, path, exc.strerror or exc)) from exc
         try:
             sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
-            raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on %s: %s" % (path, exc.strerror))
+            raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on %s: %s" % (path, exc.strerror)) from exc
     except BaseException:
         sock.close()
         raise
@@ -232,14 +232,14 @@ class DriveStateMonitor:
             if not self.lock.acquire():
                 return False
         except RunDirError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, str(exc))
+            raise StartupError(EXIT_SOCKET_CREATE, str(exc)) from exc
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot use the run dir %s: %s"
-                               % (opts.run_dir, exc))
+                               % (opts.run_dir, exc)) from exc
         try:
             self.interfaces = select_interfaces(opts.interfaces)
         except ValueError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc)
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc) from exc
         self._iface_names = {iface.index: iface.name for iface in self.interfaces}
         self._restore()
 
@@ -263,7 +263,7 @@ class DriveStateMonitor:
         try:
             mcast_sock = open_multicast_socket(opts.mcast_group, opts.mcast_port, self.interfaces)
         except MulticastSetupError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, str(exc))
+            raise StartupError(EXIT_SOCKET_CREATE, str(exc)) from exc
         sole = sole_interface(mcast_sock, self.interfaces)  # then datagrams come as index 0
         if sole is not None:
             self._iface_names = {0: sole.name}
