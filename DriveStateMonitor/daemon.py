@@ -32,7 +32,7 @@ from .drive_view import DriveView
 from .drive_store import DriveStore
 from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget, sweep
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
-                         EXIT_SOCKET_LISTEN, DatagramReader, EventLoop, Listener,
+                         EXIT_SOCKET_LISTEN, Connection, DatagramReader, EventLoop, Listener,
                          StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
@@ -209,7 +209,7 @@ class DriveStateMonitor:
         self._iface_names: Dict[int, str] = {}
         self.listeners: List[Any] = []
         self._announcements: Optional[DatagramReader] = None
-        self.transports: Set[StreamTransport] = set()
+        self.transports: Set[Connection] = set()
         self.counters: Dict[str, int] = collections.Counter()
         self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
         self.log_handler: Optional[ReopenableFileHandler] = None
@@ -240,7 +240,7 @@ class DriveStateMonitor:
             self.interfaces = select_interfaces(opts.interfaces)
         except ValueError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc) from exc
-        self._iface_names = {iface.index: iface.name for iface in self.interfaces}
+        self._iface_names = {iface.ifindex: iface.name for iface in self.interfaces}
         self._restore()
 
         query_sock = open_tcp_listener(opts.query_port, "query")
@@ -463,7 +463,8 @@ class DriveStateMonitor:
                    refusal: Callable[[str, str], bytes]) -> Optional[Callable[[Any], None]]:
         """Admits an accepted connection (counted, its slot taken) and returns what its handler
         calls when it closes; None after refusing it with a clear error."""
-        why = code = None
+        why: Optional[str] = None
+        code = ""
         if not self.access.allows(addr):
             code = "DENIED"
             why = "connections from %s are not allowed (--allow %s)" % (

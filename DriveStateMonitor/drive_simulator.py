@@ -29,7 +29,7 @@ import random
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, Set, TextIO
 
 from .interfaces import select_interfaces
 from .options import DEFAULT_MCAST_GROUP, DEFAULT_MCAST_PORT, positive_int, positive_seconds
@@ -201,7 +201,7 @@ def run(options: argparse.Namespace, status_address: Any, out: TextIO = sys.stdo
         "; %d flaky (%s)" % (options.flaky, flaky_names(drives, options.flaky))
         if options.flaky else "",
         "; statuses to %s:%d" % status_address if options.statuses else ""), file=out, flush=True)
-    silent_before = set()
+    silent_before: Set[int] = set()  # indexes into drives
     status_failing = False
     started = clock()
     round_number = 0
