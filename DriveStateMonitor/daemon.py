@@ -780,10 +780,10 @@ class DriveStateMonitor:
 
     def _http_drives_json(self) -> bytes:
         # The query port's cache without its end byte: a view, so HTTP clients share its bytes.
-        return memoryview(self._m_reply())[:-1]  # type: ignore[return-value]
+        return memoryview(self._m_reply())[:-1]
 
     def _http_status_json(self) -> bytes:
-        return memoryview(self._s_reply())[:-1]  # type: ignore[return-value]
+        return memoryview(self._s_reply())[:-1]
 
     def _http_drive_json(self, serial: str) -> Optional[bytes]:
         """One drive's `m` view plus its status history; None if the serial is unknown."""
