@@ -32,7 +32,7 @@ from .drive_view import DriveView
 from .drive_store import DriveStore
 from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget, sweep
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
-                         EXIT_SOCKET_LISTEN, DatagramReader, EventLoop, Listener,
+                         EXIT_SOCKET_LISTEN, Connection, DatagramReader, EventLoop, Listener,
                          StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
@@ -91,7 +91,7 @@ def open_tcp_listener(port: int, what: str) -> socket.socket:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             address = ("0.0.0.0", port)
     except OSError as exc:
-        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc))
+        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc)) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Linux gives every accepted socket the listener's TCP_NODELAY: one system call per
@@ -101,12 +101,12 @@ def open_tcp_listener(port: int, what: str) -> socket.socket:
             sock.bind(address)
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot bind the %s port %d: %s"
-                               % (what, port, exc.strerror or exc))
+                               % (what, port, exc.strerror or exc)) from exc
         try:
             sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on the %s port %d: %s"
-                               % (what, port, exc.strerror or exc))
+                               % (what, port, exc.strerror or exc)) from exc
     except BaseException:
         sock.close()
         raise
@@ -118,25 +118,25 @@ def open_unix_listener(path: str, what: str) -> socket.socket:
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError as exc:
-        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc))
+        raise StartupError(EXIT_SOCKET_CREATE, "cannot create the %s socket: %s" % (what, exc)) from exc
     try:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, "cannot replace %s: %s" % (path, exc.strerror))
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot replace %s: %s" % (path, exc.strerror)) from exc
         try:
             sock.bind(path)
             # Any local user may query, as anyone on the network may query the TCP port.
             os.chmod(path, 0o666)
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot bind the %s socket %s: %s"
-                               % (what, path, exc.strerror or exc))
+                               % (what, path, exc.strerror or exc)) from exc
         try:
             sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
-            raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on %s: %s" % (path, exc.strerror))
+            raise StartupError(EXIT_SOCKET_LISTEN, "cannot listen on %s: %s" % (path, exc.strerror)) from exc
     except BaseException:
         sock.close()
         raise
@@ -209,7 +209,7 @@ class DriveStateMonitor:
         self._iface_names: Dict[int, str] = {}
         self.listeners: List[Any] = []
         self._announcements: Optional[DatagramReader] = None
-        self.transports: Set[StreamTransport] = set()
+        self.transports: Set[Connection] = set()
         self.counters: Dict[str, int] = collections.Counter()
         self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
         self.log_handler: Optional[ReopenableFileHandler] = None
@@ -232,15 +232,15 @@ class DriveStateMonitor:
             if not self.lock.acquire():
                 return False
         except RunDirError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, str(exc))
+            raise StartupError(EXIT_SOCKET_CREATE, str(exc)) from exc
         except OSError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot use the run dir %s: %s"
-                               % (opts.run_dir, exc))
+                               % (opts.run_dir, exc)) from exc
         try:
             self.interfaces = select_interfaces(opts.interfaces)
         except ValueError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc)
-        self._iface_names = {iface.index: iface.name for iface in self.interfaces}
+            raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc) from exc
+        self._iface_names = {iface.ifindex: iface.name for iface in self.interfaces}
         self._restore()
 
         query_sock = open_tcp_listener(opts.query_port, "query")
@@ -263,7 +263,7 @@ class DriveStateMonitor:
         try:
             mcast_sock = open_multicast_socket(opts.mcast_group, opts.mcast_port, self.interfaces)
         except MulticastSetupError as exc:
-            raise StartupError(EXIT_SOCKET_CREATE, str(exc))
+            raise StartupError(EXIT_SOCKET_CREATE, str(exc)) from exc
         sole = sole_interface(mcast_sock, self.interfaces)  # then datagrams come as index 0
         if sole is not None:
             self._iface_names = {0: sole.name}
@@ -463,7 +463,8 @@ class DriveStateMonitor:
                    refusal: Callable[[str, str], bytes]) -> Optional[Callable[[Any], None]]:
         """Admits an accepted connection (counted, its slot taken) and returns what its handler
         calls when it closes; None after refusing it with a clear error."""
-        why = code = None
+        why: Optional[str] = None
+        code = ""
         if not self.access.allows(addr):
             code = "DENIED"
             why = "connections from %s are not allowed (--allow %s)" % (
@@ -779,10 +780,10 @@ class DriveStateMonitor:
 
     def _http_drives_json(self) -> bytes:
         # The query port's cache without its end byte: a view, so HTTP clients share its bytes.
-        return memoryview(self._m_reply())[:-1]  # type: ignore[return-value]
+        return memoryview(self._m_reply())[:-1]
 
     def _http_status_json(self) -> bytes:
-        return memoryview(self._s_reply())[:-1]  # type: ignore[return-value]
+        return memoryview(self._s_reply())[:-1]
 
     def _http_drive_json(self, serial: str) -> Optional[bytes]:
         """One drive's `m` view plus its status history; None if the serial is unknown."""

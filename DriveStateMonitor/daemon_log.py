@@ -69,8 +69,8 @@ def configure_logging(log_file: Optional[str]) -> Optional[ReopenableFileHandler
     """Sends every log line, timestamped, to `log_file` (or standard error when None; under
     systemd, to the journal with priorities)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     file_handler = ReopenableFileHandler(log_file) if log_file else None
     handler: logging.Handler = file_handler or logging.StreamHandler(sys.stderr)
     if file_handler is None and stderr_is_journal():

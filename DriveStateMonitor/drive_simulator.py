@@ -29,7 +29,7 @@ import random
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, Set, TextIO
 
 from .interfaces import select_interfaces
 from .terminal_text import escape_controls
@@ -224,7 +224,7 @@ def run(options: argparse.Namespace, status_address: Any, out: Optional[TextIO] 
         "; %d flaky (%s)" % (options.flaky, flaky_names(drives, options.flaky))
         if options.flaky else "",
         "; statuses to %s:%d" % status_address if options.statuses else ""))
-    silent_before = set()
+    silent_before: Set[int] = set()  # indexes into drives
     status_failing = False
     started = clock()
     round_number = 0

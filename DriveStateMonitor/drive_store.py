@@ -119,7 +119,8 @@ if _C_ENCODER is not None:
         """json.dumps(value) for a value json.loads made (no cycles)."""
         return "".join(_ENCODE(value, 0))
 else:  # a Python built without _json
-    dumps_default = json.dumps
+    def dumps_default(value: Any) -> str:
+        return json.dumps(value)
 
 
 def drive_cost(serial: str, raw: bytes, own_json: bytes) -> int:

@@ -68,6 +68,8 @@ if __name__ == "__main__" and not __package__:
     _here = os.path.dirname(os.path.realpath(__file__))
     _spec = importlib.util.spec_from_file_location(
         "DriveStateMonitor", os.path.join(_here, "__init__.py"), submodule_search_locations=[_here])
+    if _spec is None or _spec.loader is None:
+        raise ImportError("cannot load the DriveStateMonitor package from %s" % _here)
     sys.modules["DriveStateMonitor"] = _package = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_package)
     __package__ = "DriveStateMonitor"

@@ -40,7 +40,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Set, Tuple
 
 log = logging.getLogger("dsm.loop")
 
@@ -127,7 +127,7 @@ class EventLoop:
         self._selector = selectors.DefaultSelector()
         self._timers: List[Tuple[float, int, Timer]] = []
         self._timer_seq = 0
-        self._dirty: Set["StreamTransport"] = set()
+        self._dirty: Set["Connection"] = set()
         self._before_sleep: List[Callable[[], None]] = []
         self._after_flush: List[Callable[[], None]] = []
         self._running = False
@@ -180,7 +180,7 @@ class EventLoop:
         """Runs `hook` at the very end of every pass, after the dirty transports were flushed."""
         self._after_flush.append(hook)
 
-    def mark_dirty(self, transport: "StreamTransport") -> None:
+    def mark_dirty(self, transport: "Connection") -> None:
         self._dirty.add(transport)
 
     def on_signals(self, signums: List[int], callback: Callable[[int], None]) -> None:
@@ -427,6 +427,22 @@ class _SignalWaker:
         self._loop.unregister(self._rsock)
         self._rsock.close()
         self._wsock.close()
+
+
+class Connection(Protocol):
+    """What the loop flushes and the daemon closes: a StreamTransport, or a lighter object with the
+    same surface (status_oneshot.OneShotStatus, a status connection until its first read)."""
+    closed: bool
+
+    @property
+    def label(self) -> str:  # the peer, as logs name it
+        ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def close_when_flushed(self) -> None: ...
 
 
 class StreamTransport:
@@ -750,7 +766,8 @@ class Listener(_ReadWatcher):
         self._socket_args = (int(sock.family), int(sock.type), sock.proto)
 
     def on_readable(self) -> None:
-        accept, args = self.sock._accept, self._socket_args
+        # socket._accept: CPython's undeclared accept that returns the raw descriptor (see above).
+        accept, args = self.sock._accept, self._socket_args  # type: ignore[attr-defined]
         for _ in range(ACCEPTS_PER_EVENT):
             try:
                 fd, addr = accept()

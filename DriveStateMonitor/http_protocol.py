@@ -47,7 +47,8 @@ _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])\Z")
 # A request target: visible ASCII only (RFC 9112 3.2); anything else is a bad request.
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 # What a request line may start with: a method's token character, or the empty lines before it.
-_REQUEST_START = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\r\n")
+_REQUEST_START = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                           b"abcdefghijklmnopqrstuvwxyz\r\n")
 # Field values: visible characters, spaces, tabs and obs-text; no NUL, CR, LF or other controls.
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
 _CONTENT_LENGTH = re.compile(rb"[0-9]+\Z")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Optional
+from typing import Any
 
 # Deeper nesting than any announcement (3 levels) or status needs; far from every recursion limit
 # (json, ast, the tree's publisher, the page's renderer).

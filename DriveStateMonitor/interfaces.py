@@ -18,7 +18,7 @@ _IFREQ_SIZE = 40
 
 class Interface(NamedTuple):
     name: str
-    index: int
+    ifindex: int  # the kernel's interface index (if_nametoindex)
     ipv4: str
 
 

@@ -221,9 +221,11 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
 
 def _owner_of(pid: Optional[int]) -> str:
     """'user NAME' (or 'uid N') running process `pid`; 'another user' when that cannot be read."""
+    if pid is None:
+        return "another user"
     try:
         uid = os.stat("/proc/%d" % pid).st_uid
-    except (OSError, TypeError):
+    except OSError:
         return "another user"
     try:
         return "user %s" % pwd.getpwuid(uid).pw_name

@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_SOCKET_CREATE
     store = DriveStore()
     rejected: collections.Counter = collections.Counter()
-    names = {iface.index: iface.name for iface in interfaces}
+    names = {iface.ifindex: iface.name for iface in interfaces}
 
     def on_datagram(data: bytes, sender: Any, ifindex: int) -> None:
         iface = names.get(ifindex)

@@ -61,7 +61,7 @@ def open_multicast_socket(group: str, port: int, interfaces: List[Interface]) ->
         for iface in interfaces:
             # struct ip_mreqn: group, local address, interface index — the index makes the join
             # land on that interface even where two interfaces share an address.
-            mreqn = group_packed + socket.inet_aton(iface.ipv4) + struct.pack("=i", iface.index)
+            mreqn = group_packed + socket.inet_aton(iface.ipv4) + struct.pack("=i", iface.ifindex)
             try:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
             except OSError as exc:

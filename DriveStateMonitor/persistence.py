@@ -365,11 +365,11 @@ def decode_snapshot(data: bytes) -> Tuple[Optional[Dict[str, Any]], SnapshotChec
     if data.startswith(b"{"):
         check.legacy = True
         try:
-            state = json.loads(data.decode("utf-8"))
+            legacy = json.loads(data.decode("utf-8"))
         except ValueError:
             return None, check
-        check.has_end = isinstance(state, dict)
-        return (state if isinstance(state, dict) else None), check
+        check.has_end = isinstance(legacy, dict)
+        return (legacy if isinstance(legacy, dict) else None), check
     lines = data.split(b"\n")
     if lines[-1]:
         check.items_bad += 1  # the last line has no newline: cut short

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import socket
-from typing import Any, Deque, Iterable
+from typing import Any, Deque, Iterable, Tuple, Union
 
 from .event_loop import StreamTransport
 
@@ -55,7 +55,9 @@ class PipelinedConnection:
     def parse(self, data: bytes) -> Iterable[Any]:
         raise NotImplementedError
 
-    def reply(self, request: Any) -> bytes:
+    def reply(self, request: Any) -> Union[bytes, Tuple[bytes, ...]]:
+        """The reply to one request: bytes, or a tuple of parts written as they are (shared bytes
+        stay shared)."""
         raise NotImplementedError
 
     def done(self) -> bool:
@@ -80,7 +82,7 @@ class PipelinedConnection:
         transport = self.transport
         while self.pending and transport.output_size < transport.high_water and not transport.closed:
             reply = self.reply(self.pending.popleft())
-            if type(reply) is tuple:  # parts, each written as it is (shared bytes stay shared)
+            if isinstance(reply, tuple):  # parts, each written as it is (shared bytes stay shared)
                 for part in reply:
                     transport.write(part)
             else:

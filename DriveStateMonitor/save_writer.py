@@ -107,7 +107,7 @@ class SaveWriter:
         try:
             os.makedirs(self.save_dir, exist_ok=True)
         except OSError as exc:
-            raise StatServError(DENIED, "cannot create %s: %s" % (self.save_dir, exc.strerror))
+            raise StatServError(DENIED, "cannot create %s: %s" % (self.save_dir, exc.strerror)) from exc
         pid = os.fork()
         if pid == 0:
             code = _FAILED

@@ -75,7 +75,7 @@ class ErrorCode(enum.Enum):
 
 _SERVER_CODES = {code.value: code for code in ErrorCode
                  if code not in (ErrorCode.OK, ErrorCode.CONNECTION, ErrorCode.TIMEOUT)}
-_WORDS = {word: word for word in (UNDEFINED, EXPIRED, NONEXISTENT)}
+_WORDS: Dict[str, ValueWord] = {word: word for word in (UNDEFINED, EXPIRED, NONEXISTENT)}
 # Printable ASCII but for the characters the server's splitter or decoder gives a meaning to.
 _PLAIN_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b"%\"'=")
 _STAT_INTEGERS = frozenset({"entries", "revision", "usecount", "monitors"})

@@ -641,7 +641,8 @@ class Tree:
     def _check_length(self, text: str, what: str) -> None:
         limit = self.max_value_bytes
         # len(text) bounds the UTF-8 length from below and len*4 from above: encode only if needed.
-        if len(text) > limit or (len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit):
+        if len(text) > limit or (len(text) * 4 > limit
+                                 and len(text.encode("utf-8", "surrogatepass")) > limit):
             raise StatServError(TOOLONG, "%s longer than %d bytes" % (what, limit))
 
     def _make_parents(self, path: str, now: float, new_leaf: bool) -> None:

@@ -85,7 +85,8 @@ _FLAT_STATUS = re.compile(r"\{ *(?:%s *, *)*%s *\}\Z" % (_FLAT_PAIR, _FLAT_PAIR)
 # The same, followed by nothing but what the framer skips between messages (group 1: the object).
 _WHOLE_FLAT_STATUS = re.compile(r"(\{ *(?:%s *, *)*%s *\})[ \t\r\n\x0b\x0c\x04]*\Z"
                                 % (_FLAT_PAIR, _FLAT_PAIR))
-_SCAN_FLAT = json.JSONDecoder().scan_once
+# scan_once is set by JSONDecoder.__init__ (json.scanner.make_scanner); typeshed does not declare it.
+_SCAN_FLAT = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 # One encoder for every entry: json.dumps with an option builds a new one per call.
 _ENTRY_ENCODER = json.JSONEncoder(allow_nan=False)
 # How that encoder writes each scalar type (json.encoder: ensure_ascii, int/float __repr__).

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
@@ -34,7 +34,8 @@ from .statserv_tree import LIMIT, StatServError, Tree
 log = logging.getLogger("dsm.state")
 
 SNAPSHOT_FORMAT = 1
-Recorder = Callable[[List[Any]], None]
+# A change record: a JSON-able list, or bytes already holding its JSON (persistence.encode_record).
+Recorder = Callable[[Union[List[Any], bytes]], None]
 
 
 class JournaledTree(Tree):

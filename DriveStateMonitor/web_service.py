@@ -209,7 +209,7 @@ class WebConnection(PipelinedConnection):
     def parse(self, data: bytes) -> List[Union[Request, RequestError]]:
         return self.http.receive_data(data)
 
-    def reply(self, event: Union[Request, RequestError]) -> Tuple[bytes, bytes]:
+    def reply(self, event: Union[Request, RequestError]) -> Union[bytes, Tuple[bytes, ...]]:
         return self._respond(event)
 
     def done(self) -> bool:

@@ -163,7 +163,7 @@ class FloorServer:
                 return
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise BenchError("the floor server did not start")
+                    raise BenchError("the floor server did not start") from None
                 time.sleep(0.05)
 
     @property
@@ -312,7 +312,7 @@ class Dsm:
                     break
                 buf += chunk
                 *done, buf = buf.split(b"\n")
-                finals.extend(l.decode() for l in done if l[:1] in (b".", b"!"))
+                finals.extend(line.decode() for line in done if line[:1] in (b".", b"!"))
             return finals
 
     def get_value(self, name: str) -> Optional[str]:
@@ -382,8 +382,8 @@ class Loadgen:
         except subprocess.TimeoutExpired:
             stop_process(self.proc, 2.0)
             raise BenchError("%s load generator did not finish within %.0f s"
-                             % (self.args["mode"], timeout))
-        lines = [l for l in out.decode().splitlines() if l.strip()]
+                             % (self.args["mode"], timeout)) from None
+        lines = [line for line in out.decode().splitlines() if line.strip()]
         if not lines:
             raise BenchError("%s load generator printed nothing (exit %s)"
                              % (self.args["mode"], self.proc.returncode))
@@ -464,12 +464,13 @@ class Report:
                 cells = [row.scenario, row.measure, row.text, "", "", "", row.target,
                          s["result"] or ""]
             else:
-                f = (lambda v: row.fmt.format(v) if v is not None else "-")
+                def f(v, fmt=row.fmt):
+                    return fmt.format(v) if v is not None else "-"
                 cells = [row.scenario, row.measure, f(s["median"]), f(s["min"]), f(s["max"]),
                          row.unit, row.target, s["result"] or ""]
             lines.append(cells)
         text_rows = {n + 1 for n, row in enumerate(self.rows) if row.text and not row.values}
-        widths = [max(len(str(l[i])) for n, l in enumerate(lines) if n not in text_rows)
+        widths = [max(len(str(cells[i])) for n, cells in enumerate(lines) if n not in text_rows)
                   for i in range(len(header))]
         out = []
         for n, cells in enumerate(lines):
@@ -564,10 +565,10 @@ class Bench:
         code = dsm.stop()
         if code not in (0, None):
             rows[0].fail_check("the DSM exited with %s on SIGTERM" % code)
-        errors = [l for l in dsm.log_text().splitlines() if " ERROR " in l or " CRITICAL " in l]
+        errors = [line for line in dsm.log_text().splitlines() if " ERROR " in line or " CRITICAL " in line]
         if errors:
             rows[0].fail_check("DSM logged %d error(s), first: %s" % (len(errors), errors[0][:300]))
-        warnings = [l for l in dsm.log_text().splitlines() if " WARNING " in l]
+        warnings = [line for line in dsm.log_text().splitlines() if " WARNING " in line]
         if warnings:
             rows[0].notes.append("DSM logged %d warning(s), first: %s"
                                  % (len(warnings), warnings[0][:200]))
@@ -1128,7 +1129,7 @@ class Bench:
                     break
                 except OSError:
                     if time.monotonic() > deadline or proc.poll() is not None:
-                        raise BenchError("redis-server did not start")
+                        raise BenchError("redis-server did not start") from None
                     time.sleep(0.05)
             self._kv_bench(port, "redis", r_rtt, r_rtt99, r_pipe, None, count_rtt, count_pipe,
                            lambda: cpu_seconds(proc.pid))
@@ -1144,7 +1145,7 @@ class Bench:
         tree = R.row("7", "RSS with 100,000 tree objects (TOUCH+PUT)", "MB", "≤ 200 MB",
                      lambda v: v <= 200, "{:.1f}")
         fill = R.row("7", "  TOUCH+PUT pipelined: objects/s", "/s", "", None, "{:,.0f}")
-        for rep in range(self.reps):
+        for _ in range(self.reps):
             dsm = self.dsm()
             try:
                 res = run_loadgens([dict(mode="tree_fill", port=dsm.statserv_port,
@@ -1180,7 +1181,7 @@ class Bench:
         if "--fsync" not in self.help_text:
             restore.text = "n/a (no restore yet)"
             return
-        for rep in range(self.reps):
+        for _ in range(self.reps):
             state = tempfile.mkdtemp(prefix="dsmbench-state")
             _temp_dirs.append(state)
             dsm = self.dsm(state_dir=state)

@@ -39,6 +39,18 @@ def dsm(dsm_factory):
 
 
 @pytest.fixture
+def scripts():
+    """runDSM and stopDSM with a temporary run, log and state dir (test_scripts.Scripts); every DSM
+    they started is stopped afterwards, pass or fail."""
+    from test_scripts import Scripts
+    s = Scripts()
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture
 def procs():
     """Processes a test starts itself; each is stopped by its pid afterwards."""
     started: List[subprocess.Popen] = []

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 
 from dsm_harness import PACKAGE, ROOT, TEST_GROUP, run_script, wait_for
 

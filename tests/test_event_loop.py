@@ -495,7 +495,7 @@ def test_datagram_reader_without_coalescing_reads_each_datagram_as_it_comes(loop
                             with_ifindex=False, coalesce_s=0.0, clock=FakeClock())
     for n in range(3):
         send(b"%d" % n)
-        run_until(loop, lambda: len(got) == n + 1, "datagram %d" % n)
+        run_until(loop, lambda n=n: len(got) == n + 1, "datagram %d" % n)
         assert watched(loop, receiver)
     reader.close()
 

@@ -169,7 +169,7 @@ def crash(dsm, token: bytes = b"!crash") -> bytes:
 def test_failures_handling_input_never_trip_the_kill_switch(dsm_factory):
     dsm = dsm_factory.start("--fault-injection")
     assert dsm.send_status(b'{"serial_number": "K1", "time_stamp": 1, "status": "001"}') == END
-    for failure in range(1, 13):
+    for _ in range(1, 13):
         assert crash(dsm) == b""  # closed without a reply
         assert dsm.proc.poll() is None
         assert dsm.query_json("s") == {"K1": [{"time_stamp": 1, "status": "001"}]}
@@ -192,7 +192,7 @@ def test_kill_switch_exits_4_after_more_than_5_internal_failures(dsm_factory):
     assert dsm.send_status(b'{"serial_number": "K1", "time_stamp": 1, "status": "001"}') == END
     for failure in range(1, 6):
         crash(dsm, b"!crash-loop")
-        wait_for(lambda: dsm.log_text().count("RuntimeError: fault injection: !crash-loop")
+        wait_for(lambda failure=failure: dsm.log_text().count("RuntimeError: fault injection: !crash-loop")
                  == failure, 5, "failure %d to be logged" % failure)
         # Still serving after each of the first five failures.
         assert dsm.proc.poll() is None

@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from DriveStateMonitor import persistence
 from DriveStateMonitor.status_protocol import StatusParser
 
-from dsm_harness import END, LOOPBACK, recv_until_end, wait_for
+from dsm_harness import END, LOOPBACK, wait_for
 
 
 def _state_dir(dsm) -> str:
@@ -75,7 +75,7 @@ def test_dsm_starts_and_serves_past_a_fifo_and_a_device_in_its_state_dir(dsm_fac
 # --- names every output can serve ----------------------------------------------------------------
 from urllib.parse import quote  # noqa: E402
 
-from DriveStateMonitor.announcement import Announcement, Rejected, parse_announcement  # noqa: E402
+from DriveStateMonitor.announcement import Announcement, parse_announcement  # noqa: E402
 from DriveStateMonitor.drive_view import MAX_COMPONENT_CHARS, path_component  # noqa: E402
 from DriveStateMonitor.intake import MAX_SERIAL_CHARS  # noqa: E402
 from DriveStateMonitor.status_protocol import StatusError, parse_status  # noqa: E402
@@ -307,7 +307,7 @@ def test_real_dsm_answers_a_tls_client_hello_on_the_http_port_at_once(dsm_factor
     from test_boundary_contract import free_tcp_port
     from dsm_harness import recv_all
     port = free_tcp_port()
-    dsm = dsm_factory.start("--http-port", str(port), "--request-timeout", "60")
+    dsm_factory.start("--http-port", str(port), "--request-timeout", "60")
     for probe in (TLS_CLIENT_HELLO, b"GET /keep/a\n"):
         with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
             sock.sendall(probe)  # and waits, as a TLS client does: no half-close

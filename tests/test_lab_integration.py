@@ -48,7 +48,7 @@ class Lab:
         send_status(c, "ZC30H5M8", "PASS", "2026-11-30 03:10:00")
         send_status(a, "ZD40J6N9", "FAIL", "2026-11-30 03:20:00")
         for name, count in (("bench-a", 1), ("bench-b", 2), ("bench-c", 1)):
-            wait_for(lambda: len(self.dsms[name].query_json("m")) == count,
+            wait_for(lambda name=name, count=count: len(self.dsms[name].query_json("m")) == count,
                      what="%s to hear its drives" % name)
 
 

@@ -19,8 +19,7 @@ import pytest
 
 from DriveStateMonitor.single_instance import _write_atomic
 from dsm_harness import END, short_temp_dir
-from test_scripts import (RUN_DSM, is_dsm, pid_alive, plant_bystander_pid,  # noqa: F401
-                          scripts)  # (scripts: a fixture)
+from test_scripts import RUN_DSM, is_dsm, pid_alive, plant_bystander_pid
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 

@@ -2,7 +2,8 @@
 
 Debian's default netcat (netcat-openbsd) never closes its side at the end of its input unless given
 `-N`; the DSM closes once everything received has been answered (pipelining.answered_and_idle,
-for query and status connections alike), so the one-liners end as soon as the reply is in. Skipped where no `nc` is installed (.ci/run installs it).
+for query and status connections alike), so the one-liners end as soon as the reply is in.
+Skipped where no `nc` is installed (.ci/run installs it).
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def announce_all(dsm, serials: Iterable[str], batch: int = 50, rounds: int = 5) 
             for serial in missing:
                 dsm.announce(announcement(serial))
             try:
-                wait_for(lambda: all(s in m_of(dsm) for s in chunk), timeout=3,
+                wait_for(lambda chunk=chunk: all(s in m_of(dsm) for s in chunk), timeout=3,
                          what="batch of %d drives in m" % len(chunk))
                 break
             except AssertionError:

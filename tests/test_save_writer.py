@@ -57,7 +57,7 @@ def test_save_is_written_by_a_child_and_answered_when_it_ends(tmp_path, loop):
     session = Session()
     writer.start(os.path.join(os.path.realpath(str(tmp_path)), "saves", "one.save"), session)
     assert writer.in_flight == 1 and session.answers == []
-    run_until(loop, lambda: session.answers)
+    run_until(loop, lambda session=session: session.answers)
     assert session.answers == [(None, None)]
     with open(os.path.join(saves, "one.save"), encoding="utf-8") as f:
         assert f.read() == tree.dump()
@@ -90,11 +90,11 @@ def test_bytes_limit_refuses_a_save_that_would_pass_it_and_one_when_full(tmp_pat
     for name in ("a", "b"):
         session = Session()
         writer.start(os.path.join(saves, name), session)
-        run_until(loop, lambda: session.answers)
+        run_until(loop, lambda session=session: session.answers)
         assert session.answers == [(None, None)]
     session = Session()
     writer.start(os.path.join(saves, "c"), session)  # 10 bytes left: the child refuses
-    run_until(loop, lambda: session.answers)
+    run_until(loop, lambda session=session: session.answers)
     assert session.answers[0][0] == "LIMIT"
     with pytest.raises(StatServError) as error:
         writer.max_bytes = size * 2
@@ -102,6 +102,6 @@ def test_bytes_limit_refuses_a_save_that_would_pass_it_and_one_when_full(tmp_pat
     assert error.value.code == "LIMIT"
     session = Session()
     writer.start(os.path.join(saves, "a"), session)  # replacing a file frees its bytes
-    run_until(loop, lambda: session.answers)
+    run_until(loop, lambda session=session: session.answers)
     assert session.answers == [(None, None)]
     assert sorted(os.listdir(saves)) == ["a", "b"]

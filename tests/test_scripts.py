@@ -154,20 +154,11 @@ class Scripts:
             if pid_alive(pid) and is_dsm(pid):
                 os.kill(pid, signal.SIGTERM)
                 try:
-                    wait_for(lambda: not pid_alive(pid), 10, "DSM pid %d to stop" % pid)
+                    wait_for(lambda pid=pid: not pid_alive(pid), 10, "DSM pid %d to stop" % pid)
                 except AssertionError:
                     if is_dsm(pid):
                         os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-@pytest.fixture
-def scripts():
-    s = Scripts()
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 def query_tcp(port: int, data: bytes = b"s") -> bytes:

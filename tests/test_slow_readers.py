@@ -49,7 +49,7 @@ def test_silent_m_readers_share_one_reply_and_the_total_bound_evicts_the_rest(ds
     dsm = dsm_factory.start("--max-output-total", str(MAX_OUTPUT_TOTAL), "--idle-timeout", "120",
                             "--max-connections-per-address", "512")
     serials = ["SLOW%05d" % n for n in range(DRIVES)]
-    for attempt in range(3):  # bounded re-sends: loopback may drop some of a burst
+    for _ in range(3):  # bounded re-sends: loopback may drop some of a burst
         for index, serial in enumerate(serials):
             dsm.announce(announcement(serial, note=NOTE))
             if index % 50 == 49:
@@ -80,7 +80,7 @@ def test_silent_m_readers_share_one_reply_and_the_total_bound_evicts_the_rest(ds
             model = "CHANGED%03d" % n
             dsm.announce(announcement(serials[n], note=NOTE, model=model))
             with dsm.connect_statserv(unix=True) as statserv:
-                wait_for(lambda: ask(statserv, "GET /drives/%s/model" % serials[n])
+                wait_for(lambda n=n, model=model: ask(statserv, "GET /drives/%s/model" % serials[n])
                          == '. "%s"' % model, 5, "the change to be stored")
             sock = silent_client(dsm.query_port)
             sock.sendall(b"m")

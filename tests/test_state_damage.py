@@ -115,7 +115,8 @@ def test_kill_9_during_a_snapshot_then_an_immediate_restart_serves_at_once(dsm_f
         assert statuses == {serial: acked[serial] for serial in statuses} and \
             set(statuses) == set(acked), "round %d" % round_number
         assert "already running" not in dsm.log_text()
-        wait_for(lambda: not alive(child), 5, "the orphaned snapshot child to die with its parent")
+        wait_for(lambda child=child: not alive(child), 5,
+                 "the orphaned snapshot child to die with its parent")
     print("\nkill -9 during a snapshot, 3 rounds: restart serving %s s after the kill"
           % ", ".join("%.2f" % f for f in figures))
 

@@ -128,7 +128,7 @@ def spans(data: bytes, journal: bool) -> List[Tuple[int, int]]:
             start += len(line) + 1
         return result
     result, offset = [], 0
-    for _, record in scan_journal(data).records:
+    for _ in scan_journal(data).records:
         end = data.index(b"\x00DJ\x02", offset + 1) if data.find(b"\x00DJ\x02", offset + 1) >= 0 \
             else len(data)
         result.append((offset, end))

@@ -353,7 +353,7 @@ def test_drive_that_keeps_announcing_never_reads_expired(dsm_factory, open_clien
     while time.monotonic() < started + 3 * lifetime and sequence < 5000:
         sequence += 1
         dsm.announce(announcement("KEEP01", sequence=sequence))
-        wait_for(lambda: get(pacer, "/drives/KEEP01/sequence") == '. "%d"' % sequence, 2.0,
+        wait_for(lambda sequence=sequence: get(pacer, "/drives/KEEP01/sequence") == '. "%d"' % sequence, 2.0,
                  "announcement %d in the tree" % sequence)
     last_announced = time.monotonic()
 
