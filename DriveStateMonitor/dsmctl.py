@@ -83,7 +83,8 @@ import select  # noqa: E402
 import socket  # noqa: E402
 import stat as stat_mode  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union  # noqa: E402
+from typing import (Any, Callable, Dict, Iterable, List, NoReturn, Optional, Set, Tuple,  # noqa: E402
+                    Union)
 
 from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, ErrorCode,  # noqa: E402
                               StatServClient, is_valid, parse_address)
@@ -358,6 +359,11 @@ def _check(client: StatServClient, result: Any) -> Any:
     """`result`, or CommandFailed with the exit code for the client's last error."""
     if result is not None and result is not False:
         return result
+    _fail(client)
+
+
+def _fail(client: StatServClient) -> NoReturn:
+    """CommandFailed with the exit code for the client's last error."""
     code, text = client.last_error, client.last_error_text
     if code in (ErrorCode.CONNECTION, ErrorCode.TIMEOUT):
         raise CommandFailed(EXIT_CONNECTION_BROKE, "dsmctl: %s" % text)
@@ -401,7 +407,7 @@ def walk(client: StatServClient, path: str, depth: int = 0) -> List[Dict[str, An
     if entries is None:
         if depth and client.last_error in (ErrorCode.NONEXISTENT, ErrorCode.NOTDIR):
             return []
-        _check(client, None)
+        _fail(client)
     result = []
     for name, value in entries:
         item = json_value(name, value)
@@ -495,7 +501,7 @@ def command_rmdir(client: StatServClient, options: argparse.Namespace) -> int:
 Address = Union[str, Tuple[str, int]]
 
 
-def dsm_address(options: argparse.Namespace, port: int) -> Address:
+def dsm_address(options: argparse.Namespace, port: int) -> Tuple[str, int]:
     """(host, port) from --host HOST[:PORT] (a port there wins over `port`); ValueError if bad."""
     text = options.host.strip()
     host, port_text = text, ""
@@ -672,7 +678,7 @@ def query(options: argparse.Namespace, letters: str) -> List[Tuple[bytes, Any]]:
 def read_serials(lines: Iterable[str]) -> List[str]:
     """The first CSV column of each line; blank lines, `#` comments and a header (a first cell
     naming a serial number, such as serial_number) left out."""
-    serials = []
+    serials: List[str] = []
     for row in csv.reader(lines, skipinitialspace=True):
         if not row:
             continue
@@ -766,8 +772,9 @@ def explain_empty(options: argparse.Namespace) -> str:
     in the Status Server, when reachable) and the simulator."""
     where = flags = ""
     server = options.server
-    if options.unix:  # the Status Server's socket is beside the query socket, in the run dir
-        server = os.path.join(os.path.dirname(query_address(options)), "statserv.sock")
+    query_socket = query_address(options)
+    if isinstance(query_socket, str):  # --unix: the Status Server's socket is beside it, in the run dir
+        server = os.path.join(os.path.dirname(query_socket), "statserv.sock")
     client = StatServClient("dsmctl", server, timeout=2.0, reconnect_timeout=0.0)
     try:
         if client.logon():
@@ -837,7 +844,7 @@ def unknown_columns(names: Iterable[str], rows: List[Row]) -> List[str]:
     """The column names that are neither a known field, an alias, an interface field (`F`, `*F`,
     `eth0.F`), a status field, nor a field of any row of this m data."""
     interface_fields = INTERFACE_FIELDS + ("name",)
-    present = set()
+    present: Set[str] = set()
     for row in rows:
         present.update(row)
     bad = []
@@ -908,13 +915,13 @@ def print_rows(headings: List[str], rows: List[List[str]], options: argparse.Nam
     if options.csv:
         # Lines end in "\n"; a cell holding a CR is quoted too (csv quotes only the terminator's
         # characters, so with "\n" alone a bare CR would split the row for a CSV reader).
-        line = io.StringIO()
-        writer = csv.writer(line, lineterminator="\r\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
         for row in rows if options.no_header else [headings] + rows:
-            line.seek(0)
-            line.truncate()
+            buffer.seek(0)
+            buffer.truncate()
             writer.writerow(row)
-            sys.stdout.write(line.getvalue()[:-2] + "\n")
+            sys.stdout.write(buffer.getvalue()[:-2] + "\n")
         return
     shown = [[escape_controls(cell) or "-" for cell in row] for row in rows]
     titles = [escape_controls(HEADINGS.get(heading, heading.upper().replace("_", " ")))
@@ -1089,7 +1096,7 @@ def lab_hosts(options: argparse.Namespace, fallback: bool) -> List[lab.LabHost]:
 
 
 def ask_lab(options: argparse.Namespace, letters: str, fallback: bool = False
-            ) -> List[lab.HostAnswer]:
+            ) -> List[lab.Answered]:
     """The answers of the DSMs that answered; one stderr line per DSM that did not.
     CommandFailed(2) when none answered, or (--strict) when any did not."""
     hosts = lab_hosts(options, fallback)
@@ -1100,7 +1107,8 @@ def ask_lab(options: argparse.Namespace, letters: str, fallback: bool = False
     if failed and (len(failed) == len(answers) or options.strict):
         raise CommandFailed(EXIT_CANNOT_CONNECT, "dsmctl: %d of %d DSMs did not answer"
                             % (len(failed), len(answers)))
-    return [answer for answer in answers if answer.error is None]
+    return [lab.Answered(answer.host, answer.replies) for answer in answers
+            if answer.error is None and answer.replies is not None]
 
 
 def _warn_unknown_in_lab(serials: Optional[List[str]], known: Iterable[str]) -> int:
@@ -1269,7 +1277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     standard error, exit 7; a reader that leaves early (`| head`, EPIPE) is not an error: exit 0,
     nothing said."""
     real_stdout = sys.stdout
-    sys.stdout = CheckedOutput(real_stdout)  # type: ignore[assignment]
+    sys.stdout = CheckedOutput(real_stdout)
     try:
         try:
             code = _run(argv)

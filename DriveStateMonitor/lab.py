@@ -40,7 +40,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 DEFAULT_QUERY_PORT = 2203
 DEFAULT_HTTP_PORT = 2204
@@ -217,6 +217,13 @@ class HostAnswer(NamedTuple):
     seconds: float
 
 
+class Answered(NamedTuple):
+    """A DSM that answered: its host, and one parsed reply per query letter."""
+
+    host: LabHost
+    replies: List[Any]
+
+
 class _Exchange:
     """The state of one DSM's exchange: resolving, connecting, sending, reading, done."""
 
@@ -308,7 +315,8 @@ def ask_lab(hosts: Iterable[LabHost], letters: str, timeout: float = 10.0,
         selector.close()
         wake_r.close()
         wake_w.close()
-    return [exchange.result for exchange in exchanges]  # type: ignore[misc]
+    # The loop above ends only when every exchange has finished (answered, failed or timed out).
+    return [exchange.result for exchange in exchanges if exchange.result is not None]
 
 
 def _resolve(exchange: _Exchange, lock: threading.Lock, wake: socket.socket) -> None:
@@ -463,13 +471,14 @@ def reply_shape_error(letter: str, reply: Dict[str, Any]) -> Optional[str]:
 # Where each drive is heard
 
 
-def find_drives(answers: Iterable[HostAnswer], serials: Iterable[str]) -> List[Dict[str, Any]]:
+def find_drives(answers: Iterable[Union[HostAnswer, Answered]], serials: Iterable[str]
+                ) -> List[Dict[str, Any]]:
     """One row per (DSM, drive) that knows one of `serials` (from its m and s replies, in that
     order): host, serial_number, interface, address, state, last_seen, status, time_stamp. A drive
     heard by two DSMs gives two rows; a serial no DSM knows gives none. Sorted by serial, then
     host, in the order the answers came."""
     wanted = list(dict.fromkeys(serials))
-    rows = []
+    ordered: List[Tuple[Tuple[int, int], Dict[str, Any]]] = []  # (serial's place, answer's), row
     for order, answer in enumerate(answers):
         if answer.replies is None:
             continue
@@ -484,7 +493,7 @@ def find_drives(answers: Iterable[HostAnswer], serials: Iterable[str]) -> List[D
             latest = latest if isinstance(latest, dict) else {"status": latest}
             interfaces = [item for item in drive.get("network_interfaces") or []
                           if isinstance(item, dict)]
-            rows.append({
+            ordered.append(((wanted.index(serial), order), {
                 "host": answer.host.name, "serial_number": serial,
                 # where the announcement arrived, when the DSM says (its `interface` field)
                 "interface": drive.get("interface") or "",
@@ -493,7 +502,6 @@ def find_drives(answers: Iterable[HostAnswer], serials: Iterable[str]) -> List[D
                                       if item.get("ipv4_addr")),
                 "state": drive.get("state") or ("unannounced" if not drive else ""),
                 "last_seen": drive.get("last_seen") or "",
-                "status": latest.get("status"), "time_stamp": latest.get("time_stamp"),
-                "_order": (wanted.index(serial), order)})
-    rows.sort(key=lambda row: row.pop("_order"))
-    return rows
+                "status": latest.get("status"), "time_stamp": latest.get("time_stamp")}))
+    ordered.sort(key=lambda item: item[0])
+    return [row for _, row in ordered]
