@@ -70,6 +70,35 @@ def test_it_runs_exactly_the_found_versions_and_says_which_ran_and_which_are_mis
     assert "Python 3.13  missing: not tested" in out
 
 
+def test_a_whole_run_also_lints_and_a_lint_finding_fails_it(monkeypatch, capsys):
+    found = {"3.8": "/opt/py38/bin/python3.8", "3.13": "/opt/py313/bin/python3.13"}
+    monkeypatch.setattr(run_tests, "find_interpreter", found.get)
+    monkeypatch.setattr(run_tests, "set_up_tools", lambda: "/repo/.venv-tests/bin/python")
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        with open(command[command.index("--result-json") + 1], "w") as f:
+            json.dump({"testenvs": {
+                "py38": {"result": {"success": True}}, "py313": {"result": {"success": True}},
+                "lint": {"result": {"success": False}, "test": [
+                    {"retcode": 1,
+                     "output": "DriveStateMonitor/x.py:3: error: Item None has no attribute\n"}]}}},
+                f)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(run_tests.subprocess, "run", fake_run)
+    assert run_tests.main([]) == 1  # the versions passed; the linters did not
+    out = capsys.readouterr().out
+    assert commands[0][commands[0].index("-e") + 1] == "py38,py313,lint"
+    assert "lint         FAILED" in out
+    assert "DriveStateMonitor/x.py:3: error: Item None has no attribute" in out.split(
+        "what the linters found")[1]
+    # A partial run (arguments for pytest) runs no linter.
+    assert run_tests.main(["tests/test_x.py"]) == 0
+    assert commands[1][commands[1].index("-e") + 1] == "py38,py313"
+
+
 def test_a_clean_tox_run_that_skipped_a_version_is_not_success(monkeypatch, capsys):
     monkeypatch.setattr(run_tests, "find_interpreter", {"3.12": "/x/python3.12"}.get)
     monkeypatch.setattr(run_tests, "set_up_tools", lambda: "/repo/.venv-tests/bin/python")
