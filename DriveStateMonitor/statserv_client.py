@@ -451,17 +451,14 @@ class StatServClient:
     def _note_replayed(self, path: str, answer: Any) -> None:
         """Keep for wait_for_updates what a replayed MONITOR answers that the caller has not
         seen: a changed value, a new entry, an entry gone (NONEXISTENT)."""
-        if isinstance(answer, list):
-            prefix = path.rstrip("/") + "/"
-            current = {_join(path, name): value for name, value in answer}
-            gone = [key for key, value in self._seen.items()
-                    if key.startswith(prefix) and "/" not in key[len(prefix):]
-                    and key not in current and value is not NONEXISTENT]
-            changes = [(key, NONEXISTENT) for key in gone] + list(current.items())
-            if self._seen.get(path) is not DIRECTORY:
-                changes.append((path, DIRECTORY))
-        else:
-            changes = [(path, answer)]
+        is_directory = isinstance(answer, list)
+        current = {_join(path, name): value for name, value in answer} if is_directory else {}
+        prefix = path.rstrip("/") + "/"
+        gone = [key for key, value in self._seen.items()
+                if key.startswith(prefix) and "/" not in key[len(prefix):]
+                and key not in current and value is not NONEXISTENT]
+        changes = [(key, NONEXISTENT) for key in gone] + list(current.items())
+        changes.append((path, DIRECTORY if is_directory else answer))
         for key, value in changes:
             seen = self._seen.get(key)
             if seen is None or type(seen) is not type(value) or seen != value:

@@ -1281,6 +1281,10 @@ class Tree:
         back EXPIRED, since that connection is gone, and keep their AUTOEXPIRE flag. (An older
         snapshot without "owned" meant by "autoexpire" an owned object.)"""
         nodes = self._nodes
+        # Changes made now (an owned object expiring) number above every revision restored.
+        saved = [entry.get("revision") for entry in entries]
+        self.revision = max([self.revision] + [r for r in saved if type(r) is int])
+        owned: List[_Node] = []
         for entry in entries:
             path = entry["path"]
             if entry.get("dir"):
@@ -1300,14 +1304,16 @@ class Tree:
             node.lifetime = float(entry.get("lifetime") or 0.0)
             deadline = entry.get("deadline")
             node.autoexpire = bool(entry.get("autoexpire"))
-            if entry.get("owned", node.autoexpire):
-                self._set_text(node, EXPIRED, set_value=True)
-                deadline = None
             if deadline is not None and node.value is not EXPIRED:
                 node.deadline = float(deadline)
                 self._schedule(node, node.deadline)
             node.mtime = entry.get("mtime", now)
             self.restore_revision(path, entry.get("revision"))
+            if entry.get("owned", node.autoexpire):
+                owned.append(node)
+        for node in owned:  # a change now: STAT's time and revision say when it expired
+            node.deadline = None
+            self._expire(node, now)
         self.expire_due(now)
 
     def restore_revision(self, path: str, revision: Optional[int]) -> None:
