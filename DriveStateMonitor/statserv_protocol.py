@@ -20,6 +20,11 @@ discarded up to its newline while keeping nothing, so memory stays bounded. The 
 far it has already searched for a newline, so a line dripped in byte by byte costs O(n), not O(n^2)
 (h11 does the same, for the same denial-of-service reason).
 
+Names: `%2F` in a NAME or PATH argument is refused before decoding (an encoded separator is not a
+separator, and a component cannot hold '/'); a name ending in '/' (or in a '.'/'..' component) names
+a directory, so it fails NOTDIR where it names an object and ISDIR in TOUCH (`_path`). A per-batch
+fast path for plain names must send such names (trailing '/', '.' components) the general way.
+
 The session owns no socket and reads no clock: the loop passes `clock` (time.time in production, a
 fake in tests) and the callbacks.
 """

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from DriveStateMonitor.statserv_protocol import StatServSession
 from DriveStateMonitor.statserv_tree import (
     DIRECTORY, NONEXISTENT, UNDEFINED, StatServError, Tree, ValueWord,
 )
@@ -324,3 +325,50 @@ def test_deadband_entries_are_kept_only_while_a_deadband_is_set():
     tree.monitor("/dir", subscriber, 0.0, deadband=2.0)
     assert monitor.reported_entries == {"a": 1}
     assert isinstance(NONEXISTENT, ValueWord)
+
+
+# -- the same rules on the line protocol ----------------------------------------------------------
+
+class LineSession:
+    """A protocol session on `tree` with a clock the test moves."""
+
+    def __init__(self, tree: Tree, clock: List[float]) -> None:
+        self.session = StatServSession(tree, lambda: clock[0], is_local=True)
+
+    def ask(self, line: str) -> str:
+        self.session.receive_data(line.encode("ascii") + b"\n")
+        return self.session.data_to_send().decode("utf-8")
+
+    def pending(self) -> str:
+        return self.session.data_to_send().decode("utf-8")
+
+
+def test_line_protocol_directory_deadband_is_applied_not_just_accepted():
+    tree, clock = Tree(), [0.0]
+    watcher, writer = LineSession(tree, clock), LineSession(tree, clock)
+    writer.ask("TOUCH /lab/t TYPE=float")
+    writer.ask("PUT /lab/t 20.0")
+    assert watcher.ask("MONITOR /lab DEADBAND=1.5") == '* t = "20.0"\n.\n'
+    writer.ask("PUT /lab/t 21.0")
+    assert watcher.pending() == ""
+    writer.ask("PUT /lab/t 21.5")                 # 1.5 from the 20.0 reported
+    assert watcher.pending() == "@ /lab\n"
+    assert watcher.ask("UPDATES") == '* /lab/t = "21.5"\n.\n'
+
+
+def test_line_protocol_refuses_deadband_on_a_string_and_reissue_applies_minperiod():
+    tree, clock = Tree(), [0.0]
+    watcher, writer = LineSession(tree, clock), LineSession(tree, clock)
+    writer.ask("TOUCH /s")
+    assert watcher.ask("MONITOR /s DEADBAND=1").startswith("! TYPE ")
+    assert "* monitors=0" in watcher.ask("STAT /s")
+    assert watcher.ask("MONITOR /s MINPERIOD=3600") == ". UNDEFINED\n"
+    writer.ask("PUT /s a")
+    assert watcher.pending() == "@ /s\n"
+    assert watcher.ask("MONITOR /s MINPERIOD=2") == '. "a"\n'
+    clock[0] = 1.0
+    writer.ask("PUT /s b")
+    assert watcher.pending() == ""                # quiet until 0 + 2, not 0 + 3600
+    clock[0] = 2.0
+    tree.expire_due(clock[0])
+    assert watcher.pending() == "@ /s\n"
