@@ -160,7 +160,8 @@ def names_directory(name: str) -> bool:
     """True when `name` can only name a directory, as in UNIX: it ends in `/`, or its last
     component is `.` or `..` (`/a/d/`, `d/.`, `..`). The protocol refuses such a name where it
     would name an object (NOTDIR) and in TOUCH, which makes objects (ISDIR)."""
-    return name.endswith("/") or name.rpartition("/")[2] in (".", "..")
+    last = name[-1:]
+    return last == "/" or (last == "." and name.rpartition("/")[2] in (".", ".."))
 
 
 def _parent_of(path: str) -> Optional[str]:
@@ -900,8 +901,7 @@ class Tree:
         node.lifetime = 0.0
         node.deadline = None
         node.group = None
-        node.autoexpire = False
-        node.autoexpire_owner = None
+        self._set_autoexpire(node, False, None)  # its owner's leaving no longer concerns this name
         node.type_name = TYPE_STRING
         if node.holders or node.monitors:
             node.kind = _KIND_PLACEHOLDER
@@ -1043,8 +1043,9 @@ class Tree:
         """A monitored directory's {name: value} (DIRECTORY for a subdirectory); {} otherwise."""
         path = node.path
         if path == self._mount_path or path.startswith(self._mount_below):
-            return (self._view.children(path) or {}) if self._view_value(path) is DIRECTORY \
-                or path == self._mount_path else {}
+            if path == self._mount_path or self._view_value(path) is DIRECTORY:
+                return self._view.children(path) or {}
+            return {}
         if node.kind != _KIND_DIR:
             return {}
         return {name: DIRECTORY if child.kind == _KIND_DIR else child.value

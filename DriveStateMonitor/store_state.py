@@ -16,8 +16,8 @@ Journal records are short JSON arrays, the first item naming the change:
     ["td", path, t, comment, rev]                        TOUCHDIR
     ["tp", path, value_text, t, lifetime, rev]           PUT
     ["tr", path, t, rev] / ["trd", path, t, rev]         REMOVE / RMDIR
-    ["tx", path, t, rev]                                 expired: its lifetime ran out or its
-                                                         auto-expire owner left
+    ["tx", path, t, rev]                                 expired: its auto-expire owner left
+    ["te", path, t, rev]                                 expired: its lifetime ran out
     ["g", t]                                             first record after a recovery snapshot
 
 `rev` is the entry's revision after the change, so STAT's `revision` (and `time`) read after a
@@ -120,7 +120,7 @@ class JournaledTree(Tree):
         super()._expire(node, now)
         if (self.record is not None and not was_expired and not self._releasing
                 and not node.path.startswith(DSM + "/")):
-            self.record(["tx", node.path, now, node.revision])
+            self.record(["te", node.path, now, node.revision])
 
 
 class StoreState:
@@ -312,6 +312,10 @@ class StoreState:
             if self.tree.kind(record[1]) == "object":
                 self.tree.expire(record[1], record[2])
                 self._restore_revision(record[1], record, 3)
+        elif kind == "te":
+            if self.tree.kind(record[1]) == "object":
+                self.tree.expire(record[1], record[2])
+                self._restore_revision(record[1], record, 3)
         elif kind == "td":
             self.tree.touch_dir(record[1], record[2], comment=record[3])
             self._restore_revision(record[1], record, 4)
@@ -331,10 +335,8 @@ class StoreState:
 
     def _restore_revision(self, path: str, record: List[Any], index: int) -> None:
         """The revision a record carries at `index` (absent in older records) back on its entry."""
-        if len(record) > index:
-            revision = record[index]
-            if type(revision) is not int or revision < 0:
-                raise ValueError("revision %r is not a count" % (revision,))
+        revision = record[index] if len(record) > index else None
+        if type(revision) is int and revision >= 0:  # the change itself is applied already
             self.tree.restore_revision(path, revision)
 
     def _announce(self, serial: str, raw: str, t: float, source: str, interface: str) -> None:

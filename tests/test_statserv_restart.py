@@ -233,3 +233,66 @@ def test_dsmctl_watch_prints_only_changes_across_a_dsm_restart(dsm_factory, proc
     client.close()
     watch.kill()
     watch.wait(10)
+
+
+# --- the journal alone, pure: what a replay gives equals what STAT showed live ------------------
+
+def replayed_stats(records, names, now):
+    from DriveStateMonitor.persistence import Loaded
+    from test_persistence_unit import make_state
+    loaded = Loaded()
+    loaded.records = records
+    state = make_state()
+    state.restore(loaded, now)
+    return {name: state.tree.stat(name, now) for name in names}
+
+
+def live_stats(tree, names, now):
+    stats = {}
+    for name in names:
+        attributes = tree.stat(name, now)
+        attributes.update(usecount=1, monitors=0)  # what dies with the process
+        if "owner" in attributes:
+            attributes["owner"] = None
+        stats[name] = attributes
+    return stats
+
+
+def test_replay_of_a_lifetime_expiry_of_an_owned_object_keeps_it_owned():
+    """An owned object that expired by its lifetime and got a new value still reads EXPIRED after a
+    crash: the lifetime's end is not its owner leaving."""
+    from test_persistence_unit import make_state
+    records: List = []
+    state = make_state()
+    state.attach(records.append)
+    owner = object()
+    state.tree.touch("/o", 0.0, owner=owner, autoexpire=True, lifetime=1.0)
+    state.tree.put("/o", "a", 0.0)
+    state.tree.expire_due(1.0)                    # the lifetime ran out: journaled, kind "te"
+    assert state.tree.get("/o", 1.0) is EXPIRED
+    state.tree.put("/o", "b", 2.0)                # the owner, still connected, sets it again
+    after = replayed_stats(records, ["/o"], 2.5)["/o"]  # before b's lifetime ends at 3
+    assert after["value"] is EXPIRED and after["autoexpire"] is True
+
+
+def test_replay_gives_stat_of_expired_removed_and_recreated_objects_as_they_were_live():
+    from test_persistence_unit import make_state
+    records: List = []
+    state = make_state()
+    state.attach(records.append)
+    tree = state.tree
+    first, second = object(), object()
+    tree.touch_dir("/j", 0.0, owner=first, comment="journal")
+    tree.touch("/j/short", 0.0, owner=first, lifetime=2.0, type_name="int")
+    tree.put("/j/short", "3", 0.5)
+    tree.touch("/j/re", 0.0, owner=first, autoexpire=True)
+    tree.remove("/j/re", 1.0)                     # removed: first's leaving no longer concerns it
+    tree.touch("/j/re", 1.5, owner=second, comment="someone else's now")
+    tree.put("/j/re", "kept", 1.5)
+    tree.set_value("/dsm/noise", 1, 1.6)          # a daemon change: revisions move, unjournaled
+    tree.expire_due(2.5)                          # /j/short's lifetime ends at 2.5
+    tree.release_owner(first, 3.0)
+    names = ["/j", "/j/short", "/j/re"]
+    live = live_stats(tree, names, 4.0)
+    assert live["/j/re"]["value"] == "kept" and live["/j/short"]["value"] is EXPIRED
+    assert replayed_stats(records, names, 4.0) == live
