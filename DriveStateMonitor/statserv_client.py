@@ -215,6 +215,7 @@ class StatServClient:
         self._replayed: Dict[str, Value] = {}       # what replayed MONITORs answered, changed
         # What the caller last saw of each monitored object and directory entry, for the replay.
         self._seen: Dict[str, Value] = {}
+        self._deadbands: Dict[str, float] = {}      # monitored path -> its DEADBAND, if any
 
     def __enter__(self) -> "StatServClient":
         return self
@@ -250,6 +251,7 @@ class StatServClient:
         self._notices.clear()
         self._replayed.clear()
         self._seen.clear()
+        self._deadbands.clear()
         return self._ok(True)
 
     # -- values --------------------------------------------------------------------------------
@@ -384,6 +386,10 @@ class StatServClient:
         if response is None:
             return None
         self._remember("MONITOR", name, options)
+        if deadband:
+            self._deadbands[self._absolute(name)] = float(deadband)
+        else:
+            self._deadbands.pop(self._absolute(name), None)
         answer = _monitor_answer(response)
         self._see_answer(self._absolute(name), answer)
         return self._ok(answer)
@@ -392,6 +398,7 @@ class StatServClient:
         """Stop monitoring `name`."""
         self._forget("MONITOR", name)
         self._seen.pop(self._absolute(name), None)
+        self._deadbands.pop(self._absolute(name), None)
         if self._request("UNMONITOR", name) is None:
             return False
         return self._ok(True)
@@ -459,10 +466,12 @@ class StatServClient:
                 and key not in current and value is not NONEXISTENT]
         changes = [(key, NONEXISTENT) for key in gone] + list(current.items())
         changes.append((path, DIRECTORY if is_directory else answer))
+        deadband = self._deadbands.get(path, 0.0)
         for key, value in changes:
             seen = self._seen.get(key)
             if seen is None or type(seen) is not type(value) or seen != value:
-                self._replayed[key] = value
+                if not _within(deadband, seen, value):  # the monitor's DEADBAND, as the server's
+                    self._replayed[key] = value
 
     def _await_notice(self, deadline: Optional[float]) -> None:
         """Read unsolicited lines until an `@` arrives or `deadline` passes; reconnects."""
@@ -710,6 +719,16 @@ def _monitor_answer(response: _Response) -> Any:
     if response.payload:
         return parse_value(response.payload)
     return [_entry(line) for line in response.lines]
+
+
+def _within(deadband: float, seen: Any, value: Any) -> bool:
+    """True when both are valid numbers less than `deadband` apart (no deadband: False)."""
+    if not deadband or not is_valid(seen) or not is_valid(value):
+        return False
+    try:
+        return abs(float(value) - float(seen)) < deadband
+    except (TypeError, ValueError):
+        return False
 
 
 def _join(directory: str, name: str) -> str:

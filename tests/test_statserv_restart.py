@@ -164,6 +164,34 @@ def test_reconnecting_client_reports_only_what_changed_across_the_restart(dsm_fa
         watcher.logoff()
 
 
+def test_reconnecting_client_reports_changes_made_while_it_was_away_within_its_deadband_rule(
+        dsm_factory):
+    state_dir = new_state_dir(dsm_factory)
+    run_dir = os.path.join(dsm_factory.new_dirs(), "run")
+    first = start(dsm_factory, state_dir, run_dir=run_dir)
+    watcher = StatServClient("watcher", first.statserv_socket, retry_pause=0.05,
+                             reconnect_timeout=20)
+    assert watcher.logon()
+    for name in ("/n/small", "/n/big", "/n/text"):
+        assert watcher.touch(name, type="float" if name != "/n/text" else None)
+        assert watcher.put(name, "10" if name != "/n/text" else "a")
+    assert watcher.monitor("/n/small", deadband=2) == "10.0"
+    assert watcher.monitor("/n/big", deadband=2) == "10.0"
+    assert watcher.monitor("/n/text") == "a"
+    try:
+        first.stop()
+        second = start(dsm_factory, state_dir, run_dir=run_dir)
+        writer = StatServClient("writer", second.statserv_socket)
+        assert writer.logon()  # changes made before the watcher is back
+        assert writer.put("/n/small", 11.5) and writer.put("/n/big", 12.5)
+        assert writer.put("/n/text", "b")
+        writer.logoff()
+        updates = watcher.wait_for_updates(15)
+        assert sorted(updates) == [("/n/big", "12.5"), ("/n/text", "b")]
+    finally:
+        watcher.logoff()
+
+
 def test_reconnecting_client_reports_entries_gone_from_a_monitored_directory(dsm_factory):
     run_dir = os.path.join(dsm_factory.new_dirs(), "run")
     first = dsm_factory.start(run_dir=run_dir)
