@@ -1254,7 +1254,11 @@ class Tree:
         /drives and /dsm from its own records. Holders and monitors are not exported: they belong
         to connections, which do not survive a restart; "owned" says an AUTOEXPIRE object's owner
         was connected (so it reads EXPIRED after a restart), "autoexpire" is the flag itself."""
-        entries: List[Dict[str, Any]] = []
+        root = self._nodes["/"]
+        # The root too, when a client gave it a comment: STAT / shows it after a restart.
+        entries: List[Dict[str, Any]] = [] if not root.revision else [
+            {"path": "/", "dir": True, "comment": root.comment, "mtime": root.mtime,
+             "revision": root.revision}]
         for node in self._walk():
             if any(node.path == prefix or node.path.startswith(prefix + "/") for prefix in skip):
                 continue
@@ -1290,6 +1294,9 @@ class Tree:
             path = entry["path"]
             if entry.get("dir"):
                 self.touch_dir(path, entry.get("mtime", now), comment=entry.get("comment", ""))
+                directory = nodes.get(self._normalized(path))
+                if directory is not None and "mtime" in entry:
+                    directory.mtime = entry["mtime"]
                 self.restore_revision(path, entry.get("revision"))
                 continue
             node = self._import_new_object(path, entry, now) if path not in nodes else None

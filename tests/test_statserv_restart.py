@@ -28,7 +28,7 @@ from test_durability import LineClient, kill9, new_state_dir, start, statserv
 
 DSMCTL = os.path.join(PACKAGE, "dsmctl.py")
 
-NAMES = ["/r", "/r/auto", "/r/left", "/r/life", "/r/short", "/r/flag", "/r/undef", "/r/sub",
+NAMES = ["/", "/r", "/r/auto", "/r/left", "/r/life", "/r/short", "/r/flag", "/r/undef", "/r/sub",
          "/r/sub/n", "/r/empty"]
 
 
@@ -46,6 +46,7 @@ def build(dsm) -> List[LineClient]:
     """Objects of every kind, type and attribute; returns the connections that must stay open."""
     owner = statserv(dsm)
     owner.ok("REGISTER 4242 owner")
+    owner.ok("TOUCHDIR / COMMENT='the lab store'")
     owner.ok("TOUCHDIR /r COMMENT='the restart test'")
     owner.ok("TOUCH /r/auto AUTOEXPIRE=1 TYPE=int COMMENT='owned, connected at the stop'")
     owner.ok("PUT /r/auto 5")
