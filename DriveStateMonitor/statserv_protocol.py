@@ -162,7 +162,8 @@ def bind_arguments(command: _Command, arguments: List[Tuple[bytes, int]]) -> Dic
     positional, so `PUT x a=b` stores "a=b". Positional arguments fill the required parameters not
     given as keywords, in order, then the optional positional ones."""
     bound: Dict[str, str] = {}
-    positional: List[bytes] = []
+    positional: List[str] = []
+    slashed: Optional[List[int]] = None  # positions of arguments holding %2F (rare)
     for raw, equals_at in arguments:
         if equals_at > 0:
             key = raw[:equals_at].decode("ascii", "replace").upper()
@@ -171,12 +172,16 @@ def bind_arguments(command: _Command, arguments: List[Tuple[bytes, int]]) -> Dic
                     raise StatServError(SYNTAX, "%s given twice" % key)
                 bound[key] = _decode_argument(key, raw[equals_at + 1:])
                 continue
-        positional.append(raw)
+        if b"%" in raw and b"%2f" in raw.lower():
+            slashed = (slashed or []) + [len(positional)]
+        positional.append(percent_decode(raw))
     slots = [name for name in command.required + command.optional_positional if name not in bound]
     if len(positional) > len(slots):
         raise StatServError(SYNTAX, "too many arguments; usage: %s" % command.usage)
-    for slot, raw in zip(slots, positional):
-        bound[slot] = _decode_argument(slot, raw)
+    if slashed:
+        for index in slashed:
+            _decode_argument(slots[index], b"%2F")  # SYNTAX if that slot holds a name
+    bound.update(zip(slots, positional))
     missing = [name for name in command.required if name not in bound]
     if missing:
         raise StatServError(SYNTAX, "missing %s; usage: %s" % (", ".join(missing), command.usage))
