@@ -448,7 +448,8 @@ class StatServSession:
         """`name` resolved against the current path; NOTDIR if it can only name a directory
         (`x/`, `x/.`) and names an object, as UNIX refuses `file/`."""
         path = resolve(name, self._cwd)
-        if path != "/" and names_directory(name) and self._tree.kind(path) == "object":
+        if name[-1] in "/." and path != "/" and names_directory(name) \
+                and self._tree.kind(path) == "object":
             raise StatServError(NOTDIR, "%s is not a directory (%s names one)" % (path, name))
         return path
 
@@ -488,7 +489,7 @@ class StatServSession:
         autoexpire = _flag(args["AUTOEXPIRE"], "AUTOEXPIRE") if "AUTOEXPIRE" in args else None
         type_name = args["TYPE"].lower() if "TYPE" in args else None
         path = self._path(args["NAME"])
-        if names_directory(args["NAME"]):
+        if args["NAME"][-1] in "/." and names_directory(args["NAME"]):
             raise StatServError(ISDIR, "%s names a directory; TOUCH makes objects, TOUCHDIR "
                                 "directories" % args["NAME"])
         self._tree.touch(path, self._clock(), owner=self,

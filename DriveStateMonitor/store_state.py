@@ -63,7 +63,9 @@ class JournaledTree(Tree):
 
     def _revision_of(self, path: str) -> int:
         """The entry's revision after a change (the global one if the entry is gone)."""
-        node = self._nodes.get(self._normalized(path))
+        node = self._nodes.get(path)  # the protocol passes normalized paths
+        if node is None:
+            node = self._nodes.get(self._normalized(path))
         return node.revision if node is not None else self.revision
 
     def touch(self, path: str, now: float, *, owner: Any = None, comment: Optional[str] = None,
