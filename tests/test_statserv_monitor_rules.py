@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from DriveStateMonitor.statserv_protocol import StatServSession
 from DriveStateMonitor.statserv_tree import (
-    DIRECTORY, NONEXISTENT, UNDEFINED, StatServError, Tree, ValueWord,
+    DIRECTORY, EXPIRED, NONEXISTENT, UNDEFINED, StatServError, Tree, ValueWord,
 )
 
 
@@ -105,6 +105,8 @@ class MonitorRules(RuleBasedStateMachine):
         self.subscriber = Recorder()
         self.tree.touch_dir(DIR, self.now)
         self.values: Dict[str, Any] = {}
+        self.lifetimes: Dict[str, float] = {name: 0.0 for name in ENTRIES}
+        self.deadlines: Dict[str, Optional[float]] = {name: None for name in ENTRIES}
         for name in ENTRIES:
             self.tree.touch(DIR + "/" + name, self.now, type_name="int")
             self.values[name] = UNDEFINED
@@ -124,13 +126,19 @@ class MonitorRules(RuleBasedStateMachine):
             if notice:
                 self.expected.append(notice)
 
-    @rule(name=st.sampled_from(ENTRIES), value=st.integers(0, 6))
-    def put(self, name, value):
+    @rule(name=st.sampled_from(ENTRIES), value=st.integers(0, 6),
+          lifetime=st.sampled_from([None, None, 0.0, 1.0, 3.0]))
+    def put(self, name, value, lifetime):
+        """PUT [LIFETIME=s]: every PUT restarts the lifetime; its end is a change (EXPIRED)."""
         path = DIR + "/" + name
         if self.values[name] is NONEXISTENT:
-            assert error_code(self.tree.put, path, str(value), self.now) == "NONEXISTENT"
+            assert error_code(self.tree.put, path, str(value), self.now,
+                              lifetime=lifetime) == "NONEXISTENT"
             return
-        self.tree.put(path, str(value), self.now)
+        self.tree.put(path, str(value), self.now, lifetime=lifetime)
+        if lifetime is not None:
+            self.lifetimes[name] = lifetime
+        self.deadlines[name] = self.now + self.lifetimes[name] if self.lifetimes[name] else None
         if self.values[name] != value or type(self.values[name]) is not int:
             self._changed(name, value)
 
@@ -140,6 +148,7 @@ class MonitorRules(RuleBasedStateMachine):
         if self.values[name] is NONEXISTENT:
             return
         self.tree.remove(path, self.now)
+        self.lifetimes[name], self.deadlines[name] = 0.0, None
         self._changed(name, NONEXISTENT)
 
     @rule(name=st.sampled_from(ENTRIES))
@@ -152,6 +161,12 @@ class MonitorRules(RuleBasedStateMachine):
     def advance(self, seconds):
         self.now += seconds
         self.tree.expire_due(self.now)
+        for name in ENTRIES:
+            deadline = self.deadlines[name]
+            if deadline is not None and deadline <= self.now:
+                self.deadlines[name] = None
+                if self.values[name] is not EXPIRED:
+                    self._changed(name, EXPIRED)
         for mon in self.monitors.values():
             notice = mon.tick(self.now)
             if notice:
