@@ -18,8 +18,11 @@ DIRECTORY.
 Reconnecting: when the connection breaks (an error on send or receive, or end of file), the client
 connects again, with `retry_pause` between tries, for at most `reconnect_timeout` seconds. On the new
 connection it re-sends REGISTER and every TOUCHDIR, TOUCH and MONITOR it had made, in order, and then
-the call in hand. Whatever a replayed MONITOR answers is reported by the next `wait_for_updates`
-(the value may have changed while the client was away). A call is sent again after a reconnect, so
+the call in hand. A replayed MONITOR's answer is compared with what this client last saw of each
+monitored object and directory entry (the first MONITOR's answer, then each value reported by
+`wait_for_updates`, `get` or `ls`): only what differs is reported by the next `wait_for_updates`
+(a changed value, a new entry, a vanished entry as NONEXISTENT), so a caller sees every change
+made while it was away and never an unchanged value again (CFHT: monitors report changes). A call is sent again after a reconnect, so
 a REMOVE that had reached the server before the break answers NONEXISTENT the second time. A
 response that does not arrive within `timeout` fails with TIMEOUT and drops the connection (a late
 answer would be taken for the next call's); the next call reconnects and replays.
@@ -209,7 +212,10 @@ class StatServClient:
         # (command, absolute path) -> request line, in the order first made: replayed on reconnect.
         self._intents: "collections.OrderedDict[Tuple[str, str], str]" = collections.OrderedDict()
         self._notices: Dict[str, None] = {}         # `@` names not yet collected, in arrival order
-        self._replayed: Dict[str, Value] = {}       # what replayed MONITORs answered
+        self._replayed: Dict[str, Value] = {}       # what replayed MONITORs answered, changed
+        # What the caller last saw of each monitored object and directory entry, for the replay.
+        self._seen: Dict[str, Value] = {}
+        self._deadbands: Dict[str, float] = {}      # monitored path -> its DEADBAND, if any
 
     def __enter__(self) -> "StatServClient":
         return self
@@ -244,6 +250,8 @@ class StatServClient:
         self._intents.clear()
         self._notices.clear()
         self._replayed.clear()
+        self._seen.clear()
+        self._deadbands.clear()
         return self._ok(True)
 
     # -- values --------------------------------------------------------------------------------
@@ -253,8 +261,12 @@ class StatServClient:
         response = self._request("GET", name)
         if response is None:
             return None
-        self._notices.pop(self._absolute(name), None)  # GET collects a monitored object
-        return self._ok(parse_value(response.payload))
+        path = self._absolute(name)
+        self._notices.pop(path, None)  # GET collects a monitored object
+        value = parse_value(response.payload)
+        if path in self._seen:
+            self._seen[path] = value
+        return self._ok(value)
 
     def get_int(self, name: str) -> Optional[int]:
         """The value as an int; None on failure (TYPE if it is not an integer or not valid)."""
@@ -341,9 +353,13 @@ class StatServClient:
         response = self._request("LS", path) if path is not None else self._request("LS")
         if response is None:
             return None
+        entries = [_entry(line) for line in response.lines]
         if path is not None:
-            self._notices.pop(self._absolute(path), None)  # LS collects a monitored directory
-        return self._ok([_entry(line) for line in response.lines])
+            directory = self._absolute(path)
+            self._notices.pop(directory, None)  # LS collects a monitored directory
+            if self._seen.get(directory) is DIRECTORY:
+                self._see_listing(directory, entries)
+        return self._ok(entries)
 
     def stat(self, name: str) -> Optional[Dict[str, Any]]:
         """Every attribute: name, kind, type, value, comment, lifetime, autoexpire, owner, time,
@@ -370,11 +386,19 @@ class StatServClient:
         if response is None:
             return None
         self._remember("MONITOR", name, options)
-        return self._ok(_monitor_answer(response))
+        if deadband:
+            self._deadbands[self._absolute(name)] = float(deadband)
+        else:
+            self._deadbands.pop(self._absolute(name), None)
+        answer = _monitor_answer(response)
+        self._see_answer(self._absolute(name), answer)
+        return self._ok(answer)
 
     def unmonitor(self, name: str) -> bool:
         """Stop monitoring `name`."""
         self._forget("MONITOR", name)
+        self._seen.pop(self._absolute(name), None)
+        self._deadbands.pop(self._absolute(name), None)
         if self._request("UNMONITOR", name) is None:
             return False
         return self._ok(True)
@@ -412,7 +436,42 @@ class StatServClient:
         for line in response.lines:
             path, value = _entry(line)
             latest[path] = value
+        self._seen.update(latest)
         return self._ok(list(latest.items()))
+
+    def _see_answer(self, path: str, answer: Any) -> None:
+        """Remember a MONITOR answer as what the caller has seen of `path` (and its entries)."""
+        if isinstance(answer, list):
+            self._seen[path] = DIRECTORY
+            self._see_listing(path, answer)
+        else:
+            self._seen[path] = answer
+
+    def _see_listing(self, directory: str, entries: List[Tuple[str, Value]]) -> None:
+        prefix = directory.rstrip("/") + "/"
+        for key in [key for key in self._seen
+                    if key.startswith(prefix) and "/" not in key[len(prefix):]]:
+            del self._seen[key]
+        for name, value in entries:
+            self._seen[_join(directory, name)] = value
+
+    def _note_replayed(self, path: str, answer: Any) -> None:
+        """Keep for wait_for_updates what a replayed MONITOR answers that the caller has not
+        seen: a changed value, a new entry, an entry gone (NONEXISTENT)."""
+        is_directory = isinstance(answer, list)
+        current = {_join(path, name): value for name, value in answer} if is_directory else {}
+        prefix = path.rstrip("/") + "/"
+        gone = [key for key, value in self._seen.items()
+                if key.startswith(prefix) and "/" not in key[len(prefix):]
+                and key not in current and value is not NONEXISTENT]
+        changes = [(key, NONEXISTENT) for key in gone] + list(current.items())
+        changes.append((path, DIRECTORY if is_directory else answer))
+        deadband = self._deadbands.get(path, 0.0)
+        for key, value in changes:
+            seen = self._seen.get(key)
+            if seen is None or type(seen) is not type(value) or seen != value:
+                if not _within(deadband, seen, value):  # the monitor's DEADBAND, as the server's
+                    self._replayed[key] = value
 
     def _await_notice(self, deadline: Optional[float]) -> None:
         """Read unsolicited lines until an `@` arrives or `deadline` passes; reconnects."""
@@ -563,12 +622,7 @@ class StatServClient:
             if not response.ok:
                 self._intents.pop(key, None)
             elif command == "MONITOR":
-                answer = _monitor_answer(response)
-                if isinstance(answer, list):
-                    for name, value in answer:
-                        self._replayed[_join(path, name)] = value
-                else:
-                    self._replayed[path] = answer
+                self._note_replayed(path, _monitor_answer(response))
 
     def _close(self) -> None:
         if self._sock is not None:
@@ -665,6 +719,16 @@ def _monitor_answer(response: _Response) -> Any:
     if response.payload:
         return parse_value(response.payload)
     return [_entry(line) for line in response.lines]
+
+
+def _within(deadband: float, seen: Any, value: Any) -> bool:
+    """True when both are valid numbers less than `deadband` apart (no deadband: False)."""
+    if not deadband or not is_valid(seen) or not is_valid(value):
+        return False
+    try:
+        return abs(float(value) - float(seen)) < deadband
+    except (TypeError, ValueError):
+        return False
 
 
 def _join(directory: str, name: str) -> str:

@@ -20,6 +20,11 @@ discarded up to its newline while keeping nothing, so memory stays bounded. The 
 far it has already searched for a newline, so a line dripped in byte by byte costs O(n), not O(n^2)
 (h11 does the same, for the same denial-of-service reason).
 
+Names: `%2F` in a NAME or PATH argument is refused before decoding (an encoded separator is not a
+separator, and a component cannot hold '/'); a name ending in '/' (or in a '.'/'..' component) names
+a directory, so it fails NOTDIR where it names an object and ISDIR in TOUCH (`_path`). A per-batch
+fast path for plain names must send such names (trailing '/', '.' components) the general way.
+
 The session owns no socket and reads no clock: the loop passes `clock` (time.time in production, a
 fake in tests) and the callbacks.
 """
@@ -31,8 +36,8 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .statserv_tree import (
-    DENIED, DIRECTORY, NONEXISTENT_CODE, NOTDIR, PROTOCOL, SYNTAX, TOOLONG, StatServError, Tree,
-    ValueWord, escape_text, quote_string, resolve,
+    DENIED, DIRECTORY, ISDIR, NONEXISTENT_CODE, NOTDIR, PROTOCOL, SYNTAX, TOOLONG, StatServError,
+    Tree, ValueWord, escape_text, names_directory, quote_string, resolve,
 )
 
 __all__ = ["StatServSession", "MAX_LINE_BYTES", "SAVE_FILE_NAME", "COMMAND_NAMES", "display_value"]
@@ -158,23 +163,44 @@ def bind_arguments(command: _Command, arguments: List[Tuple[bytes, int]]) -> Dic
     given as keywords, in order, then the optional positional ones."""
     bound: Dict[str, str] = {}
     positional: List[str] = []
+    slashed: Optional[List[int]] = None  # positions of arguments holding %2F (rare)
     for raw, equals_at in arguments:
         if equals_at > 0:
             key = raw[:equals_at].decode("ascii", "replace").upper()
             if key in command.keywords:
                 if key in bound:
                     raise StatServError(SYNTAX, "%s given twice" % key)
-                bound[key] = percent_decode(raw[equals_at + 1:])
+                bound[key] = _decode_argument(key, raw[equals_at + 1:])
                 continue
+        if b"%" in raw and b"%2f" in raw.lower():
+            slashed = (slashed or []) + [len(positional)]
         positional.append(percent_decode(raw))
     slots = [name for name in command.required + command.optional_positional if name not in bound]
     if len(positional) > len(slots):
         raise StatServError(SYNTAX, "too many arguments; usage: %s" % command.usage)
+    if slashed:
+        for index in slashed:
+            _decode_argument(slots[index], b"%2F")  # SYNTAX if that slot holds a name
     bound.update(zip(slots, positional))
     missing = [name for name in command.required if name not in bound]
     if missing:
         raise StatServError(SYNTAX, "missing %s; usage: %s" % (", ".join(missing), command.usage))
     return bound
+
+
+# The parameters that hold a tree name (a path of components separated by '/').
+_NAME_PARAMETERS = frozenset({"NAME", "PATH"})
+
+
+def _decode_argument(parameter: str, raw: bytes) -> str:
+    """percent_decode, except that an encoded '/' (%2F) in a name is refused (SYNTAX): CFHT's
+    names are UNIX-style paths whose components never contain '/', so %2F cannot be data inside
+    a component, and taking it as a separator would make one request mean two things (RFC 3986,
+    2.2: an encoded reserved character is not the delimiter)."""
+    if parameter in _NAME_PARAMETERS and b"%" in raw and b"%2f" in raw.lower():
+        raise StatServError(SYNTAX, "%2F in a name: a name component cannot contain '/' "
+                            "(separate components with a plain '/')")
+    return percent_decode(raw)
 
 
 # The largest LIFETIME / MINPERIOD / DEADBAND a client may give: ten years of seconds. Larger
@@ -419,7 +445,13 @@ class StatServSession:
             tracer._push_unsolicited(text)
 
     def _path(self, name: str) -> str:
-        return resolve(name, self._cwd)
+        """`name` resolved against the current path; NOTDIR if it can only name a directory
+        (`x/`, `x/.`) and names an object, as UNIX refuses `file/`."""
+        path = resolve(name, self._cwd)
+        if name[-1] in "/." and path != "/" and names_directory(name) \
+                and self._tree.kind(path) == "object":
+            raise StatServError(NOTDIR, "%s is not a directory (%s names one)" % (path, name))
+        return path
 
     # -- commands: each returns its response lines ---------------------------------------------
 
@@ -454,9 +486,13 @@ class StatServSession:
 
     def _command_touch(self, args: Dict[str, str]) -> List[str]:
         lifetime = _number(args["LIFETIME"], "LIFETIME") if "LIFETIME" in args else None
-        autoexpire = _flag(args["AUTOEXPIRE"], "AUTOEXPIRE") if "AUTOEXPIRE" in args else False
+        autoexpire = _flag(args["AUTOEXPIRE"], "AUTOEXPIRE") if "AUTOEXPIRE" in args else None
         type_name = args["TYPE"].lower() if "TYPE" in args else None
-        self._tree.touch(self._path(args["NAME"]), self._clock(), owner=self,
+        path = self._path(args["NAME"])
+        if args["NAME"][-1] in "/." and names_directory(args["NAME"]):
+            raise StatServError(ISDIR, "%s names a directory; TOUCH makes objects, TOUCHDIR "
+                                "directories" % args["NAME"])
+        self._tree.touch(path, self._clock(), owner=self,
                          comment=args.get("COMMENT"), lifetime=lifetime, autoexpire=autoexpire,
                          type_name=type_name)
         return ["."]

@@ -21,8 +21,11 @@ Changes. Every change (creation, new value, expiry, removal) bumps the global re
 stays bounded by the size of the tree however slow the subscriber is. The subscriber's
 `notify(path)` is called once, at the first change after a collect; later changes are coalesced and
 the subscriber reads the latest values with `collect`. DEADBAND is measured from the value the
-subscriber last collected. MINPERIOD: after a notification the monitor stays quiet for the period; a
-change in that time is remembered and notified when the period ends.
+subscriber last collected: for an object monitor the object's, for a directory monitor each numeric
+entry's own (kept per entry only while a deadband is set); it is refused on string and bool objects,
+where it cannot apply. MINPERIOD: after a notification the monitor stays quiet for the period; a
+change in that time is remembered and notified when the period ends. Re-issuing MONITOR replaces
+both options at once; the quiet period then running is re-measured from the last notification.
 
 Time. Nothing here reads a clock: whatever depends on time takes `now` (epoch seconds). Object
 lifetimes and the ends of monitors' quiet periods share one heap of (when, seq, target); a target
@@ -56,7 +59,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from .intake import MAX_INT_DIGITS
 
 __all__ = [
-    "StatServError", "ValueWord", "Tree", "resolve", "quote_string", "escape_text", "unescape_text",
+    "StatServError", "ValueWord", "Tree", "resolve", "names_directory", "quote_string", "escape_text", "unescape_text",
     "format_saved_value",
     "NONEXISTENT", "UNDEFINED", "EXPIRED", "DIRECTORY", "TYPE_NAMES", "ERROR_CODES",
     "MAX_VALUE_BYTES", "MAX_OBJECTS",
@@ -151,6 +154,14 @@ def resolve(path: str, cwd: str = "/") -> str:
             continue
         normalized.append(part)
     return "/" + "/".join(normalized)
+
+
+def names_directory(name: str) -> bool:
+    """True when `name` can only name a directory, as in UNIX: it ends in `/`, or its last
+    component is `.` or `..` (`/a/d/`, `d/.`, `..`). The protocol refuses such a name where it
+    would name an object (NOTDIR) and in TOUCH, which makes objects (ISDIR)."""
+    last = name[-1:]
+    return last == "/" or (last == "." and name.rpartition("/")[2] in (".", ".."))
 
 
 def _parent_of(path: str) -> Optional[str]:
@@ -285,7 +296,8 @@ _NO_MONITORS = types.MappingProxyType({})
 
 class _Node:
     __slots__ = ("path", "parent_path", "name", "kind", "children", "value", "type_name", "comment",
-                 "lifetime", "deadline", "autoexpire_owner", "mtime", "revision", "holders",
+                 "lifetime", "deadline", "autoexpire", "autoexpire_owner", "mtime", "revision",
+                 "holders",
                  "monitors", "timer_at", "timer_seq", "group")
 
     def __init__(self, path: str, kind: str) -> None:
@@ -300,6 +312,9 @@ class _Node:
         self.lifetime = 0.0
         self.deadline: Optional[float] = None
         self.group: Optional[LifetimeGroup] = None
+        # AUTOEXPIRE is an attribute of the object (STAT shows it, a restart keeps it); the owner is
+        # the connection whose end expires it, None once that connection is gone.
+        self.autoexpire = False
         self.autoexpire_owner: Any = None
         self.mtime = 0.0
         self.revision = 0
@@ -323,8 +338,9 @@ class LifetimeGroup:
 
 
 class _Monitor:
-    __slots__ = ("subscriber", "path", "deadband", "min_period", "reported", "changed_names",
-                 "notified", "quiet_until", "active", "timer_at", "timer_seq")
+    __slots__ = ("subscriber", "path", "deadband", "min_period", "reported", "reported_entries",
+                 "changed_names", "notified", "notified_at", "quiet_until", "active", "timer_at",
+                 "timer_seq")
 
     def __init__(self, subscriber: Any, path: str, deadband: float, min_period: float) -> None:
         self.subscriber = subscriber
@@ -332,8 +348,12 @@ class _Monitor:
         self.deadband = deadband
         self.min_period = min_period
         self.reported: Any = None          # value at the last collect, for DEADBAND
+        # A directory monitor's DEADBAND: each numeric entry's value as last reported (only kept
+        # while deadband > 0, so it costs nothing otherwise).
+        self.reported_entries: Dict[str, Any] = {}
         self.changed_names: Set[str] = set()  # '' = the monitored node itself, else a child's name
         self.notified = False              # notify() called and not yet collected
+        self.notified_at = float("-inf")   # when notify() was last called, for MINPERIOD
         self.quiet_until = float("-inf")   # MINPERIOD: no notify() before this
         self.active = True
         self.timer_at: Optional[float] = None
@@ -597,7 +617,7 @@ class Tree:
                     "usecount": use_count, "monitors": len(node.monitors)}
         return {"name": node.path, "kind": node.kind, "type": node.type_name, "value": node.value,
                 "comment": node.comment, "lifetime": node.lifetime,
-                "autoexpire": node.autoexpire_owner is not None, "owner": node.autoexpire_owner,
+                "autoexpire": node.autoexpire, "owner": node.autoexpire_owner,
                 "time": node.mtime, "revision": node.revision, "usecount": use_count,
                 "monitors": len(node.monitors)}
 
@@ -689,10 +709,11 @@ class Tree:
         return node
 
     def touch(self, path: str, now: float, *, owner: Any = None, comment: Optional[str] = None,
-              lifetime: Optional[float] = None, autoexpire: bool = False,
+              lifetime: Optional[float] = None, autoexpire: Optional[bool] = None,
               type_name: Optional[str] = None) -> None:
         """Create the object (UNDEFINED, parents too) if absent, update the given attributes, and
-        hold it for `owner`. AUTOEXPIRE makes `owner` the one whose release expires it."""
+        hold it for `owner`. `autoexpire` True sets the object's AUTOEXPIRE flag and makes `owner`
+        (if any) the one whose release expires it; False clears both; None leaves them."""
         path = self._normalized(path)
         self._refuse_mounted(path)
         if type_name is not None and type_name not in TYPE_NAMES:
@@ -717,15 +738,27 @@ class Tree:
             node.group = None  # a client's own lifetime replaces the daemon's shared one
             if node.value is not EXPIRED:
                 self._start_lifetime(node, now)
-        if autoexpire and owner is not None:
-            node.autoexpire_owner = owner
-            self._autoexpire_by_owner.setdefault(owner, set()).add(path)
+        if autoexpire is not None:
+            self._set_autoexpire(node, autoexpire, owner)
         if created:
             self._changed(node, now)
-        elif comment is not None or lifetime is not None or type_name is not None:
+        elif (comment is not None or lifetime is not None or type_name is not None
+              or autoexpire is not None):
             self._bump_revision(node, now)
         if owner is not None:
             self._hold(node, owner)
+
+    def _set_autoexpire(self, node: _Node, autoexpire: bool, owner: Any) -> None:
+        previous = node.autoexpire_owner
+        if previous is not None and (not autoexpire or (owner is not None and owner is not previous)):
+            paths = self._autoexpire_by_owner.get(previous)
+            if paths is not None:
+                paths.discard(node.path)
+            node.autoexpire_owner = None
+        node.autoexpire = autoexpire
+        if autoexpire and owner is not None:
+            node.autoexpire_owner = owner
+            self._autoexpire_by_owner.setdefault(owner, set()).add(node.path)
 
     def touch_dir(self, path: str, now: float, *, owner: Any = None,
                   comment: Optional[str] = None) -> None:
@@ -869,7 +902,7 @@ class Tree:
         node.lifetime = 0.0
         node.deadline = None
         node.group = None
-        node.autoexpire_owner = None
+        self._set_autoexpire(node, False, None)  # its owner's leaving no longer concerns this name
         node.type_name = TYPE_STRING
         if node.holders or node.monitors:
             node.kind = _KIND_PLACEHOLDER
@@ -903,7 +936,8 @@ class Tree:
         return sorted(self._autoexpire_by_owner.get(owner, ()))
 
     def expire(self, path: str, now: float) -> None:
-        """Makes an object EXPIRED now (replaying an auto-expire whose owner is gone)."""
+        """Makes an object EXPIRED now (replaying an auto-expire whose owner is gone); its
+        AUTOEXPIRE flag stays."""
         self._refuse_mounted(self._normalized(path))
         node = self._object(path)
         node.deadline = None
@@ -912,7 +946,7 @@ class Tree:
 
     def release_owner(self, owner: Any, now: float) -> None:
         """Everything `owner` held is let go (its monitors end, unheld placeholders are freed) and
-        the objects it TOUCHed with AUTOEXPIRE become EXPIRED."""
+        the objects it TOUCHed with AUTOEXPIRE become EXPIRED (they keep the flag, with no owner)."""
         for mon in self._monitors_by_subscriber.pop(owner, {}).values():
             self._drop_monitor(mon)
         self._changed_by_subscriber.pop(owner, None)
@@ -936,10 +970,16 @@ class Tree:
         """Start (or re-configure) `subscriber`'s monitor on an object or directory and return its
         current value: the value, a word (NONEXISTENT for a new placeholder) or DIRECTORY.
 
-        Starting a monitor counts as a collect: the next change notifies."""
+        Starting a monitor counts as a collect: the next change notifies. Re-issuing it replaces
+        both options at once (one not given is 0): a shorter MINPERIOD shortens the quiet period
+        already running. `deadband` (>= 0) applies to a numeric object, or to each numeric entry
+        of a directory (from the value last reported for that entry); on an object of type string
+        or bool it cannot apply and is refused (TYPE). `min_period` in seconds."""
         self._catch_up(now)
         path = self._normalized(path)
         node = self._nodes.get(path)
+        if deadband > 0:
+            self._check_deadband_applies(path, node)
         if node is None and path.startswith(self._mount_below):
             node = self._anchors.get(path)
             if node is None:
@@ -973,13 +1013,44 @@ class Tree:
         else:
             mon.deadband = deadband
             mon.min_period = min_period
+            mon.quiet_until = mon.notified_at + min_period  # the new period, from now on
             pending = self._changed_by_subscriber.get(subscriber)
             if pending:
                 pending.pop(path, None)
         self._collect_monitor(mon, now)
+        # The answer reports every entry of a directory: each numeric one is the deadband's base.
+        mon.reported_entries = {name: value for name, value in self._entry_values(node).items()
+                                if _is_number(value)} if deadband > 0 else {}
         if node.kind == _KIND_PLACEHOLDER and path.startswith(self._mount_below):
             return node.value  # an anchor: the view's value, DIRECTORY, or NONEXISTENT
         return DIRECTORY if node.kind == _KIND_DIR else node.value
+
+    def _check_deadband_applies(self, path: str, node: Optional[_Node]) -> None:
+        """TYPE unless DEADBAND can apply to `path`: a directory, a name that does not exist yet,
+        or an int/float object (CFHT: a deadband on integer and float objects)."""
+        if path.startswith(self._mount_below):
+            value = self._view_value(path)
+            if type(value) is ValueWord or value is DIRECTORY or _is_number(value):
+                return
+            type_name = _type_of_python(value)
+        elif node is None or node.kind != _KIND_OBJECT or node.type_name in (TYPE_INT, TYPE_FLOAT):
+            return
+        else:
+            type_name = node.type_name
+        raise StatServError(TYPE, "DEADBAND applies to int and float objects; %s is a %s"
+                            % (path, type_name))
+
+    def _entry_values(self, node: _Node) -> Dict[str, Any]:
+        """A monitored directory's {name: value} (DIRECTORY for a subdirectory); {} otherwise."""
+        path = node.path
+        if path == self._mount_path or path.startswith(self._mount_below):
+            if path == self._mount_path or self._view_value(path) is DIRECTORY:
+                return self._view.children(path) or {}
+            return {}
+        if node.kind != _KIND_DIR:
+            return {}
+        return {name: DIRECTORY if child.kind == _KIND_DIR else child.value
+                for name, child in node.children.items()}
 
     def unmonitor(self, path: str, subscriber: Any) -> None:
         """Stop `subscriber`'s monitor on `path` (NONEXISTENT if there is none)."""
@@ -1043,9 +1114,18 @@ class Tree:
         mon.notified = False
         node = self._monitored_node(mon.path)
         mon.reported = node.value if node is not None else NONEXISTENT
-        return [(mon.path if name == "" else _join(mon.path, name),
-                 self._reported_value(mon.path if name == "" else _join(mon.path, name)))
-                for name in names]
+        collected = [(mon.path if name == "" else _join(mon.path, name),
+                      self._reported_value(mon.path if name == "" else _join(mon.path, name)))
+                     for name in names]
+        if mon.deadband > 0:
+            entries = mon.reported_entries
+            for name, (_, value) in zip(names, collected):
+                if name:
+                    if _is_number(value):
+                        entries[name] = value
+                    else:
+                        entries.pop(name, None)
+        return collected
 
     def _reported_value(self, path: str) -> Any:
         if path.startswith(self._mount_below):
@@ -1074,9 +1154,14 @@ class Tree:
                 self._monitor_saw(mon, node.name, node, now)
 
     def _monitor_saw(self, mon: _Monitor, name: str, node: _Node, now: float) -> None:
-        if (name == "" and mon.deadband > 0 and _is_number(node.value)
-                and _is_number(mon.reported) and abs(node.value - mon.reported) < mon.deadband):
-            return  # within the deadband of what the subscriber last saw: not a change
+        if mon.deadband > 0:
+            if name == "":
+                value, reported = node.value, mon.reported
+            else:  # an entry of a monitored directory, against its own last reported value
+                value = self._reported_value(_join(mon.path, name))
+                reported = mon.reported_entries.get(name)
+            if _is_number(value) and _is_number(reported) and abs(value - reported) < mon.deadband:
+                return  # within the deadband of what the subscriber last saw: not a change
         if not mon.changed_names:
             self._changed_by_subscriber.setdefault(mon.subscriber, {})[mon.path] = mon
         mon.changed_names.add(name)
@@ -1089,6 +1174,7 @@ class Tree:
 
     def _notify(self, mon: _Monitor, now: float) -> None:
         mon.notified = True
+        mon.notified_at = now
         mon.quiet_until = now + mon.min_period
         mon.subscriber.notify(mon.path)
 
@@ -1167,20 +1253,26 @@ class Tree:
 
         Entries under a path in `skip` (and their directories) are left out: the daemon rebuilds
         /drives and /dsm from its own records. Holders and monitors are not exported: they belong
-        to connections, which do not survive a restart."""
-        entries: List[Dict[str, Any]] = []
+        to connections, which do not survive a restart; "owned" says an AUTOEXPIRE object's owner
+        was connected (so it reads EXPIRED after a restart), "autoexpire" is the flag itself."""
+        root = self._nodes["/"]
+        # The root too, when a client gave it a comment: STAT / shows it after a restart.
+        entries: List[Dict[str, Any]] = [] if not root.revision else [
+            {"path": "/", "dir": True, "comment": root.comment, "mtime": root.mtime,
+             "revision": root.revision}]
         for node in self._walk():
             if any(node.path == prefix or node.path.startswith(prefix + "/") for prefix in skip):
                 continue
             if node.kind == _KIND_DIR:
                 entries.append({"path": node.path, "dir": True, "comment": node.comment,
-                                "mtime": node.mtime})
+                                "mtime": node.mtime, "revision": node.revision})
                 continue
             value = node.value
             entry: Dict[str, Any] = {
                 "path": node.path, "type": node.type_name, "comment": node.comment,
                 "lifetime": node.lifetime, "deadline": node.deadline, "mtime": node.mtime,
-                "autoexpire": node.autoexpire_owner is not None,
+                "autoexpire": node.autoexpire, "owned": node.autoexpire_owner is not None,
+                "revision": node.revision,
             }
             if type(value) is ValueWord:
                 entry["word"] = str(value)
@@ -1190,13 +1282,23 @@ class Tree:
         return entries
 
     def import_entries(self, entries: List[Dict[str, Any]], now: float) -> None:
-        """Recreates exported entries. Lifetimes keep the deadlines they had; auto-expire objects
-        come back EXPIRED, since the connection that owned them is gone."""
+        """Recreates exported entries with every attribute STAT shows (time and revision too).
+        Lifetimes keep the deadlines they had; auto-expire objects whose owner was connected come
+        back EXPIRED, since that connection is gone, and keep their AUTOEXPIRE flag. (An older
+        snapshot without "owned" meant by "autoexpire" an owned object.)"""
         nodes = self._nodes
+        # Changes made now (an owned object expiring) number above every revision restored.
+        saved = [entry.get("revision") for entry in entries]
+        self.revision = max([self.revision] + [r for r in saved if type(r) is int])
+        owned: List[_Node] = []
         for entry in entries:
             path = entry["path"]
             if entry.get("dir"):
                 self.touch_dir(path, entry.get("mtime", now), comment=entry.get("comment", ""))
+                directory = nodes.get(self._normalized(path))
+                if directory is not None and "mtime" in entry:
+                    directory.mtime = entry["mtime"]
+                self.restore_revision(path, entry.get("revision"))
                 continue
             node = self._import_new_object(path, entry, now) if path not in nodes else None
             if node is None:  # not the plain case: every check of touch()
@@ -1210,14 +1312,29 @@ class Tree:
                 self._set_text(node, entry["value"], set_value=True)
             node.lifetime = float(entry.get("lifetime") or 0.0)
             deadline = entry.get("deadline")
-            if entry.get("autoexpire"):
-                self._set_text(node, EXPIRED, set_value=True)
-                deadline = None
+            node.autoexpire = bool(entry.get("autoexpire"))
             if deadline is not None and node.value is not EXPIRED:
                 node.deadline = float(deadline)
                 self._schedule(node, node.deadline)
             node.mtime = entry.get("mtime", now)
+            self.restore_revision(path, entry.get("revision"))
+            if entry.get("owned", node.autoexpire):
+                owned.append(node)
+        for node in owned:  # a change now: STAT's time and revision say when it expired
+            node.deadline = None
+            self._expire(node, now)
         self.expire_due(now)
+
+    def restore_revision(self, path: str, revision: Optional[int]) -> None:
+        """Give an entry back the revision it had before a restart (a snapshot's or a journal
+        record's); the global revision never goes below it, so later changes number higher."""
+        if revision is None:
+            return
+        node = self._nodes.get(self._normalized(path))
+        if node is not None:
+            node.revision = revision
+        if revision > self.revision:
+            self.revision = revision
 
     def _import_new_object(self, path: str, entry: Dict[str, Any], now: float) -> Optional[_Node]:
         """The restore's fast path for the plain case — a new object, normalized path in an

@@ -12,12 +12,18 @@ Journal records are short JSON arrays, the first item naming the change:
     ["h", serial, t, source, interface]                  heard again (at most every lifetime/4)
     ["s", serial, {"time_stamp": ..., "status": ...}]    a status (the entry as stored)
     ["w", t]                                             the `w` wipe
-    ["tt", path, t, comment, lifetime, autoexpire, type] TOUCH
-    ["td", path, t, comment]                             TOUCHDIR
-    ["tp", path, value_text, t, lifetime]                PUT
-    ["tr", path, t] / ["trd", path, t]                   REMOVE / RMDIR
-    ["tx", path, t]                                      expired: its auto-expire owner left
+    ["tt", path, t, comment, lifetime, owned, type, autoexpire, rev]  TOUCH
+    ["td", path, t, comment, rev]                        TOUCHDIR
+    ["tp", path, value_text, t, lifetime, rev]           PUT
+    ["tr", path, t, rev] / ["trd", path, t, rev]         REMOVE / RMDIR
+    ["tx", path, t, rev]                                 expired: its auto-expire owner left
+    ["te", path, t, rev]                                 expired: its lifetime ran out
     ["g", t]                                             first record after a recovery snapshot
+
+`rev` is the entry's revision after the change, so STAT's `revision` (and `time`) read after a
+restart what they read before it; `owned`: TOUCH AUTOEXPIRE=1 by a connected owner; `autoexpire`:
+the flag as given (true, false, or null: not given). Records written before these trailing items
+existed are read as they always were (no revision kept; autoexpire set only when owned).
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
 from .announcement import Rejected, parse_announcement
 from .persistence import GAP_RECORD, Loaded, embedded_announcement, status_record
-from .statserv_tree import LIMIT, StatServError, Tree
+from .statserv_tree import EXPIRED, LIMIT, StatServError, Tree
 
 log = logging.getLogger("dsm.state")
 
@@ -54,47 +60,70 @@ class JournaledTree(Tree):
             if why is not None:
                 raise StatServError(LIMIT, why)
 
+    _releasing = False
+
+    def _revision_of(self, path: str) -> int:
+        """The entry's revision after a change (the global one if the entry is gone)."""
+        node = self._nodes.get(path)  # the protocol passes normalized paths
+        if node is None:
+            node = self._nodes.get(self._normalized(path))
+        return node.revision if node is not None else self.revision
+
     def touch(self, path: str, now: float, *, owner: Any = None, comment: Optional[str] = None,
-              lifetime: Optional[float] = None, autoexpire: bool = False,
+              lifetime: Optional[float] = None, autoexpire: Optional[bool] = None,
               type_name: Optional[str] = None) -> None:
         self._check_storable()
         super().touch(path, now, owner=owner, comment=comment, lifetime=lifetime,
                       autoexpire=autoexpire, type_name=type_name)
         if self.record is not None:
             self.record(["tt", path, now, comment, lifetime, bool(autoexpire and owner is not None),
-                         type_name])
+                         type_name, autoexpire, self._revision_of(path)])
 
     def touch_dir(self, path: str, now: float, *, owner: Any = None,
                   comment: Optional[str] = None) -> None:
         self._check_storable()
         super().touch_dir(path, now, owner=owner, comment=comment)
         if self.record is not None:
-            self.record(["td", path, now, comment])
+            self.record(["td", path, now, comment, self._revision_of(path)])
 
     def put(self, path: str, text: str, now: float, *, lifetime: Optional[float] = None) -> None:
         self._check_storable()
         super().put(path, text, now, lifetime=lifetime)
         if self.record is not None:
-            self.record(["tp", path, text, now, lifetime])
+            self.record(["tp", path, text, now, lifetime, self._revision_of(path)])
 
     def remove(self, path: str, now: float) -> None:
         self._check_storable()
         super().remove(path, now)
         if self.record is not None:
-            self.record(["tr", path, now])
+            self.record(["tr", path, now, self.revision])
 
     def remove_dir(self, path: str, now: float) -> None:
         self._check_storable()
         super().remove_dir(path, now)
         if self.record is not None:
-            self.record(["trd", path, now])
+            self.record(["trd", path, now, self.revision])
 
     def release_owner(self, owner: Any, now: float) -> None:
         expiring = self.autoexpire_paths(owner) if self.record is not None else []
-        super().release_owner(owner, now)
+        self._releasing = True
+        try:
+            super().release_owner(owner, now)
+        finally:
+            self._releasing = False
         if self.record is not None:
+            # Every owned path, expired now or already: the replay learns its owner left.
             for path in expiring:
-                self.record(["tx", path, now])
+                self.record(["tx", path, now, self._revision_of(path)])
+
+    def _expire(self, node: Any, now: float) -> None:
+        """A lifetime's end is journaled too: without it a replay would expire the object at the
+        restart instead, with another time and revision than STAT showed before."""
+        was_expired = node.value is EXPIRED
+        super()._expire(node, now)
+        if (self.record is not None and not was_expired and not self._releasing
+                and not node.path.startswith(DSM + "/")):
+            self.record(["te", node.path, now, node.revision])
 
 
 class StoreState:
@@ -150,6 +179,7 @@ class StoreState:
             "statuses": {serial: [entry.decode("utf-8") for entry in history]
                          for serial, history in store.statuses.items()},
             "tree": self.tree.export_entries(skip=(DRIVES, DSM)),
+            "tree_revision": self.tree.revision,
         }
 
     # --- restore ------------------------------------------------------------------------------
@@ -206,6 +236,9 @@ class StoreState:
                 except (ValueError, TypeError) as exc:
                     skipped += 1
                     log.error("snapshot status of %s skipped: %s", str(serial)[:60], exc)
+        revision = snapshot.get("tree_revision")
+        if type(revision) is int and revision > self.tree.revision:
+            self.tree.revision = revision  # later changes number above every one before
         entries = snapshot.get("tree", [])
         valid = []
         for entry in entries if isinstance(entries, list) else ():
@@ -226,7 +259,7 @@ class StoreState:
                 skipped += tried - len(chunk)
             counts["tree_entries"] += len(chunk)
             for entry in chunk:
-                if entry.get("autoexpire"):
+                if entry.get("owned", entry.get("autoexpire")):
                     # Its owner was connected at the snapshot: a PUT replayed later must not
                     # outlive that owner, who died with the old process.
                     self._owned_at_crash[entry["path"]] = now
@@ -266,26 +299,48 @@ class StoreState:
         elif kind == "w":
             self.store.wipe(record[1])
         elif kind == "tt":
-            _, path, t, comment, lifetime, autoexpire, type_name = record
-            self.tree.touch(path, t, comment=comment, lifetime=lifetime, type_name=type_name)
-            if autoexpire:
+            _, path, t, comment, lifetime, owned, type_name = record[:7]
+            autoexpire = record[7] if len(record) > 7 else (True if owned else None)
+            if autoexpire not in (None, True, False):
+                raise ValueError("autoexpire is not true, false or null")
+            self.tree.touch(path, t, comment=comment, lifetime=lifetime, type_name=type_name,
+                            autoexpire=autoexpire)
+            if owned:
                 self._owned_at_crash[path] = t
+            elif autoexpire is False:
+                self._owned_at_crash.pop(path, None)
+            self._restore_revision(path, record, 8)
         elif kind == "tx":
             self._owned_at_crash.pop(record[1], None)
             if self.tree.kind(record[1]) == "object":
                 self.tree.expire(record[1], record[2])
+                self._restore_revision(record[1], record, 3)
+        elif kind == "te":
+            if self.tree.kind(record[1]) == "object":
+                self.tree.expire(record[1], record[2])
+                self._restore_revision(record[1], record, 3)
         elif kind == "td":
             self.tree.touch_dir(record[1], record[2], comment=record[3])
+            self._restore_revision(record[1], record, 4)
         elif kind == "tp":
-            _, path, text, t, lifetime = record
+            _, path, text, t, lifetime = record[:5]
             self.tree.put(path, text, t, lifetime=lifetime)
+            self._restore_revision(path, record, 5)
         elif kind == "tr":
             self._owned_at_crash.pop(record[1], None)
             self.tree.remove(record[1], record[2])
+            self._restore_revision(record[1], record, 3)
         elif kind == "trd":
             self.tree.remove_dir(record[1], record[2])
+            self._restore_revision(record[1], record, 3)
         else:
             raise ValueError("unknown record kind %r" % kind)
+
+    def _restore_revision(self, path: str, record: List[Any], index: int) -> None:
+        """The revision a record carries at `index` (absent in older records) back on its entry."""
+        revision = record[index] if len(record) > index else None
+        if type(revision) is int and revision >= 0:  # the change itself is applied already
+            self.tree.restore_revision(path, revision)
 
     def _announce(self, serial: str, raw: str, t: float, source: str, interface: str) -> None:
         """Stores a kept announcement after the same checks a live datagram passes."""
@@ -339,6 +394,9 @@ def _check_tree_entry(entry: Any) -> None:
     if type(path) is not str or path[:1] != "/":
         raise ValueError("not a tree entry")
     mtime, deadline, lifetime, value = get("mtime"), get("deadline"), get("lifetime"), get("value")
+    revision = get("revision")
+    if (type(revision) is not int and revision is not None) or (revision or 0) < 0:
+        raise ValueError("tree entry %r has a revision that is not a count" % (path,))
     if (type(mtime) not in _NUMBER_TYPES or type(deadline) not in _NUMBER_TYPES
             or type(lifetime) not in _NUMBER_TYPES or type(get("comment")) not in _TEXT_TYPES
             or type(get("type")) not in _TEXT_TYPES or type(get("word")) not in _TEXT_TYPES):

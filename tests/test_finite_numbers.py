@@ -84,7 +84,7 @@ def test_statserv_number_options_out_of_range_are_a_syntax_error(option, value):
 @pytest.mark.parametrize("option", ["LIFETIME", "DEADBAND", "MINPERIOD"])
 def test_statserv_number_options_in_range_are_taken(option):
     sess = session()
-    send(sess, "TOUCH /a\n")
+    send(sess, "TOUCH /a TYPE=float\n")  # a number: DEADBAND is refused on a string object
     command = ("PUT /a 1 %s=%s\n" if option == "LIFETIME" else "MONITOR /a %s=%s\n")
     assert not send(sess, command % (option, "3e8")).startswith("!")
 

@@ -513,7 +513,7 @@ def test_released_autoexpire_owner_is_journaled_and_replays_as_expired():
     state.tree.touch("/lab/mine", now, owner=owner, autoexpire=True)
     state.tree.put("/lab/mine", "5", now)
     state.tree.release_owner(owner, now + 1)
-    assert ["tx", "/lab/mine", now + 1] in records
+    assert ["tx", "/lab/mine", now + 1, state.tree.stat("/lab/mine")["revision"]] in records
     state.tree.touch("/lab/mine", now + 2)
     state.tree.put("/lab/mine", "6", now + 2)  # a later plain PUT by someone else revives it
     loaded = Loaded()
