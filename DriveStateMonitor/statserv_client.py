@@ -22,8 +22,8 @@ the call in hand. A replayed MONITOR's answer is compared with what this client 
 monitored object and directory entry (the first MONITOR's answer, then each value reported by
 `wait_for_updates`, `get` or `ls`): only what differs is reported by the next `wait_for_updates`
 (a changed value, a new entry, a vanished entry as NONEXISTENT), so a caller sees every change
-made while it was away and never an unchanged value again (CFHT: monitors report changes). A call is sent again after a reconnect, so
-a REMOVE that had reached the server before the break answers NONEXISTENT the second time. A
+made while it was away and never an unchanged value again (CFHT: monitors report changes). A call
+is sent again after a reconnect, so a REMOVE that had reached the server before the break answers NONEXISTENT the second time. A
 response that does not arrive within `timeout` fails with TIMEOUT and drops the connection (a late
 answer would be taken for the next call's); the next call reconnects and replays.
 

@@ -59,7 +59,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from .intake import MAX_INT_DIGITS
 
 __all__ = [
-    "StatServError", "ValueWord", "Tree", "resolve", "names_directory", "quote_string", "escape_text", "unescape_text",
+    "StatServError", "ValueWord", "Tree", "resolve", "names_directory", "quote_string", "escape_text",
+    "unescape_text",
     "format_saved_value",
     "NONEXISTENT", "UNDEFINED", "EXPIRED", "DIRECTORY", "TYPE_NAMES", "ERROR_CODES",
     "MAX_VALUE_BYTES", "MAX_OBJECTS",

@@ -99,7 +99,7 @@ def test_every_stat_attribute_survives_a_restart(dsm_factory, stop):
     observer.close()
 
     expected = {name: dict(attributes) for name, attributes in before.items()}
-    for name, attributes in expected.items():
+    for attributes in expected.values():
         attributes["usecount"] = "1"       # holds and monitors died with their connections
         attributes["monitors"] = "0"
         if "owner" in attributes:
