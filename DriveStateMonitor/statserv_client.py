@@ -23,9 +23,10 @@ monitored object and directory entry (the first MONITOR's answer, then each valu
 `wait_for_updates`, `get` or `ls`): only what differs is reported by the next `wait_for_updates`
 (a changed value, a new entry, a vanished entry as NONEXISTENT), so a caller sees every change
 made while it was away and never an unchanged value again (CFHT: monitors report changes). A call
-is sent again after a reconnect, so a REMOVE that had reached the server before the break answers NONEXISTENT the second time. A
-response that does not arrive within `timeout` fails with TIMEOUT and drops the connection (a late
-answer would be taken for the next call's); the next call reconnects and replays.
+is sent again after a reconnect, so a REMOVE that had reached the server before the break answers
+NONEXISTENT the second time. A response that does not arrive within `timeout` fails with TIMEOUT and
+drops the connection (a late answer would be taken for the next call's); the next call reconnects
+and replays.
 
 Line length: the server takes request lines of at most 8 KiB, so a value of mostly non-ASCII text
 (3 bytes on the wire per UTF-8 byte) fails with TOOLONG well before the 4096-byte value limit.
