@@ -5,9 +5,10 @@ Data flow: socket -> StreamTransport -> QueryConnection / StatusConnection / Sta
 StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement -> DriveStore; the
 tree's /drives is a read-only view of the DriveStore (DriveView), which tells the tree what changed.
 
-Time: the stores are pure and take `now` (epoch seconds, from `clock`); one loop timer is kept at the
-earliest deadline either store reports (lifetimes, MINPERIOD ends, drives going silent), so expiry
-fires without anyone reading.
+Time: the stores are pure and take `now` from `clock`, a host_clock.Moment: the monotonic reading,
+which every deadline uses, carrying the wall reading for what is shown and kept (host_clock.py);
+one loop timer is kept at the earliest deadline either store reports (lifetimes, MINPERIOD ends,
+drives going silent), so expiry fires without anyone reading.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget,
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
                          EXIT_SOCKET_LISTEN, DatagramReader, EventLoop, Listener,
                          StreamTransport, Timer)
+from .host_clock import HostClock, wall_of
 from .interfaces import Interface, select_interfaces
 from .metrics import LagHistogram
 from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
@@ -178,7 +180,8 @@ def peer_label(kind: str, addr: Any) -> str:
 class DriveStateMonitor:
     """The daemon: start() binds everything (or raises StartupError), run() serves until a signal."""
 
-    def __init__(self, options: argparse.Namespace, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, options: argparse.Namespace,
+                 clock: Callable[[], float] = HostClock()) -> None:
         self.options = options
         self.clock = clock
         self.loop = EventLoop()
@@ -195,7 +198,8 @@ class DriveStateMonitor:
         self.drive_view = DriveView(self.store, self.tree, clock())  # mounts /drives
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
-                               lambda: self.state.snapshot(self.clock()), clock)
+                               lambda: self.state.snapshot(self.clock()),
+                               lambda: wall_of(self.clock()))
         # The snapshot child closes every inherited descriptor: listeners, connections, journal.
         self.journal.child_setup = close_inherited_fds
         self.ack_guard = AckGuard(self.loop, self.journal)
@@ -214,7 +218,7 @@ class DriveStateMonitor:
         self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
         self.log_handler: Optional[ReopenableFileHandler] = None
         self.ports: Dict[str, int] = {}
-        self.started_at = clock()
+        self.started_at = wall_of(clock())
         self._cached_m = (-1, b"")
         self._cached_s = (-1, b"")
         self._shutdown_deadline: Optional[float] = None
@@ -744,7 +748,7 @@ class DriveStateMonitor:
         self.web_app = WebApp(WebData(self._http_drives_json, self._http_drive_json,
                                       self._http_status_json, self.metrics_facts,
                                       tuple(self.options.lab)),
-                              load_static_files(), self.clock)
+                              load_static_files(), lambda: wall_of(self.clock()))
         http_sock = open_tcp_listener(port, "HTTP")
         self._add_listener(http_sock, "http", self._accept_http)
         self.ports["http_port"] = http_sock.getsockname()[1]
@@ -814,7 +818,7 @@ class DriveStateMonitor:
         open_by_kind.update(collections.Counter(t.label.split(" ", 1)[0]
                                                 for t in self.transports))
         drives = [{"serial": drive.serial, "model": drive.model, "firmware": drive.firmware,
-                   "last_seen": drive.last_seen, "alive": drive.alive}
+                   "last_seen": drive.last_seen_wall, "alive": drive.alive}
                   for drive in self.store.drives.values()]
         return {
             "version": __version__,

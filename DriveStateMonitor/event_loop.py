@@ -342,7 +342,7 @@ class EventLoop:
                 abort()
             except Exception:
                 log.exception("error while closing %s", getattr(handler, "label", handler))
-        if self.kill_switch.record(time.time()):
+        if self.kill_switch.record(time.monotonic()):  # a window: never the wall clock
             log.critical("kill switch: more than %d internal failures within %.0f s; stopping",
                          self.kill_switch.limit, self.kill_switch.window_s)
             self.stop(EXIT_KILL_SWITCH)

@@ -20,8 +20,8 @@ discarded up to its newline while keeping nothing, so memory stays bounded. The 
 far it has already searched for a newline, so a line dripped in byte by byte costs O(n), not O(n^2)
 (h11 does the same, for the same denial-of-service reason).
 
-The session owns no socket and reads no clock: the loop passes `clock` (time.time in production, a
-fake in tests) and the callbacks.
+The session owns no socket and reads no clock: the loop passes `clock` (host_clock.HostClock in
+production, a fake in tests) and the callbacks.
 """
 
 from __future__ import annotations

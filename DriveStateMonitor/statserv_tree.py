@@ -24,7 +24,13 @@ the subscriber reads the latest values with `collect`. DEADBAND is measured from
 subscriber last collected. MINPERIOD: after a notification the monitor stays quiet for the period; a
 change in that time is remembered and notified when the period ends.
 
-Time. Nothing here reads a clock: whatever depends on time takes `now` (epoch seconds). Object
+Time. Nothing here reads a clock: whatever depends on time takes `now`. The monotonic rule
+(host_clock.py): `now` is a monotonic reading — in the DSM a Moment, which carries the wall reading
+taken with it — and every deadline (lifetimes, MINPERIOD, the heap below) is on that monotonic
+scale, so a step of the wall clock moves no expiry; the wall clock (`wall_of(now)`) is only for
+what is shown and kept: STAT's `time` (mtime) and, in export_entries, each deadline as the wall
+time it falls at. import_entries maps such a deadline back, its remaining time capped at the
+object's LIFETIME. A plain float `now` stands for both clocks (tests, the tree on its own). Object
 lifetimes and the ends of monitors' quiet periods share one heap of (when, seq, target); a target
 remembers the seq of its one live entry, and entries whose seq no longer matches are stale and are
 dropped when they reach the top (lazy invalidation). An update that only pushes a lifetime further
@@ -53,6 +59,7 @@ import re
 import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
+from .host_clock import monotonic_deadline, restored_moment, wall_deadline, wall_of
 from .intake import MAX_INT_DIGITS
 
 __all__ = [
@@ -1059,7 +1066,7 @@ class Tree:
     def _bump_revision(self, node: _Node, now: float) -> None:
         self.revision += 1
         node.revision = self.revision
-        node.mtime = now
+        node.mtime = wall_of(now)  # shown and kept: the wall clock
 
     def _changed(self, node: _Node, now: float) -> None:
         """Record a change of `node` and tell its monitors and its directory's monitors."""
@@ -1161,8 +1168,11 @@ class Tree:
 
     # -- snapshots (durability) --------------------------------------------------------------
 
-    def export_entries(self, skip: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
+    def export_entries(self, skip: Tuple[str, ...] = (),
+                       now: Optional[float] = None) -> List[Dict[str, Any]]:
         """Every directory and object with all its attributes, parents first, as JSON-able dicts.
+        `mtime` is wall time; a `deadline` is given as the wall time it falls at seen from `now`
+        (None: as held, for a tree whose `now` is one clock).
 
         Entries under a path in `skip` (and their directories) are left out: the daemon rebuilds
         /drives and /dsm from its own records. Holders and monitors are not exported: they belong
@@ -1176,9 +1186,12 @@ class Tree:
                                 "mtime": node.mtime})
                 continue
             value = node.value
+            deadline = node.deadline
+            if deadline is not None and now is not None:
+                deadline = wall_deadline(deadline, now)
             entry: Dict[str, Any] = {
                 "path": node.path, "type": node.type_name, "comment": node.comment,
-                "lifetime": node.lifetime, "deadline": node.deadline, "mtime": node.mtime,
+                "lifetime": node.lifetime, "deadline": deadline, "mtime": node.mtime,
                 "autoexpire": node.autoexpire_owner is not None,
             }
             if type(value) is ValueWord:
@@ -1189,17 +1202,20 @@ class Tree:
         return entries
 
     def import_entries(self, entries: List[Dict[str, Any]], now: float) -> None:
-        """Recreates exported entries. Lifetimes keep the deadlines they had; auto-expire objects
+        """Recreates exported entries. Lifetimes keep the (wall) deadlines they had, mapped onto
+        `now`'s monotonic scale with at most the object's LIFETIME left; auto-expire objects
         come back EXPIRED, since the connection that owned them is gone."""
         nodes = self._nodes
         for entry in entries:
             path = entry["path"]
+            mtime = entry.get("mtime")
+            at = now if mtime is None else restored_moment(mtime, now)
             if entry.get("dir"):
-                self.touch_dir(path, entry.get("mtime", now), comment=entry.get("comment", ""))
+                self.touch_dir(path, at, comment=entry.get("comment", ""))
                 continue
-            node = self._import_new_object(path, entry, now) if path not in nodes else None
+            node = self._import_new_object(path, entry, at) if path not in nodes else None
             if node is None:  # not the plain case: every check of touch()
-                self.touch(path, entry.get("mtime", now), comment=entry.get("comment", ""),
+                self.touch(path, at, comment=entry.get("comment", ""),
                            type_name=entry.get("type", TYPE_STRING))
                 node = nodes[path]
             word = entry.get("word")
@@ -1213,9 +1229,9 @@ class Tree:
                 self._set_text(node, EXPIRED, set_value=True)
                 deadline = None
             if deadline is not None and node.value is not EXPIRED:
-                node.deadline = float(deadline)
+                node.deadline = monotonic_deadline(float(deadline), node.lifetime, now)
                 self._schedule(node, node.deadline)
-            node.mtime = entry.get("mtime", now)
+            node.mtime = wall_of(at)
         self.expire_due(now)
 
     def _import_new_object(self, path: str, entry: Dict[str, Any], now: float) -> Optional[_Node]:
@@ -1243,7 +1259,7 @@ class Tree:
         parent.children[node.name] = node
         if comment:
             self._set_text(node, comment=comment)
-        self._changed(node, entry.get("mtime", now))
+        self._changed(node, now)
         return node
 
     # -- SAVE ------------------------------------------------------------------------------------
