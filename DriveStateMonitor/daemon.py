@@ -246,6 +246,7 @@ class DriveStateMonitor:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc)
         self._iface_names = {iface.index: iface.name for iface in self.interfaces}
         self._restore()
+        self.saves.remove_stale_temporaries()  # a SAVE cut short by the last stop or crash
 
         query_sock = open_tcp_listener(opts.query_port, "query")
         self._add_listener(query_sock, "query", self._accept_query)
