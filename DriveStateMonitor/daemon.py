@@ -37,6 +37,7 @@ from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_
                          StreamTransport, Timer)
 from .host_clock import HostClock, wall_of
 from .interfaces import Interface, select_interfaces
+from .memory_limits import apply_memory_caps
 from .metrics import LagHistogram
 from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
                                sole_interface)
@@ -867,6 +868,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("DriveStateMonitor: cannot open the log file %s: %s" % (options.log_file, exc),
               file=sys.stderr)
         return EXIT_SOCKET_CREATE
+    apply_memory_caps(options, getattr(options, "explicit", set()))  # before any budget is used
     daemon = DriveStateMonitor(options)
     daemon.log_handler = handler
     try:
