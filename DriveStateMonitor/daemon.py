@@ -730,6 +730,7 @@ class DriveStateMonitor:
                              acks_withdrawn=self.ack_guard.withdrawn,
                              saves_written=self.saves.written, saves_refused=self.saves.refused,
                              output_evictions=self.loop.output_evictions,
+                             memory_errors=self.loop.memory_errors,
                              statuses_refused_store_full=self.store.refused_status_budget,
                              drives_refused_store_full=self.store.refused_drive_budget),
             "output_queued_bytes": self.loop.output_total,

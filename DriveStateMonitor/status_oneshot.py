@@ -156,6 +156,7 @@ class OneShotStatus:
             self._reply = self._refused(str(exc))
         except MemoryError:  # this client's error (event_loop.py), never the DSM's
             del data
+            port.loop.input_failures += 1
             port.loop.memory_errors += 1
             self._reply = error_reply(OUT_OF_MEMORY)
         else:
@@ -166,6 +167,7 @@ class OneShotStatus:
                 error = port.store(report)
             except MemoryError:
                 del data, report
+                port.loop.input_failures += 1
                 port.loop.memory_errors += 1
                 error = OUT_OF_MEMORY
             self._reply = END_BYTE if error is None else self._refused(error)
