@@ -5,20 +5,20 @@ Every DSM runs on free loopback ports with private dirs (dsm_harness.py) and is 
 pid; every wait is a condition with a deadline."""
 from __future__ import annotations
 
+import glob
 import json
 import os
-import resource
-import socket
 import sys
 import time
 from typing import Any, Dict, List
 
 import pytest
 
-from dsm_harness import END, announcement, recv_until_end, wait_for
+from dsm_harness import END, announcement, wait_for
 from test_statserv_integration import LineClient
 
-LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+# Debian's faketime package (/usr/bin/faketime) puts the library under the architecture's dir.
+LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), "")
 DAY_S = 86400
 
 
@@ -63,7 +63,7 @@ def drive_state(dsm: Any, serial: str) -> str:
     return dsm.query_json("m")[serial]["state"]
 
 
-@pytest.mark.skipif(not os.path.exists(LIBFAKETIME), reason="libfaketime (Debian faketime) absent")
+@pytest.mark.skipif(not LIBFAKETIME, reason="libfaketime absent (apt-get install faketime)")
 def test_wall_clock_steps_change_no_lifetime_and_no_drive_state(dsm_factory, clients, tmp_path):
     wall = FakeWallClock(str(tmp_path))
     dsm = dsm_factory.start("--drive-lifetime", "4", env=wall.env())
