@@ -263,14 +263,15 @@ class DriveStore:
     def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str,
                changed: bool = False, appeared: bool = False) -> None:
         # The view shows last_seen to the second and alive/expired: tell it when either moves.
-        visible = changed or not drive.alive or int(wall_of(now)) != int(drive.last_seen_wall)
+        wall = wall_of(now)
+        visible = changed or not drive.alive or int(wall) != int(wall_of(drive.last_seen))
         drive.last_seen = now
         if source_address != drive.source_address:
             drive.source_address = self._shared(source_address)
         drive.interface = interface
         if not drive.alive:
             drive.alive = True
-            drive.state_at = wall_of(now)
+            drive.state_at = wall
         if drive.m_tail is not None:
             drive.m_tail = None
             self._stale.append(drive)
