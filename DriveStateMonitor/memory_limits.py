@@ -10,8 +10,9 @@ A budget that refuses cleanly ("store full") is only worth anything if it is rea
 
 So at start the DSM reads its caps (`read_memory_caps`): the soft RLIMIT_AS and RLIMIT_DATA, and
 the `memory.max` of its own cgroup v2 (the path in /proc/self/cgroup, under the cgroup2 mount; the
-smallest over the cgroup and its ancestors), each with what is already used against it (VmSize,
-VmData, memory.current). The room left under the tightest one, less RESERVE_BYTES for the
+smallest over the cgroup and its ancestors; on a v1-only host the memory controller's
+`memory.limit_in_bytes`), each with what is already used against it (VmSize, VmData,
+memory.current less the reclaimable file cache). The room left under the tightest one, less RESERVE_BYTES for the
 interpreter, connections and the journal, is shared out (`fit_limits`, a pure function):
 
 - the store gets STORE_SHARE: what it holds is charged once, but the `s` reply is built from it at
@@ -58,8 +59,8 @@ class MemoryCaps(NamedTuple):
     address_space_used: int = 0          # VmSize
     data: Optional[int] = None           # RLIMIT_DATA (soft)
     data_used: int = 0                   # VmData
-    cgroup: Optional[int] = None         # cgroup v2 memory.max, smallest up the hierarchy
-    cgroup_used: int = 0                 # memory.current
+    cgroup: Optional[int] = None         # memory.max (v1: limit_in_bytes), smallest upwards
+    cgroup_used: int = 0                 # memory.current less the file cache
 
 
 def tightest_room(caps: MemoryCaps) -> Optional[Tuple[int, str]]:
@@ -123,51 +124,85 @@ def _proc_status_bytes(text: str, field: str) -> int:
     return 0
 
 
-def cgroup2_mount(mountinfo: str) -> Optional[str]:
-    """The cgroup2 mount point named in a /proc/self/mountinfo text, or None."""
+# (its limit file, its usage file, the memory.stat key of the reclaimable file cache in the usage)
+_CGROUP_V2 = ("memory.max", "memory.current", "file")
+_CGROUP_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache")
+_UNLIMITED_V1 = 1 << 62  # v1 says "no limit" with a page-rounded 2**63 - 1
+
+
+def cgroup_mounts(mountinfo: str) -> Dict[str, str]:
+    """{"v2": the cgroup2 mount point, "v1": the v1 memory controller's} found in a
+    /proc/self/mountinfo text (either may be missing)."""
+    mounts: Dict[str, str] = {}
     for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
-        if right.split(" ", 1)[0] == "cgroup2":
-            return left.split()[4]
-    return None
+        fields = right.split()
+        if len(fields) < 3 or len(left.split()) < 5:
+            continue
+        if fields[0] == "cgroup2":
+            mounts.setdefault("v2", left.split()[4])
+        elif fields[0] == "cgroup" and "memory" in fields[2].split(","):
+            mounts.setdefault("v1", left.split()[4])
+    return mounts
 
 
-def cgroup_memory(cgroup_text: str, mount: str,
+def cgroup_memory(cgroup_text: str, mounts: Dict[str, str],
                   read: Callable[[str], str]) -> Tuple[Optional[int], int]:
-    """(memory.max: the smallest over the cgroup v2 named in `cgroup_text` (/proc/self/cgroup)
-    and its ancestors, None if none; memory.current of the cgroup, 0 if unreadable)."""
-    path = None
+    """(the memory limit of this process's cgroup, the smallest over it and its ancestors, None
+    if none; what it uses now less its reclaimable file cache, 0 if unreadable): of cgroup v2
+    (`memory.max`) and the v1 memory controller (`memory.limit_in_bytes`; hybrid hosts have
+    both), the tighter, as /proc/self/cgroup (`cgroup_text`) names them. A path not found under the mount (a cgroup namespace
+    seen from outside) is read at the mount's root."""
+    paths: Dict[str, str] = {}
     for line in cgroup_text.splitlines():
-        if line.startswith("0::"):
-            path = line[3:].strip()
-    if path is None:
-        return None, 0
-    limit: Optional[int] = None
-    used = 0
-    directory = os.path.join(mount, path.lstrip("/"))
-    own = directory
-    while True:
-        try:
-            text = read(os.path.join(directory, "memory.max")).strip()
-        except OSError:
-            text = "max"
-        if text != "max":
-            try:
-                value = int(text)
-            except ValueError:
-                value = None
-            if value is not None and (limit is None or value < limit):
-                limit = value
-        if os.path.normpath(directory) == os.path.normpath(mount):
-            break
-        directory = os.path.dirname(directory.rstrip("/"))
-        if not directory.startswith(os.path.normpath(mount)):
-            break
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and controllers == "":
+            paths["v2"] = path.strip()
+        elif "memory" in controllers.split(","):
+            paths["v1"] = path.strip()
+    found = [_cgroup_limit(mounts[version], paths[version], files, read)
+             for version, files in (("v2", _CGROUP_V2), ("v1", _CGROUP_V1))
+             if version in paths and version in mounts]
+    limited = [(limit, used) for limit, used in found if limit is not None]
+    return min(limited) if limited else (None, 0)
+
+
+def _cgroup_limit(mount: str, path: str, files: Tuple[str, str, str],
+                  read: Callable[[str], str]) -> Tuple[Optional[int], int]:
+    limit_file, usage_file, cache_key = files
+    root = os.path.normpath(mount)
+    own = os.path.normpath(os.path.join(root, path.lstrip("/")))
     try:
-        used = int(read(os.path.join(own, "memory.current")).strip())
-    except (OSError, ValueError):
+        read(os.path.join(own, usage_file))
+    except OSError:
+        own = root
+    limit: Optional[int] = None
+    directory = own
+    while True:
+        value = _number_in(read, os.path.join(directory, limit_file))
+        if value is not None and value < _UNLIMITED_V1 and (limit is None or value < limit):
+            limit = value
+        if directory == root or not directory.startswith(root + os.sep):
+            break
+        directory = os.path.dirname(directory)
+    used = _number_in(read, os.path.join(own, usage_file)) or 0
+    try:
+        for line in read(os.path.join(own, "memory.stat")).splitlines():
+            key, _, number = line.partition(" ")
+            if key == cache_key and number.strip().isdigit():
+                used = max(0, used - int(number))
+    except OSError:
         pass
     return limit, used
+
+
+def _number_in(read: Callable[[str], str], path: str) -> Optional[int]:
+    """The integer a cgroup file holds; None for "max", a missing file or anything else."""
+    try:
+        return int(read(path).strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _read(path: str) -> str:
@@ -184,8 +219,8 @@ def read_memory_caps() -> MemoryCaps:
     cgroup: Optional[int] = None
     cgroup_used = 0
     try:
-        mount = cgroup2_mount(_read("/proc/self/mountinfo")) or "/sys/fs/cgroup"
-        cgroup, cgroup_used = cgroup_memory(_read("/proc/self/cgroup"), mount, _read)
+        mounts = cgroup_mounts(_read("/proc/self/mountinfo"))
+        cgroup, cgroup_used = cgroup_memory(_read("/proc/self/cgroup"), mounts, _read)
     except OSError:
         pass
     return MemoryCaps(

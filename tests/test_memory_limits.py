@@ -2,7 +2,7 @@
 reading a cgroup's memory.max up its hierarchy."""
 
 from DriveStateMonitor.memory_limits import (FLOOR, MIB, RESERVE_BYTES, MemoryCaps,
-                                             apply_memory_caps, cgroup2_mount, cgroup_memory,
+                                             apply_memory_caps, cgroup_memory, cgroup_mounts,
                                              fit_limits)
 from DriveStateMonitor.options import parse_options
 
@@ -67,23 +67,44 @@ def test_apply_sets_the_options_from_the_command_line_rule():
     assert options.max_output == 1000000
 
 
+def reader(path):
+    with open(path) as f:
+        return f.read()
+
+
 def test_cgroup_memory_max_is_the_smallest_up_the_hierarchy(tmp_path):
     root = tmp_path / "cg"
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "memory.max").write_text("300000000\n")
     (root / "a" / "b" / "memory.max").write_text("max\n")
-    (root / "a" / "b" / "memory.current").write_text("1234\n")
-
-    def read(path):
-        with open(path) as f:
-            return f.read()
-    assert cgroup_memory("0::/a/b\n", str(root), read) == (300000000, 1234)
-    assert cgroup_memory("4:memory:/x\n", str(root), read) == (None, 0)  # cgroup v1 only
-    assert cgroup_memory("0::/\n", str(root), read) == (None, 0)
+    (root / "a" / "b" / "memory.current").write_text("5000\n")
+    (root / "a" / "b" / "memory.stat").write_text("anon 1000\nfile 3766\n")
+    mounts = {"v2": str(root)}
+    assert cgroup_memory("0::/a/b\n", mounts, reader) == (300000000, 1234)  # cache left out
+    assert cgroup_memory("0::/\n", mounts, reader) == (None, 0)
+    assert cgroup_memory("0::/elsewhere\n", mounts, reader) == (None, 0)  # read at the root
 
 
-def test_cgroup2_mount_is_read_from_mountinfo():
+def test_a_v1_memory_controller_is_read_where_there_is_no_v2(tmp_path):
+    root = tmp_path / "memory"
+    (root / "svc").mkdir(parents=True)
+    (root / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    (root / "svc" / "memory.limit_in_bytes").write_text("200000000\n")
+    (root / "svc" / "memory.usage_in_bytes").write_text("900\n")
+    cgroup = "4:memory:/svc\n1:cpu,cpuacct:/svc\n0::/\n"
+    assert cgroup_memory(cgroup, {"v1": str(root)}, reader) == (200000000, 900)
+    assert cgroup_memory("4:memory:/\n", {"v1": str(root)}, reader) == (None, 0)
+    # a hybrid host: the v2 hierarchy without a memory limit, the v1 controller with one
+    unified = tmp_path / "unified"
+    unified.mkdir()
+    assert cgroup_memory(cgroup, {"v1": str(root), "v2": str(unified)}, reader) == (200000000, 900)
+
+
+def test_cgroup_mounts_are_read_from_mountinfo():
     mountinfo = ("24 30 0:22 / /proc rw,nosuid - proc proc rw\n"
-                 "35 30 0:30 / /sys/fs/cgroup rw,nosuid,nodev - cgroup2 cgroup2 rw\n")
-    assert cgroup2_mount(mountinfo) == "/sys/fs/cgroup"
-    assert cgroup2_mount("24 30 0:22 / /proc rw - proc proc rw\n") is None
+                 "35 30 0:30 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw\n"
+                 "36 30 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+                 "37 30 0:33 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n")
+    assert cgroup_mounts(mountinfo) == {"v2": "/sys/fs/cgroup/unified",
+                                        "v1": "/sys/fs/cgroup/memory"}
+    assert cgroup_mounts("24 30 0:22 / /proc rw - proc proc rw\n") == {}
