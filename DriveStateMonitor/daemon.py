@@ -5,9 +5,10 @@ Data flow: socket -> StreamTransport -> QueryConnection / StatusConnection / Sta
 StreamTransport -> socket. Datagrams go DatagramReader -> parse_announcement -> DriveStore; the
 tree's /drives is a read-only view of the DriveStore (DriveView), which tells the tree what changed.
 
-Time: the stores are pure and take `now` (epoch seconds, from `clock`); one loop timer is kept at the
-earliest deadline either store reports (lifetimes, MINPERIOD ends, drives going silent), so expiry
-fires without anyone reading.
+Time: the stores are pure and take `now` from `clock`, a host_clock.Moment: the monotonic reading,
+which every deadline uses, carrying the wall reading for what is shown and kept (host_clock.py);
+one loop timer is kept at the earliest deadline either store reports (lifetimes, MINPERIOD ends,
+drives going silent), so expiry fires without anyone reading.
 """
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget,
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
                          EXIT_SOCKET_LISTEN, Connection, DatagramReader, EventLoop, Listener,
                          StreamTransport, Timer)
+from .host_clock import HostClock, wall_of
 from .interfaces import Interface, select_interfaces
+from .memory_limits import apply_memory_caps
 from .metrics import LagHistogram
 from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
                                sole_interface)
@@ -178,7 +181,8 @@ def peer_label(kind: str, addr: Any) -> str:
 class DriveStateMonitor:
     """The daemon: start() binds everything (or raises StartupError), run() serves until a signal."""
 
-    def __init__(self, options: argparse.Namespace, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, options: argparse.Namespace,
+                 clock: Callable[[], float] = HostClock()) -> None:
         self.options = options
         self.clock = clock
         self.loop = EventLoop()
@@ -195,7 +199,8 @@ class DriveStateMonitor:
         self.drive_view = DriveView(self.store, self.tree, clock())  # mounts /drives
         self.state = StoreState(self.store, self.tree, self.publisher)
         self.journal = Journal(options.state_dir, options.fsync,
-                               lambda: self.state.snapshot(self.clock()), clock)
+                               lambda: self.state.snapshot(self.clock()),
+                               lambda: wall_of(self.clock()))
         # The snapshot child closes every inherited descriptor: listeners, connections, journal.
         self.journal.child_setup = close_inherited_fds
         self.ack_guard = AckGuard(self.loop, self.journal)
@@ -214,7 +219,7 @@ class DriveStateMonitor:
         self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
         self.log_handler: Optional[ReopenableFileHandler] = None
         self.ports: Dict[str, int] = {}
-        self.started_at = clock()
+        self.started_at = wall_of(clock())
         self._cached_m = (-1, b"")
         self._cached_s = (-1, b"")
         self._shutdown_deadline: Optional[float] = None
@@ -242,6 +247,7 @@ class DriveStateMonitor:
             raise StartupError(EXIT_SOCKET_CREATE, "cannot listen for drives: %s" % exc) from exc
         self._iface_names = {iface.ifindex: iface.name for iface in self.interfaces}
         self._restore()
+        self.saves.remove_stale_temporaries()  # a SAVE cut short by the last stop or crash
 
         query_sock = open_tcp_listener(opts.query_port, "query")
         self._add_listener(query_sock, "query", self._accept_query)
@@ -725,6 +731,7 @@ class DriveStateMonitor:
                              acks_withdrawn=self.ack_guard.withdrawn,
                              saves_written=self.saves.written, saves_refused=self.saves.refused,
                              output_evictions=self.loop.output_evictions,
+                             memory_errors=self.loop.memory_errors,
                              statuses_refused_store_full=self.store.refused_status_budget,
                              drives_refused_store_full=self.store.refused_drive_budget),
             "output_queued_bytes": self.loop.output_total,
@@ -745,7 +752,7 @@ class DriveStateMonitor:
         self.web_app = WebApp(WebData(self._http_drives_json, self._http_drive_json,
                                       self._http_status_json, self.metrics_facts,
                                       tuple(self.options.lab)),
-                              load_static_files(), self.clock)
+                              load_static_files(), lambda: wall_of(self.clock()))
         http_sock = open_tcp_listener(port, "HTTP")
         self._add_listener(http_sock, "http", self._accept_http)
         self.ports["http_port"] = http_sock.getsockname()[1]
@@ -815,7 +822,7 @@ class DriveStateMonitor:
         open_by_kind.update(collections.Counter(t.label.split(" ", 1)[0]
                                                 for t in self.transports))
         drives = [{"serial": drive.serial, "model": drive.model, "firmware": drive.firmware,
-                   "last_seen": drive.last_seen, "alive": drive.alive}
+                   "last_seen": drive.last_seen_wall, "alive": drive.alive}
                   for drive in self.store.drives.values()]
         return {
             "version": __version__,
@@ -863,6 +870,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("DriveStateMonitor: cannot open the log file %s: %s" % (options.log_file, exc),
               file=sys.stderr)
         return EXIT_SOCKET_CREATE
+    apply_memory_caps(options, getattr(options, "explicit", set()))  # before any budget is used
     daemon = DriveStateMonitor(options)
     daemon.log_handler = handler
     try:

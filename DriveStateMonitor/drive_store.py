@@ -1,6 +1,11 @@
 """What the DSM knows about drives: the newest announcement of each, and each serial's statuses.
 
-Pure: no sockets, and every method that needs the time takes it (`now`, epoch seconds).
+Pure: no sockets, and every method that needs the time takes it (`now`). Time follows the
+monotonic rule (host_clock.py): `now` is a monotonic reading, a Moment carrying the wall reading
+taken with it; whether a drive is silent (--drive-lifetime, the expiry heap) is decided on the
+monotonic scale only, so a step of the wall clock expires no drive and keeps none alive, and
+`last_seen`, `last_seen_epoch` and STAT's times show the wall clock (`wall_of`). A plain float
+`now` stands for both clocks.
 
 The `m` reply is one bytes join of a list kept up to date: per drive, in the table's order, its key
 (`"serial": `), its datagram without the closing brace, and its "tail": a separator, the added
@@ -27,6 +32,8 @@ import heapq
 import json
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from .host_clock import wall_of
 
 # Fields the DSM adds beside the drive's own; `last_seen` keeps the original tool's format.
 LAST_SEEN = "last_seen"
@@ -61,7 +68,9 @@ class DriveRecord:
         self.firmware = ""
         # The drive's own fields as JSON without the closing brace; None: `body` is exactly that.
         self.fields_prefix: Optional[bytes] = b""
-        self.last_seen = 0.0
+        # When last heard: a Moment (monotonic for expiry, .wall for what is shown; see
+        # last_seen_wall), one object per drive, which the expiry heap shares.
+        self.last_seen: float = 0.0
         self.source_address = ""
         self.interface = ""
         self.slot = slot  # where this drive's three parts of the `m` reply start in the parts list
@@ -70,10 +79,15 @@ class DriveRecord:
         self.m_tail: Optional[bytes] = None
         self.alive = True
         self.expiry_queued = False  # an entry for this drive is in the expiry heap
-        self.changed_at = 0.0  # when the announcement's content last changed (epoch s)
-        self.state_at = now    # when `alive` last flipped (or the drive was first heard)
-        # When a record of it last went to the journal (store_state.py; -inf: never).
+        self.changed_at = 0.0  # when the announcement's content last changed (wall, epoch s)
+        self.state_at = wall_of(now)  # when `alive` last flipped (or first heard; wall, epoch s)
+        # When a record of it last went to the journal (monotonic; store_state.py; -inf: never).
         self.journaled_at = _NEVER
+
+    @property
+    def last_seen_wall(self) -> float:
+        """When the drive was last heard, by the wall clock (epoch s): what is shown and kept."""
+        return wall_of(self.last_seen)
 
     @property
     def cost(self) -> int:
@@ -180,7 +194,7 @@ class DriveStore:
         # changed since it was last joined.
         self._m_parts: List[Any] = [b"{"]
         self._stale: List[DriveRecord] = []
-        # When each serial's newest status arrived (epoch s; the view's STAT time for it).
+        # When each serial's newest status arrived (wall, epoch s; the view's STAT time for it).
         self.status_at: Dict[str, float] = {}
         # (serial, now, appeared_or_vanished): see the module docstring. Set by the drive view.
         self.on_change: Optional[Callable[[str, float, bool], None]] = None
@@ -242,7 +256,7 @@ class DriveStore:
             drive.body = raw
             self._serial_by_raw[raw] = serial
         self._m_parts[drive.slot + 1] = body  # its tail (separator included) is stale: _heard
-        drive.changed_at = now
+        drive.changed_at = wall_of(now)
         self.drive_bytes += cost - old_cost
         self._heard(drive, now, source_address, interface, True, appeared)
         return True
@@ -250,14 +264,15 @@ class DriveStore:
     def _heard(self, drive: DriveRecord, now: float, source_address: str, interface: str,
                changed: bool = False, appeared: bool = False) -> None:
         # The view shows last_seen to the second and alive/expired: tell it when either moves.
-        visible = changed or not drive.alive or int(now) != int(drive.last_seen)
+        wall = wall_of(now)
+        visible = changed or not drive.alive or int(wall) != int(wall_of(drive.last_seen))
         drive.last_seen = now
         if source_address != drive.source_address:
             drive.source_address = self._shared(source_address)
         drive.interface = interface
         if not drive.alive:
             drive.alive = True
-            drive.state_at = now
+            drive.state_at = wall
         if drive.m_tail is not None:
             drive.m_tail = None
             self._stale.append(drive)
@@ -269,13 +284,14 @@ class DriveStore:
             heapq.heappush(self._expiry_heap, (drive.last_seen, drive.serial))
 
     def next_deadline(self) -> Optional[float]:
-        """When `expire_due` may next have a drive to expire, or None."""
+        """When (monotonic) `expire_due` may next have a drive to expire, or None."""
         if not self._expiry_heap or self.drive_lifetime is None:
             return None
         return self._expiry_heap[0][0] + self.drive_lifetime
 
     def expire_due(self, now: float) -> List[str]:
-        """Marks every drive silent for longer than the lifetime as expired; returns their serials."""
+        """Marks every drive silent for longer than the lifetime (on the monotonic scale) as
+        expired; returns their serials."""
         expired: List[str] = []
         heap = self._expiry_heap
         lifetime = self.drive_lifetime
@@ -291,7 +307,7 @@ class DriveStore:
                 continue
             drive.expiry_queued = False
             drive.alive = False
-            drive.state_at = now
+            drive.state_at = wall_of(now)
             if drive.m_tail is not None:
                 drive.m_tail = None
                 self._stale.append(drive)
@@ -337,8 +353,8 @@ class DriveStore:
     def added_fields(self, drive: DriveRecord) -> Dict[str, Any]:
         """What the DSM adds beside a drive's own fields."""
         return {
-            LAST_SEEN: self.format_last_seen(drive.last_seen),
-            "last_seen_epoch": round(drive.last_seen, 3),
+            LAST_SEEN: self.format_last_seen(drive.last_seen_wall),
+            "last_seen_epoch": round(drive.last_seen_wall, 3),
             "source_address": drive.source_address,
             "interface": drive.interface,
             "state": ALIVE if drive.alive else EXPIRED,
@@ -381,7 +397,7 @@ class DriveStore:
             self.status_bytes -= status_cost(serial, history[0])
         history.append(entry_json)
         self.status_bytes += cost
-        self.status_at[serial] = now
+        self.status_at[serial] = wall_of(now)
         self._status_fragments.pop(serial, None)
         self.statuses_version += 1
         if self.on_change is not None:

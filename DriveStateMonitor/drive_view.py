@@ -123,7 +123,7 @@ class DriveView:
         if drive is None and not history:
             return None
         newest = history[-1] if history else None
-        key = (serial, drive.body if drive else None, int(drive.last_seen) if drive else None,
+        key = (serial, drive.body if drive else None, int(drive.last_seen_wall) if drive else None,
                drive.alive if drive else None, newest)
         if self._cached and self._cached[0] == key:
             return self._cached[1]
@@ -150,7 +150,7 @@ class DriveView:
                 shown = _shown(value)
                 if shown is not None:
                     own[path_component(key_name)] = shown
-            own[LAST_SEEN] = store.format_last_seen(drive.last_seen)
+            own[LAST_SEEN] = store.format_last_seen(drive.last_seen_wall)
             own[STATE] = ALIVE if drive.alive else EXPIRED
         if newest is not None:
             entry = json.loads(newest.decode("utf-8"))
@@ -217,7 +217,7 @@ class DriveView:
         if relative == STATE and drive is not None:
             changed = drive.state_at
         elif relative == LAST_SEEN and drive is not None:
-            changed = drive.last_seen
+            changed = drive.last_seen_wall
         elif relative in ("status", "time_stamp"):
             changed = store.status_at.get(serial, 0.0)
         else:

@@ -24,6 +24,12 @@ Failures are of two kinds, and only one can stop the DSM:
   hook of the daemon (expiry, journal, snapshots) — are counted by the kill switch (the original
   tool's rule: more than 5 within 24 hours stops the daemon with exit code 4).
 
+A MemoryError while handling one connection's input (a cap on the address space or a cgroup's
+memory.max; see memory_limits.py) is that connection's, too, and more: the transport drops what it
+holds of the input, gives the client its protocol's error reply (`out_of_memory()`: JSON
+{"error": ...} on the query and status ports, `! LIMIT` on the Status Server's) and closes after it,
+so the memory comes back and every other client goes on being answered (`memory_errors` counts).
+
 A handler says which kind it is with `handles_input`: StreamTransport does; Listener and
 DatagramReader hand each accepted connection and each datagram to their callback inside a guard of
 their own, so what escapes them is the socket's failure.
@@ -134,6 +140,7 @@ class EventLoop:
         self.exit_code = EXIT_OK
         self.kill_switch = kill_switch or KillSwitch()
         self.input_failures = 0      # one connection's or datagram's handling failed
+        self.memory_errors = 0       # of those, a MemoryError: answered with an error reply
         self.internal_failures = 0   # the DSM's own: these trip the kill switch
         self._failure_log = _RateLimitedLog(FAILURE_TRACEBACKS, FAILURE_LOG_WINDOW_S)
         self._signal_waker: Optional[_SignalWaker] = None
@@ -311,6 +318,9 @@ class EventLoop:
     def handler_failed(self, handler: Any, exc: BaseException) -> None:
         """Routes a failure escaping `handler` (None: a timer or hook) to input_failed or, for the
         DSM's own, to the kill switch."""
+        if isinstance(exc, MemoryError) and hasattr(handler, "out_of_memory"):
+            handler.out_of_memory()
+            return
         if getattr(handler, "handles_input", False):
             label = getattr(handler, "label", handler)
             self.input_failed(label, exc, "closing it")
@@ -342,7 +352,7 @@ class EventLoop:
                 abort()
             except Exception:
                 log.exception("error while closing %s", getattr(handler, "label", handler))
-        if self.kill_switch.record(time.time()):
+        if self.kill_switch.record(time.monotonic()):  # a window: never the wall clock
             log.critical("kill switch: more than %d internal failures within %.0f s; stopping",
                          self.kill_switch.limit, self.kill_switch.window_s)
             self.stop(EXIT_KILL_SWITCH)
@@ -639,8 +649,36 @@ class StreamTransport:
     def received(self, data: bytes) -> None:
         """Hands `data` to the protocol as read from the socket; also the bytes a handler read
         before this transport took its connection over (status_oneshot.py)."""
-        self.protocol.data_received(data)
+        try:
+            self.protocol.data_received(data)
+        except MemoryError:
+            del data  # this chunk's bytes go back before the error reply is made
+            self.out_of_memory()
+            return
         self._track_request()
+
+    def out_of_memory(self) -> None:
+        """Handling this connection ran out of memory: its protocol drops its buffers and writes
+        its error reply (`out_of_memory()`; without one the connection is aborted), nothing more
+        is read, and the connection closes once the reply is sent. Never the DSM's failure."""
+        loop = self.loop
+        loop.input_failures += 1
+        loop.memory_errors += 1
+        if loop._failure_log.allow(time.monotonic()) is not None:
+            log.warning("%s: out of memory handling its input (a memory cap: see "
+                        "docs/operating-safely.md); answered with an error and closed", self.label)
+        answer = getattr(self.protocol, "out_of_memory", None)
+        if answer is None or self.closed:
+            self.abort()
+            return
+        self.request_started = None
+        self.pause_reading()
+        try:
+            answer()
+        except MemoryError:
+            self.abort()
+            return
+        self.close_when_flushed()
 
     def _track_request(self) -> None:
         """Starts the request clock at the first byte of an incomplete request; stops it when the

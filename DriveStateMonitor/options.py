@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional
+from typing import List, Optional, Set
 
 from .access import network_list
 from .local_dirs import default_log_dir, default_state_dir
@@ -237,4 +237,16 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> argparse.Namespace:
-    return build_parser(prog).parse_args(argv)
+    """The options; `explicit` holds the dest names given on the command line (memory_limits.py
+    lowers only defaults)."""
+    options = build_parser(prog).parse_args(argv)
+    options.explicit = given_options(argv, prog)
+    return options
+
+
+def given_options(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Set[str]:
+    """The dest names of the options `argv` gives (a default is not given, even if equal)."""
+    parser = build_parser(prog)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))

@@ -57,6 +57,15 @@ class QueryConnection(PipelinedConnection):
                      "closing" % seconds}))
         self.transport.close_when_flushed()
 
+    def out_of_memory(self) -> None:
+        """A MemoryError while answering (StreamTransport.out_of_memory): what waits is dropped,
+        the client gets an error; the transport closes after it."""
+        self.pending.clear()
+        self.parser = QueryParser()
+        self.transport.write(encode_reply({
+            "error": "out of memory answering this connection (the DSM's memory cap); try again "
+                     "later, or see --max-store-bytes"}))
+
     def done(self) -> bool:
         """True at the client's end of stream, after a request of another protocol (HTTP, Status
         Server: its error ends the connection), or when all it sent is answered (see the top)."""

@@ -15,6 +15,12 @@ Limits: at most MAX_IN_FLIGHT SAVEs at once over all clients and one per client,
 MAX_BYTES and MAX_FILES files in the saves directory (the new file counted; the file it replaces
 not): a flood of
 SAVEs is refused with `! LIMIT`, it never fills the disk the journal needs.
+
+Temporaries: a child writes `<name>.tmp.<its pid>` and renames it over `<name>`. A stop or crash
+while it writes leaves that file behind; the DSM removes every such file at start
+(`remove_stale_temporaries`) and when it kills or loses a child, and the budget never counts one
+that no live child is writing. No SAVE may take a name of that form (check_save_name), so these
+rules never touch a client's file and no client can write outside the budget under such a name.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import logging
 import os
 import re
 import signal
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Container, Dict, Optional, Tuple
 
 from .event_loop import EventLoop
 from .persistence import become_child, close_inherited_fds
@@ -38,6 +44,8 @@ MAX_BYTES = 256 * 1024 * 1024
 MAX_FILES = 1000
 POLL_S = 0.02
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
+# What a SAVE child names its temporary file (_write): the target's name, ".tmp.", its pid.
+_TEMPORARY_NAME = re.compile(r".+\.tmp\.([0-9]+)\Z")
 # Child exit codes.
 _OK, _FAILED, _TOO_BIG = 0, 1, 3
 
@@ -47,15 +55,29 @@ def check_save_name(name: str) -> None:
     if not _SAFE_NAME.match(name):
         raise StatServError(DENIED, "SAVE file names are letters, digits, '.', '_' and '-' "
                                     "(no directories, no leading dot), up to 128 characters")
+    if _TEMPORARY_NAME.match(name):
+        raise StatServError(DENIED, "SAVE file names may not end in .tmp.<digits> (the DSM's "
+                                    "own temporary files)")
 
 
-def _dir_usage(path: str, besides: str, max_files: int) -> Tuple[int, int]:
-    """(bytes, files) in `path` apart from `besides`; stops counting past `max_files` files, so
-    its cost is bounded however full the directory."""
+def temporary_pid(name: str) -> Optional[int]:
+    """The pid in a SAVE child's temporary file name, or None if `name` is not one."""
+    match = _TEMPORARY_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _dir_usage(path: str, besides: str, max_files: int,
+               writing: Container[int] = ()) -> Tuple[int, int]:
+    """(bytes, files) in `path` apart from `besides` and from temporary files of children not in
+    `writing` (pids); stops counting past `max_files` files, so its cost is bounded however full
+    the directory."""
     total = files = 0
     try:
         with os.scandir(path) as entries:
             for entry in entries:
+                pid = temporary_pid(entry.name)
+                if pid is not None and pid not in writing:
+                    continue  # a dead child's leftover: removed at start, never counted
                 if entry.path != besides and entry.is_file(follow_symlinks=False):
                     total += entry.stat(follow_symlinks=False).st_size
                     files += 1
@@ -93,7 +115,7 @@ class SaveWriter:
             self.refused += 1
             raise StatServError(LIMIT, "%d SAVEs already being written; try again later"
                                 % len(self._children))
-        used, files = _dir_usage(self.save_dir, target, self.max_files)
+        used, files = _dir_usage(self.save_dir, target, self.max_files, self._children)
         if files >= self.max_files:
             self.refused += 1
             raise StatServError(LIMIT, "the SAVE directory holds %d files already (limit %d); "
@@ -120,6 +142,35 @@ class SaveWriter:
         if len(self._children) == 1:
             self.loop.call_later(POLL_S, self._poll)
 
+    def remove_stale_temporaries(self) -> int:
+        """Removes the temporary files of SAVE children that are not running (a stop or crash
+        while one wrote); returns how many. Called at start, once the DSM holds its lock."""
+        removed = 0
+        try:
+            with os.scandir(self.save_dir) as entries:
+                names = [entry.name for entry in entries
+                         if temporary_pid(entry.name) is not None
+                         and temporary_pid(entry.name) not in self._children
+                         and entry.is_file(follow_symlinks=False)]
+        except OSError:
+            return 0
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.save_dir, name))
+                removed += 1
+            except OSError as exc:
+                log.warning("cannot remove the stale SAVE temporary %s: %s", name, exc)
+        if removed:
+            log.info("removed %d stale SAVE temporary file%s from %s", removed,
+                     "" if removed == 1 else "s", self.save_dir)
+        return removed
+
+    def _remove_temporary(self, pid: int, target: str) -> None:
+        try:
+            os.unlink("%s.tmp.%d" % (target, pid))
+        except OSError:
+            pass
+
     @property
     def in_flight(self) -> int:
         return len(self._children)
@@ -143,20 +194,21 @@ class SaveWriter:
                 session.save_finished(LIMIT, "%s would pass the SAVE directory's limit of %d "
                                              "bytes" % (name, self.max_bytes))
             else:
+                self._remove_temporary(pid, target)  # a child killed mid-write leaves it
                 log.error("SAVE %s failed (child status %d)", target, status)
                 session.save_finished(DENIED, "cannot write %s" % name)
         if self._children:
             self.loop.call_later(POLL_S, self._poll)
 
     def close(self) -> None:
-        """Stops the children still writing (their temporary files are removed by the next
-        SAVE of the same name or stay as *.tmp.<pid>)."""
-        for pid in list(self._children):
+        """Stops the children still writing and removes their temporary files."""
+        for pid, (_, target) in list(self._children.items()):
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             except OSError:
                 pass
+            self._remove_temporary(pid, target)
         self._children.clear()
 
 

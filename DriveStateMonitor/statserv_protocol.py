@@ -25,8 +25,8 @@ separator, and a component cannot hold '/'); a name ending in '/' (or in a '.'/'
 a directory, so it fails NOTDIR where it names an object and ISDIR in TOUCH (`_path`). A per-batch
 fast path for plain names must send such names (trailing '/', '.' components) the general way.
 
-The session owns no socket and reads no clock: the loop passes `clock` (time.time in production, a
-fake in tests) and the callbacks.
+The session owns no socket and reads no clock: the loop passes `clock` (host_clock.HostClock in
+production, a fake in tests) and the callbacks.
 """
 
 from __future__ import annotations

@@ -63,6 +63,12 @@ class StatServConnection:
                              b"(--request-timeout)\n" % seconds)
         self.transport.close_when_flushed()
 
+    def out_of_memory(self) -> None:
+        """A MemoryError while handling this connection (StreamTransport.out_of_memory):
+        `! LIMIT`; the transport closes after it, releasing the session."""
+        self.transport.write(b"! LIMIT out of memory handling this connection (the DSM's memory "
+                             b"cap); closing\n")
+
     def holds_nothing(self) -> bool:
         return self.session.holds_nothing()
 

@@ -27,7 +27,13 @@ where it cannot apply. MINPERIOD: after a notification the monitor stays quiet f
 change in that time is remembered and notified when the period ends. Re-issuing MONITOR replaces
 both options at once; the quiet period then running is re-measured from the last notification.
 
-Time. Nothing here reads a clock: whatever depends on time takes `now` (epoch seconds). Object
+Time. Nothing here reads a clock: whatever depends on time takes `now`. The monotonic rule
+(host_clock.py): `now` is a monotonic reading — in the DSM a Moment, which carries the wall reading
+taken with it — and every deadline (lifetimes, MINPERIOD, the heap below) is on that monotonic
+scale, so a step of the wall clock moves no expiry; the wall clock (`wall_of(now)`) is only for
+what is shown and kept: STAT's `time` (mtime) and, in export_entries, each deadline as the wall
+time it falls at. import_entries maps such a deadline back, its remaining time capped at the
+object's LIFETIME. A plain float `now` stands for both clocks (tests, the tree on its own). Object
 lifetimes and the ends of monitors' quiet periods share one heap of (when, seq, target); a target
 remembers the seq of its one live entry, and entries whose seq no longer matches are stale and are
 dropped when they reach the top (lazy invalidation). An update that only pushes a lifetime further
@@ -56,8 +62,10 @@ import re
 import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
+from .host_clock import Moment, wall_deadline, wall_of
 from .intake import MAX_INT_DIGITS
 
+_new_float = float.__new__
 __all__ = [
     "StatServError", "ValueWord", "Tree", "resolve", "names_directory", "quote_string", "escape_text",
     "unescape_text",
@@ -1141,7 +1149,7 @@ class Tree:
     def _bump_revision(self, node: _Node, now: float) -> None:
         self.revision += 1
         node.revision = self.revision
-        node.mtime = now
+        node.mtime = wall_of(now)  # shown and kept: the wall clock
 
     def _changed(self, node: _Node, now: float) -> None:
         """Record a change of `node` and tell its monitors and its directory's monitors."""
@@ -1249,8 +1257,11 @@ class Tree:
 
     # -- snapshots (durability) --------------------------------------------------------------
 
-    def export_entries(self, skip: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
+    def export_entries(self, skip: Tuple[str, ...] = (),
+                       now: Optional[float] = None) -> List[Dict[str, Any]]:
         """Every directory and object with all its attributes, parents first, as JSON-able dicts.
+        `mtime` is wall time; a `deadline` is given as the wall time it falls at seen from `now`
+        (None: as held, for a tree whose `now` is one clock).
 
         Entries under a path in `skip` (and their directories) are left out: the daemon rebuilds
         /drives and /dsm from its own records. Holders and monitors are not exported: they belong
@@ -1269,9 +1280,12 @@ class Tree:
                                 "mtime": node.mtime, "revision": node.revision})
                 continue
             value = node.value
+            deadline = node.deadline
+            if deadline is not None and now is not None:
+                deadline = wall_deadline(deadline, now)
             entry: Dict[str, Any] = {
                 "path": node.path, "type": node.type_name, "comment": node.comment,
-                "lifetime": node.lifetime, "deadline": node.deadline, "mtime": node.mtime,
+                "lifetime": node.lifetime, "deadline": deadline, "mtime": node.mtime,
                 "autoexpire": node.autoexpire, "owned": node.autoexpire_owner is not None,
                 "revision": node.revision,
             }
@@ -1284,26 +1298,36 @@ class Tree:
 
     def import_entries(self, entries: List[Dict[str, Any]], now: float) -> None:
         """Recreates exported entries with every attribute STAT shows (time and revision too).
-        Lifetimes keep the deadlines they had; auto-expire objects whose owner was connected come
-        back EXPIRED, since that connection is gone, and keep their AUTOEXPIRE flag. (An older
+        Lifetimes keep the (wall) deadlines they had, mapped onto `now`'s monotonic scale with at
+        most the object's LIFETIME left; auto-expire objects whose owner was connected come back
+        EXPIRED, since that connection is gone, and keep their AUTOEXPIRE flag. (An older
         snapshot without "owned" meant by "autoexpire" an owned object.)"""
         nodes = self._nodes
         # Changes made now (an owned object expiring) number above every revision restored.
         saved = [entry.get("revision") for entry in entries]
         self.revision = max([self.revision] + [r for r in saved if type(r) is int])
         owned: List[_Node] = []
+        # host_clock.restored_moment and monotonic_deadline, inlined: a restore runs this loop
+        # for every object (100,000: a Python call each cost ~0.2 s).
+        mono_now, wall_now = float(now), wall_of(now)
         for entry in entries:
             path = entry["path"]
+            mtime = entry.get("mtime")
+            if mtime is None:
+                at = now
+            else:
+                at = _new_float(Moment, mono_now - (wall_now - mtime if wall_now > mtime else 0.0))
+                at.wall = mtime
             if entry.get("dir"):
-                self.touch_dir(path, entry.get("mtime", now), comment=entry.get("comment", ""))
+                self.touch_dir(path, at, comment=entry.get("comment", ""))
                 directory = nodes.get(self._normalized(path))
-                if directory is not None and "mtime" in entry:
-                    directory.mtime = entry["mtime"]
+                if directory is not None and mtime is not None:
+                    directory.mtime = mtime  # an existing directory (the root) too
                 self.restore_revision(path, entry.get("revision"))
                 continue
-            node = self._import_new_object(path, entry, now) if path not in nodes else None
+            node = self._import_new_object(path, entry, at) if path not in nodes else None
             if node is None:  # not the plain case: every check of touch()
-                self.touch(path, entry.get("mtime", now), comment=entry.get("comment", ""),
+                self.touch(path, at, comment=entry.get("comment", ""),
                            type_name=entry.get("type", TYPE_STRING))
                 node = nodes[path]
             word = entry.get("word")
@@ -1315,9 +1339,12 @@ class Tree:
             deadline = entry.get("deadline")
             node.autoexpire = bool(entry.get("autoexpire"))
             if deadline is not None and node.value is not EXPIRED:
-                node.deadline = float(deadline)
+                remaining = float(deadline) - wall_now
+                if 0 < node.lifetime < remaining:
+                    remaining = node.lifetime  # never more than its LIFETIME left
+                node.deadline = mono_now + remaining
                 self._schedule(node, node.deadline)
-            node.mtime = entry.get("mtime", now)
+            node.mtime = wall_of(at)
             self.restore_revision(path, entry.get("revision"))
             if entry.get("owned", node.autoexpire):
                 owned.append(node)
@@ -1362,7 +1389,7 @@ class Tree:
         parent.children[node.name] = node
         if comment:
             self._set_text(node, comment=comment)
-        self._changed(node, entry.get("mtime", now))
+        self._changed(node, now)
         return node
 
     # -- SAVE ------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional
 
 from .event_loop import RECV_SIZE, EventLoop, StreamTransport, shared_receive
 from .status_protocol import END_BYTE, StatusError, error_reply, parse_whole_flat_status
-from .status_service import ReportBadInput, StoreStatus
+from .status_service import OUT_OF_MEMORY, ReportBadInput, StoreStatus
 
 # Gives the connection to the general path: a started StreamTransport + StatusConnection.
 TakeOver = Callable[["OneShotStatus"], StreamTransport]
@@ -154,11 +154,22 @@ class OneShotStatus:
             report = parse_whole_flat_status(data, port.max_message)
         except StatusError as exc:
             self._reply = self._refused(str(exc))
+        except MemoryError:  # this client's error (event_loop.py), never the DSM's
+            del data
+            port.loop.input_failures += 1
+            port.loop.memory_errors += 1
+            self._reply = error_reply(OUT_OF_MEMORY)
         else:
             if report is None:
                 self._hand_over(data)
                 return
-            error = port.store(report)
+            try:
+                error = port.store(report)
+            except MemoryError:
+                del data, report
+                port.loop.input_failures += 1
+                port.loop.memory_errors += 1
+                error = OUT_OF_MEMORY
             self._reply = END_BYTE if error is None else self._refused(error)
         port.loop.mark_dirty(self)
 

@@ -17,6 +17,8 @@ from .status_protocol import (END_BYTE, StatusError, StatusParser, StatusReport,
                               parse_status)
 
 ACK = END_BYTE
+OUT_OF_MEMORY = ("out of memory handling this connection's statuses (the DSM's memory cap); this "
+                 "status is not acknowledged: send it again later")
 
 # Stores a report; returns None when stored, or the reason it was refused (daemon.store_status).
 StoreStatus = Callable[[StatusReport], Optional[str]]
@@ -32,6 +34,7 @@ class StatusConnection:
         self.transport = transport
         self.store = store
         self.bad_input = bad_input
+        self.max_message = max_message
         self.parser = StatusParser(max_message) if max_message else StatusParser()
         self.replied = False
 
@@ -71,6 +74,13 @@ class StatusConnection:
         self.transport.write(error_reply("status message not complete within %g s of its first "
                                          "byte (--request-timeout); not stored" % seconds))
         self.transport.close_when_flushed()
+
+    def out_of_memory(self) -> None:
+        """A MemoryError while handling this connection (StreamTransport.out_of_memory): the
+        parser's buffers are dropped, the client gets an error; the transport closes after it."""
+        self.parser = StatusParser(self.max_message) if self.max_message else StatusParser()
+        self.replied = True
+        self.transport.write(error_reply(OUT_OF_MEMORY))
 
     def _answer(self, message: Optional[bytes], error: Optional[str]) -> bytes:
         """Stores one framed message; the reply: the end byte, or the error and the end byte."""

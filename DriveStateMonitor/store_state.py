@@ -6,6 +6,12 @@ lifetimes and deadlines. Not kept because derived: /drives (a view of the drive 
 times of hearing make lifetimes keep counting across the restart) and /dsm (the new process's facts).
 Not kept: connections, monitors and holds — they die with the process.
 
+Times: every `t` below and every time in the snapshot is the wall clock (epoch s); the running
+stores keep deadlines on the monotonic clock (host_clock.py). A restore maps each stored wall time
+onto the new process's monotonic scale with `restored_moment` (elapsed = wall now - stored, never
+negative), so a restored lifetime or drive keeps at most its LIFETIME / --drive-lifetime, and a
+tree deadline is stored as the wall time it falls at and capped by its lifetime on the way back.
+
 Journal records are short JSON arrays, the first item naming the change:
 
     ["a", serial, datagram_text, t, source, interface]   a new or changed announcement
@@ -33,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from .drive_publisher import DRIVES, DSM, DrivePublisher
 from .drive_store import DriveStore
+from .host_clock import restored_moment, wall_of
 from .announcement import Rejected, parse_announcement
 from .persistence import GAP_RECORD, Loaded, embedded_announcement, status_record
 from .statserv_tree import EXPIRED, LIMIT, StatServError, Tree
@@ -76,33 +83,34 @@ class JournaledTree(Tree):
         super().touch(path, now, owner=owner, comment=comment, lifetime=lifetime,
                       autoexpire=autoexpire, type_name=type_name)
         if self.record is not None:
-            self.record(["tt", path, now, comment, lifetime, bool(autoexpire and owner is not None),
-                         type_name, autoexpire, self._revision_of(path)])
+            self.record(["tt", path, wall_of(now), comment, lifetime,
+                         bool(autoexpire and owner is not None), type_name, autoexpire,
+                         self._revision_of(path)])
 
     def touch_dir(self, path: str, now: float, *, owner: Any = None,
                   comment: Optional[str] = None) -> None:
         self._check_storable()
         super().touch_dir(path, now, owner=owner, comment=comment)
         if self.record is not None:
-            self.record(["td", path, now, comment, self._revision_of(path)])
+            self.record(["td", path, wall_of(now), comment, self._revision_of(path)])
 
     def put(self, path: str, text: str, now: float, *, lifetime: Optional[float] = None) -> None:
         self._check_storable()
         super().put(path, text, now, lifetime=lifetime)
         if self.record is not None:
-            self.record(["tp", path, text, now, lifetime, self._revision_of(path)])
+            self.record(["tp", path, text, wall_of(now), lifetime, self._revision_of(path)])
 
     def remove(self, path: str, now: float) -> None:
         self._check_storable()
         super().remove(path, now)
         if self.record is not None:
-            self.record(["tr", path, now, self.revision])
+            self.record(["tr", path, wall_of(now), self.revision])
 
     def remove_dir(self, path: str, now: float) -> None:
         self._check_storable()
         super().remove_dir(path, now)
         if self.record is not None:
-            self.record(["trd", path, now, self.revision])
+            self.record(["trd", path, wall_of(now), self.revision])
 
     def release_owner(self, owner: Any, now: float) -> None:
         expiring = self.autoexpire_paths(owner) if self.record is not None else []
@@ -114,7 +122,7 @@ class JournaledTree(Tree):
         if self.record is not None:
             # Every owned path, expired now or already: the replay learns its owner left.
             for path in expiring:
-                self.record(["tx", path, now, self._revision_of(path)])
+                self.record(["tx", path, wall_of(now), self._revision_of(path)])
 
     def _expire(self, node: Any, now: float) -> None:
         """A lifetime's end is journaled too: without it a replay would expire the object at the
@@ -123,7 +131,7 @@ class JournaledTree(Tree):
         super()._expire(node, now)
         if (self.record is not None and not was_expired and not self._releasing
                 and not node.path.startswith(DSM + "/")):
-            self.record(["te", node.path, now, node.revision])
+            self.record(["te", node.path, wall_of(now), node.revision])
 
 
 class StoreState:
@@ -135,6 +143,8 @@ class StoreState:
         self.publisher = publisher
         self.record: Optional[Recorder] = None
         self._owned_at_crash: Dict[str, float] = {}  # replay: auto-expire objects never released
+        # While restoring: the restore's `now`, onto whose monotonic scale stored wall times map.
+        self._restoring_at: Optional[float] = None
 
     def attach(self, record: Optional[Recorder]) -> None:
         """Starts (or, with None, stops) sending change records to `record`."""
@@ -145,8 +155,8 @@ class StoreState:
     def announced(self, serial: str, raw: bytes, now: float, source: str, interface: str) -> None:
         if self.record is not None:
             # The datagram is JSON already: embedded as it is, not encoded as a string.
-            self.record(embedded_announcement(serial, raw, now, source, interface))
-            self.store.drives[serial].journaled_at = now  # kept on the record: no table per drive
+            self.record(embedded_announcement(serial, raw, wall_of(now), source, interface))
+            self.store.drives[serial].journaled_at = float(now)  # kept on the record: no table per drive
 
     def heard(self, serial: str, now: float, source: str, interface: str) -> None:
         # Drives repeat themselves every 5 s; one record per quarter lifetime keeps a restarted
@@ -156,8 +166,8 @@ class StoreState:
         lifetime = self.store.drive_lifetime or 60.0
         drive = self.store.drives[serial]
         if now - drive.journaled_at >= lifetime / 4:
-            self.record(["h", serial, now, source, interface])
-            drive.journaled_at = now
+            self.record(["h", serial, wall_of(now), source, interface])
+            drive.journaled_at = float(now)
 
     def status(self, serial: str, entry_json: bytes) -> None:
         if self.record is not None:
@@ -165,7 +175,7 @@ class StoreState:
 
     def wiped(self, now: float) -> None:
         if self.record is not None:
-            self.record(["w", now])
+            self.record(["w", wall_of(now)])
 
     # --- snapshot -----------------------------------------------------------------------------
     def snapshot(self, now: float) -> Dict[str, Any]:
@@ -173,12 +183,12 @@ class StoreState:
         store = self.store
         return {
             "format": SNAPSHOT_FORMAT,
-            "saved_at": now,
-            "drives": [[d.serial, d.raw.decode("utf-8"), d.last_seen, d.source_address, d.interface]
-                       for d in store.drives.values()],
+            "saved_at": wall_of(now),
+            "drives": [[d.serial, d.raw.decode("utf-8"), d.last_seen_wall, d.source_address,
+                        d.interface] for d in store.drives.values()],
             "statuses": {serial: [entry.decode("utf-8") for entry in history]
                          for serial, history in store.statuses.items()},
-            "tree": self.tree.export_entries(skip=(DRIVES, DSM)),
+            "tree": self.tree.export_entries(skip=(DRIVES, DSM), now=now),
             "tree_revision": self.tree.revision,
         }
 
@@ -191,6 +201,13 @@ class StoreState:
         fails is skipped and counted in `items_skipped` (snapshot) or `bad_records` (journal),
         never raised and never stored half-checked."""
         self.attach(None)
+        self._restoring_at = now
+        try:
+            return self._restore(loaded, now)
+        finally:
+            self._restoring_at = None
+
+    def _restore(self, loaded: Loaded, now: float) -> Dict[str, int]:
         counts = {"drives": 0, "statuses": 0, "tree_entries": 0, "records": 0, "bad_records": 0,
                   "items_skipped": 0}
         snapshot = loaded.snapshot
@@ -278,6 +295,14 @@ class StoreState:
             imported.append(entry)
         return imported
 
+    def _at(self, stored: Any) -> float:
+        """A stored wall time (epoch s) as the stores' `now`: during a restore, a Moment on the
+        restore's monotonic scale (host_clock.restored_moment); otherwise the number itself."""
+        wall = _number(stored)
+        if self._restoring_at is None:
+            return wall
+        return restored_moment(wall, self._restoring_at)
+
     def apply(self, record: List[Any]) -> None:
         """Applies one journal record (replay). ValueError/TypeError/StatServError if it does
         not hold what its kind says."""
@@ -289,7 +314,7 @@ class StoreState:
             _, serial, t, source, interface = record
             drive = self.store.drives.get(serial)
             if drive is not None:
-                self.store.refresh_repeat(drive.raw, _number(t), _text(source), _text(interface))
+                self.store.refresh_repeat(drive.raw, self._at(t), _text(source), _text(interface))
         elif kind == "s":
             if len(record) != 3:
                 raise ValueError("a status record has 3 items")
@@ -297,14 +322,14 @@ class StoreState:
         elif kind == GAP_RECORD:
             pass  # load_state counted it where it matters
         elif kind == "w":
-            self.store.wipe(record[1])
+            self.store.wipe(self._at(record[1]))
         elif kind == "tt":
             _, path, t, comment, lifetime, owned, type_name = record[:7]
             autoexpire = record[7] if len(record) > 7 else (True if owned else None)
             if autoexpire not in (None, True, False):
                 raise ValueError("autoexpire is not true, false or null")
-            self.tree.touch(path, t, comment=comment, lifetime=lifetime, type_name=type_name,
-                            autoexpire=autoexpire)
+            self.tree.touch(path, self._at(t), comment=comment, lifetime=lifetime,
+                            type_name=type_name, autoexpire=autoexpire)
             if owned:
                 self._owned_at_crash[path] = t
             elif autoexpire is False:
@@ -313,25 +338,25 @@ class StoreState:
         elif kind == "tx":
             self._owned_at_crash.pop(record[1], None)
             if self.tree.kind(record[1]) == "object":
-                self.tree.expire(record[1], record[2])
+                self.tree.expire(record[1], self._at(record[2]))
                 self._restore_revision(record[1], record, 3)
         elif kind == "te":
             if self.tree.kind(record[1]) == "object":
-                self.tree.expire(record[1], record[2])
+                self.tree.expire(record[1], self._at(record[2]))
                 self._restore_revision(record[1], record, 3)
         elif kind == "td":
-            self.tree.touch_dir(record[1], record[2], comment=record[3])
+            self.tree.touch_dir(record[1], self._at(record[2]), comment=record[3])
             self._restore_revision(record[1], record, 4)
         elif kind == "tp":
             _, path, text, t, lifetime = record[:5]
-            self.tree.put(path, text, t, lifetime=lifetime)
+            self.tree.put(path, text, self._at(t), lifetime=lifetime)
             self._restore_revision(path, record, 5)
         elif kind == "tr":
             self._owned_at_crash.pop(record[1], None)
-            self.tree.remove(record[1], record[2])
+            self.tree.remove(record[1], self._at(record[2]))
             self._restore_revision(record[1], record, 3)
         elif kind == "trd":
-            self.tree.remove_dir(record[1], record[2])
+            self.tree.remove_dir(record[1], self._at(record[2]))
             self._restore_revision(record[1], record, 3)
         else:
             raise ValueError("unknown record kind %r" % kind)
@@ -350,7 +375,7 @@ class StoreState:
             raise ValueError("announcement rejected: %s" % parsed.detail)
         if parsed.serial_number != serial:
             raise ValueError("announcement of %r kept under %r" % (parsed.serial_number, serial))
-        self.store.record_announcement(serial, parsed.fields, data, _number(t), _text(source),
+        self.store.record_announcement(serial, parsed.fields, data, self._at(t), _text(source),
                                        _text(interface))
 
 

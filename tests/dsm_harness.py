@@ -288,22 +288,24 @@ _CLOCK_HOOK = """\
 import os, time
 _offset_file = os.environ.get("DSMT_CLOCK_OFFSET_FILE")
 if _offset_file:
-    _real_time = time.time
-    def _shifted_time():
+    def _offset():
         try:
             with open(_offset_file) as f:
-                offset = float(f.read() or 0)
+                return float(f.read() or 0)
         except (OSError, ValueError):
-            offset = 0.0
-        return _real_time() + offset
-    time.time = _shifted_time
+            return 0.0
+    def _shifted(real):
+        return lambda: real() + _offset()
+    time.time = _shifted(time.time)
+    time.monotonic = _shifted(time.monotonic)  # time passing moves both clocks
 """
 
 
 class ShiftedClock:
-    """Moves a DSM's wall clock forward, so tests of its 60 s and 24 h windows run for real
-    without waiting: a sitecustomize on its PYTHONPATH adds the offset written in a file to
-    time.time(). Start the DSM with `env=clock.env()`, then `clock.shift(seconds)`."""
+    """Moves a DSM's clocks forward, so tests of its 60 s and 24 h windows run for real without
+    waiting: a sitecustomize on its PYTHONPATH adds the offset written in a file to time.time()
+    and time.monotonic() (time passing; the DSM's windows and deadlines are monotonic). Start the
+    DSM with `env=clock.env()`, then `clock.shift(seconds)`."""
 
     def __init__(self) -> None:
         self.dir = short_temp_dir()

@@ -105,3 +105,27 @@ def test_bytes_limit_refuses_a_save_that_would_pass_it_and_one_when_full(tmp_pat
     run_until(loop, lambda session=session: session.answers)
     assert session.answers == [(None, None)]
     assert sorted(os.listdir(saves)) == ["a", "b"]
+
+
+def test_a_temporary_name_is_not_a_save_name():
+    with pytest.raises(StatServError) as error:
+        check_save_name("statserv.save.tmp.4242")
+    assert error.value.code == "DENIED"
+    check_save_name("statserv.tmp.save")  # only the temporary's exact form is taken
+
+
+def test_a_dead_childs_temporary_is_removed_and_never_counted(tmp_path, loop):
+    saves = os.path.join(os.path.realpath(str(tmp_path)), "saves")
+    os.makedirs(saves)
+    tree = tree_with(40)
+    size = len(tree.dump().encode())
+    stale = os.path.join(saves, "big.save.tmp.999999")
+    with open(stale, "wb") as f:
+        f.write(b"x" * (size * 4))  # past the whole budget on its own
+    writer = SaveWriter(loop, tree, saves, max_bytes=size * 2 + 10, max_files=1)
+    session = Session()
+    writer.start(os.path.join(saves, "a"), session)  # not refused: the leftover does not count
+    run_until(loop, lambda: session.answers)
+    assert session.answers == [(None, None)]
+    assert writer.remove_stale_temporaries() == 1
+    assert sorted(os.listdir(saves)) == ["a"]
