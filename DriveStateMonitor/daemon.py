@@ -35,6 +35,7 @@ from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_
                          EXIT_SOCKET_LISTEN, DatagramReader, EventLoop, Listener,
                          StreamTransport, Timer)
 from .interfaces import Interface, select_interfaces
+from .local_dirs import unsafe_dir, unsafe_state_dirs
 from .metrics import LagHistogram
 from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
                                sole_interface)
@@ -231,6 +232,10 @@ class DriveStateMonitor:
             ensure_run_dir(opts.run_dir)
             if not self.lock.acquire():
                 return False
+            # The run dir's rules for the state dir and saves/ too (local_dirs.py).
+            problem = unsafe_state_dirs(opts.state_dir, self.saves.save_dir)
+            if problem is not None:
+                raise RunDirError(problem)
         except RunDirError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, str(exc))
         except OSError as exc:
@@ -856,6 +861,12 @@ def _raise_fault(token: str) -> Callable[[], None]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs the DSM in the foreground; returns the exit code."""
     options = parse_options(argv, prog="DriveStateMonitor.py")
+    if options.log_file:  # the run dir's rules for the log file's dir (local_dirs.py)
+        problem = unsafe_dir(os.path.dirname(os.path.abspath(options.log_file)), "log dir",
+                             "--log-file FILE in another")
+        if problem is not None:
+            print("DriveStateMonitor: %s" % problem, file=sys.stderr)
+            return EXIT_SOCKET_CREATE
     try:
         handler = configure_logging(options.log_file)
     except OSError as exc:

@@ -12,7 +12,7 @@ import time
 from typing import List, Optional
 
 from .event_loop import EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE
-from .local_dirs import unusable_dir
+from .local_dirs import open_append_no_follow, unusable_dir
 from .options import DEFAULT_RUN_DIR, PACKAGE_DIR, build_parser
 from .query_protocol import END_BYTE
 from .state_guard import read_exit_note
@@ -103,7 +103,9 @@ def _start_or_share(argv: Optional[List[str]]) -> int:
         if options.log_file is None:
             argv += ["--log-file", log_file]
         log_offset = os.path.getsize(log_file) if os.path.exists(log_file) else 0
-        with open(log_file, "a") as log_out, open(os.devnull, "rb") as devnull:
+        # Never through a link planted under the log file's name, never into another's file.
+        with os.fdopen(open_append_no_follow(log_file), "a") as log_out, \
+                open(os.devnull, "rb") as devnull:
             child = subprocess.Popen([sys.executable, DAEMON_SCRIPT] + argv, stdin=devnull,
                                      stdout=log_out, stderr=log_out, start_new_session=True,
                                      close_fds=True)
