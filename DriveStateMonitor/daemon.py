@@ -229,7 +229,7 @@ class DriveStateMonitor:
         """Takes the lock and opens every socket; False if another DSM already runs here."""
         opts = self.options
         try:
-            ensure_run_dir(opts.run_dir)
+            self.lock.created_dir = ensure_run_dir(opts.run_dir)
             if not self.lock.acquire():
                 return False
             # The run dir's rules for the state dir and saves/ too (local_dirs.py).
