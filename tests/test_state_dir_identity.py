@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from typing import Any, Dict, List, Tuple
 
 import pytest
@@ -232,7 +231,6 @@ def test_fsync_always_acknowledges_nothing_into_a_moved_journal_and_loses_nothin
     wait_for(lambda: journal_fact(dsm, "state") == "ok" and
              journal_fact(dsm, "identity_lost") == "1", 10, "recovered, identity_lost 1")
     assert "is no longer the file the state dir" in dsm.log_text()
-    more: Dict[str, List[Dict[str, Any]]] = {}
     for n in range(100, 110):  # acknowledged again after the recovery snapshot
         outcome, entry = send_status(dsm, "ID-%d" % (n % 3), n)
         assert outcome == "acked"
