@@ -14,6 +14,9 @@ paths refuse up front (`Journal.refusing`). The pass in which the failure is *fo
 replies that acknowledge changes: `AckGuard` remembers which connections queued a journaled change
 in this pass and, if the flush failed, closes them before those replies leave — an unanswered
 request, never a false acknowledgement. Acknowledgements resume once a recovery snapshot landed.
+The flush also checks, after its fsync, that the journal is still the file the configured state
+dir names (Journal.check_identity: a dir moved aside and replaced, a journal renamed): a mismatch
+is such a failure, found in the pass whose records went astray, so those are withdrawn too.
 
 Stop: a final snapshot that fails is CRITICAL and the exit code is 4 (the internal kill switch:
 the DSM stopped itself for a reason it could not fix); `dsm.exit` in the run dir tells stopDSM.
