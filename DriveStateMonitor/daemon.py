@@ -200,6 +200,7 @@ class DriveStateMonitor:
         # The snapshot child closes every inherited descriptor: listeners, connections, journal.
         self.journal.child_setup = close_inherited_fds
         self.ack_guard = AckGuard(self.loop, self.journal)
+        self.ack_guard.on_identity_lost = lambda: self.loop.call_later(0.0, self._snapshot_soon)
         if self.journal.fsync == FSYNC_ALWAYS:  # no other policy refuses (Journal.refusing)
             self.tree.refusing = lambda: self.journal.refusing
         self.saves = SaveWriter(self.loop, self.tree, os.path.join(options.state_dir, SAVE_SUBDIR))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .event_loop import EventLoop
 from .persistence import FSYNC_ALWAYS, Journal, Loaded
@@ -70,6 +70,9 @@ class AckGuard:
         self._may_withdraw = journal.fsync == FSYNC_ALWAYS
         self._acknowledgers: Set[Any] = set()  # StreamTransport, OneShotStatus
         self.withdrawn = 0  # connections closed so that an unsynced change is not acknowledged
+        # Called (once) when a flush found the journal no longer the state dir's: the daemon
+        # starts the recovery snapshot at once rather than at the next --state-retry.
+        self.on_identity_lost: Optional[Callable[[], None]] = None
 
     def record(self, record: Any) -> None:
         self.journal.record(record)
@@ -80,7 +83,10 @@ class AckGuard:
 
     def flush(self, monotonic_now: float) -> None:
         """The loop's last before-sleep hook: write (and fsync) the pass's records."""
+        lost_before = self.journal.identity_lost
         self.journal.flush(monotonic_now)
+        if self.journal.identity_lost != lost_before and self.on_identity_lost is not None:
+            self.on_identity_lost()
         if self._acknowledgers and self.journal.refusing:
             for transport in self._acknowledgers:
                 if not transport.closed:
