@@ -83,13 +83,25 @@ def check_run_dir(run_dir: str) -> None:
                           "or choose another --run-dir" % run_dir)
     if info.st_uid != os.geteuid():
         raise RunDirError("the run dir %s (--run-dir) belongs to uid %d%s, not to this user, uid "
-                          "%d%s; choose another --run-dir (or have its owner remove it)"
+                          "%d%s; choose another --run-dir (or have its owner remove it)%s"
                           % (run_dir, info.st_uid, _user_name(info.st_uid), os.geteuid(),
-                             _user_name(os.geteuid())))
+                             _user_name(os.geteuid()), _left_behind(run_dir)))
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise RunDirError("the run dir %s (--run-dir) is writable by group or others (mode %04o); "
                           "chmod go-w it or choose another --run-dir"
                           % (run_dir, stat.S_IMODE(info.st_mode)))
+
+
+def _left_behind(run_dir: str) -> str:
+    """For the refusal of another user's run dir: says so when no DSM runs there (a killed one
+    left it; a clean stop removes the run dir it made), with the command that clears it."""
+    try:
+        if lock_is_held(run_dir):
+            return ""
+    except OSError:
+        return ""
+    return ("; no DSM runs there (one that was killed left it behind): remove it with "
+            "`sudo rm -r %s`" % run_dir)
 
 
 class InstanceLock:
@@ -177,7 +189,8 @@ def lock_is_held(run_dir: str) -> bool:
         return True  # ours: opening and closing the file here would drop it (POSIX locks)
     path = os.path.join(run_dir, LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Never through a link, never blocking on a FIFO planted in another user's run dir.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return False
     try:

@@ -29,7 +29,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .event_loop import EventLoop
-from .persistence import FSYNC_ALWAYS, Journal, Loaded
+from .persistence import FSYNC_ALWAYS, Journal, Loaded, create_new_file
 
 log = logging.getLogger("dsm.state")
 
@@ -101,7 +101,7 @@ def write_exit_note(run_dir: str, pid: int, code: int, why: str) -> None:
     """Leaves `<run-dir>/dsm.exit` for stopDSM: how the DSM with `pid` ended."""
     path = os.path.join(run_dir, EXIT_NOTE)
     try:
-        with open(path + ".tmp", "w") as f:
+        with os.fdopen(create_new_file(path + ".tmp"), "w") as f:  # never through a link
             json.dump({"pid": pid, "code": code, "why": why}, f)
         os.replace(path + ".tmp", path)
     except OSError as exc:

@@ -382,6 +382,18 @@ def test_the_next_user_s_start_works_on_the_shared_run_dir(order, started_pids, 
     assert outcomes == [False, False]
 
 
+@needs_root
+def test_another_user_s_run_dir_with_no_dsm_is_refused_with_the_command_that_clears_it(
+        dsm_factory):
+    run_dir = os.path.join(dsm_factory.new_dirs(), "run")
+    os.makedirs(run_dir, mode=0o755)
+    open(os.path.join(run_dir, "dsm.lock"), "w").close()  # left by a killed DSM of that user
+    os.chown(run_dir, nobody().pw_uid, -1)
+    dsm = dsm_factory.start(run_dir=run_dir, wait=False)
+    assert dsm.wait_exit(10) == 2
+    assert "no DSM runs there" in dsm.log_text() and "sudo rm -r %s" % run_dir in dsm.log_text()
+
+
 def test_stop_dsm_names_the_dsm_that_runs_with_another_run_dir_and_how_to_stop_it(dsm_factory):
     dsm = dsm_factory.start()
     elsewhere = os.path.join(dsm_factory.new_dirs(), "run")

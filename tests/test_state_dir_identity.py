@@ -146,6 +146,21 @@ def test_a_snapshot_s_dir_is_fsynced_after_its_rename(tmp_path, fsyncs):
     assert os.listdir(state_dir) == ["snapshot-3.json"]
 
 
+def test_a_save_file_s_dir_is_fsynced_after_its_rename_before_the_child_reports(tmp_path,
+                                                                               fsyncs):
+    from DriveStateMonitor import save_writer
+    from DriveStateMonitor.statserv_tree import Tree
+    saves = str(tmp_path / "saves")
+    os.makedirs(saves)
+    tree = Tree()
+    tree.touch("/lab/a", 0.0)
+    # _write is the child's whole job: its exit code (the `.` to the client) comes after these.
+    assert save_writer._write(tree, os.path.join(saves, "a.save"), 1 << 20) == 0
+    assert fsyncs.calls == [("file", os.path.realpath(os.path.join(saves, "a.save.tmp.%d"
+                                                                   % os.getpid()))),
+                            ("dir", os.path.realpath(saves))]
+
+
 def test_a_recovery_journal_s_dir_is_fsynced_before_acks_resume(tmp_path, fsyncs):
     state_dir = str(tmp_path / "state")
     journal = _journal(state_dir)
