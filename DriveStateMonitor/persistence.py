@@ -59,6 +59,8 @@ import time
 import zlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from .local_dirs import unsafe_dir
+
 log = logging.getLogger("dsm.state")
 
 FSYNC_ALWAYS = "always"
@@ -883,12 +885,17 @@ class Journal:
 
     def _make_state_dir(self) -> None:
         """Creates the state dir (0755) if it is absent, and fsyncs its parent so its name survives
-        a power cut with the files about to be made in it."""
-        if os.path.isdir(self.state_dir):
-            return
-        os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-        fsync_dir(os.path.dirname(os.path.abspath(self.state_dir)))
-        self.dir_fsyncs += 1
+        a power cut with the files about to be made in it; OSError if the dir is not safe to
+        write into (another user's, writable by others)."""
+        if not os.path.isdir(self.state_dir):
+            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+            fsync_dir(os.path.dirname(os.path.abspath(self.state_dir)))
+            self.dir_fsyncs += 1
+        # A state dir re-established while running (moved, removed, made again by someone) gets
+        # the start's rules again before anything is written into it (local_dirs.unsafe_dir).
+        problem = unsafe_dir(self.state_dir, "state dir", "--state-dir")
+        if problem is not None:
+            raise OSError(errno.EPERM, problem)
 
     def check_identity(self) -> bool:
         """True if the open journal is still the file the configured state dir names now: the

@@ -74,6 +74,24 @@ def test_a_journal_the_state_dir_no_longer_names_fails_the_next_flush(tmp_path, 
     journal.close()
 
 
+def test_a_state_dir_replaced_by_one_others_may_write_gets_nothing_until_fixed(tmp_path):
+    state_dir = str(tmp_path / "state")
+    journal = _journal(state_dir)
+    os.rename(state_dir, state_dir + ".old")
+    os.mkdir(state_dir)
+    os.chmod(state_dir, 0o777)  # anyone could plant links in it now
+    journal.record(["w", 1.0])
+    journal.flush(0.0)
+    assert not journal.start_snapshot()
+    assert os.listdir(state_dir) == [] and journal.refusing is not None
+    assert "writable by group or others" in journal.error
+    os.chmod(state_dir, 0o755)
+    assert journal.start_snapshot()
+    wait_for(lambda: journal.poll_snapshot() is not None, 10, "the snapshot child")
+    assert journal.refusing is None
+    journal.close()
+
+
 def test_an_unchanged_state_dir_passes_the_check_pass_after_pass(tmp_path):
     journal = _journal(str(tmp_path / "state"))
     for n in range(50):
