@@ -228,7 +228,7 @@ def _name_dsms_elsewhere(run_dir: str) -> None:
     """After "no DSM is running" in `run_dir`: names each DSM of this folder that holds the lock
     of another run dir (found in /proc), with the command that stops it, on standard error."""
     here = os.path.realpath(run_dir)
-    for pid, other in running_dsms(DAEMON_SCRIPT):
+    for pid, other in running_dsms(DAEMON_SCRIPT, DEFAULT_RUN_DIR):
         if other is None:
             print("stopDSM: a DSM of this folder runs with pid %d (%s), its run dir unknown; "
                   "stop it with: %s --run-dir DIR" % (pid, _owner_of(pid), _stop_command()),

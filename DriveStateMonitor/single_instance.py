@@ -260,11 +260,12 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def running_dsms(daemon_script: str) -> List[Tuple[int, Optional[str]]]:
+def running_dsms(daemon_script: str,
+                 default_run_dir: Optional[str] = None) -> List[Tuple[int, Optional[str]]]:
     """(pid, run dir) of each process running `daemon_script` (this folder's
     DriveStateMonitor.py), from /proc: the run dir is where its open dsm.lock is, or, when its
-    descriptors cannot be read (another user's process), its `--run-dir` argument (None if that
-    cannot be told). Empty without /proc."""
+    descriptors cannot be read (another user's process, a snapshot child), its `--run-dir`
+    argument, else `default_run_dir` (None if that cannot be told). Empty without /proc."""
     script = os.path.realpath(daemon_script)
     found: List[Tuple[int, Optional[str]]] = []
     try:
@@ -286,7 +287,8 @@ def running_dsms(daemon_script: str) -> List[Tuple[int, Optional[str]]]:
         runs = any(os.path.realpath(os.path.join(cwd or "/", arg)) == script
                    for arg in argv[:3] if arg.endswith(".py"))
         if runs:
-            found.append((pid, _held_run_dir(pid) or _run_dir_argument(argv, cwd)))
+            found.append((pid, _held_run_dir(pid) or _run_dir_argument(argv, cwd,
+                                                                         default_run_dir)))
     return found
 
 
@@ -307,9 +309,10 @@ def _held_run_dir(pid: int) -> Optional[str]:
     return None
 
 
-def _run_dir_argument(argv: List[str], cwd: Optional[str]) -> Optional[str]:
-    """The value of the last --run-dir in `argv`, made absolute against `cwd`."""
-    value = None
+def _run_dir_argument(argv: List[str], cwd: Optional[str],
+                      default: Optional[str]) -> Optional[str]:
+    """The value of the last --run-dir in `argv` (else `default`), made absolute against `cwd`."""
+    value = default
     for i, arg in enumerate(argv):
         if arg == "--run-dir" and i + 1 < len(argv):
             value = argv[i + 1]

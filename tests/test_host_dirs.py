@@ -429,6 +429,10 @@ def test_running_dsms_finds_a_dsm_started_with_a_relative_path_and_run_dir(dsm_f
     try:
         wait_for(lambda: os.path.exists(os.path.join(base, "run", "dsm.json")), 10, "the DSM")
         assert (proc.pid, os.path.join(base, "run")) in running_dsms(DAEMON)
+        # Its snapshot child (or a process whose descriptors cannot be read) is found by its
+        # arguments: the same run dir, never "unknown".
+        found = dict(running_dsms(DAEMON, "/nonexistent/default"))
+        assert all(run_dir is not None for run_dir in found.values())
     finally:
         proc.kill()
         proc.wait(10)
