@@ -78,8 +78,8 @@ _LEGACY_HEADER = struct.Struct("<II")
 # A record larger than this is taken for a torn length field, not a record.
 MAX_RECORD = 64 * 1024 * 1024
 SNAPSHOT_FORMAT = 2
-# How often a flush checks the journal is still the state dir's (Journal.check_identity) under
-# `everysec` and `no`; under `always`, every pass that wrote.
+# How often a flush checks the journal is still the state dir's (Journal.check_identity) when
+# idle and under `everysec` and `no`; under `always`, also every pass that wrote.
 IDENTITY_CHECK_S = 1.0
 # First record of a journal started by a recovery snapshot (see start_snapshot); replay ignores it.
 GAP_RECORD = "g"
@@ -954,7 +954,7 @@ class Journal:
         """Writes the queued records; fsyncs as the policy says; then checks that the journal
         written is still the state dir's (check_identity): before this pass's replies leave, so
         under `always` a change that went elsewhere is never acknowledged. Once per loop pass
-        (under `everysec` and `no`, at most once per IDENTITY_CHECK_S)."""
+        (under `everysec` and `no`, and idle, once per IDENTITY_CHECK_S)."""
         wrote = False
         if self._pending and self._fd is not None and not self.needs_snapshot:
             data = b"".join(self._pending)
@@ -986,9 +986,10 @@ class Journal:
             self._last_fsync = monotonic_now
             self._unsynced = False
         # `always` acknowledges only what is on disk: checked in every pass that wrote. The other
-        # policies acknowledge ahead of the disk anyway (everysec: up to a second): once a second.
-        if wrote and (self.fsync == FSYNC_ALWAYS or
-                      monotonic_now - self._identity_checked >= IDENTITY_CHECK_S):
+        # policies acknowledge ahead of the disk anyway (everysec: up to a second), and an idle
+        # DSM must notice too (its earlier changes are where no restart looks): once a second.
+        if (wrote and self.fsync == FSYNC_ALWAYS) or \
+                monotonic_now - self._identity_checked >= IDENTITY_CHECK_S:
             self._identity_checked = monotonic_now
             self.check_identity()
 

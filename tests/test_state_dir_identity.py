@@ -110,17 +110,35 @@ def test_the_identity_is_checked_once_per_pass_not_per_record(tmp_path, monkeypa
         journal.record(["w", float(n)])
     journal.flush(0.0)
     assert len(calls) == 1  # the state dir, once (plus an lstat of the journal)
-    journal.flush(1.0)  # a pass that wrote nothing checks nothing
+    journal.flush(0.5)  # a pass that wrote nothing checks nothing ...
+    assert len(calls) == 1
+    journal.flush(1.5)  # ... until a second has passed: an idle DSM notices too
+    assert len(calls) == 2
+
+
+def test_under_everysec_the_check_runs_once_a_second_however_many_passes(tmp_path, monkeypatch):
+    journal = _journal(str(tmp_path / "state"), FSYNC_EVERYSEC)
+    calls: List[str] = []
+    real_stat = os.stat
+    monkeypatch.setattr(persistence.os, "stat",
+                        lambda path, *a, **k: calls.append(path) or real_stat(path, *a, **k))
+    for n in range(100):  # 100 passes in 0.99 s
+        journal.record(["w", float(n)])
+        journal.flush(100.0 + n / 100.0)
     assert len(calls) == 1
 
 
-def test_a_state_dir_swapped_while_idle_is_found_by_the_timer_check(tmp_path):
+def test_a_state_dir_swapped_while_idle_is_found_within_a_second(tmp_path):
     state_dir = str(tmp_path / "state")
     journal = _journal(state_dir)
+    journal.flush(0.0)
     os.rename(state_dir, state_dir + ".old")
     os.mkdir(state_dir)
-    assert journal.check_vanished()
-    assert journal.status()["identity_lost"] == 1
+    journal.flush(0.5)
+    assert journal.status()["identity_lost"] == 0
+    journal.flush(1.0)  # nothing written, a second on: the loop's pass checks
+    assert journal.status()["identity_lost"] == 1 and journal.needs_snapshot
+    assert not journal.check_vanished()  # the --state-retry timer's check: already failing
 
 
 # --- unit: durable names -------------------------------------------------------------------------
