@@ -568,10 +568,14 @@ def create_new_file(path: str, mode: int = 0o644) -> int:
 
 def fsync_dir(path: str) -> None:
     """fsyncs the directory `path`, so the names created or renamed in it survive a power cut
-    (as etcd's WAL and Redis's AOF do after creating or renaming a log file). OSError if not."""
+    (as etcd's WAL and Redis's AOF do after creating or renaming a log file). OSError if not;
+    a file system that cannot fsync a directory at all (EINVAL, ENOTSUP) is let pass."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
 
