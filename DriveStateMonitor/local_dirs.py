@@ -62,7 +62,7 @@ def unusable_dir(path: str, what: str, option: str) -> Optional[str]:
     """Creates `path` (and its parents) if needed; None when this user can write there, else one
     sentence for the terminal: what failed, and `option` as the fix. `what` names the dir's use."""
     try:
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        make_dirs(path)
     except OSError as exc:
         return "cannot use %s as the %s: %s; choose another with %s DIR" % (
             path, what, exc.strerror or exc, option)
@@ -75,6 +75,25 @@ def unusable_dir(path: str, what: str, option: str) -> Optional[str]:
     return unsafe_dir(path, what, option)
 
 
+def make_dirs(path: str) -> None:
+    """os.makedirs, but every dir it creates (parents too: os.makedirs gives those the umask's
+    mode) is 0755 at most, so a careless umask never leaves a dir others may write."""
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.isdir(head):
+        missing.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+
+
 def _user(uid: int) -> str:
     try:
         return "uid %d (%s)" % (uid, pwd.getpwuid(uid).pw_name)
@@ -84,8 +103,9 @@ def _user(uid: int) -> str:
 
 def unsafe_dir(path: str, what: str, option: str) -> Optional[str]:
     """None when `path` (which must exist) is a directory owned by this user that group and
-    others may not write, reached through no link but this user's or root's; else one sentence
-    naming `option` as the fix (the run dir's rules: single_instance.check_run_dir)."""
+    others may not write, reached through no link but this user's or root's, in a parent that is
+    this user's or root's and not writable by others unless sticky; else one sentence naming
+    `option` as the fix (the run dir's rules, single_instance.check_run_dir, plus the parent)."""
     euid = os.geteuid()
     try:
         link = os.lstat(path)
@@ -106,6 +126,20 @@ def unsafe_dir(path: str, what: str, option: str) -> Optional[str]:
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return ("the %s %s is writable by group or others (mode %04o); chmod go-w it or choose "
                 "another with %s DIR" % (what, path, stat.S_IMODE(info.st_mode), option))
+    # Whoever may rename entries in the parent can swap the dir for a link between two checks:
+    # the parent must be this user's or root's, and writable by others only if sticky (/tmp).
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        above = os.stat(parent)
+    except OSError:
+        return None
+    if above.st_uid not in (euid, 0):
+        return ("the %s %s is in %s, which belongs to %s: that user could replace it; choose "
+                "another with %s DIR" % (what, path, parent, _user(above.st_uid), option))
+    if above.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not above.st_mode & stat.S_ISVTX:
+        return ("the %s %s is in %s, which group or others may write (mode %04o, not sticky): "
+                "they could replace it; chmod go-w it or choose another with %s DIR"
+                % (what, path, parent, stat.S_IMODE(above.st_mode), option))
     return None
 
 

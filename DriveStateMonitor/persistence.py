@@ -59,7 +59,7 @@ import time
 import zlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
-from .local_dirs import unsafe_dir
+from .local_dirs import make_dirs, unsafe_dir
 
 log = logging.getLogger("dsm.state")
 
@@ -898,7 +898,7 @@ class Journal:
         a power cut with the files about to be made in it; OSError if the dir is not safe to
         write into (another user's, writable by others)."""
         if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+            make_dirs(self.state_dir)
             fsync_dir(os.path.dirname(os.path.abspath(self.state_dir)))
             self.dir_fsyncs += 1
         # A state dir re-established while running (moved, removed, made again by someone) gets

@@ -25,7 +25,7 @@ import signal
 from typing import Any, Callable, Dict, Tuple
 
 from .event_loop import EventLoop
-from .local_dirs import unsafe_dir
+from .local_dirs import make_dirs, unsafe_dir
 from .persistence import become_child, close_inherited_fds, create_new_file, fsync_dir
 from .statserv_tree import DENIED, LIMIT, StatServError, Tree
 
@@ -107,7 +107,7 @@ class SaveWriter:
                                 % (self.max_bytes - budget, self.max_bytes))
         try:
             if not os.path.isdir(self.save_dir):
-                os.makedirs(self.save_dir, mode=0o755, exist_ok=True)
+                make_dirs(self.save_dir)
                 fsync_dir(os.path.dirname(os.path.abspath(self.save_dir)))  # its name is durable
         except OSError as exc:
             raise StatServError(DENIED, "cannot create %s: %s" % (self.save_dir, exc.strerror))

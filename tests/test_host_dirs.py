@@ -82,6 +82,28 @@ def test_a_state_dir_owned_by_another_user_is_refused_with_exit_2(dsm_factory):
 
 
 @needs_root
+@pytest.mark.parametrize("parent", ["another-user-s", "world-writable"])
+def test_a_state_dir_in_a_parent_others_may_rename_in_is_refused(dsm_factory, parent):
+    base = dsm_factory.new_dirs()
+    above = os.path.join(base, "above")
+    os.makedirs(os.path.join(above, "state"), mode=0o755)
+    if parent == "another-user-s":
+        os.chown(above, nobody().pw_uid, -1)
+    else:
+        os.chmod(above, 0o777)
+    dsm = dsm_factory.start("--state-dir", os.path.join(above, "state"), wait=False)
+    assert dsm.wait_exit(10) == 2
+    assert "could replace it" in dsm.log_text() and "--state-dir" in dsm.log_text()
+
+
+def test_a_state_dir_in_a_sticky_world_writable_parent_is_used(dsm_factory):
+    above = os.path.join(dsm_factory.new_dirs(), "above")
+    os.makedirs(above)
+    os.chmod(above, 0o1777)  # as /tmp: others cannot rename what is not theirs
+    dsm_factory.start("--state-dir", os.path.join(above, "state"))
+
+
+@needs_root
 def test_a_state_dir_that_is_another_user_s_link_is_refused(dsm_factory):
     base = dsm_factory.new_dirs()
     os.makedirs(os.path.join(base, "real"), mode=0o755)
@@ -261,6 +283,7 @@ def test_the_default_dirs_of_root_pass_the_rules_when_made_fresh(tmp_path):
         finally:
             os.umask(old)
         assert os.stat(path).st_mode & 0o777 == 0o755
+        assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o755  # parents made too
 
 
 @needs_other_user_python
