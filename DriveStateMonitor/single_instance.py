@@ -238,9 +238,11 @@ def _cmdline_is_dsm(pid: int) -> bool:
 
 
 def read_pid(run_dir: str) -> Optional[int]:
+    """The pid in the pid file, or None; never through a link or blocking on a FIFO."""
     try:
-        with open(os.path.join(run_dir, PID_FILE)) as f:
-            return int(f.read().strip())
+        fd = os.open(os.path.join(run_dir, PID_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd) as f:
+            return int(f.read(64).strip())
     except (OSError, ValueError):
         return None
 

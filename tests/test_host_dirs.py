@@ -459,3 +459,12 @@ def test_running_dsms_finds_a_dsm_started_with_a_relative_path_and_run_dir(dsm_f
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_stop_dsm_never_blocks_on_fifos_planted_as_the_lock_and_pid_files(tmp_path):
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir, mode=0o755)
+    for name in ("dsm.lock", "dsm.pid"):
+        os.mkfifo(os.path.join(run_dir, name))
+    result = run_script([STOP_DSM, "--run-dir", run_dir], timeout=20)
+    assert result.returncode == 0 and "no DSM is running" in result.stdout, result
