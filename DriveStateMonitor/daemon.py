@@ -37,6 +37,7 @@ from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_
                          StreamTransport, Timer)
 from .host_clock import HostClock, wall_of
 from .interfaces import Interface, select_interfaces
+from .local_dirs import unsafe_dir, unsafe_state_dirs
 from .memory_limits import apply_memory_caps
 from .metrics import LagHistogram
 from .multicast_socket import (MulticastSetupError, open_multicast_socket, receive_drops,
@@ -204,6 +205,7 @@ class DriveStateMonitor:
         # The snapshot child closes every inherited descriptor: listeners, connections, journal.
         self.journal.child_setup = close_inherited_fds
         self.ack_guard = AckGuard(self.loop, self.journal)
+        self.ack_guard.on_identity_lost = lambda: self.loop.call_later(0.0, self._snapshot_soon)
         if self.journal.fsync == FSYNC_ALWAYS:  # no other policy refuses (Journal.refusing)
             self.tree.refusing = lambda: self.journal.refusing
         self.saves = SaveWriter(self.loop, self.tree, os.path.join(options.state_dir, SAVE_SUBDIR))
@@ -233,9 +235,13 @@ class DriveStateMonitor:
         """Takes the lock and opens every socket; False if another DSM already runs here."""
         opts = self.options
         try:
-            ensure_run_dir(opts.run_dir)
+            self.lock.created_dir = ensure_run_dir(opts.run_dir)
             if not self.lock.acquire():
                 return False
+            # The run dir's rules for the state dir and saves/ too (local_dirs.py).
+            problem = unsafe_state_dirs(opts.state_dir, self.saves.save_dir)
+            if problem is not None:
+                raise RunDirError(problem)
         except RunDirError as exc:
             raise StartupError(EXIT_SOCKET_CREATE, str(exc)) from exc
         except OSError as exc:
@@ -864,6 +870,12 @@ def _raise_fault(token: str) -> Callable[[], None]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs the DSM in the foreground; returns the exit code."""
     options = parse_options(argv, prog="DriveStateMonitor.py")
+    if options.log_file:  # the run dir's rules for the log file's dir (local_dirs.py)
+        problem = unsafe_dir(os.path.dirname(os.path.abspath(options.log_file)), "log dir",
+                             "--log-file FILE in another")
+        if problem is not None:
+            print("DriveStateMonitor: %s" % problem, file=sys.stderr)
+            return EXIT_SOCKET_CREATE
     try:
         handler = configure_logging(options.log_file)
     except OSError as exc:

@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Optional
 
+from .local_dirs import open_append_no_follow
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -14,7 +16,7 @@ class ReopenableFileHandler(logging.StreamHandler):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        stream = open(path, "a", buffering=1)
+        stream = _open_log(path)
         super().__init__(stream)
         # Under runDSM, standard output and error go to this same file (a crash's traceback lands
         # there): they follow it to the new file on reopen.
@@ -24,7 +26,12 @@ class ReopenableFileHandler(logging.StreamHandler):
         self.acquire()
         try:
             old = self.stream
-            self.stream = open(self.path, "a", buffering=1)
+            try:
+                self.stream = _open_log(self.path)
+            except OSError as exc:  # a link planted after logrotate moved the file, say
+                old.write("%s: cannot reopen the log file %s: %s; still writing to the old one\n"
+                          % (logging.getLevelName(logging.ERROR), self.path, exc))
+                return
             if self.owns_std_streams:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -33,6 +40,12 @@ class ReopenableFileHandler(logging.StreamHandler):
             old.close()
         finally:
             self.release()
+
+
+def _open_log(path: str):
+    """The log file for appending, line-buffered; never through a planted link, never another
+    user's file (local_dirs.open_append_no_follow). OSError if it cannot be."""
+    return os.fdopen(open_append_no_follow(path), "a", buffering=1)
 
 
 def _same_file(fd_a: int, fd_b: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import shlex
 import signal
 import socket
 import subprocess
@@ -12,11 +13,11 @@ import time
 from typing import List, Optional
 
 from .event_loop import EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE
-from .local_dirs import unusable_dir
+from .local_dirs import open_append_no_follow, unusable_dir
 from .options import DEFAULT_RUN_DIR, PACKAGE_DIR, build_parser
 from .query_protocol import END_BYTE
 from .state_guard import read_exit_note
-from .single_instance import QUERY_SOCKET, lock_holder_pid, lock_is_held
+from .single_instance import QUERY_SOCKET, lock_holder_pid, lock_is_held, running_dsms
 from .start_report import describe_running, next_steps, read_info, start_failure
 
 START_TIMEOUT_S = 15.0
@@ -103,7 +104,9 @@ def _start_or_share(argv: Optional[List[str]]) -> int:
         if options.log_file is None:
             argv += ["--log-file", log_file]
         log_offset = os.path.getsize(log_file) if os.path.exists(log_file) else 0
-        with open(log_file, "a") as log_out, open(os.devnull, "rb") as devnull:
+        # Never through a link planted under the log file's name, never into another's file.
+        with os.fdopen(open_append_no_follow(log_file), "a") as log_out, \
+                open(os.devnull, "rb") as devnull:
             child = subprocess.Popen([sys.executable, DAEMON_SCRIPT] + argv, stdin=devnull,
                                      stdout=log_out, stderr=log_out, start_new_session=True,
                                      close_fds=True)
@@ -176,6 +179,7 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
     try:
         if not lock_is_held(run_dir):
             print("stopDSM: no DSM is running (run dir %s)" % run_dir)
+            _name_dsms_elsewhere(run_dir)
             return EXIT_OK
         pid = lock_holder_pid(run_dir)
         deadline = time.monotonic() + 2.0
@@ -185,6 +189,7 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
         if pid is None:
             if not lock_is_held(run_dir):
                 print("stopDSM: no DSM is running (run dir %s)" % run_dir)
+                _name_dsms_elsewhere(run_dir)
                 return EXIT_OK
             print("stopDSM: a process holds the lock in %s but no live pid can be tied to it; "
                   "nothing signalled" % run_dir, file=sys.stderr)
@@ -217,6 +222,30 @@ def stop_dsm(argv: Optional[List[str]] = None) -> int:
             print("stopDSM: not allowed to stop the DSM (pid %d): it runs as %s; stop it as that "
                   "user (e.g. sudo ./stopDSM)" % (pid, _owner_of(pid)), file=sys.stderr)
         return EXIT_KILL_SWITCH
+
+
+def _name_dsms_elsewhere(run_dir: str) -> None:
+    """After "no DSM is running" in `run_dir`: names each DSM of this folder that holds the lock
+    of another run dir (found in /proc), with the command that stops it, on standard error."""
+    here = os.path.realpath(run_dir)
+    for pid, other in running_dsms(DAEMON_SCRIPT, DEFAULT_RUN_DIR):
+        if other is None:
+            print("stopDSM: a DSM of this folder runs with pid %d (%s), its run dir unknown; "
+                  "stop it with: %s --run-dir DIR" % (pid, _owner_of(pid), _stop_command()),
+                  file=sys.stderr)
+        elif os.path.realpath(other) != here and lock_holder_pid(other) in (pid, None) \
+                and lock_is_held(other):
+            print("stopDSM: but a DSM of this folder runs with pid %d and run dir %s; stop it "
+                  "with: %s --run-dir %s" % (pid, other, _stop_command(), shlex.quote(other)),
+                  file=sys.stderr)
+
+
+def _stop_command() -> str:
+    """How this stopDSM was called (./stopDSM, DriveStateMonitor/stopDSM, ...)."""
+    invoked = sys.argv[0] if sys.argv and sys.argv[0] else "stopDSM"
+    if os.path.basename(invoked) != "stopDSM":
+        return "stopDSM"
+    return shlex.quote(invoked if os.sep in invoked else "./" + invoked)
 
 
 def _owner_of(pid: Optional[int]) -> str:

@@ -125,6 +125,10 @@ def render_metrics(facts: Mapping[str, Any]) -> str:
            [("", [], journal["records_dropped"])])
     family("dsm_journal_fsyncs_total", "counter", "fsync calls on the journal.",
            [("", [], journal["fsyncs"])])
+    family("dsm_journal_identity_lost_total", "counter",
+           "Times the journal was found not to be the file the state dir names (the state dir "
+           "moved, replaced or removed, the journal renamed): a recovery snapshot followed.",
+           [("", [], journal.get("identity_lost", 0))])
     family("dsm_journal_last_snapshot_timestamp_seconds", "gauge",
            "When the last snapshot was written, Unix time (0: none yet).",
            [("", [], journal["last_snapshot"])])

@@ -59,6 +59,8 @@ import time
 import zlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from .local_dirs import make_dirs, unsafe_dir
+
 log = logging.getLogger("dsm.state")
 
 FSYNC_ALWAYS = "always"
@@ -76,6 +78,9 @@ _LEGACY_HEADER = struct.Struct("<II")
 # A record larger than this is taken for a torn length field, not a record.
 MAX_RECORD = 64 * 1024 * 1024
 SNAPSHOT_FORMAT = 2
+# How often a flush checks the journal is still the state dir's (Journal.check_identity) when
+# idle and under `everysec` and `no`; under `always`, also every pass that wrote.
+IDENTITY_CHECK_S = 1.0
 # First record of a journal started by a recovery snapshot (see start_snapshot); replay ignores it.
 GAP_RECORD = "g"
 _SNAPSHOT_NAME = re.compile(r"snapshot-(\d+)\.json\Z")
@@ -497,7 +502,8 @@ def write_snapshot(state_dir: str, seq: int, state: Dict[str, Any]) -> None:
     path = snapshot_path(state_dir, seq)
     tmp = "%s.tmp.%d" % (path, os.getpid())
     try:
-        with open(tmp, "wb") as f:
+        # O_EXCL|O_NOFOLLOW: never written through a link planted under the temporary name.
+        with os.fdopen(create_new_file(tmp), "wb") as f:
             f.writelines(encode_snapshot(state))
             f.flush()
             os.fsync(f.fileno())
@@ -507,7 +513,8 @@ def write_snapshot(state_dir: str, seq: int, state: Dict[str, Any]) -> None:
     except BaseException:
         _unlink(tmp)  # a full disk must not fill up further with half snapshots
         raise
-    _fsync_dir(state_dir)
+    # The new name must survive a power cut before anything relies on it (retire_old_files).
+    fsync_dir(state_dir)
 
 
 def read_state_file(path: str) -> bytes:
@@ -516,7 +523,7 @@ def read_state_file(path: str) -> bytes:
     Raises OSError for anything else found under a state file's name — a FIFO (whose open() would
     block the start for good), a device such as /dev/zero (whose read() never ends), a directory —
     so a planted or mistaken file costs that file only (docs/durability.md)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
@@ -531,7 +538,7 @@ def snapshot_file_intact(path: str) -> bool:
     0, 1, ... in order and the end line counts them. Streams: memory stays small however large
     the snapshot (it runs in the snapshot child, right after the write)."""
     expected = 0
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
                 return False
@@ -547,17 +554,37 @@ def snapshot_file_intact(path: str) -> bool:
     return False
 
 
-def _fsync_dir(state_dir: str) -> None:
+def create_new_file(path: str, mode: int = 0o644) -> int:
+    """A descriptor of a new, empty regular file at `path`, opened for writing with
+    O_EXCL|O_NOFOLLOW: an entry already there (a leftover of this pid, a link or file someone
+    planted) is removed first — unlink removes a link itself, never its target."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        fd = os.open(state_dir, os.O_RDONLY)
-    except OSError:
-        return
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, mode)
+
+
+def fsync_dir(path: str) -> None:
+    """fsyncs the directory `path`, so the names created or renamed in it survive a power cut
+    (as etcd's WAL and Redis's AOF do after creating or renaming a log file). OSError if not;
+    a file system that cannot fsync a directory at all (EINVAL, ENOTSUP) is let pass."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
+
+
+def _fsync_dir_quietly(path: str) -> None:
+    try:
+        fsync_dir(path)
+    except OSError:
+        pass
 
 
 def quarantine(path: str, now: float) -> Optional[str]:
@@ -569,6 +596,7 @@ def quarantine(path: str, now: float) -> Optional[str]:
     except OSError as exc:
         log.error("cannot quarantine %s: %s", path, exc)
         return None
+    _fsync_dir_quietly(os.path.dirname(path) or ".")
     log.warning("quarantined the damaged %s as %s", path, target)
     return target
 
@@ -757,7 +785,7 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
                         path, len(data) - scan.good_end, len(ordered))
             if repair:
                 try:
-                    with open(path, "r+b") as f:
+                    with os.fdopen(os.open(path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as f:
                         f.truncate(scan.good_end)
                 except OSError as exc:
                     log.error("cannot cut the torn tail of %s: %s", path, exc)
@@ -809,6 +837,13 @@ class Journal:
         self.blocked: Optional[str] = None
         # Files numbered below this were never read: checked before cleanup (retire_old_files).
         self.checked_from = 0
+        # (st_dev, st_ino) of the state dir and of the open journal when it was opened: the
+        # journal written must be the file the configured state dir names now (check_identity).
+        self._identity: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
+        self._journal_path = ""
+        self._identity_checked = float("-inf")  # monotonic time of the last check in a flush
+        self.identity_lost = 0  # times the state dir or journal was found moved, replaced or gone
+        self.dir_fsyncs = 0
 
     # --- records ------------------------------------------------------------------------------
     def record(self, record: Any) -> None:
@@ -834,20 +869,79 @@ class Journal:
             self.needs_snapshot = True
             return False
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            self._make_state_dir()
+            dir_info = os.stat(self.state_dir)
             self._fd = os.open(journal_path(self.state_dir, seq),
                                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
                                | os.O_NONBLOCK, 0o644)
-            if not stat.S_ISREG(os.fstat(self._fd).st_mode):  # a FIFO or device planted there
+            info = os.fstat(self._fd)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or device planted there
                 raise OSError(errno.EINVAL, "not a regular file", journal_path(self.state_dir, seq))
-            if os.fstat(self._fd).st_size:  # not new (it never is, normally): number on from it
+            if info.st_size:  # not new (it never is, normally): number on from it
                 indexes = [index for index, _ in
                            scan_journal(read_state_file(journal_path(self.state_dir, seq))).records]
                 self._index = max(indexes, default=-1) + 1
+            # The journal's name reaches the disk before any record in it is acknowledged.
+            fsync_dir(self.state_dir)
+            self.dir_fsyncs += 1
+            self._identity = ((dir_info.st_dev, dir_info.st_ino), (info.st_dev, info.st_ino))
+            self._journal_path = journal_path(self.state_dir, seq)
         except OSError as exc:
             self._failed("cannot open the journal", exc)
             return False
+        if not self.check_identity():  # the dir was swapped while the journal was being opened
+            return False
         return True
+
+    def _make_state_dir(self) -> None:
+        """Creates the state dir (0755) if it is absent, and fsyncs its parent so its name survives
+        a power cut with the files about to be made in it; OSError if the dir is not safe to
+        write into (another user's, writable by others)."""
+        if not os.path.isdir(self.state_dir):
+            make_dirs(self.state_dir)
+            fsync_dir(os.path.dirname(os.path.abspath(self.state_dir)))
+            self.dir_fsyncs += 1
+        # A state dir re-established while running (moved, removed, made again by someone) gets
+        # the start's rules again before anything is written into it (local_dirs.unsafe_dir).
+        problem = unsafe_dir(self.state_dir, "state dir", "--state-dir")
+        if problem is not None:
+            raise OSError(errno.EPERM, problem)
+
+    def check_identity(self) -> bool:
+        """True if the open journal is still the file the configured state dir names now: the
+        dir's (st_dev, st_ino) and the journal path's are those seen at open. A state dir moved
+        aside (and perhaps replaced), removed, or a journal renamed or removed fails this: records
+        appended then would go where no restart looks. A failure marks the state dir failing
+        (error, needs_snapshot, no fd), so `refusing` holds back acknowledgements under `always`
+        and the recovery snapshot re-establishes the journal in the configured dir. Two stat
+        calls (about 10 µs on the 2-core test VM); the flush runs it once per pass that wrote
+        records, not per record."""
+        if self._fd is None or self._identity is None:
+            return True
+        path = self._journal_path
+        try:
+            # (A path that still names the open file's inode means it is linked: no fstat.)
+            dir_info = os.stat(self.state_dir)
+            file_info = os.lstat(path)
+            same = ((dir_info.st_dev, dir_info.st_ino), (file_info.st_dev, file_info.st_ino)) \
+                == self._identity
+            why = "the state dir was moved or replaced, or the journal renamed"
+        except FileNotFoundError:
+            same = False
+            why = "the state dir was moved, replaced or removed, or the journal renamed or removed"
+        except OSError as exc:
+            same = False
+            why = "cannot check the state dir: %s" % (exc.strerror or exc)
+        if same:
+            return True
+        self.identity_lost += 1
+        log.critical("the journal %s is no longer the file the state dir %s names (%s): "
+                     "nothing written to it since counts; writing a full snapshot and a new "
+                     "journal into %s%s", path, self.state_dir, why, self.state_dir,
+                     "; changes are refused until then" if self.fsync == FSYNC_ALWAYS else "")
+        self._failed("the journal is not the file the state dir names",
+                     FileNotFoundError(errno.ENOENT, why))
+        return False
 
     @property
     def refusing(self) -> Optional[str]:
@@ -861,7 +955,11 @@ class Journal:
         return None
 
     def flush(self, monotonic_now: float) -> None:
-        """Writes the queued records; fsyncs as the policy says. Called once per loop pass."""
+        """Writes the queued records; fsyncs as the policy says; then checks that the journal
+        written is still the state dir's (check_identity): before this pass's replies leave, so
+        under `always` a change that went elsewhere is never acknowledged. Once per loop pass
+        (under `everysec` and `no`, and idle, once per IDENTITY_CHECK_S)."""
+        wrote = False
         if self._pending and self._fd is not None and not self.needs_snapshot:
             data = b"".join(self._pending)
             try:
@@ -876,6 +974,7 @@ class Journal:
             self.journal_bytes += len(data)
             self._pending = []
             self._unsynced = True
+            wrote = True
         elif self._pending and (self._fd is None or self.needs_snapshot):
             self.records_dropped += len(self._pending)
             self._pending = []
@@ -890,6 +989,13 @@ class Journal:
             self.fsyncs += 1
             self._last_fsync = monotonic_now
             self._unsynced = False
+        # `always` acknowledges only what is on disk: checked in every pass that wrote. The other
+        # policies acknowledge ahead of the disk anyway (everysec: up to a second), and an idle
+        # DSM must notice too (its earlier changes are where no restart looks): once a second.
+        if (wrote and self.fsync == FSYNC_ALWAYS) or \
+                monotonic_now - self._identity_checked >= IDENTITY_CHECK_S:
+            self._identity_checked = monotonic_now
+            self.check_identity()
 
     def _failed(self, what: str, exc: OSError) -> None:
         self.error = "%s in %s: %s" % (what, self.state_dir, exc.strerror or exc)
@@ -903,6 +1009,7 @@ class Journal:
             log.error("%s; serving from memory and retrying", self.error)
 
     def _close_fd(self) -> None:
+        self._identity = None
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -918,7 +1025,7 @@ class Journal:
         self.flush(time.monotonic())
         new_seq = self._free_seq(self.seq + 1)
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            self._make_state_dir()
         except OSError as exc:
             self._failed("cannot create the state dir", exc)
             return False
@@ -995,7 +1102,7 @@ class Journal:
             return False
         new_seq = self._free_seq(self.seq + 1)
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            self._make_state_dir()
             write_snapshot(self.state_dir, new_seq, self.snapshot_source())
         except OSError as exc:
             self.last_snapshot_error = str(exc)
@@ -1046,17 +1153,9 @@ class Journal:
         self.quarantine_pending = []
 
     def check_vanished(self) -> bool:
-        """True (and marked failed) if the journal file was removed under us: writes to an
-        unlinked file succeed and are lost, so a removed state dir must be noticed by looking."""
-        if self._fd is None:
-            return False
-        try:
-            gone = os.fstat(self._fd).st_nlink == 0
-        except OSError:
-            gone = True
-        if gone:
-            self._failed("the journal file was removed", FileNotFoundError(2, "removed"))
-        return gone
+        """True (and marked failed) if the journal is no longer the state dir's (check_identity):
+        the timer's check for a DSM that writes nothing, so an idle one notices too."""
+        return not self.check_identity()
 
     def close(self) -> None:
         self._close_fd()
@@ -1071,6 +1170,8 @@ class Journal:
             "journal_bytes": self.journal_bytes,
             "records_dropped": self.records_dropped,
             "fsyncs": self.fsyncs,
+            "dir_fsyncs": self.dir_fsyncs,
+            "identity_lost": self.identity_lost,
             "last_snapshot": self.last_snapshot or 0.0,
             "last_snapshot_error": self.last_snapshot_error or "",
             **self.recovery,

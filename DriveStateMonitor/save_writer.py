@@ -31,7 +31,8 @@ import signal
 from typing import Any, Callable, Container, Dict, Optional, Tuple
 
 from .event_loop import EventLoop
-from .persistence import become_child, close_inherited_fds
+from .local_dirs import make_dirs, unsafe_dir
+from .persistence import become_child, close_inherited_fds, create_new_file, fsync_dir
 from .statserv_tree import DENIED, LIMIT, StatServError, Tree
 
 log = logging.getLogger("dsm.save")
@@ -127,9 +128,16 @@ class SaveWriter:
             raise StatServError(LIMIT, "the SAVE directory holds %d bytes already (limit %d)"
                                 % (self.max_bytes - budget, self.max_bytes))
         try:
-            os.makedirs(self.save_dir, exist_ok=True)
+            if not os.path.isdir(self.save_dir):
+                make_dirs(self.save_dir)
+                fsync_dir(os.path.dirname(os.path.abspath(self.save_dir)))  # its name is durable
         except OSError as exc:
             raise StatServError(DENIED, "cannot create %s: %s" % (self.save_dir, exc.strerror)) from exc
+        unsafe = unsafe_dir(self.save_dir, "SAVE dir", "--state-dir")
+        if unsafe is not None:  # another user's, a link, writable by others: never written into
+            log.error("SAVE refused: %s", unsafe)
+            raise StatServError(DENIED, "the SAVE directory is not safe to write into (see the "
+                                        "DSM log)")
         pid = os.fork()
         if pid == 0:
             code = _FAILED
@@ -219,11 +227,14 @@ def _write(tree: Tree, target: str, budget: int) -> int:
         return _TOO_BIG
     temporary = "%s.tmp.%d" % (target, os.getpid())
     try:
-        with open(temporary, "wb") as file:
+        # O_EXCL|O_NOFOLLOW: never through a link planted under the temporary name; the rename
+        # replaces a link under the target's name itself, never what it points to.
+        with os.fdopen(create_new_file(temporary), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)  # a crash mid-write never leaves half a save
+        fsync_dir(os.path.dirname(target))  # the name survives a power cut before the `.`
     except OSError:  # the parent logs it: this child's log descriptor is closed
         try:
             os.unlink(temporary)

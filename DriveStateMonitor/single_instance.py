@@ -7,13 +7,17 @@ The lock is a POSIX record lock (fcntl F_SETLK via `fcntl.lockf`), not flock: a 
 snapshot and SAVE writers) does not inherit it, so a child that outlives a killed DSM never keeps
 the next one from starting. The price of POSIX locks: closing *any* descriptor of dsm.lock in the
 holding process drops the lock, so only InstanceLock ever opens that file in the DSM.
-new start (the original grepped `ps`). The pid file only says who holds the lock: it is written the
-moment the lock is taken, and `lock_holder_pid` believes it only when that process has the lock file
+The pid file only says who holds the lock: it is written the moment the lock is taken, and `lock_holder_pid` believes it only when that process has the lock file
 open, so stopDSM and runDSM never signal or name a pid left behind by a crashed DSM.
 
 Local users: the run dir (default under /tmp) must belong to the DSM's user and be writable by
 nobody else (`check_run_dir`), or another user could plant symlinks or hold the lock. Files in it are
 created with O_EXCL|O_NOFOLLOW (a temporary name, then rename), so a link is never followed.
+
+A shared machine: the default run dir is one path for every user, and another user's run dir is
+refused. So a DSM that created its run dir removes it when it stops (InstanceLock.release): after a
+lab user's DSM, root's plain start works, and the reverse. `running_dsms` finds the DSMs of one
+folder with their run dirs (/proc), for stopDSM to name the one that runs elsewhere.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import os
 import pwd
 import struct
 import stat
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 LOCK_FILE = "dsm.lock"
 PID_FILE = "dsm.pid"
@@ -43,14 +47,19 @@ def _lock_key(run_dir: str) -> str:
     return os.path.realpath(os.path.join(run_dir, LOCK_FILE))
 
 
-def ensure_run_dir(run_dir: str) -> None:
-    """Creates the run dir (0755) if absent and checks it (`check_run_dir`); raises RunDirError."""
+def ensure_run_dir(run_dir: str) -> bool:
+    """Creates the run dir (0755) if absent and checks it (`check_run_dir`); raises RunDirError.
+    True if this call created it (then a clean stop removes it again: InstanceLock.release)."""
     try:
-        os.makedirs(run_dir, mode=0o755, exist_ok=True)
+        os.makedirs(run_dir, mode=0o755)
+        created = True
+    except FileExistsError:
+        created = False
     except OSError as exc:
         raise RunDirError("cannot use the run dir %s (--run-dir): %s"
                           % (run_dir, exc.strerror or exc)) from None
     check_run_dir(run_dir)
+    return created
 
 
 def _user_name(uid: int) -> str:
@@ -74,13 +83,25 @@ def check_run_dir(run_dir: str) -> None:
                           "or choose another --run-dir" % run_dir)
     if info.st_uid != os.geteuid():
         raise RunDirError("the run dir %s (--run-dir) belongs to uid %d%s, not to this user, uid "
-                          "%d%s; choose another --run-dir (or have its owner remove it)"
+                          "%d%s; choose another --run-dir (or have its owner remove it)%s"
                           % (run_dir, info.st_uid, _user_name(info.st_uid), os.geteuid(),
-                             _user_name(os.geteuid())))
+                             _user_name(os.geteuid()), _left_behind(run_dir)))
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise RunDirError("the run dir %s (--run-dir) is writable by group or others (mode %04o); "
                           "chmod go-w it or choose another --run-dir"
                           % (run_dir, stat.S_IMODE(info.st_mode)))
+
+
+def _left_behind(run_dir: str) -> str:
+    """For the refusal of another user's run dir: says so when no DSM runs there (a killed one
+    left it; a clean stop removes the run dir it made), with the command that clears it."""
+    try:
+        if lock_is_held(run_dir):
+            return ""
+    except OSError:
+        return ""
+    return ("; no DSM runs there (one that was killed left it behind): remove it with "
+            "`sudo rm -r %s`" % run_dir)
 
 
 class InstanceLock:
@@ -89,18 +110,35 @@ class InstanceLock:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
         self._fd: Optional[int] = None
+        # Set by the caller when ensure_run_dir created the run dir: release() removes it then,
+        # so the next user's default start (root after a lab user, or the reverse) finds none.
+        self.created_dir = False
 
     def acquire(self) -> bool:
-        """Takes the lock without waiting; False if another process holds it."""
-        fd = os.open(os.path.join(self.run_dir, LOCK_FILE),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            raise
+        """Takes the lock without waiting; False if another process holds it.
+
+        A stopping DSM that created the run dir removes its lock file and the dir (release), so
+        the file locked must still be the one the path names, and a dir removed between
+        ensure_run_dir and here is made again: a few tries, then OSError."""
+        path = os.path.join(self.run_dir, LOCK_FILE)
+        for _ in range(5):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except FileNotFoundError:  # the run dir went with a DSM that stopped just now
+                self.created_dir = ensure_run_dir(self.run_dir) or self.created_dir
+                continue
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return False
+                raise
+            if _same_inode(fd, path):
+                break
+            os.close(fd)  # locked a file its stopping holder had just unlinked: try the new one
+        else:
+            raise OSError(errno.EAGAIN, "the lock file kept changing", path)
         os.set_inheritable(fd, False)
         self._fd = fd
         _HELD[_lock_key(self.run_dir)] = os.getpid()
@@ -114,16 +152,35 @@ class InstanceLock:
         _write_atomic(os.path.join(self.run_dir, INFO_FILE), json.dumps(info, indent=1) + "\n")
 
     def release(self) -> None:
+        """Removes the pid file and dsm.json and drops the lock. A run dir this DSM created goes
+        too (lock file first, while still held: a new start that opened it sees the inode change
+        and retries, see acquire); it stays if anything else is in it (dsm.exit for stopDSM)."""
         if self._fd is None:
             return
-        for name in (PID_FILE, INFO_FILE):
+        names = (PID_FILE, INFO_FILE) + ((LOCK_FILE,) if self.created_dir else ())
+        for name in names:
             try:
                 os.unlink(os.path.join(self.run_dir, name))
             except OSError:
                 pass
-        os.close(self._fd)  # the lock file itself stays: unlinking it would race a new start
+        # In a dir it did not create the lock file stays: unlinking it would race a new start.
+        os.close(self._fd)
         self._fd = None
         _HELD.pop(_lock_key(self.run_dir), None)
+        if self.created_dir:
+            try:
+                os.rmdir(self.run_dir)
+            except OSError:
+                pass  # not empty (an exit note, a new DSM's files): it stays
+
+
+def _same_inode(fd: int, path: str) -> bool:
+    try:
+        on_disk = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def lock_is_held(run_dir: str) -> bool:
@@ -132,7 +189,8 @@ def lock_is_held(run_dir: str) -> bool:
         return True  # ours: opening and closing the file here would drop it (POSIX locks)
     path = os.path.join(run_dir, LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Never through a link, never blocking on a FIFO planted in another user's run dir.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return False
     try:
@@ -180,9 +238,11 @@ def _cmdline_is_dsm(pid: int) -> bool:
 
 
 def read_pid(run_dir: str) -> Optional[int]:
+    """The pid in the pid file, or None; never through a link or blocking on a FIFO."""
     try:
-        with open(os.path.join(run_dir, PID_FILE)) as f:
-            return int(f.read().strip())
+        fd = os.open(os.path.join(run_dir, PID_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd) as f:
+            return int(f.read(64).strip())
     except (OSError, ValueError):
         return None
 
@@ -200,3 +260,66 @@ def _write_atomic(path: str, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def running_dsms(daemon_script: str,
+                 default_run_dir: Optional[str] = None) -> List[Tuple[int, Optional[str]]]:
+    """(pid, run dir) of each process running `daemon_script` (this folder's
+    DriveStateMonitor.py), from /proc: the run dir is where its open dsm.lock is, or, when its
+    descriptors cannot be read (another user's process, a snapshot child), its `--run-dir`
+    argument, else `default_run_dir` (None if that cannot be told). Empty without /proc."""
+    script = os.path.realpath(daemon_script)
+    found: List[Tuple[int, Optional[str]]] = []
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                argv = [arg.decode("utf-8", "replace") for arg in f.read().split(b"\0") if arg]
+        except OSError:
+            continue
+        try:
+            cwd: Optional[str] = os.readlink("/proc/%d/cwd" % pid)
+        except OSError:  # another user's process: only absolute paths can be told
+            cwd = None
+        runs = any(os.path.realpath(os.path.join(cwd or "/", arg)) == script
+                   for arg in argv[:3] if arg.endswith(".py"))
+        if runs:
+            found.append((pid, _held_run_dir(pid) or _run_dir_argument(argv, cwd,
+                                                                         default_run_dir)))
+    return found
+
+
+def _held_run_dir(pid: int) -> Optional[str]:
+    """The dir of the dsm.lock process `pid` has open, if its descriptors can be read."""
+    fd_dir = "/proc/%d/fd" % pid
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if os.path.basename(target) == LOCK_FILE:
+            return os.path.dirname(target)
+    return None
+
+
+def _run_dir_argument(argv: List[str], cwd: Optional[str],
+                      default: Optional[str]) -> Optional[str]:
+    """The value of the last --run-dir in `argv` (else `default`), made absolute against `cwd`."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == "--run-dir" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--run-dir="):
+            value = arg.split("=", 1)[1]
+    if value is None or (cwd is None and not os.path.isabs(value)):
+        return None
+    return os.path.normpath(os.path.join(cwd or "/", value))

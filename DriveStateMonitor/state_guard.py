@@ -14,6 +14,9 @@ paths refuse up front (`Journal.refusing`). The pass in which the failure is *fo
 replies that acknowledge changes: `AckGuard` remembers which connections queued a journaled change
 in this pass and, if the flush failed, closes them before those replies leave — an unanswered
 request, never a false acknowledgement. Acknowledgements resume once a recovery snapshot landed.
+The flush also checks, after its fsync, that the journal is still the file the configured state
+dir names (Journal.check_identity: a dir moved aside and replaced, a journal renamed): a mismatch
+is such a failure, found in the pass whose records went astray, so those are withdrawn too.
 
 Stop: a final snapshot that fails is CRITICAL and the exit code is 4 (the internal kill switch:
 the DSM stopped itself for a reason it could not fix); `dsm.exit` in the run dir tells stopDSM.
@@ -23,10 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .event_loop import EventLoop
-from .persistence import FSYNC_ALWAYS, Journal, Loaded
+from .persistence import FSYNC_ALWAYS, Journal, Loaded, create_new_file
 
 log = logging.getLogger("dsm.state")
 
@@ -67,6 +70,9 @@ class AckGuard:
         self._may_withdraw = journal.fsync == FSYNC_ALWAYS
         self._acknowledgers: Set[Any] = set()  # StreamTransport, OneShotStatus
         self.withdrawn = 0  # connections closed so that an unsynced change is not acknowledged
+        # Called (once) when a flush found the journal no longer the state dir's: the daemon
+        # starts the recovery snapshot at once rather than at the next --state-retry.
+        self.on_identity_lost: Optional[Callable[[], None]] = None
 
     def record(self, record: Any) -> None:
         self.journal.record(record)
@@ -77,7 +83,10 @@ class AckGuard:
 
     def flush(self, monotonic_now: float) -> None:
         """The loop's last before-sleep hook: write (and fsync) the pass's records."""
+        lost_before = self.journal.identity_lost
         self.journal.flush(monotonic_now)
+        if self.journal.identity_lost != lost_before and self.on_identity_lost is not None:
+            self.on_identity_lost()
         if self._acknowledgers and self.journal.refusing:
             for transport in self._acknowledgers:
                 if not transport.closed:
@@ -92,7 +101,7 @@ def write_exit_note(run_dir: str, pid: int, code: int, why: str) -> None:
     """Leaves `<run-dir>/dsm.exit` for stopDSM: how the DSM with `pid` ended."""
     path = os.path.join(run_dir, EXIT_NOTE)
     try:
-        with open(path + ".tmp", "w") as f:
+        with os.fdopen(create_new_file(path + ".tmp"), "w") as f:  # never through a link
             json.dump({"pid": pid, "code": code, "why": why}, f)
         os.replace(path + ".tmp", path)
     except OSError as exc:

@@ -23,7 +23,7 @@ RULES = os.path.join(PROM_DIR, "dsm-alerts.yml")
 RULE_TESTS = os.path.join(PROM_DIR, "dsm-alerts.test.yml")
 
 ALERTS = {"DriveSilent", "DSMDown", "DSMJournalFailing", "DSMNoSnapshot", "DSMStateDamaged",
-          "DSMEventLoopLag", "DSMHandlerFailures", "DSMInternalFailures",
+          "DSMStateDirReplaced", "DSMEventLoopLag", "DSMHandlerFailures", "DSMInternalFailures",
           "DSMAnnouncementsDropped"}
 # Labels Prometheus adds to every scraped series (the DSM itself adds no host label).
 TARGET_LABELS = {"job", "instance"}

@@ -94,7 +94,10 @@ def dsm_pids_with_run_dir(run_dir: str) -> List[int]:
 
 
 def lock_held(run_dir: str) -> bool:
-    fd = os.open(os.path.join(run_dir, "dsm.lock"), os.O_RDWR)
+    try:
+        fd = os.open(os.path.join(run_dir, "dsm.lock"), os.O_RDWR)
+    except FileNotFoundError:  # a DSM that created its run dir removes it when it stops
+        return False
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the DSM holds a POSIX lock
     except OSError as exc:
