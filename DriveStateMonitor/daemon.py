@@ -524,7 +524,7 @@ class DriveStateMonitor:
         self.transports.discard(oneshot)
         transport = self._transport(oneshot.sock, oneshot.label, oneshot.on_close)
         transport.start(StatusConnection(transport, self.store_status, self._complain,
-                                         self.options.max_message))
+                                         self.options.max_message, self.ports.get("http_port")))
         return transport
 
     def _accept_statserv(self, conn: socket.socket, addr: Any, label: str) -> None:
@@ -538,7 +538,8 @@ class DriveStateMonitor:
             transport, self.tree, self.clock, is_local=is_own_user(conn),
             on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
             save_dir=self.saves.save_dir, max_line=self.options.max_line,
-            saver=self.saves.start))
+            saver=self.saves.start, bad_input=self._complain,
+            http_port=self.ports.get("http_port")))
 
     def _limit_connections_to_descriptors(self) -> None:
         """Lowers the connection limit to what RLIMIT_NOFILE allows (fair_shares); logs it once."""
