@@ -470,7 +470,7 @@ class DriveStateMonitor:
                 peer_label(kind, addr).split(" ", 1)[1], self.access.describe())
             self.counters["connections_refused_not_allowed"] += 1
         else:
-            refused = self.slots.take(addr)
+            refused = self.slots.take(addr, conn.getsockname)
             if refused is not None:
                 code = "LIMIT"
                 why = refused[1]
