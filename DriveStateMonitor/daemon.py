@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import __version__
 from .announcement import REJECT_REASONS, Rejected, parse_announcement
-from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
+from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging, lines_lost
 from .drive_publisher import DrivePublisher
 from .drive_view import DriveView
 from .drive_store import DriveStore
@@ -719,6 +719,7 @@ class DriveStateMonitor:
             "tree_objects": len(self.tree),
             "journal": self.journal.status(),
             "counters": dict(self.counters, bad_inputs=self.bad_input.total,
+                             log_lines_lost=lines_lost(),
                              handler_failures=self.loop.input_failures,
                              internal_failures=self.loop.internal_failures,
                              tree_publish_refused=self.publisher.refused,
@@ -755,7 +756,7 @@ class DriveStateMonitor:
     def _accept_http(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, http_refusal)
         if transport is not None and self.web_app is not None:
-            transport.start(WebConnection(transport, self.web_app))
+            transport.start(WebConnection(transport, self.web_app, self._complain))
 
     def _probe_loop_lag(self, due: float) -> None:
         """Records how late this timer fired (the loop was busy that long), then re-arms it."""
@@ -840,6 +841,7 @@ class DriveStateMonitor:
             "journal": self.journal.status(),
             "loop_lag": self.loop_lag,
             "bad_inputs": self.bad_input.total,
+            "log_lines_lost": lines_lost(),
             "handler_failures": self.loop.input_failures,
             "internal_failures": self.loop.internal_failures,
             "multicast_receive_drops": (receive_drops(self._announcements.sock)
