@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from hypothesis import example, given, settings, strategies as st
 
@@ -71,6 +72,15 @@ def drive_fields(place: Any, value: Any) -> dict:
     return fields
 
 
+def tree_lines(daemon: DriveStateMonitor, path: str) -> list:
+    """The Status Server's LS of `path`, as lines."""
+    session = StatServSession(daemon.tree, lambda: NOW, is_local=True)
+    session.receive_data(b"LS %s\n" % quote(path, safe="/").encode("utf-8"))
+    lines = session.data_to_send().decode("utf-8").splitlines()
+    assert lines[-1] == ".", lines
+    return lines
+
+
 def assert_drive_types(drive: dict) -> None:
     for name in TEXT_FIELDS:
         if name in drive:
@@ -102,11 +112,12 @@ def test_any_json_value_in_a_drive_field_leaves_every_output_with_its_types(plac
             assert type(serial) is str
             assert_drive_types(drive)
             assert_drive_types(json.loads(daemon._http_drive_json(serial)))
-            for name in ("model", "firmware_version", "manufacturer"):
-                session = StatServSession(daemon.tree, lambda: NOW, is_local=True)
-                session.receive_data(b"GET /drives/%s/%s\n" % (serial.encode(), name.encode()))
-                reply = session.data_to_send().decode("utf-8")
-                assert reply.startswith('. "') or "NONEXISTENT" in reply, reply
+        drive_dirs = tree_lines(daemon, "/drives")[:-1]
+        assert len(drive_dirs) == len(drives)
+        for drive_dir in drive_dirs:  # the tree: every value is text
+            assert drive_dir.endswith("/"), drive_dir
+            for line in tree_lines(daemon, "/drives/" + drive_dir[2:])[:-1]:
+                assert line.endswith("/") or ' = "' in line, line
         for drive in daemon.metrics_facts()["drives"]:
             assert type(drive["model"]) is str and type(drive["firmware"]) is str
         render_metrics(daemon.metrics_facts())
