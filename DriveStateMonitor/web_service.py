@@ -235,15 +235,18 @@ class WebConnection(PipelinedConnection):
     def request_timed_out(self, seconds: float) -> None:
         """--request-timeout passed since the request's first byte: 408, close (RFC 9110 15.5.9)."""
         self.pending.clear()
-        for part in self._respond(RequestError(
-                408, "request not complete within %g s of its first byte" % seconds)):
+        for part in self._respond(RequestError(  # (the sweep has complained of it already)
+                408, "request not complete within %g s of its first byte" % seconds),
+                complain=False):
             self.transport.write(part)
         self.transport.close_when_flushed()
 
-    def _respond(self, event: Union[Request, RequestError]) -> Tuple[bytes, bytes]:
+    def _respond(self, event: Union[Request, RequestError],
+                 complain: bool = True) -> Tuple[bytes, bytes]:
         if isinstance(event, RequestError):
             reply, request = self.app.answer_error(event), None
-            self.bad_input(self.transport.label, "HTTP %d: %s" % (event.status, event.detail))
+            if complain:
+                self.bad_input(self.transport.label, "HTTP %d: %s" % (event.status, event.detail))
         else:
             reply, request = self.app.answer(event), event
         headers: List[Tuple[str, str]] = [("Content-Type", reply.content_type), NOSNIFF]
