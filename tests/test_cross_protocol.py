@@ -19,6 +19,7 @@ from DriveStateMonitor.statserv_tree import Tree
 from DriveStateMonitor.status_service import StatusConnection
 from dsm_harness import END, LOOPBACK, free_tcp_port, recv_all, wait_for
 from test_event_loop import FakeTransport, StatusSink
+from test_status_oneshot import served
 from test_web_integration import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
 
 STATUS = b'{"serial_number": "XPOST", "time_stamp": 1, "status": "pwned"}'
@@ -166,6 +167,17 @@ def test_a_held_line_start_counts_as_a_partial_request():
     connection = StatusConnection(transport, sink.store, sink.bad_input)
     connection.data_received(b"POST /x")
     assert transport.writes == [] and connection.has_partial_request()
+
+
+@pytest.mark.parametrize("data", [form_post(STATUS), form_post(STATUS + b"\r\n"),
+                                  b"POST / HTTP/1.1\r\n" + STATUS])
+def test_a_post_takes_the_general_path_from_the_one_shot_and_stores_nothing(data):
+    # The one-shot path (a lab script's one status) takes only bytes that begin with `{`.
+    one_shot = served(data, one_shot=True)
+    assert one_shot == served(data, one_shot=False)
+    reply, stored, bad, closes = one_shot
+    assert stored == [] and len(bad) == 1 and closes == 1
+    assert reply.count(END) == 1 and b"HTTP request" in reply
 
 
 # --- the Status Server port's connection -------------------------------------------------------------
