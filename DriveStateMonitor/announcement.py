@@ -12,10 +12,11 @@ than intake.MAX_DEPTH, or a serial number longer than intake.MAX_SERIAL_CHARS is
 Types at the boundary: every output hands a drive's text fields to consumers that expect text (the
 page's cells, dsmctl's columns, /metrics labels, the tree's values). A drive's announcement whose
 TEXT_FIELDS, or whose `network_interfaces` entries' INTERFACE_TEXT_FIELDS, hold anything but a
-string or a number (an object, an array, true/false, null), or whose `network_interfaces` is not a
-list of objects, is rejected as `wrong_type`, counted and logged: a Kinetic drive never sends one
-(null fields are left out), so it is another device's or a forgery, and changing it into text would
-break the promise that `m` holds the fields exactly as the drive sent them. Other fields are passed
+string, a number or null (no value, as if left out: a null serial_number falls back to the world
+wide name) — an object, an array, true/false — or whose `network_interfaces` is not a list of
+objects, is rejected as `wrong_type`, counted and logged: a Kinetic drive never sends one, so it is
+another device's or a forgery, and changing it into text would break the promise that `m` holds
+the fields exactly as the drive sent them. Other fields are passed
 on as sent, any JSON value. (Statuses, which a script waits to have acknowledged, are kept instead:
 status_protocol.py stores such a value as its JSON text.)
 """
@@ -83,7 +84,8 @@ def wrong_type(fields: Dict[str, Any]) -> Optional[str]:
     """Why a drive's fields do not have the types every output promises (see the top), or None."""
     for name in TEXT_FIELDS:
         if name in fields and not _is_text(fields[name]):
-            return "%s is %s; a string or a number is expected" % (name, _kind(fields[name]))
+            return "%s is %s; a string, a number or null is expected" % (
+                name, _kind(fields[name]))
     interfaces = fields.get("network_interfaces", [])
     if type(interfaces) is not list:
         return "network_interfaces is %s; a list of objects is expected" % _kind(interfaces)
@@ -92,14 +94,16 @@ def wrong_type(fields: Dict[str, Any]) -> Optional[str]:
             return "network_interfaces[%d] is %s; an object is expected" % (index, _kind(interface))
         for name in INTERFACE_TEXT_FIELDS:
             if name in interface and not _is_text(interface[name]):
-                return "network_interfaces[%d].%s is %s; a string or a number is expected" % (
+                return "network_interfaces[%d].%s is %s; a string, a number or null is " \
+                       "expected" % (
                     index, name, _kind(interface[name]))
     return None
 
 
 def _is_text(value: Any) -> bool:
+    """A string, a number, or null (no value)."""
     kind = type(value)
-    return kind is str or kind is int or kind is float
+    return kind is str or kind is int or kind is float or value is None
 
 
 def _kind(value: Any) -> str:

@@ -1,6 +1,7 @@
 """Types at the boundary (announcement.py, status_protocol.py): whatever JSON value a drive or a
 script puts in any field, every output hands its consumers the types they expect — a drive's text
-fields are strings or numbers everywhere (m, /api/drives, /metrics labels, the tree), a status's
+fields are strings or numbers (or null: no value) everywhere (m, /api/drives, the tree; /metrics
+labels are strings), a status's
 time_stamp and status are strings or numbers in s and /api/status — and what is refused is counted.
 """
 from __future__ import annotations
@@ -55,6 +56,10 @@ def is_text(value: Any) -> bool:
     return type(value) in (str, int, float)
 
 
+def is_text_or_null(value: Any) -> bool:
+    return is_text(value) or value is None
+
+
 def drive_fields(place: Any, value: Any) -> dict:
     fields = {"serial_number": "ZTYPE1", "world_wide_name": "5 000c50 ZTYPE1",
               "manufacturer": "Seagate", "model": "ST4000NK0001", "firmware_version": "3.1.7",
@@ -84,14 +89,14 @@ def tree_lines(daemon: DriveStateMonitor, path: str) -> list:
 def assert_drive_types(drive: dict) -> None:
     for name in TEXT_FIELDS:
         if name in drive:
-            assert is_text(drive[name]), (name, drive[name])
+            assert is_text_or_null(drive[name]), (name, drive[name])
     interfaces = drive.get("network_interfaces", [])
     assert type(interfaces) is list
     for interface in interfaces:
         assert type(interface) is dict
         for name in INTERFACE_TEXT_FIELDS:
             if name in interface:
-                assert is_text(interface[name]), (name, interface[name])
+                assert is_text_or_null(interface[name]), (name, interface[name])
 
 
 @settings(max_examples=300, deadline=None)
@@ -123,6 +128,14 @@ def test_any_json_value_in_a_drive_field_leaves_every_output_with_its_types(plac
         render_metrics(daemon.metrics_facts())
         if rejected:
             assert daemon.bad_input.total == 1
+
+
+def test_a_null_model_is_no_value_and_an_empty_metrics_label():
+    with in_process_dsm() as daemon:
+        daemon._on_datagram(json.dumps(drive_fields(("field", "model"), None)).encode(), SENDER, 1)
+        assert json.loads(daemon.answer_query(Query("m"), "test")[:-1])["ZTYPE1"]["model"] is None
+        assert [drive["model"] for drive in daemon.metrics_facts()["drives"]] == [""]
+        assert 'model=""' in render_metrics(daemon.metrics_facts())
 
 
 def test_a_wrong_type_announcement_is_counted_by_its_reason():
