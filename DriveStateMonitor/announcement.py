@@ -8,6 +8,17 @@ What is accepted must be servable on every output (intake.py): a datagram holdin
 is not finite (`1e400`, NaN), a lone surrogate (`\\ud800`), an over-long integer or nesting deeper
 than intake.MAX_DEPTH, or a serial number longer than intake.MAX_SERIAL_CHARS is rejected as
 `unservable`, counted and logged like any other rejection.
+
+Types at the boundary: every output hands a drive's text fields to consumers that expect text (the
+page's cells, dsmctl's columns, /metrics labels, the tree's values). A drive's announcement whose
+TEXT_FIELDS, or whose `network_interfaces` entries' INTERFACE_TEXT_FIELDS, hold anything but a
+string, a number or null (no value, as if left out: a null serial_number falls back to the world
+wide name) — an object, an array, true/false — or whose `network_interfaces` is not a list of
+objects, is rejected as `wrong_type`, counted and logged: a Kinetic drive never sends one, so it is
+another device's or a forgery, and changing it into text would break the promise that `m` holds
+the fields exactly as the drive sent them. Other fields are passed
+on as sent, any JSON value. (Statuses, which a script waits to have acknowledged, are kept instead:
+status_protocol.py stores such a value as its JSON text.)
 """
 from __future__ import annotations
 
@@ -19,7 +30,13 @@ REJECT_NOT_JSON = "not_json"
 REJECT_NOT_OBJECT = "not_object"
 REJECT_NO_SERIAL = "no_serial"
 REJECT_UNSERVABLE = "unservable"
-REJECT_REASONS = (REJECT_NOT_JSON, REJECT_NOT_OBJECT, REJECT_NO_SERIAL, REJECT_UNSERVABLE)
+REJECT_WRONG_TYPE = "wrong_type"
+REJECT_REASONS = (REJECT_NOT_JSON, REJECT_NOT_OBJECT, REJECT_NO_SERIAL, REJECT_UNSERVABLE,
+                  REJECT_WRONG_TYPE)
+# Fields every consumer reads as text (spec dsm.md; kinetic-announcement.json): a string or a number.
+TEXT_FIELDS = ("serial_number", "world_wide_name", "manufacturer", "model", "firmware_version",
+               "protocol_version")
+INTERFACE_TEXT_FIELDS = ("name", "mac_addr", "ipv4_addr", "ipv6_addr")
 
 
 class Announcement(NamedTuple):
@@ -57,7 +74,46 @@ def parse_announcement(datagram: bytes) -> "Announcement | Rejected":
         check_serial(serial)
     except IntakeError as exc:
         return Rejected(REJECT_UNSERVABLE, str(exc))
+    wrong = wrong_type(fields)
+    if wrong is not None:
+        return Rejected(REJECT_WRONG_TYPE, wrong)
     return Announcement(serial, fields)
+
+
+def wrong_type(fields: Dict[str, Any]) -> Optional[str]:
+    """Why a drive's fields do not have the types every output promises (see the top), or None."""
+    for name in TEXT_FIELDS:
+        if name in fields and not _is_text(fields[name]):
+            return "%s is %s; a string, a number or null is expected" % (
+                name, _kind(fields[name]))
+    interfaces = fields.get("network_interfaces", [])
+    if type(interfaces) is not list:
+        return "network_interfaces is %s; a list of objects is expected" % _kind(interfaces)
+    for index, interface in enumerate(interfaces):
+        if type(interface) is not dict:
+            return "network_interfaces[%d] is %s; an object is expected" % (index, _kind(interface))
+        for name in INTERFACE_TEXT_FIELDS:
+            if name in interface and not _is_text(interface[name]):
+                return "network_interfaces[%d].%s is %s; a string, a number or null is " \
+                       "expected" % (
+                    index, name, _kind(interface[name]))
+    return None
+
+
+def _is_text(value: Any) -> bool:
+    """A string, a number, or null (no value)."""
+    kind = type(value)
+    return kind is str or kind is int or kind is float or value is None
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, as the error names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "an array", tuple: "an array"}.get(
+        type(value), "a %s" % type(value).__name__)
 
 
 def _identity(value: Any) -> Optional[str]:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import __version__
 from .announcement import REJECT_REASONS, Rejected, parse_announcement
-from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
+from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging, lines_lost
 from .drive_publisher import DrivePublisher
 from .drive_view import DriveView
 from .drive_store import DriveStore
@@ -483,7 +483,7 @@ class DriveStateMonitor:
                 peer_label(kind, addr).split(" ", 1)[1], self.access.describe())
             self.counters["connections_refused_not_allowed"] += 1
         else:
-            refused = self.slots.take(addr)
+            refused = self.slots.take(addr, conn.getsockname)
             if refused is not None:
                 code = "LIMIT"
                 why = refused[1]
@@ -537,7 +537,7 @@ class DriveStateMonitor:
         self.transports.discard(oneshot)
         transport = self._transport(oneshot.sock, oneshot.label, oneshot.on_close)
         transport.start(StatusConnection(transport, self.store_status, self._complain,
-                                         self.options.max_message))
+                                         self.options.max_message, self.ports.get("http_port")))
         return transport
 
     def _accept_statserv(self, conn: socket.socket, addr: Any, label: str) -> None:
@@ -551,7 +551,8 @@ class DriveStateMonitor:
             transport, self.tree, self.clock, is_local=is_own_user(conn),
             on_shutdown=lambda: self.begin_shutdown(EXIT_OK, "SHUTDOWN from " + transport.label),
             save_dir=self.saves.save_dir, max_line=self.options.max_line,
-            saver=self.saves.start))
+            saver=self.saves.start, bad_input=self._complain,
+            http_port=self.ports.get("http_port")))
 
     def _limit_connections_to_descriptors(self) -> None:
         """Lowers the connection limit to what RLIMIT_NOFILE allows (fair_shares); logs it once."""
@@ -731,6 +732,7 @@ class DriveStateMonitor:
             "tree_objects": len(self.tree),
             "journal": self.journal.status(),
             "counters": dict(self.counters, bad_inputs=self.bad_input.total,
+                             log_lines_lost=lines_lost(),
                              handler_failures=self.loop.input_failures,
                              internal_failures=self.loop.internal_failures,
                              tree_publish_refused=self.publisher.refused,
@@ -768,7 +770,7 @@ class DriveStateMonitor:
     def _accept_http(self, conn: socket.socket, addr: Any, label: str) -> None:
         transport = self._admit(conn, addr, label, http_refusal)
         if transport is not None and self.web_app is not None:
-            transport.start(WebConnection(transport, self.web_app))
+            transport.start(WebConnection(transport, self.web_app, self._complain))
 
     def _probe_loop_lag(self, due: float) -> None:
         """Records how late this timer fired (the loop was busy that long), then re-arms it."""
@@ -853,6 +855,7 @@ class DriveStateMonitor:
             "journal": self.journal.status(),
             "loop_lag": self.loop_lag,
             "bad_inputs": self.bad_input.total,
+            "log_lines_lost": lines_lost(),
             "handler_failures": self.loop.input_failures,
             "internal_failures": self.loop.internal_failures,
             "multicast_receive_drops": (receive_drops(self._announcements.sock)

@@ -1,4 +1,10 @@
-"""Timestamped logging, a log file that SIGHUP reopens, and rate-limited complaints about bad input."""
+"""Timestamped logging, a log file that SIGHUP reopens, and rate-limited complaints about bad input.
+
+A line the log cannot take (its disk is full, the file was removed under a read-only mount, standard
+error is closed) is counted in `lines_lost()` (`dsm_log_lines_lost_total`) and dropped: logging's
+default would print a "--- Logging error ---" traceback of about 1.5 KB on standard error for each
+one, which under runDSM is the same full disk, and under systemd a flood of the journal.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,7 +17,23 @@ from .local_dirs import open_append_no_follow
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class ReopenableFileHandler(logging.StreamHandler):
+_lines_lost = 0
+
+
+def lines_lost() -> int:
+    """Log lines dropped because their handler could not write them, since the start."""
+    return _lines_lost
+
+
+class CountingStreamHandler(logging.StreamHandler):
+    """A StreamHandler that counts a line it cannot write instead of printing a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        global _lines_lost
+        _lines_lost += 1
+
+
+class ReopenableFileHandler(CountingStreamHandler):
     """Appends to a file; `reopen()` after logrotate moved it starts a fresh one at the same path."""
 
     def __init__(self, path: str) -> None:
@@ -85,7 +107,7 @@ def configure_logging(log_file: Optional[str]) -> Optional[ReopenableFileHandler
     for old in list(root.handlers):
         root.removeHandler(old)
     file_handler = ReopenableFileHandler(log_file) if log_file else None
-    handler: logging.Handler = file_handler or logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = file_handler or CountingStreamHandler(sys.stderr)
     if file_handler is None and stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:

@@ -245,8 +245,9 @@ class DriveStore:
             if table.get(drive.body) == serial:
                 del table[drive.body]
         # Most drives share a model and a firmware: keep one string of each.
-        drive.model = self._shared(str(fields.get("model", "")))
-        drive.firmware = self._shared(str(fields.get("firmware_version", "")))
+        # (Strings, numbers or null: announcement.wrong_type. Null is no value: "".)
+        drive.model = self._shared(str(fields.get("model") or ""))
+        drive.firmware = self._shared(str(fields.get("firmware_version") or ""))
         if own_json == raw:
             drive.fields_prefix = None
             drive.body = body = raw[:-1]

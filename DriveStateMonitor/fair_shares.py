@@ -9,10 +9,17 @@ out, not first come first served:
   reserve of descriptors for the journal, snapshots, SAVE and the log (`DESCRIPTOR_RESERVE`, what
   Redis keeps). A client past it is refused with the usual clear error instead of failing accept()
   with EMFILE, which would leave it unanswered.
-* Every TCP peer address (loopback included) holds at most `--max-connections-per-address`.
-* The last `--local-reserve` slots are for this host's own clients (loopback and the Unix sockets),
-  and the very last few (`UNIX_RESERVE`) for the Unix sockets alone: a remote flood, or a flood from
-  one local address, never locks out the test scripts and `dsmctl` on the host.
+* Every TCP peer address (loopback included) holds at most `--max-connections-per-address`, and
+  never more than half of the connection limit (`peer_share`, at least 1), whatever the two are
+  set to: one peer can never take every slot.
+* The last `--local-reserve` slots are for this host's own clients, and the very last few
+  (`UNIX_RESERVE`) for the Unix sockets alone: a remote flood, or a flood from one local address,
+  never locks out the test scripts and `dsmctl` on the host. This host's own clients are the Unix
+  sockets' and the TCP connections whose peer address is the connection's own local address (a
+  script connecting to 127.0.0.1 from 127.0.0.1, or to the host's address from the host): a peer
+  on another loopback address (127.0.0.2 can be a network namespace or a container's proxy) or on
+  another of the host's addresses is served, but draws on the shared slots, not on the reserve.
+  The local address is looked up (getsockname) only once the shared slots are all taken.
 
 A slot is held only while it is used:
 
@@ -41,6 +48,8 @@ from .access import peer_facts
 DESCRIPTOR_RESERVE = 32
 # The last slots, for the Unix sockets only: dsmctl and stopDSM-style probes always get in.
 UNIX_RESERVE = 8
+# The connection's own address (socket.getsockname), looked up only when needed.
+LocalAddress = Optional[Callable[[], Any]]
 
 
 def descriptor_budget(wanted: int, fds_in_use: int) -> Tuple[int, int]:
@@ -79,6 +88,7 @@ class ConnectionSlots:
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit
+        self.peer_share = min(self.per_address, peer_share(limit))
         # Scaled down for tiny limits, so `--max-connections 5` still means five for anyone.
         unix_reserve = min(UNIX_RESERVE, limit // 8)
         self._allowed_loopback = limit - unix_reserve
@@ -89,34 +99,39 @@ class ConnectionSlots:
         facts = peer_facts(addr)
         return None if facts is None else facts.key
 
-    def take(self, addr: Any) -> Optional[Tuple[str, str]]:
-        """`refusal(addr)`, and when there is none, `opened(addr)`: one lookup of the peer."""
+    def take(self, addr: Any, local_address: LocalAddress = None) -> Optional[Tuple[str, str]]:
+        """`refusal(addr, local_address)`, and when there is none, `opened(addr)`: one lookup
+        of the peer."""
         facts = peer_facts(addr)
-        refused = self._refusal(facts)
+        refused = self._refusal(facts, local_address)
         if refused is None:
             self._count_opened(None if facts is None else facts.key)
         return refused
 
-    def refusal(self, addr: Any) -> Optional[Tuple[str, str]]:
-        """(counter name, clear reason) when `addr` may not have a slot now, else None."""
-        return self._refusal(peer_facts(addr))
+    def refusal(self, addr: Any, local_address: LocalAddress = None
+                ) -> Optional[Tuple[str, str]]:
+        """(counter name, clear reason) when `addr` may not have a slot now, else None.
+        `local_address()` gives the connection's own address (socket.getsockname), asked only
+        when the reserve is at stake; without it no TCP peer is this host's own client."""
+        return self._refusal(peer_facts(addr), local_address)
 
-    def _refusal(self, facts: Any) -> Optional[Tuple[str, str]]:
+    def _refusal(self, facts: Any, local_address: LocalAddress) -> Optional[Tuple[str, str]]:
         key = None if facts is None else facts.key
         limit = self.limit
         if key is None:
             allowed = limit
-        elif facts.loopback:
-            allowed = self._allowed_loopback
+        elif self.open < self._allowed_remote or not _is_own(facts, local_address):
+            allowed = self._allowed_remote  # while shared slots are left, nobody needs asking
         else:
-            allowed = self._allowed_remote
+            allowed = self._allowed_loopback
         if self.open >= allowed:
             return ("limit", "too many connections (limit %d%s); try again later" % (
                 limit, "" if allowed == limit else
                 ", of which the last %d are kept for this host's own clients" % (limit - allowed)))
-        if key is not None and self.by_address[key] >= self.per_address:
+        if key is not None and self.by_address[key] >= self.peer_share:
             return ("per_address", "too many connections from %s (limit %d per address, "
-                    "--max-connections-per-address); try again later" % (key, self.per_address))
+                    "--max-connections-per-address, at most half of --max-connections); try "
+                    "again later" % (key, self.peer_share))
         return None
 
     def opened(self, addr: Any) -> None:
@@ -136,6 +151,22 @@ class ConnectionSlots:
                 self.by_address[key] = left
             else:
                 del self.by_address[key]
+
+
+def peer_share(limit: int) -> int:
+    """The most slots one peer address may hold of `limit` connections: half, at least 1."""
+    return max(1, limit // 2)
+
+
+def _is_own(facts: Any, local_address: LocalAddress) -> bool:
+    """True when the TCP peer is this host's own client: its address is the connection's own."""
+    if local_address is None:
+        return False
+    try:
+        local = peer_facts(local_address())
+    except OSError:  # the connection is already gone
+        return False
+    return local is not None and local.key == facts.key
 
 
 def sweep(transports: Iterable[Any], now: float, request_timeout: float,

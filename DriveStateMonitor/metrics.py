@@ -152,6 +152,10 @@ def render_metrics(facts: Mapping[str, Any]) -> str:
     family("dsm_bad_inputs_total", "counter",
            "Bad messages from clients and the network (each also logged, rate-limited).",
            [("", [], facts["bad_inputs"])])
+    family("dsm_log_lines_lost_total", "counter",
+           "Log lines dropped because the log could not take them (a full disk, a closed "
+           "standard error); each is counted here instead of a traceback on standard error.",
+           [("", [], facts.get("log_lines_lost", 0))])
     family("dsm_handler_failures_total", "counter",
            "Unexpected errors while handling one connection's or datagram's input (each closed "
            "its connection or dropped its datagram; tracebacks in the log). They never stop the DSM.",
@@ -218,5 +222,5 @@ def empty_facts(version: str = "0") -> Dict[str, Any]:
         "journal": {"state": "ok", "records_written": 0, "records_dropped": 0, "fsyncs": 0,
                     "last_snapshot": 0.0},
         "loop_lag": LagHistogram(), "bad_inputs": 0, "handler_failures": 0,
-        "internal_failures": 0, "multicast_receive_drops": None,
+        "internal_failures": 0, "multicast_receive_drops": None, "log_lines_lost": 0,
     }

@@ -189,10 +189,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     limits.add_argument("--max-connections-per-address", type=positive_int, default=256,
                         metavar="N",
                         help="open connections from one TCP peer address at most, loopback "
-                             "included (default %(default)s)")
+                             "included, and never more than half of --max-connections "
+                             "(default %(default)s)")
     limits.add_argument("--local-reserve", type=positive_int, default=64, metavar="N",
                         help="the last N connection slots are kept for this host's own clients "
-                             "(loopback and the Unix sockets) (default %(default)s)")
+                             "(the Unix sockets, and TCP peers whose address is the connection's "
+                             "own local address) (default %(default)s)")
     limits.add_argument("--request-timeout", type=positive_seconds, default=10.0,
                         metavar="SECONDS",
                         help="a request (query, status message, Status Server line, HTTP request) "

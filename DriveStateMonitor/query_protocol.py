@@ -19,7 +19,8 @@ come), and nothing else ever wipes:
 * A connection that has sent a bad query can no longer wipe: its `w` gets an error. Garbage that
   happens to hold ` w ` (random bytes do, about once per 100 KiB), or a `w` that a chunk boundary
   cut off from the garbage around it, is never taken for a wipe.
-* A request of another protocol — an HTTP method (`GET / HTTP/1.1`, `POST`, `HEAD`...), a Status
+* A request of another protocol — an HTTP method (`GET / HTTP/1.1`, `POST`, `HEAD`..., or any
+  token that begins a whole HTTP request line, or a browser's header line such as `Host:`), a Status
   Server command (`GET /x`, `LS`, `PUT`...), or a status message (`{...}`) — gets an error naming
   the right port (`Query.foreign` says which protocol), and the parser reads nothing more
   (`finished`): the connection closes once that error is sent. A browser pointed at the query port
@@ -33,6 +34,7 @@ import json
 import re
 from typing import List, Mapping, NamedTuple, Optional
 
+from .http_lines import is_http_line
 from .statserv_protocol import COMMAND_NAMES
 
 END_BYTE = b"\x04"
@@ -148,7 +150,11 @@ def _foreign_protocol(token: bytes, data: bytes, start: int) -> str:
     if token in _HTTP_ONLY_METHODS:
         return FOREIGN_HTTP
     if token.upper() not in _STATSERV_COMMANDS:
-        return ""
+        # Any other method token in a whole request line, or a browser's header line (the same
+        # rule as the status and Status Server ports: http_lines.py).
+        line_end = data.find(b"\n", start)
+        return FOREIGN_HTTP if is_http_line(
+            data[start:line_end if line_end >= 0 else start + 8192]) else ""
     if token not in (b"GET", b"PUT", b"TRACE"):  # not an HTTP method too
         return FOREIGN_STATSERV
     line_end = data.find(b"\n", start)

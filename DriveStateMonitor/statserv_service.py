@@ -5,12 +5,17 @@ replies to the client's own lines and `@`/`#` lines caused by other connections 
 applies back-pressure: while the high-water mark waits for a slow reader, its lines are not read. Monitors
 coalesce, so only TRACE output can pile up beyond that; the transport's output cap (--max-output)
 disconnects such a client rather than letting it hold the memory.
+
+Every byte passes an HttpLineGuard before the session sees it (http_lines.py): a line of an HTTP
+request (a browser's cross-protocol form POST) ends the connection with one `! PROTOCOL` line naming
+the HTTP port, and no line from it on reaches the session — whatever fast paths the session has.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 from .event_loop import StreamTransport
+from .http_lines import HttpLineGuard, refusal_reason
 from .statserv_protocol import MAX_LINE_BYTES, StatServSession
 from .statserv_tree import Tree
 
@@ -21,21 +26,41 @@ class StatServConnection:
     def __init__(self, transport: StreamTransport, tree: Tree, clock: Callable[[], float], *,
                  is_local: bool, on_shutdown: Callable[[], None],
                  save_dir: Optional[str], max_line: int = MAX_LINE_BYTES,
-                 saver: Optional[Callable[[str, StatServSession], None]] = None) -> None:
+                 saver: Optional[Callable[[str, StatServSession], None]] = None,
+                 bad_input: Optional[Callable[[str, str], None]] = None,
+                 http_port: Optional[int] = None) -> None:
         self.transport = transport
+        self.guard = HttpLineGuard()
+        self.bad_input = bad_input  # told (source, reason) about an HTTP request
+        self.http_port = http_port  # named in that error (None: HTTP is off)
         self.session = StatServSession(tree, clock, is_local=is_local, on_output=self._output,
                                        on_shutdown=on_shutdown, save_dir=save_dir,
                                        max_line=max_line, saver=saver)
 
     def data_received(self, data: bytes) -> None:
-        self.session.receive_data(data)
+        if self.guard.found:
+            return
+        data, http = self.guard.receive_data(data)
+        if data:
+            self.session.receive_data(data)
         self._send()
-        if self.session.closing:
+        if http:
+            self._refuse_http()
+        elif self.session.closing:
             self.transport.close_when_flushed()
         elif self.transport.output_size >= self.transport.high_water:
             self.transport.pause_reading()
 
     def eof_received(self) -> None:
+        if self.guard.found:
+            return
+        held, http = self.guard.eof_received()
+        if held:
+            self.session.receive_data(held)
+        if http:
+            self._send()
+            self._refuse_http()
+            return
         self.session.eof_received()
         self._send()
         if not self.session.waiting:  # else closed once the SAVE it waits for is answered
@@ -48,13 +73,14 @@ class StatServConnection:
             self.transport.close_when_flushed()
 
     def writing_drained(self) -> None:
-        self.transport.resume_reading()
+        if not self.guard.found:
+            self.transport.resume_reading()
 
     def connection_lost(self) -> None:
         self.session.connection_lost()
 
     def has_partial_request(self) -> bool:
-        return self.session.partial_line
+        return self.session.partial_line or self.guard.holding
 
     def request_timed_out(self, seconds: float) -> None:
         """--request-timeout passed since the line's first byte: `! LIMIT`, close."""
@@ -71,6 +97,14 @@ class StatServConnection:
 
     def holds_nothing(self) -> bool:
         return self.session.holds_nothing()
+
+    def _refuse_http(self) -> None:
+        """One `! PROTOCOL` line for an HTTP line (http_lines.py), then the connection closes."""
+        reason = refusal_reason("Status Server", self.http_port)
+        if self.bad_input is not None:
+            self.bad_input(self.transport.label, reason)
+        self.transport.write(b"! PROTOCOL %s\n" % reason.encode("ascii"))
+        self.transport.close_when_flushed()
 
     def _send(self) -> None:
         output = self.session.data_to_send()

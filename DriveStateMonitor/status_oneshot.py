@@ -30,7 +30,9 @@ That first read decides.
 * Anything else — a partial message, two messages, garbage, a message over `--max-message`, a
   read that filled the buffer, a reply the socket would not take at once — hands the socket, and
   the bytes already read, to the general path (`take_over`), which then goes on exactly as if it
-  had had the connection from the start.
+  had had the connection from the start. An HTTP request (a browser's cross-protocol POST) is
+  such an "anything else": it does not begin with `{`, and the general path's HttpLineGuard
+  (http_lines.py) refuses it before a byte of its body is parsed.
 
 A connection that connects and sends nothing is closed by the idle sweep like any other (it is
 in the daemon's set of connections and has the attributes `fair_shares.sweep` reads). The reply

@@ -24,6 +24,12 @@ Whitespace, newlines and `\\x04` between messages are separators.
 stored unless every field is there and the whole value meets the boundary contract (intake.py:
 finite numbers, valid Unicode, string keys, bounded nesting and digits). A Python-literal message is
 checked to be plain literals before `ast.literal_eval` sees it.
+
+Types at the boundary: a status's `time_stamp` and `status` reach consumers that expect a string or
+a number (the page's cells, dsmctl's columns). Any other JSON value there (an object, an array,
+true/false, null) is stored as its JSON text (`{"code": 2}` becomes the string '{"code": 2}'):
+the original stored any JSON value and acknowledged it, so a script that sends one keeps getting
+its `\x04` and the status is kept, readable, instead of being refused.
 """
 from __future__ import annotations
 
@@ -87,8 +93,11 @@ _WHOLE_FLAT_STATUS = re.compile(r"(\{ *(?:%s *, *)*%s *\})[ \t\r\n\x0b\x0c\x04]*
                                 % (_FLAT_PAIR, _FLAT_PAIR))
 # scan_once is set by JSONDecoder.__init__ (json.scanner.make_scanner); typeshed does not declare it.
 _SCAN_FLAT = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-# One encoder for every entry: json.dumps with an option builds a new one per call.
+# One encoder for every entry, one for a value kept as its JSON text: json.dumps with an option
+# builds a new one per call.
 _ENTRY_ENCODER = json.JSONEncoder(allow_nan=False)
+_TEXT_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+_TEXT_OR_NUMBER = (str, int, float)
 # How that encoder writes each scalar type (json.encoder: ensure_ascii, int/float __repr__).
 _SCALAR_JSON = {str: json.encoder.encode_basestring_ascii, int: int.__repr__,
                 float: float.__repr__}
@@ -352,13 +361,19 @@ def _report(value: dict) -> StatusReport:
     time_stamp, status = value["time_stamp"], value["status"]
     if type(time_stamp) in _SCALAR_JSON and type(status) in _SCALAR_JSON:  # floats finite: checked
         return StatusReport(serial, _scalar_entry_json(time_stamp, status), time_stamp, status)
-    try:
-        entry_json = _ENTRY_ENCODER.encode({"time_stamp": time_stamp,
-                                            "status": status}).encode("utf-8")
-    except (TypeError, ValueError):
-        raise StatusError("time_stamp and status must be JSON values (strings, numbers, lists, dicts)") \
-            from None
+    time_stamp, status = _text_or_number(time_stamp), _text_or_number(status)
+    entry_json = _ENTRY_ENCODER.encode({"time_stamp": time_stamp, "status": status}).encode("utf-8")
     return StatusReport(serial, entry_json, time_stamp, status)
+
+
+def _text_or_number(value: Any) -> Any:
+    """A string or a number as it is; any other JSON value as its JSON text (see the top)."""
+    if type(value) in _TEXT_OR_NUMBER:  # floats are finite: checked (intake.py)
+        return value
+    try:
+        return _TEXT_ENCODER.encode(value)
+    except (TypeError, ValueError):  # not a JSON value: check_value lets none through
+        raise StatusError("time_stamp and status must be JSON values") from None
 
 
 def _parse_flat(text: str) -> "dict | None":

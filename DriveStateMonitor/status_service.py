@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from .event_loop import StreamTransport
+from .http_lines import HttpLineGuard, refusal_reason
 from .pipelining import answered_and_idle
 from .status_protocol import (END_BYTE, StatusError, StatusParser, StatusReport, error_reply,
                               parse_status)
@@ -30,35 +31,51 @@ class StatusConnection:
     """Frames, parses and stores the statuses of one connection, answering `\\x04` or an error each."""
 
     def __init__(self, transport: StreamTransport, store: StoreStatus,
-                 bad_input: ReportBadInput, max_message: Optional[int] = None) -> None:
+                 bad_input: ReportBadInput, max_message: Optional[int] = None,
+                 http_port: Optional[int] = None) -> None:
         self.transport = transport
         self.store = store
         self.bad_input = bad_input
         self.max_message = max_message
         self.parser = StatusParser(max_message) if max_message else StatusParser()
+        self.guard = HttpLineGuard()
+        self.http_port = http_port  # named in the error for an HTTP request (None: HTTP is off)
         self.replied = False
 
     def data_received(self, data: bytes) -> None:
+        if self.guard.found:
+            return
+        data, http = self.guard.receive_data(data)
         # One write for all the replies a chunk completes: pipelined statuses cost one append.
         replies = [self._answer(framed.message, framed.error)
-                   for framed in self.parser.receive_data(data)]
+                   for framed in self.parser.receive_data(data)] if data else []
         transport = self.transport
+        if http:
+            replies.append(self._refuse_http())
         if replies:
             self.replied = True
             transport.write(b"".join(replies))
-        if transport.output_size >= transport.high_water:
+        if http:
+            transport.close_when_flushed()
+        elif transport.output_size >= transport.high_water:
             # A client that sends without reading its acks waits for itself, not us.
             transport.pause_reading()
-        elif answered_and_idle(transport, self.replied, self.parser.in_message):
+        elif answered_and_idle(transport, self.replied, self._unfinished):
             transport.close_when_flushed()
 
     def eof_received(self) -> None:
-        for framed in self.parser.eof_received():
-            self.transport.write(self._answer(framed.message, framed.error))
+        if not self.guard.found:
+            held, http = self.guard.eof_received()
+            framed_all = (self.parser.receive_data(held) if held else []) + \
+                ([] if http else self.parser.eof_received())
+            for framed in framed_all:
+                self.transport.write(self._answer(framed.message, framed.error))
+            if http:
+                self.transport.write(self._refuse_http())
         self.transport.close_when_flushed()
 
     def writing_drained(self) -> None:
-        if answered_and_idle(self.transport, self.replied, self.parser.in_message):
+        if self.guard.found or answered_and_idle(self.transport, self.replied, self._unfinished):
             self.transport.close_when_flushed()
         else:
             self.transport.resume_reading()
@@ -66,8 +83,18 @@ class StatusConnection:
     def connection_lost(self) -> None:
         pass
 
+    @property
+    def _unfinished(self) -> bool:
+        return self.parser.in_message or self.guard.holding
+
     def has_partial_request(self) -> bool:
-        return self.parser.partial
+        return self.parser.partial or self.guard.holding
+
+    def _refuse_http(self) -> bytes:
+        """The one error for an HTTP line (http_lines.py); the connection closes after it."""
+        reason = refusal_reason("status", self.http_port)
+        self.bad_input(self.transport.label, reason)
+        return error_reply(reason)
 
     def request_timed_out(self, seconds: float) -> None:
         """--request-timeout passed since the message's first byte: error, close; not stored."""

@@ -23,9 +23,11 @@ import email.utils
 import json
 import logging
 import os
+import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import unquote
 
+from .daemon_log import BadInputLog
 from .event_loop import StreamTransport
 from .http_protocol import HttpServerConnection, Request, RequestError
 from .pipelining import PipelinedConnection
@@ -198,13 +200,25 @@ class WebApp:
                                         "/metrics" % path, False)
 
 
+_BAD_REQUESTS = BadInputLog(log)
+
+
+def _default_bad_input(source: str, what: str) -> None:
+    """Where a WebConnection made without the daemon's log complains: rate-limited as well."""
+    _BAD_REQUESTS.complain(time.monotonic(), source, what)
+
+
 class WebConnection(PipelinedConnection):
     """One HTTP connection: requests answered in order, with back-pressure, closed when due."""
 
-    def __init__(self, transport: StreamTransport, app: WebApp) -> None:
+    def __init__(self, transport: StreamTransport, app: WebApp,
+                 bad_input: Optional[Callable[[str, str], None]] = None) -> None:
         super().__init__(transport)
         self.app = app
         self.http = HttpServerConnection()
+        # Told (source, what) about each malformed request: the daemon's rate-limited bad-input
+        # log (daemon_log.BadInputLog), so a flood of them cannot fill the log's disk.
+        self.bad_input = bad_input or _default_bad_input
 
     def parse(self, data: bytes) -> List[Union[Request, RequestError]]:
         return self.http.receive_data(data)
@@ -221,15 +235,18 @@ class WebConnection(PipelinedConnection):
     def request_timed_out(self, seconds: float) -> None:
         """--request-timeout passed since the request's first byte: 408, close (RFC 9110 15.5.9)."""
         self.pending.clear()
-        for part in self._respond(RequestError(
-                408, "request not complete within %g s of its first byte" % seconds)):
+        for part in self._respond(RequestError(  # (the sweep has complained of it already)
+                408, "request not complete within %g s of its first byte" % seconds),
+                complain=False):
             self.transport.write(part)
         self.transport.close_when_flushed()
 
-    def _respond(self, event: Union[Request, RequestError]) -> Tuple[bytes, bytes]:
+    def _respond(self, event: Union[Request, RequestError],
+                 complain: bool = True) -> Tuple[bytes, bytes]:
         if isinstance(event, RequestError):
             reply, request = self.app.answer_error(event), None
-            log.info("%s: HTTP %d: %s", self.transport.label, event.status, event.detail)
+            if complain:
+                self.bad_input(self.transport.label, "HTTP %d: %s" % (event.status, event.detail))
         else:
             reply, request = self.app.answer(event), event
         headers: List[Tuple[str, str]] = [("Content-Type", reply.content_type), NOSNIFF]

@@ -39,10 +39,18 @@ def test_without_serial_number_world_wide_name_identifies_the_drive():
                                   {"world_wide_name": "5 000c50 0a1b2c3d4", "port": 8123})
 
 
-@pytest.mark.parametrize("serial", ['""', '"   "', "null", "true", "1.5", "[]", "{}"])
+@pytest.mark.parametrize("serial", ['""', '"   "', "1.5", "null"])
 def test_unusable_serial_number_falls_back_to_world_wide_name(serial):
     parsed = parse_announcement(('{"serial_number": %s, "world_wide_name": "W W N"}' % serial).encode())
     assert parsed.serial_number == "W W N"
+
+
+@pytest.mark.parametrize("serial", ["true", "[]", "{}"])
+def test_a_serial_number_that_is_not_text_is_the_wrong_type_even_with_a_world_wide_name(serial):
+    # it would reach every output as it is (types at the boundary: announcement.py)
+    parsed = parse_announcement(('{"serial_number": %s, "world_wide_name": "W W N"}' % serial).encode())
+    assert isinstance(parsed, Rejected) and parsed.reason == "wrong_type"
+    assert "serial_number is" in parsed.detail
 
 
 def test_integer_serial_number_becomes_a_string():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import resource
 import socket
+
+import pytest
 import time
 from typing import List
 
@@ -37,18 +39,50 @@ def test_one_address_gets_at_most_its_share_and_others_still_get_in():
 
 def test_remote_peers_cannot_take_the_slots_reserved_for_this_hosts_clients():
     slots = ConnectionSlots(max_connections=40, per_address=1000, local_reserve=10)
-    while slots.refusal(REMOTE) is None:
-        slots.opened(REMOTE)
+    for peer in (REMOTE, OTHER_REMOTE):
+        while slots.refusal(peer) is None:
+            slots.opened(peer)
     assert slots.open == 30
     assert slots.refusal(REMOTE)[0] == "limit"
-    # Loopback may use all but the Unix sockets' last few, the Unix sockets everything.
-    while slots.refusal(LOOP) is None:
+    # This host's own clients (peer address = local address) may use all but the Unix sockets'
+    # last few, the Unix sockets everything.
+    while slots.refusal(LOOP, lambda: LOOP) is None:
         slots.opened(LOOP)
     assert 30 < slots.open < 40
     while slots.refusal(UNIX) is None:
         slots.opened(UNIX)
     assert slots.open == 40
     assert "too many connections" in slots.refusal(UNIX)[1]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 5, 40, 200, 1000])
+@pytest.mark.parametrize("per_address", [1, 3, 256, 10 ** 6])
+def test_one_peer_holds_at_most_half_of_the_limit_whatever_the_limits(limit, per_address):
+    for peer, local in ((REMOTE, None), (LOOP, lambda: LOOP), (("127.0.0.2", 1), lambda: LOOP)):
+        slots = ConnectionSlots(max_connections=limit, per_address=per_address, local_reserve=64)
+        held = 0
+        while slots.take(peer, local) is None and held <= limit:
+            held += 1
+        assert held == min(per_address, max(1, limit // 2)), peer
+        assert slots.refusal(peer, local)[0] == "per_address" or held == slots.open == limit
+
+
+def test_a_loopback_peer_that_is_not_this_host_draws_on_the_shared_slots():
+    slots = ConnectionSlots(max_connections=200, per_address=256, local_reserve=64)
+    asked = []
+
+    def own_address():
+        asked.append(1)
+        return LOOP
+
+    for peer in (("127.0.0.2", 5000), ("127.0.0.3", 5000)):  # namespaces, containers
+        while slots.take(peer, own_address) is None:
+            pass
+    assert slots.open == 150 and slots.refusal(("127.0.0.4", 1), own_address)[0] == "limit"
+    # the local address is asked only once the shared slots are gone
+    assert len(asked) == 2
+    assert slots.take(LOOP, own_address) is None  # a script on this host still gets in
+    assert slots.refusal(LOOP)[0] == "limit"  # (without its local address it is not known)
 
 
 class _FakeTransport:
@@ -329,3 +363,40 @@ def test_out_of_descriptors_the_listener_backs_off_instead_of_spinning_and_logs_
             client.close()
         listener.close()
         loop.close()
+
+
+def _hold_statserv_connections(dsm, source: str, at_most: int) -> List[socket.socket]:
+    """Quiet Status Server connections from `source`, opened until the DSM refuses one (bounded)."""
+    held: List[socket.socket] = []
+    for _ in range(at_most + 1):
+        sock = socket.create_connection((LOOPBACK, dsm.statserv_port), timeout=10,
+                                        source_address=(source, 0))
+        answer = ask(sock, "PWD")
+        if answer != ". /":
+            sock.close()
+            assert answer.startswith("! LIMIT too many connections"), answer
+            return held
+        held.append(sock)
+    raise AssertionError("%d connections from %s were all admitted" % (len(held), source))
+
+
+@pytest.mark.parametrize("limit", [200, 4])
+def test_loopback_peers_of_other_addresses_cannot_starve_a_test_scripts_status(dsm_factory,
+                                                                               limit):
+    dsm = dsm_factory.start("--max-connections", str(limit))
+    held: List[socket.socket] = []
+    try:
+        # a namespace or container peer on 127.0.0.2 holds all it may: half the limit
+        held += _hold_statserv_connections(dsm, "127.0.0.2", limit)
+        assert len(held) == limit // 2
+        assert dsm.send_status(b"{'serial_number': 'ONE', 'time_stamp': 1, 'status': '001'}") \
+            == END
+        # a second one on 127.0.0.3 takes the shared slots, not the reserve of this host's own
+        held += _hold_statserv_connections(dsm, "127.0.0.3", limit)
+        assert len(held) < limit
+        assert dsm.send_status(b"{'serial_number': 'TWO', 'time_stamp': 2, 'status': '002'}") \
+            == END
+    finally:
+        for sock in held:
+            sock.close()
+    assert sorted(dsm.query_json("s")) == ["ONE", "TWO"]

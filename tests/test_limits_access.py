@@ -73,8 +73,10 @@ def status(serial: str, stamp: Any, text: str) -> bytes:
     return json.dumps({"serial_number": serial, "time_stamp": stamp, "status": text}).encode()
 
 
-def connect(port: int) -> socket.socket:
-    return socket.create_connection((LOOPBACK, port), timeout=10)
+def connect(port: int, source: str = "") -> socket.socket:
+    """A TCP connection to `port`, from the loopback address `source` if given."""
+    return socket.create_connection((LOOPBACK, port), timeout=10,
+                                    source_address=(source, 0) if source else None)
 
 
 def connect_unix(path: str) -> socket.socket:
@@ -133,8 +135,10 @@ def test_sixth_connection_on_each_port_gets_a_clear_error_and_is_closed_first_fi
         dsm_factory):
     dsm = dsm_factory.start("--max-connections", "5")
     assert dsm.send_status(status("MAXC", 0, "ok")) == END  # (that connection closes after its ack)
-    queries = [dsm.connect_query(), dsm.connect_query()]
-    statuses = [connect(dsm.status_port), connect(dsm.status_port)]
+    # One address holds at most half of the limit (fair_shares.peer_share): the five come from
+    # three; the watcher, last, from this host's own 127.0.0.1 (the reserve's last slot).
+    queries = [connect(dsm.query_port, "127.0.0.2"), connect(dsm.query_port, "127.0.0.2")]
+    statuses = [connect(dsm.status_port, "127.0.0.3"), connect(dsm.status_port, "127.0.0.3")]
     watcher = dsm.connect_statserv()
     five = queries + statuses + [watcher]
     again = status("MAXC", 9, "again")
@@ -149,7 +153,7 @@ def test_sixth_connection_on_each_port_gets_a_clear_error_and_is_closed_first_fi
                  "the five connections to be open")
 
         for port in (dsm.query_port, dsm.status_port):
-            with connect(port) as sixth:
+            with connect(port, "127.0.0.4") as sixth:
                 error = json_error(read_until_closed(sixth))
                 assert "too many connections" in error and "5" in error
         with dsm.connect_statserv() as sixth:

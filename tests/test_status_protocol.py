@@ -66,8 +66,9 @@ def test_python_literal_dict_frames_and_parses():
     literal = b"{'serial_number': 'ZA1', 'time_stamp': None, 'status': True}"
     [framed] = frame(literal)
     report = parse_status(framed.message)
-    assert (report.serial_number, report.time_stamp, report.status) == ("ZA1", None, True)
-    assert json.loads(report.entry_json) == {"time_stamp": None, "status": True}
+    # None and True are neither text nor numbers: kept as their JSON text (types at the boundary)
+    assert (report.serial_number, report.time_stamp, report.status) == ("ZA1", "null", "true")
+    assert json.loads(report.entry_json) == {"time_stamp": "null", "status": "true"}
 
 
 @pytest.mark.parametrize("inner", [b'"}"', b'"{"', b"'}'", b"'{{'", b'"]]"', b"'))'"])
