@@ -8,11 +8,11 @@ at 250 MB and those defaults, large statuses were stored until allocations faile
 unanswered and the `s` reply, which needs memory on top of the store to be built, never came again.
 A budget that refuses cleanly ("store full") is only worth anything if it is reached before the cap.
 
-So at start the DSM reads its caps (`read_memory_caps`): the soft RLIMIT_AS and RLIMIT_DATA, and
-the `memory.max` of its own cgroup v2 (the path in /proc/self/cgroup, under the cgroup2 mount; the
+So at start the DSM reads its caps (`read_memory_caps`): the soft RLIMIT_AS and RLIMIT_DATA, and the
+`memory.max` of its own cgroup v2 (the path in /proc/self/cgroup, under the cgroup2 mount; the
 smallest over the cgroup and its ancestors; on a v1-only host the memory controller's
-`memory.limit_in_bytes`), each with what is already used against it (VmSize, VmData,
-memory.current less the reclaimable file cache). The room left under the tightest one, less RESERVE_BYTES for the
+`memory.limit_in_bytes`), each with what is already used against it (VmSize, VmData, memory.current
+less the reclaimable file cache). The room left under the tightest one, less RESERVE_BYTES for the
 interpreter, connections and the journal, is shared out (`fit_limits`, a pure function):
 
 - the store gets STORE_SHARE: what it holds is charged once, but the `s` reply is built from it at
@@ -150,9 +150,9 @@ def cgroup_memory(cgroup_text: str, mounts: Dict[str, str],
                   read: Callable[[str], str]) -> Tuple[Optional[int], int]:
     """(the memory limit of this process's cgroup, the smallest over it and its ancestors, None
     if none; what it uses now less its reclaimable file cache, 0 if unreadable): of cgroup v2
-    (`memory.max`) and the v1 memory controller (`memory.limit_in_bytes`; hybrid hosts have
-    both), the tighter, as /proc/self/cgroup (`cgroup_text`) names them. A path not found under the mount (a cgroup namespace
-    seen from outside) is read at the mount's root."""
+    (`memory.max`) and the v1 memory controller (`memory.limit_in_bytes`; hybrid hosts have both),
+    the tighter, as /proc/self/cgroup (`cgroup_text`) names them. A path not found under the mount
+    (a cgroup namespace seen from outside) is read at the mount's root."""
     paths: Dict[str, str] = {}
     for line in cgroup_text.splitlines():
         number, _, rest = line.partition(":")

@@ -6,9 +6,10 @@ new start (the original grepped `ps`). The pid file only says who holds the lock
 The lock is a POSIX record lock (fcntl F_SETLK via `fcntl.lockf`), not flock: a forked child (the
 snapshot and SAVE writers) does not inherit it, so a child that outlives a killed DSM never keeps
 the next one from starting. The price of POSIX locks: closing *any* descriptor of dsm.lock in the
-holding process drops the lock, so only InstanceLock ever opens that file in the DSM.
-The pid file only says who holds the lock: it is written the moment the lock is taken, and `lock_holder_pid` believes it only when that process has the lock file
-open, so stopDSM and runDSM never signal or name a pid left behind by a crashed DSM.
+holding process drops the lock, so only InstanceLock ever opens that file in the DSM. The pid file
+only says who holds the lock: it is written the moment the lock is taken, and `lock_holder_pid`
+believes it only when that process has the lock file open, so stopDSM and runDSM never signal or
+name a pid left behind by a crashed DSM.
 
 Local users: the run dir (default under /tmp) must belong to the DSM's user and be writable by
 nobody else (`check_run_dir`), or another user could plant symlinks or hold the lock. Files in it are

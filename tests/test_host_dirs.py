@@ -151,7 +151,7 @@ def _statserv(dsm, line: str) -> str:
             if not chunk:
                 break
             data += chunk
-        return [l for l in data.decode().splitlines() if l[:1] in ".!"][0]
+        return [line for line in data.decode().splitlines() if line[:1] in ".!"][0]
     finally:
         sock.close()
 
@@ -445,7 +445,8 @@ def test_running_dsms_finds_a_dsm_started_with_a_relative_path_and_run_dir(dsm_f
     relative_daemon = os.path.relpath(DAEMON, base)
     proc = subprocess.Popen([sys.executable, relative_daemon, "--interfaces", "lo",
                              "--query-port", "0", "--status-port", "0", "--statserv-port", "0",
-                             "--http-port", "0", "--mcast-group", TEST_GROUP, "--mcast-port", str(free_udp_port()),
+                             "--http-port", "0", "--mcast-group", TEST_GROUP,
+                             "--mcast-port", str(free_udp_port()),
                              "--run-dir", "run", "--state-dir", "state"], cwd=base,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
