@@ -112,8 +112,8 @@ def _kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true/false"
-    return {dict: "an object", list: "an array", tuple: "an array"}.get(
-        type(value), "a %s" % type(value).__name__)
+    kinds: Dict[type, str] = {dict: "an object", list: "an array", tuple: "an array"}
+    return kinds.get(type(value), "a %s" % type(value).__name__)
 
 
 def _identity(value: Any) -> Optional[str]:

@@ -27,7 +27,7 @@ LIFETIME, nor a drive's remaining life --drive-lifetime.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Tuple
 
 
 class Moment(float):
@@ -35,6 +35,7 @@ class Moment(float):
     (`wall`, epoch s). Arithmetic on it gives plain floats on the monotonic scale."""
 
     __slots__ = ("wall",)
+    wall: float
 
     def __new__(cls, monotonic: float, wall: float) -> "Moment":
         moment = float.__new__(cls, monotonic)
@@ -44,7 +45,7 @@ class Moment(float):
     def __repr__(self) -> str:
         return "Moment(monotonic=%r, wall=%r)" % (float(self), self.wall)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> Tuple[type, Tuple[float, float]]:
         return (Moment, (float(self), self.wall))
 
 

@@ -72,7 +72,7 @@ class AckGuard:
         self.withdrawn = 0  # connections closed so that an unsynced change is not acknowledged
         # Called (once) when a flush found the journal no longer the state dir's: the daemon
         # starts the recovery snapshot at once rather than at the next --state-retry.
-        self.on_identity_lost: Optional[Callable[[], None]] = None
+        self.on_identity_lost: Optional[Callable[[], object]] = None  # its result is unused
 
     def record(self, record: Any) -> None:
         self.journal.record(record)
