@@ -60,7 +60,7 @@ import itertools
 import math
 import re
 import types
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from .host_clock import Moment, wall_deadline, wall_of
 from .intake import MAX_INT_DIGITS
@@ -127,7 +127,7 @@ NONEXISTENT = ValueWord("NONEXISTENT")
 UNDEFINED = ValueWord("UNDEFINED")
 EXPIRED = ValueWord("EXPIRED")
 DIRECTORY = ValueWord("DIRECTORY")  # not a value: how list_dir/collect/monitor report a directory
-_WORDS = {w: w for w in (NONEXISTENT, UNDEFINED, EXPIRED)}
+_WORDS: Dict[str, ValueWord] = {w: w for w in (NONEXISTENT, UNDEFINED, EXPIRED)}
 
 _KIND_DIR, _KIND_OBJECT, _KIND_PLACEHOLDER = "directory", "object", "placeholder"
 
@@ -300,7 +300,7 @@ def _is_number(value: Any) -> bool:
 
 
 _NO_HOLDERS: frozenset = frozenset()
-_NO_MONITORS = types.MappingProxyType({})
+_NO_MONITORS: Mapping[Any, Any] = types.MappingProxyType({})
 
 
 class _Node:
@@ -333,6 +333,15 @@ class _Node:
         self.monitors: Any = _NO_MONITORS
         self.timer_at: Optional[float] = None
         self.timer_seq: Optional[int] = None
+
+
+def _entries(directory: "_Node") -> Dict[str, "_Node"]:
+    """A directory's children by name. Only a directory has them (objects and placeholders hold
+    None): a node of another kind here is a NOTDIR error, never an AttributeError."""
+    children = directory.children
+    if children is None:
+        raise StatServError(NOTDIR, "%s is not a directory" % directory.path)
+    return children
 
 
 class LifetimeGroup:
@@ -585,7 +594,7 @@ class Tree:
             return sorted(mounted.items())
         directory = self._directory(path)
         return [(name, DIRECTORY if child.kind == _KIND_DIR else child.value)
-                for name, child in sorted(directory.children.items())]
+                for name, child in sorted(_entries(directory).items())]
 
     def _mounted_children(self, path: str) -> Optional[Dict[str, Any]]:
         """A mounted directory's {name: value}; None if `path` is not the mount or below it;
@@ -618,7 +627,7 @@ class Tree:
         node = self._existing(path)
         use_count = 1 + len(node.holders) + len(node.monitors)  # 1: its directory's entry
         if node.kind == _KIND_DIR:
-            entries = len(node.children)
+            entries = len(_entries(node))
             if node.path == self._mount_path:
                 entries = len(self._view.children(node.path) or ())
             return {"name": node.path, "kind": node.kind, "comment": node.comment,
@@ -693,6 +702,13 @@ class Tree:
             self._link(self._nodes.get(directory) or _Node(directory, _KIND_DIR), _KIND_DIR)
             self._changed(self._nodes[directory], now)
 
+    def _parent(self, node: _Node) -> _Node:
+        """The directory `node` is an entry of; the root is nobody's entry (ISDIR, never linked or
+        unlinked)."""
+        if node.parent_path is None:
+            raise StatServError(ISDIR, "/ is the root directory")
+        return self._nodes[node.parent_path]
+
     def _link(self, node: _Node, kind: str) -> None:
         """Make `node` an existing entry of `kind`, in the dict and its directory's children."""
         node.kind = kind
@@ -702,9 +718,9 @@ class Tree:
         else:
             self._set_text(node, UNDEFINED, set_value=True)
         self._add_node(node)
-        parent = self._nodes[node.parent_path]
+        parent = self._parent(node)
         node.parent_path = parent.path  # share the parent's string rather than keep a copy
-        parent.children[node.name] = node
+        _entries(parent)[node.name] = node
 
     def _create_object(self, path: str, now: float) -> _Node:
         """An UNDEFINED object at `path` (a placeholder there is reused); no change is reported yet."""
@@ -733,10 +749,10 @@ class Tree:
         if path == "/" or (node is not None and node.kind == _KIND_DIR):
             raise StatServError(ISDIR, "%s is a directory" % path)
         created = node is None or node.kind == _KIND_PLACEHOLDER
-        if not created and type_name is not None and type_name != node.type_name \
-                and type(node.value) is not ValueWord:
+        if node is not None and not created and type_name is not None \
+                and type_name != node.type_name and type(node.value) is not ValueWord:
             raise StatServError(TYPE, "%s holds a %s" % (path, node.type_name))
-        if created:
+        if node is None or created:
             node = self._create_object(path, now)
         if type_name is not None:
             node.type_name = type_name
@@ -851,7 +867,7 @@ class Tree:
         deadline = node.group.deadline if node.group is not None else now + node.lifetime
         node.deadline = deadline
         # A later deadline needs no new entry: the pending one re-queues itself when it comes due.
-        if node.timer_seq is None or deadline < node.timer_at:
+        if node.timer_at is None or deadline < node.timer_at:
             self._schedule(node, deadline)
 
     def _expire(self, node: _Node, now: float) -> None:
@@ -894,7 +910,7 @@ class Tree:
             current = stack.pop()
             preorder.append(current)
             if current.kind == _KIND_DIR:
-                stack.extend(current.children.values())
+                stack.extend(_entries(current).values())
         removed_objects = 0
         for current in reversed(preorder):  # children before their directory
             if current.path == "/":
@@ -905,7 +921,7 @@ class Tree:
         return removed_objects
 
     def _unlink(self, node: _Node, now: float) -> None:
-        del self._nodes[node.parent_path].children[node.name]
+        del _entries(self._parent(node))[node.name]
         node.children = None
         self._set_text(node, NONEXISTENT, comment="", set_value=True)
         node.lifetime = 0.0
@@ -1059,7 +1075,7 @@ class Tree:
         if node.kind != _KIND_DIR:
             return {}
         return {name: DIRECTORY if child.kind == _KIND_DIR else child.value
-                for name, child in node.children.items()}
+                for name, child in _entries(node).items()}
 
     def unmonitor(self, path: str, subscriber: Any) -> None:
         """Stop `subscriber`'s monitor on `path` (NONEXISTENT if there is none)."""
@@ -1386,7 +1402,7 @@ class Tree:
         node.parent_path = parent.path
         self._nodes[path] = node
         self._text_bytes += len(path)
-        parent.children[node.name] = node
+        _entries(parent)[node.name] = node
         if comment:
             self._set_text(node, comment=comment)
         self._changed(node, now)
@@ -1396,12 +1412,12 @@ class Tree:
 
     def _walk(self) -> Iterator[_Node]:
         """Every existing entry below the root, depth first, children sorted by name."""
-        stack = [child for _, child in sorted(self._nodes["/"].children.items(), reverse=True)]
+        stack = [child for _, child in sorted(_entries(self._nodes["/"]).items(), reverse=True)]
         while stack:
             node = stack.pop()
             yield node
             if node.kind == _KIND_DIR:
-                stack.extend(child for _, child in sorted(node.children.items(), reverse=True))
+                stack.extend(child for _, child in sorted(_entries(node).items(), reverse=True))
 
     def dump(self) -> str:
         """The whole store in CFHT's SAVE format, one object a line: `/path/name = value  # comment`.
