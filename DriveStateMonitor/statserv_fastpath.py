@@ -1,0 +1,250 @@
+"""The Status Server's fast path: plain GET / PUT / TOUCH lines, a received batch at a time.
+
+Theory of operation
+-------------------
+Most Status Server traffic is programs pipelining `PUT name value`, `GET name` and `TOUCH name` on
+names they use over and over. The general path (statserv_protocol) pays for generality on every
+line: the framer cuts one line at a time out of a bytearray, the argument splitter and binder build
+lists and dicts, %XX decoding, the Tree's methods normalize the path again and again, the journal
+record is encoded with json.dumps, each reply is a str encoded on its own. This module handles the
+same lines with the least work and hands every other line, unchanged and in its place, to the
+general path (`session._handle_line`), so replies, notices and journal records stay in request
+order:
+
+- The batch is split once: every complete line of one read (`bytes.split`), the unfinished tail
+  stays in the session's receive buffer for the general framer (which also owns TOOLONG of a line
+  still growing and the discarding of an over-long one).
+- A line is *plain* when it is exactly `GET name`, `TOUCH name` or `PUT name value`: the command in
+  capitals, single spaces, no `%`, no quote, no tab, no `=` (no keyword, no option). A batch that
+  holds none of those bytes is not searched per line; one that does has each line checked.
+- Names are looked up whole: a per-session dict maps the name's bytes (under the current
+  directory) to its normalized path and that path as JSON; it is emptied when the directory
+  changes, and kept to `PATH_CACHE_SIZE` names. Names that need anything else (invalid, below
+  the read-only mount) never enter it and go to the general path.
+- Each command then applies the rules of the Tree's own method, in the same order, through the
+  Tree's own helpers for everything that is not the common case: the object must exist (else the
+  general path answers NONEXISTENT / ISDIR), the value fit `max_value_bytes` and the store budget
+  (else TOOLONG / LIMIT there), a typed object's text parse as its type (else TYPE there); a
+  lifetime restarts through `Tree._start_lifetime`, an actual change goes through `Tree._changed`
+  (revision, monitors of the object and of its directory, their `@` notices), a GET catches up on
+  expiries first and collects the reader's own monitor as `Tree.get`/`Tree.collect` do, a TOUCH
+  holds the object for the session (use count). Because no state is changed before a line is
+  known to succeed, "hand it to the general path" is always safe: it redoes the line from the
+  start and answers exactly what it always did.
+- The journal gets the record JournaledTree would write, built as bytes (the compact JSON that
+  `json.dumps` gives, which `encode_record` takes as it is) and queued through the same
+  `tree.record` hook, so it is written (and, under `--fsync always`, fsynced) once per loop pass
+  before the pass's replies leave. When the journal refuses changes (`--fsync always` on a failing
+  state dir) every line takes the general path, which refuses them as before.
+- Replies are appended to the session's output buffer as they are made, so an `@` notice the
+  session itself causes lands between the replies exactly where the general path puts it.
+- TRACE: while anybody traces, every line takes the general path (it owes the tracers a `#` line).
+
+The clock is read once per batch, and again after each line the general path handled: the lines of
+one read are one instant, as they are for the daemon's other batched input.
+
+tests/test_statserv_fastpath.py holds this module to the general path: random batches (plain and
+not, valid and not, monitors, lifetimes, limits near full, split at every position) give the same
+bytes, tree, journal records and notices with and without it.
+"""
+
+from __future__ import annotations
+
+import re
+from json.encoder import encode_basestring
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .statserv_tree import TYPE_STRING, StatServError, _parse_typed, escape_text, resolve
+
+__all__ = ["PlainLines", "PATH_CACHE_SIZE"]
+
+# Names remembered per session; past this the cache starts over (a client touring a huge tree
+# costs a re-resolve per name, never unbounded memory).
+PATH_CACHE_SIZE = 4096
+
+_OBJECT = "object"
+# Bytes that make a line not plain somewhere in it (quote, %XX, tab, CR, keyword or option).
+_SPECIAL = re.compile(rb"[%\"'\t\r=]")
+# What a plain name may hold: printable ASCII without space (resolve's rule) and none of _SPECIAL.
+_PLAIN_NAME = re.compile(rb"[!#$&(-<>-~]+\Z")
+
+
+class PlainLines:
+    """One session's fast path. `receive(data)` handles every complete line of the session's
+    receive buffer plus `data`; what it cannot handle plainly it passes to the session's general
+    line handler, in order."""
+
+    def __init__(self, session: Any, tree: Any, clock: Callable[[], float],
+                 display: Callable[[Any], str]) -> None:
+        self._session = session
+        self._tree = tree
+        self._clock = clock
+        self._display = display  # statserv_protocol.display_value (no import cycle)
+        self._paths: Dict[bytes, Tuple[str, bytes]] = {}
+        self._paths_cwd: Optional[str] = None
+
+    def receive(self, data: bytes) -> None:
+        """Handle the complete lines; leave the unfinished tail in the session's receive buffer."""
+        session = self._session
+        end = data.rfind(b"\n")
+        if end < 0:  # no line ends here: the general framer keeps count of the growing line
+            session._inbox += data
+            return
+        inbox = session._inbox
+        if inbox:
+            end += len(inbox)
+            data = bytes(inbox) + data
+        tail = data[end + 1:]
+        lines = data[:end].split(b"\n")
+        session._inbox = bytearray()
+        session._searched = 0
+        stopped_at = self._handle(lines, end > session._max_line,
+                                  _SPECIAL.search(data, 0, end) is not None)
+        if stopped_at is not None:  # SAVE waits or LOGOFF: the rest waits in the buffer
+            tail = b"\n".join(lines[stopped_at:]) + b"\n" + tail
+        session._inbox = bytearray(tail)
+
+    def _path_entry(self, name: bytes) -> Optional[Tuple[str, bytes]]:
+        """(normalized path, its JSON) for a plain name, or None if it needs the general path."""
+        session = self._session
+        if len(self._paths) >= PATH_CACHE_SIZE:
+            self._paths = {}
+        if not _PLAIN_NAME.match(name):
+            return None
+        try:
+            path = resolve(name.decode("ascii"), session._cwd)
+        except StatServError:
+            return None
+        if path.startswith(self._tree._mount_below):
+            return None  # read-only mount: the Tree's view answers
+        entry = (path, encode_basestring(path).encode("ascii"))
+        self._paths[name] = entry
+        return entry
+
+    def _handle(self, lines: list, long_possible: bool, special: bool) -> Optional[int]:
+        """Handle `lines` in order; the index of the first line not handled (SAVE waiting, LOGOFF)
+        or None when all were."""
+        session = self._session
+        tree = self._tree
+        general = session._handle_line
+        max_line = session._max_line
+        output = session._output
+        paths = self._paths
+        if self._paths_cwd != session._cwd:
+            paths = self._paths = {}
+            self._paths_cwd = session._cwd
+        nodes = tree._nodes
+        record = getattr(tree, "record", None)
+        refusing = getattr(tree, "refusing", None)
+        plain = not tree.tracers and not (record is not None and refusing is not None
+                                          and refusing() is not None)
+        max_value = tree.max_value_bytes
+        now = self._clock()
+        now_json = repr(now).encode("ascii")
+        touch_tail = b"," + now_json + b",null,null,false,null]"
+        put_tail = b"," + now_json + b",null]"
+        monitors_of = tree._monitors_by_subscriber
+        for index, line in enumerate(lines):
+            if not plain or (special and _SPECIAL.search(line) is not None) \
+                    or (long_possible and len(line) > max_line):
+                handled = False
+            else:
+                command, _, name = line.partition(b" ")
+                handled = True
+                if command == b"PUT":
+                    name, _, value = name.partition(b" ")
+                    entry = paths.get(name) or self._path_entry(name)
+                    node = nodes.get(entry[0]) if entry is not None else None
+                    if node is None or node.kind != _OBJECT or not value or b" " in value \
+                            or len(value) > max_value:
+                        handled = False
+                    else:
+                        try:
+                            text = value.decode("utf-8")
+                        except UnicodeDecodeError:
+                            text = None
+                        old = node.value
+                        old_cost = len(old) if type(old) is str else 0
+                        budget = tree.byte_budget
+                        if text is None or (budget is not None and len(text) > old_cost
+                                            and tree.byte_size + len(text) - old_cost > budget()):
+                            handled = False  # bad UTF-8 (SYNTAX) or the store is full (LIMIT)
+                        else:
+                            new = text
+                            if node.type_name != TYPE_STRING:
+                                try:
+                                    new = _parse_typed(text, node.type_name)
+                                except StatServError:
+                                    handled = False
+                            if handled:
+                                node.group = None
+                                if node.lifetime:
+                                    tree._start_lifetime(node, now)
+                                else:
+                                    node.deadline = None
+                                if type(old) is not type(new) or old != new:
+                                    tree._text_bytes += (len(new) if type(new) is str
+                                                         else 0) - old_cost
+                                    node.value = new
+                                    tree._changed(node, now)
+                                if record is not None:
+                                    record(b'["tp",' + entry[1] + b"," + (
+                                        b'"' + value + b'"' if value.isalnum()
+                                        else encode_basestring(text).encode("utf-8")) + put_tail)
+                                output += b".\n"
+                elif command == b"GET":
+                    entry = paths.get(name) or self._path_entry(name)
+                    if entry is None:
+                        handled = False
+                    else:
+                        if tree._timers:
+                            tree._catch_up(now)
+                        node = nodes.get(entry[0])
+                        if node is None or node.kind != _OBJECT:
+                            handled = False
+                        else:
+                            value = node.value
+                            if monitors_of.get(session):
+                                tree.collect(session, entry[0], now)
+                            if type(value) is str and value.isalnum():
+                                output += b'. "' + value.encode("utf-8") + b'"\n'
+                            elif type(value) is str:
+                                output += b'. "' + escape_text(value).encode(
+                                    "utf-8", "backslashreplace") + b'"\n'
+                            else:
+                                output += (". " + self._display(value)).encode(
+                                    "utf-8", "backslashreplace") + b"\n"
+                elif command == b"TOUCH":
+                    entry = paths.get(name) or self._path_entry(name)
+                    node = nodes.get(entry[0]) if entry is not None else None
+                    if node is None or node.kind != _OBJECT:
+                        handled = False  # creation, a directory, an error: the general path
+                    else:
+                        if session not in node.holders:
+                            tree._hold(node, session)
+                        if record is not None:
+                            record(b'["tt",' + entry[1] + touch_tail)
+                        output += b".\n"
+                else:
+                    handled = False
+            if not handled:
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) > max_line:
+                    session._reply_error("TOOLONG", "line longer than %d bytes" % max_line)
+                else:
+                    general(line)
+                if session._closing or session._waiting:
+                    return index + 1
+                # The general line may have changed anything: the directory, TRACE, the clock.
+                plain = not tree.tracers and not (record is not None and refusing is not None
+                                                  and refusing() is not None)
+                now = self._clock()
+                now_json = repr(now).encode("ascii")
+                touch_tail = b"," + now_json + b",null,null,false,null]"
+                put_tail = b"," + now_json + b",null]"
+                if self._paths_cwd != session._cwd:
+                    paths = self._paths = {}
+                    self._paths_cwd = session._cwd
+                output = session._output
+        return None
