@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import re
 from json.encoder import encode_basestring
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .statserv_tree import TYPE_STRING, StatServError, _parse_typed, escape_text, resolve
 
@@ -61,6 +61,9 @@ __all__ = ["PlainLines", "PATH_CACHE_SIZE"]
 # Names remembered per session; past this the cache starts over (a client touring a huge tree
 # costs a re-resolve per name, never unbounded memory).
 PATH_CACHE_SIZE = 4096
+# Longest name the cache takes (longer ones take the general path), so that a plain line's
+# length is bounded without measuring it.
+MAX_PLAIN_NAME = 1024
 
 _OBJECT = "object"
 # Bytes that make a line not plain somewhere in it (quote, %XX, tab, CR, keyword or option).
@@ -109,7 +112,7 @@ class PlainLines:
         session = self._session
         if len(self._paths) >= PATH_CACHE_SIZE:
             self._paths = {}
-        if not _PLAIN_NAME.match(name):
+        if len(name) > MAX_PLAIN_NAME or not _PLAIN_NAME.match(name):
             return None
         try:
             path = resolve(name.decode("ascii"), session._cwd)
@@ -121,62 +124,74 @@ class PlainLines:
         self._paths[name] = entry
         return entry
 
-    def _handle(self, lines: list, long_possible: bool, special: bool) -> Optional[int]:
+    def _handle(self, lines: List[bytes], long_possible: bool, special: bool) -> Optional[int]:
         """Handle `lines` in order; the index of the first line not handled (SAVE waiting, LOGOFF)
-        or None when all were."""
+        or None when all were.
+
+        One loop with everything it touches in locals, PUT's rules written out in it rather than
+        called: at a few hundred thousand lines a second, a call or an attribute lookup per line
+        is a visible share of the whole cost."""
         session = self._session
         tree = self._tree
-        general = session._handle_line
-        max_line = session._max_line
-        output = session._output
-        paths = self._paths
-        if self._paths_cwd != session._cwd:
-            paths = self._paths = {}
-            self._paths_cwd = session._cwd
         nodes = tree._nodes
         record = getattr(tree, "record", None)
-        refusing = getattr(tree, "refusing", None)
-        plain = not tree.tracers and not (record is not None and refusing is not None
-                                          and refusing() is not None)
-        max_value = tree.max_value_bytes
-        now = self._clock()
-        now_json = repr(now).encode("ascii")
-        touch_tail = b"," + now_json + b",null,null,false,null]"
-        put_tail = b"," + now_json + b",null]"
         monitors_of = tree._monitors_by_subscriber
-        for index, line in enumerate(lines):
-            if not plain or (special and _SPECIAL.search(line) is not None) \
-                    or (long_possible and len(line) > max_line):
-                handled = False
-            else:
+        max_value = tree.max_value_bytes
+        max_line = session._max_line
+        # A line the fast path handles holds a cached name and a value of at most max_value
+        # bytes: its length needs checking only when --max-line is below that.
+        check_length = long_possible and max_line < 6 + MAX_PLAIN_NAME + max_value
+        careful = special or check_length
+        plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+        index = -1
+        for line in lines:
+            index += 1
+            if plain and not (careful and (_SPECIAL.search(line) is not None
+                                           or (check_length and len(line) > max_line))):
                 command, _, name = line.partition(b" ")
-                handled = True
-                if command == b"PUT":
+                if command == b"GET":
+                    entry = paths.get(name) or self._path_entry(name)
+                    if entry is not None:
+                        timers = tree._timers
+                        if timers and timers[0][0] <= now:
+                            tree.expire_due(now)  # as Tree.get: overdue expiries first
+                        node = nodes.get(entry[0])
+                        if node is not None and node.kind == _OBJECT:
+                            value = node.value
+                            if monitors_of.get(session):
+                                tree.collect(session, entry[0], now)  # reading collects
+                            if type(value) is str:
+                                if value.isalnum():  # nothing to escape: the common case
+                                    output += b'. "' + value.encode() + b'"\n'
+                                else:
+                                    output += b'. "' + escape_text(value).encode(
+                                        "utf-8", "backslashreplace") + b'"\n'
+                            else:
+                                output += (". " + self._display(value)).encode(
+                                    "utf-8", "backslashreplace") + b"\n"
+                            continue
+                elif command == b"PUT":
+                    # Tree.put's checks, in its order; any that fails leaves everything as it
+                    # was, for the general path to answer (NONEXISTENT, ISDIR, TOOLONG, SYNTAX,
+                    # LIMIT, TYPE).
                     name, _, value = name.partition(b" ")
                     entry = paths.get(name) or self._path_entry(name)
                     node = nodes.get(entry[0]) if entry is not None else None
-                    if node is None or node.kind != _OBJECT or not value or b" " in value \
-                            or len(value) > max_value:
-                        handled = False
-                    else:
+                    if node is not None and node.kind == _OBJECT and value \
+                            and len(value) <= max_value and b" " not in value:
                         try:
-                            text = value.decode("utf-8")
+                            text = value.decode()
                         except UnicodeDecodeError:
                             text = None
                         old = node.value
                         old_cost = len(old) if type(old) is str else 0
                         budget = tree.byte_budget
-                        if text is None or (budget is not None and len(text) > old_cost
-                                            and tree.byte_size + len(text) - old_cost > budget()):
-                            handled = False  # bad UTF-8 (SYNTAX) or the store is full (LIMIT)
-                        else:
-                            new = text
-                            if node.type_name != TYPE_STRING:
-                                try:
-                                    new = _parse_typed(text, node.type_name)
-                                except StatServError:
-                                    handled = False
-                            if handled:
+                        if text is not None and not (
+                                budget is not None and len(text) > old_cost
+                                and tree.byte_size + len(text) - old_cost > budget()):
+                            new = text if node.type_name == TYPE_STRING \
+                                else _typed_or_none(text, node.type_name)
+                            if new is not None:
                                 node.group = None
                                 if node.lifetime:
                                     tree._start_lifetime(node, now)
@@ -186,65 +201,70 @@ class PlainLines:
                                     tree._text_bytes += (len(new) if type(new) is str
                                                          else 0) - old_cost
                                     node.value = new
-                                    tree._changed(node, now)
+                                    if tree._monitor_count and (node.monitors or _monitored(
+                                            nodes.get(node.parent_path))):
+                                        tree._changed(node, now)
+                                    else:  # Tree._changed with nobody to tell
+                                        tree.revision += 1
+                                        node.revision = tree.revision
+                                        node.mtime = now
                                 if record is not None:
-                                    record(b'["tp",' + entry[1] + b"," + (
-                                        b'"' + value + b'"' if value.isalnum()
-                                        else encode_basestring(text).encode("utf-8")) + put_tail)
+                                    # put_tail opens with the value's closing quote
+                                    record(b'["tp",%s,"%s%s' % (entry[1], value, put_tail)
+                                           if value.isalnum() else b'["tp",%s,%s%s' % (
+                                               entry[1], encode_basestring(text).encode(),
+                                               put_tail[1:]))
                                 output += b".\n"
-                elif command == b"GET":
-                    entry = paths.get(name) or self._path_entry(name)
-                    if entry is None:
-                        handled = False
-                    else:
-                        if tree._timers:
-                            tree._catch_up(now)
-                        node = nodes.get(entry[0])
-                        if node is None or node.kind != _OBJECT:
-                            handled = False
-                        else:
-                            value = node.value
-                            if monitors_of.get(session):
-                                tree.collect(session, entry[0], now)
-                            if type(value) is str and value.isalnum():
-                                output += b'. "' + value.encode("utf-8") + b'"\n'
-                            elif type(value) is str:
-                                output += b'. "' + escape_text(value).encode(
-                                    "utf-8", "backslashreplace") + b'"\n'
-                            else:
-                                output += (". " + self._display(value)).encode(
-                                    "utf-8", "backslashreplace") + b"\n"
+                                continue
                 elif command == b"TOUCH":
                     entry = paths.get(name) or self._path_entry(name)
                     node = nodes.get(entry[0]) if entry is not None else None
-                    if node is None or node.kind != _OBJECT:
-                        handled = False  # creation, a directory, an error: the general path
-                    else:
+                    if node is not None and node.kind == _OBJECT:  # else: create, refuse, ...
                         if session not in node.holders:
-                            tree._hold(node, session)
+                            tree._hold(node, session)  # the use count
                         if record is not None:
                             record(b'["tt",' + entry[1] + touch_tail)
                         output += b".\n"
-                else:
-                    handled = False
-            if not handled:
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if len(line) > max_line:
-                    session._reply_error("TOOLONG", "line longer than %d bytes" % max_line)
-                else:
-                    general(line)
-                if session._closing or session._waiting:
-                    return index + 1
-                # The general line may have changed anything: the directory, TRACE, the clock.
-                plain = not tree.tracers and not (record is not None and refusing is not None
-                                                  and refusing() is not None)
-                now = self._clock()
-                now_json = repr(now).encode("ascii")
-                touch_tail = b"," + now_json + b",null,null,false,null]"
-                put_tail = b"," + now_json + b",null]"
-                if self._paths_cwd != session._cwd:
-                    paths = self._paths = {}
-                    self._paths_cwd = session._cwd
-                output = session._output
+                        continue
+            # Not plain, or not the common case: the general path, exactly as its framer would.
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > max_line:
+                session._reply_error("TOOLONG", "line longer than %d bytes" % max_line)
+            else:
+                session._handle_line(line)
+            if session._closing or session._waiting:
+                return index + 1
+            # It may have changed anything: the directory, TRACE, the journal's state, the time.
+            plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+        return None
+
+    def _batch_state(self) -> Tuple[bool, Dict[bytes, Tuple[str, bytes]], bytearray, float,
+                                    bytes, bytes]:
+        """What the loop keeps in locals: whether lines may take the fast path at all (not while
+        anybody traces or the journal refuses changes), the name cache of the current directory,
+        the output buffer, the time and the journal records' tails that hold it."""
+        session = self._session
+        tree = self._tree
+        if self._paths_cwd != session._cwd:
+            self._paths = {}
+            self._paths_cwd = session._cwd
+        refusing = getattr(tree, "refusing", None)
+        plain = not tree.tracers and not (getattr(tree, "record", None) is not None
+                                          and refusing is not None and refusing() is not None)
+        now = self._clock()
+        now_json = repr(now).encode("ascii")
+        return (plain, self._paths, session._output, now,
+                b"," + now_json + b",null,null,false,null]", b'",' + now_json + b",null]")
+
+
+def _monitored(node: Any) -> bool:
+    return node is not None and bool(node.monitors)
+
+
+def _typed_or_none(text: str, type_name: str) -> Any:
+    """PUT's text as a value of `type_name` (Tree's own conversion), or None if it does not fit."""
+    try:
+        return _parse_typed(text, type_name)
+    except StatServError:
         return None
