@@ -196,3 +196,13 @@ def test_path_cache_is_bounded():
     names = b"".join(b"GET /a/q%d\n" % i for i in range(PATH_CACHE_SIZE + 10))
     world.feed(names)
     assert len(world.subject._plain_lines._paths) <= PATH_CACHE_SIZE
+
+
+def test_journal_frames_a_pass_of_records_as_one_by_one():
+    """The journal frames its queued payloads at flush (encode_records): the same bytes as
+    encode_record of each, numbered on, across the 32-bit wrap of the index too."""
+    from DriveStateMonitor.persistence import encode_records
+    payloads = [b'["tp","/a","1",1.5,null]', b'["tt","/b",2,null,null,false,null]', b"[]"]
+    for first in (0, 7, 0xFFFFFFFE):
+        assert encode_records(payloads, first) == b"".join(
+            encode_record(payload, first + number) for number, payload in enumerate(payloads))
