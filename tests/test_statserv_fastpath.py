@@ -8,6 +8,7 @@ batch is cut."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, List, Optional, Tuple
 
 from hypothesis import given, settings
@@ -206,3 +207,86 @@ def test_journal_frames_a_pass_of_records_as_one_by_one():
     for first in (0, 7, 0xFFFFFFFE):
         assert encode_records(payloads, first) == b"".join(
             encode_record(payload, first + number) for number, payload in enumerate(payloads))
+
+
+# -- through a real DSM ---------------------------------------------------------------------------
+
+def _read_lines(sock, count: int, timeout: float = 20.0) -> List[bytes]:
+    import time
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    while buffer.count(b"\n") < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "%d of %d replies in time" % (buffer.count(b"\n"), count)
+        sock.settimeout(remaining)
+        chunk = sock.recv(1 << 20)
+        assert chunk, "closed by the DSM"
+        buffer += chunk
+    return buffer.split(b"\n")[:count]
+
+
+def test_pipelined_plain_lines_are_acked_only_after_the_journal_fsync(dsm_factory, tmp_path):
+    """--fsync always: a pipelined batch of plain PUT/GET/TOUCH lines (the fast path) gets its
+    replies only once the journal records of its changes are written and fsynced — no reply is
+    sent while a journal write is unsynced (strace of the DSM) — and a kill -9 right after the
+    replies loses none of them."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+    import pytest
+    from dsm_harness import wait_for
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    state_dir = os.path.join(dsm_factory.new_dirs(), "state")
+    dsm = dsm_factory.start("--state-dir", state_dir, "--fsync", "always")
+    sock = dsm.connect_statserv()
+    trace_path = str(tmp_path / "strace.log")
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "8", "-e",
+                               "trace=write,writev,fsync,fdatasync,sendto,sendmsg",
+                               "-o", trace_path, "-p", str(dsm.pid)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        def traced() -> bool:  # strace is attached once the probe's reply shows in its log
+            sock.sendall(b"TOUCH /fast/x\n")
+            _read_lines(sock, 1)
+            if not os.path.exists(trace_path):
+                return False
+            with open(trace_path, errors="replace") as log:
+                return "fsync(" in log.read()
+        wait_for(traced, 10, "strace to attach")
+        count = 3000
+        batch = b"".join(b"PUT /fast/x %d\nGET /fast/x\nTOUCH /fast/x\n" % i for i in range(count))
+        sock.sendall(batch)
+        replies = _read_lines(sock, 3 * count)
+        assert replies == [reply for i in range(count)
+                           for reply in (b".", b'. "%d"' % i, b".")]
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+    dsm.proc.kill()  # kill -9: only what reached the journal survives
+    dsm.proc.wait(10)
+
+    journal_fds, unsynced, acks, journal_writes = set(), set(), 0, 0
+    with open(trace_path, errors="replace") as log:
+        for line in log:
+            call = line.split(None, 1)[1] if line[:1].isdigit() else line
+            name, _, rest = call.partition("(")
+            fd = rest.partition(",")[0].partition(")")[0]
+            if name == "write" and rest.partition(", ")[2].startswith('"\\0DJ\\2'):
+                journal_fds.add(fd)
+                unsynced.add(fd)
+                journal_writes += 1
+            elif name in ("fsync", "fdatasync") and fd in journal_fds:
+                unsynced.discard(fd)
+            elif name in ("sendto", "sendmsg") and rest.partition(", ")[2].startswith('"'):
+                assert not unsynced, "a reply was sent before the journal's fsync: %s" % line
+                acks += 1
+    assert journal_writes >= 1 and acks >= 1
+
+    second = dsm_factory.start("--state-dir", state_dir, "--fsync", "always")
+    client = second.connect_statserv()
+    client.sendall(b"GET /fast/x\n")
+    assert _read_lines(client, 1) == [b'. "%d"' % (count - 1)]
+    client.close()
