@@ -156,10 +156,12 @@ def encode_records(payloads: List[bytes], first_index: int) -> bytes:
     journal frames a pass's records in one loop at its flush rather than one call each."""
     pack_head, pack_fields, crc32 = _HEAD.pack, _FIELDS.pack, zlib.crc32
     parts: List[bytes] = []
-    index = first_index
+    index = first_index & 0xFFFFFFFF
+    wraps = index + len(payloads) > 0xFFFFFFFF
     for payload in payloads:
         length = len(payload)
-        index &= 0xFFFFFFFF
+        if wraps:
+            index &= 0xFFFFFFFF
         parts.append(pack_head(MAGIC, length, index, crc32(payload, crc32(pack_fields(length,
                                                                                    index)))))
         parts.append(payload)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .event_loop import EventLoop
 from .persistence import FSYNC_ALWAYS, Journal, Loaded
@@ -74,6 +74,12 @@ class AckGuard:
             handler = self.loop.current
             if getattr(handler, "handles_input", False):  # a connection (not a timer or datagram)
                 self._acknowledgers.add(handler)
+
+    @property
+    def recorder(self) -> Callable[[Any], None]:
+        """What changes are to be recorded through: `record`, or the journal's own `record` when
+        no acknowledgement can be withdrawn (one call less per change)."""
+        return self.record if self._may_withdraw else self.journal.record
 
     def flush(self, monotonic_now: float) -> None:
         """The loop's last before-sleep hook: write (and fsync) the pass's records."""

@@ -143,9 +143,7 @@ class PlainLines:
         check_length = long_possible and max_line < 6 + MAX_PLAIN_NAME + max_value
         careful = special or check_length
         plain, paths, output, now, touch_tail, put_tail = self._batch_state()
-        index = -1
-        for line in lines:
-            index += 1
+        for index, line in enumerate(lines):
             if plain and not (careful and (_SPECIAL.search(line) is not None
                                            or (check_length and len(line) > max_line))):
                 command, _, name = line.partition(b" ")
