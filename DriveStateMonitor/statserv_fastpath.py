@@ -99,7 +99,6 @@ class PlainLines:
             data = bytes(inbox) + data
         tail = data[end + 1:]
         lines = data[:end].split(b"\n")
-        session._inbox = bytearray()
         session._searched = 0
         stopped_at = self._handle(lines, end > session._max_line,
                                   _SPECIAL.search(data, 0, end) is not None)
@@ -207,6 +206,8 @@ class PlainLines:
                                         node.revision = tree.revision
                                         node.mtime = now
                                 if record is not None:
+                                    if put_tail is None:
+                                        touch_tail, put_tail = _record_tails(now)
                                     # put_tail opens with the value's closing quote
                                     record(b'["tp",%s,"%s%s' % (entry[1], value, put_tail)
                                            if value.isalnum() else b'["tp",%s,%s%s' % (
@@ -221,6 +222,8 @@ class PlainLines:
                         if session not in node.holders:
                             tree._hold(node, session)  # the use count
                         if record is not None:
+                            if touch_tail is None:
+                                touch_tail, put_tail = _record_tails(now)
                             record(b'["tt",' + entry[1] + touch_tail)
                         output += b".\n"
                         continue
@@ -238,10 +241,11 @@ class PlainLines:
         return None
 
     def _batch_state(self) -> Tuple[bool, Dict[bytes, Tuple[str, bytes]], bytearray, float,
-                                    bytes, bytes]:
+                                    None, None]:
         """What the loop keeps in locals: whether lines may take the fast path at all (not while
         anybody traces or the journal refuses changes), the name cache of the current directory,
-        the output buffer, the time and the journal records' tails that hold it."""
+        the output buffer, the time, and (None until the first record needs them) the journal
+        records' tails that hold the time."""
         session = self._session
         tree = self._tree
         if self._paths_cwd != session._cwd:
@@ -250,10 +254,14 @@ class PlainLines:
         refusing = getattr(tree, "refusing", None)
         plain = not tree.tracers and not (getattr(tree, "record", None) is not None
                                           and refusing is not None and refusing() is not None)
-        now = self._clock()
-        now_json = repr(now).encode("ascii")
-        return (plain, self._paths, session._output, now,
-                b"," + now_json + b",null,null,false,null]", b'",' + now_json + b",null]")
+        return plain, self._paths, session._output, self._clock(), None, None
+
+
+def _record_tails(now: float) -> Tuple[bytes, bytes]:
+    """The ends of TOUCH's and PUT's journal records at `now`, as json.dumps writes them: TOUCH's
+    from the time on, PUT's from the value's closing quote on."""
+    now_json = repr(now).encode("ascii")
+    return b"," + now_json + b",null,null,false,null]", b'",' + now_json + b",null]"
 
 
 def _monitored(node: Any) -> bool:

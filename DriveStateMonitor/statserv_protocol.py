@@ -296,7 +296,7 @@ class StatServSession:
                 self._plain_lines.receive(data)
             else:
                 self._inbox += data
-            while not self._closing and not self._waiting:
+            while self._inbox and not self._closing and not self._waiting:
                 line = self._next_line()
                 if line is None:
                     break
