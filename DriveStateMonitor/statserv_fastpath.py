@@ -142,6 +142,9 @@ class PlainLines:
         check_length = long_possible and max_line < 6 + MAX_PLAIN_NAME + max_value
         careful = special or check_length
         plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+        # Monitors come and go only through MONITOR/UNMONITOR (general lines, after which this is
+        # read again) or a connection's end, which only removes them: read once, not per line.
+        collects = bool(monitors_of.get(session))
         for index, line in enumerate(lines):
             if plain and not (careful and (_SPECIAL.search(line) is not None
                                            or (check_length and len(line) > max_line))):
@@ -155,7 +158,7 @@ class PlainLines:
                         node = nodes.get(entry[0])
                         if node is not None and node.kind == _OBJECT:
                             value = node.value
-                            if monitors_of.get(session):
+                            if collects:
                                 tree.collect(session, entry[0], now)  # reading collects
                             if type(value) is str:
                                 if value.isalnum():  # nothing to escape: the common case
@@ -238,6 +241,7 @@ class PlainLines:
                 return index + 1
             # It may have changed anything: the directory, TRACE, the journal's state, the time.
             plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+            collects = bool(monitors_of.get(session))
         return None
 
     def _batch_state(self) -> Tuple[bool, Dict[bytes, Tuple[str, bytes]], bytearray, float,
