@@ -24,13 +24,16 @@ SETUP_SUBJECT = [
     "TOUCH /a/f TYPE=float", "TOUCH /a/b TYPE=bool", "TOUCH /a/l LIFETIME=5", "PUT /a/l 1",
     "TOUCHDIR /d", "TOUCH /d/e", "MONITOR /a/x", "MONITOR /a/n DEADBAND=2", "CD /a",
 ]
-SETUP_OTHER = ["REGISTER 2 other", "MONITOR /a", "MONITOR /a/f MINPERIOD=3", "MONITOR /d/e", "TOUCH /a/auto AUTOEXPIRE=1"]
+SETUP_OTHER = ["REGISTER 2 other", "MONITOR /a", "MONITOR /a/f MINPERIOD=3", "MONITOR /d/e",
+               "TOUCH /a/auto AUTOEXPIRE=1"]
 
 NAMES = ["/a/x", "/a/n", "/a/f", "/a/b", "/a/l", "x", "n", "../d/e", "/d/e", "/d", "/", "/a/new",
          "/a/x/", "/a//x", "/a/./x", "/a/%78", "/a/x=1", "NAME=/a/x", "/a/\x01", "'/a/x'",
-         "/a/auto", "/zz/q", "/a/" + "k" * 40] + ["/a/x", "x", "/a/n", "/a/f", "/a/l", "/d/e"] * 3
+         "/a/auto", "/zz/q", "/a/" + "k" * 40]
+NAMES += ["/a/x", "x", "/a/n", "/a/f", "/a/l", "/d/e"] * 3  # mostly names that exist
 VALUES = ["1", "7", "-3", "2.5", "1e400", "abc", "true", "no", "hello", "a\\b", "\u00e9t\u00e9",
-          "x" * 30, "y" * 16, "w" * 24, "v" * 25, "v" * 25, "a=b", "LIFETIME=2", '"q q"', "%41", "\x01", "\xc3", "\u2028", "TRUE"]
+          "x" * 30, "y" * 16, "w" * 24, "v" * 25, "v" * 25, "a=b", "LIFETIME=2", '"q q"', "%41",
+          "\x01", "\xc3", "\u2028", "TRUE"]
 COMMANDS = ["GET", "PUT", "TOUCH", "GET", "PUT", "TOUCH", "get", "Put", "STAT", "MONITOR",
             "UNMONITOR", "UPDATES", "LS", "REMOVE", "TOUCHDIR", "CD", "TRACE", "UNTRACE", "PWD",
             "SAVE", "LOGOFF", "NOPE"]
