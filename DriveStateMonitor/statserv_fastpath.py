@@ -97,6 +97,7 @@ class PlainLines:
         if inbox:
             end += len(inbox)
             data = bytes(inbox) + data
+            session._inbox = bytearray()  # its lines are being handled: not there any more
         tail = data[end + 1:]
         lines = data[:end].split(b"\n")
         session._searched = 0
