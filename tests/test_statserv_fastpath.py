@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from DriveStateMonitor.persistence import encode_record
 from DriveStateMonitor.statserv_fastpath import PATH_CACHE_SIZE
 from DriveStateMonitor.statserv_protocol import StatServSession
+from DriveStateMonitor.statserv_tree import LifetimeGroup
 from DriveStateMonitor.store_state import JournaledTree
 
 SETUP_SUBJECT = [
@@ -29,7 +30,7 @@ SETUP_OTHER = ["REGISTER 2 other", "MONITOR /a", "MONITOR /a/f MINPERIOD=3", "MO
 
 NAMES = ["/a/x", "/a/n", "/a/f", "/a/b", "/a/l", "x", "n", "../d/e", "/d/e", "/d", "/", "/a/new",
          "/a/x/", "/a//x", "/a/./x", "/a/%78", "/a/x=1", "NAME=/a/x", "/a/\x01", "'/a/x'",
-         "/a/auto", "/zz/q", "/a/" + "k" * 40]
+         "/a/auto", "/a/g", "/zz/q", "/a/" + "k" * 40]
 NAMES += ["/a/x", "x", "/a/n", "/a/f", "/a/l", "/d/e"] * 3  # mostly names that exist
 VALUES = ["1", "7", "-3", "2.5", "1e400", "abc", "true", "no", "hello", "a\\b", "\u00e9t\u00e9",
           "x" * 30, "y" * 16, "w" * 24, "v" * 25, "v" * 25, "a=b", "LIFETIME=2", '"q q"', "%41",
@@ -64,6 +65,10 @@ class World:
         self.subject_output = b""
         self.subject.receive_data("".join(line + "\n" for line in SETUP_SUBJECT).encode())
         self.other.receive_data("".join(line + "\n" for line in SETUP_OTHER).encode())
+        # An object the daemon publishes with a shared lifetime (LifetimeGroup), as /drives' are:
+        # a client's PUT gives it a lifetime of its own.
+        self.tree.set_value("/a/g", "daemon", self.clock(), lifetime=4.0,
+                            group=LifetimeGroup(self.clock() + 4.0))
         self.collect_output()
         self.budget_base = self.tree.byte_size  # what the setup holds
 
@@ -87,7 +92,8 @@ class World:
         tree = self.tree
         nodes = sorted(
             (path, node.kind, type(node.value).__name__, repr(node.value), node.type_name,
-             node.comment, node.lifetime, node.deadline, node.mtime, node.revision,
+             node.comment, node.lifetime, node.deadline, node.group is None, node.mtime,
+             node.revision,
              len(node.holders), sorted(str(s) for s in node.monitors))
             for path, node in tree._nodes.items())
         monitors = sorted(
@@ -163,7 +169,7 @@ def test_random_batches_give_the_same_bytes_tree_journal_and_notices(batch_list)
 
 FIXED_BATCHES = [
     b"PUT /a/x one\nGET /a/x\nPUT /a/n 9\nGET n\nTOUCH /a/x\nPUT /a/f 2.5\nGET /a/f\n"
-    b"PUT x two\nGET /d\nPUT /a/b yes\nGET /a/b\nUPDATES\n",
+    b"PUT x two\nGET /d\nPUT /a/b yes\nGET /a/b\nUPDATES\nPUT /a/g mine\nGET /a/g\n",
     b"GET /a/x\nPUT /a/x a\\b\nGET /a/x\nPUT /a/n 1\nPUT /a/n 12\nGET /a/l\nPUT /a/l 3\n"
     b"PUT /a/nope 1\nTOUCH /a/new\nTOUCH /a/new\nPUT /a/new \xc3\xa9\nGET /a/new\n",
     b"PUT /a/x 1\r\nGET /a/x\r\nPUT  /a/x 2\nPUT /a/x%20 3\nGET\t/a/x\nCD /d\nGET e\nPUT e 4\n"
@@ -181,6 +187,27 @@ def test_each_batch_cut_at_every_position_gives_the_same_results():
             fast.clock.now += 6.0
             fast.feed(data, (cut,))
             assert fast.observe() == general.observe(), cut
+
+
+def test_a_plain_get_by_a_session_without_monitors_expires_what_is_overdue_first():
+    """GET catches up on overdue lifetimes before it reads (here no collect does it for it): the
+    reply, the other session's notice and the tree agree with the general path."""
+    results = []
+    for fast in (True, False):
+        clock = FakeClock()
+        tree = JournaledTree()
+        records: List[bytes] = []
+        tree.record = lambda record: records.append(encode_record(record))
+        watcher = StatServSession(tree, clock, is_local=True, fast_path=fast)
+        reader = StatServSession(tree, clock, is_local=True, fast_path=fast)
+        reader.receive_data(b"TOUCH /t/x LIFETIME=5\nPUT /t/x 1\n")
+        watcher.receive_data(b"MONITOR /t/x\n")
+        clock.now += 6.0
+        reader.receive_data(b"GET /t/x\nPUT /t/x 2\nGET /t/x\n")
+        results.append((reader.data_to_send(), watcher.data_to_send(), records,
+                        tree.stat("/t/x")))
+    assert results[0] == results[1]
+    assert results[0][0] == b'.\n.\n. EXPIRED\n.\n. "2"\n'
 
 
 def test_plain_lines_take_the_fast_path():
