@@ -246,7 +246,7 @@ class PlainLines:
         return None
 
     def _batch_state(self) -> Tuple[bool, Dict[bytes, Tuple[str, bytes]], bytearray, float,
-                                    None, None]:
+                                    Optional[bytes], Optional[bytes]]:
         """What the loop keeps in locals: whether lines may take the fast path at all (not while
         anybody traces or the journal refuses changes), the name cache of the current directory,
         the output buffer, the time, and (None until the first record needs them) the journal
