@@ -358,7 +358,7 @@ class DriveStateMonitor:
         self.journal.checked_from = loaded.checked_from
         self.journal.blocked = loaded.unreadable  # an unlistable state dir: hands off, failing
         self.journal.open(loaded.next_seq)
-        self.state.attach(self.ack_guard.record)
+        self.state.attach(self.ack_guard.recorder)
         # After the restore: what was acknowledged before is never refused by the budget.
         self.tree.byte_budget = lambda: (self.options.max_store_bytes - self.store.status_bytes
                                          - self.store.drive_bytes)

@@ -35,6 +35,7 @@ import itertools
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .statserv_fastpath import PlainLines
 from .statserv_tree import (
     DENIED, DIRECTORY, ISDIR, NONEXISTENT_CODE, NOTDIR, PROTOCOL, SYNTAX, TOOLONG, StatServError,
     Tree, ValueWord, escape_text, names_directory, quote_string, resolve,
@@ -258,7 +259,8 @@ class StatServSession:
                  on_output: Optional[Callable[[], None]] = None,
                  on_shutdown: Optional[Callable[[], None]] = None,
                  max_line: int = MAX_LINE_BYTES, save_dir: Optional[str] = None,
-                 saver: Optional[Callable[[str, "StatServSession"], None]] = None) -> None:
+                 saver: Optional[Callable[[str, "StatServSession"], None]] = None,
+                 fast_path: bool = True) -> None:
         self._tree = tree
         self._clock = clock
         self._is_local = is_local
@@ -281,6 +283,8 @@ class StatServSession:
         self._in_receive = False   # output made now is flushed by the loop anyway: no on_output
         self._closing = False
         self._lost = False
+        # Plain GET/PUT/TOUCH lines of a batch take statserv_fastpath (same answers, less work).
+        self._plain_lines = PlainLines(self, tree, clock, display_value) if fast_path else None
 
     def __str__(self) -> str:
         """How traces and STAT's owner name this client."""
@@ -314,8 +318,11 @@ class StatServSession:
             return
         self._in_receive = True
         try:
-            self._inbox += data
-            while not self._closing and not self._waiting:
+            if self._plain_lines is not None and not self._discarding and not self._waiting:
+                self._plain_lines.receive(data)
+            else:
+                self._inbox += data
+            while self._inbox and not self._closing and not self._waiting:
                 line = self._next_line()
                 if line is None:
                     break

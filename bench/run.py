@@ -33,6 +33,8 @@ DAEMON = os.path.join(ROOT, "DriveStateMonitor", "DriveStateMonitor.py")
 LOADGEN = os.path.join(HERE, "loadgen.py")
 # The floor (scenario 9): the least a Python selectors daemon must do for the same work.
 FLOOR = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench", "floor_server.py"))
+# The floor of the Status Server's line protocol (scenario 6).
+STATSERV_FLOOR = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench", "statserv_floor.py"))
 LOOPBACK = "127.0.0.1"
 GROUP = "239.1.2.99"
 END = b"\x04"
@@ -1028,6 +1030,8 @@ class Bench:
 
     # 6 ------------------------------------------------------------------------------------------
     def statserv_scenario(self) -> None:
+        """The DSM's Status Server, the floor (../shared/bench/statserv_floor.py) and Redis side by
+        side: the same load generator against each, interleaved run by run."""
         R = self.report
         rtt = R.row("6", "Status Server GET/PUT one at a time: p50", "ms", "≤ 0.1 ms",
                     lambda v: v <= 0.1, "{:.3f}")
@@ -1035,19 +1039,28 @@ class Bench:
         pipe = R.row("6", "Status Server GET/PUT pipelined, 1 conn: ops/s", "/s", "≥ 150,000",
                      lambda v: v >= 150000, "{:,.0f}")
         pipe_cpu = R.row("6", "  DSM CPU (of one core)", "%", "", None, "{:.0f}")
+        pipe_op = R.row("6", "  DSM CPU per pipelined op", "µs", "", None, "{:.2f}")
         mon = R.row("6", "1,000 monitors: PUT until the last `@` line", "ms", "≤ 50 ms",
                     lambda v: v <= 50, "{:.1f}")
         mon50 = R.row("6", "  until the median monitor's `@` line", "ms", "", None, "{:.1f}")
         mon_put = R.row("6", "  until the PUT's own reply", "ms", "", None, "{:.1f}")
         count_rtt = 5000 if self.quick else 20000
-        count_pipe = 60000 if self.quick else 300000
+        # CPU time is counted in 10 ms ticks: a million operations give the floor ~30 of them.
+        count_pipe = 60000 if self.quick else 1000000
         dsm = self.dsm(*self.many_conns)
         if self.many_conns:
             mon.notes.append("run with %s (1,000 monitors + the writer pass the default limit "
                              "of 1000)" % " ".join(self.many_conns))
+        others = []  # (label, port, proto, rows, cpu, stop)
         try:
-            self._kv_bench(dsm.statserv_port, "statserv", rtt, rtt99, pipe, pipe_cpu,
-                           count_rtt, count_pipe, dsm.cpu)
+            others = self._statserv_peers()
+            for rep in range(self.reps):
+                self._kv_bench(dsm.statserv_port, "statserv", rtt, rtt99, pipe, pipe_cpu,
+                               count_rtt, count_pipe, dsm.cpu, pipe_op)
+                for _, port, proto, rows, cpu, _ in others:
+                    self._kv_bench(port, proto, rows[0], rows[1], rows[2], None, count_rtt,
+                                   count_pipe, cpu, rows[3])
+            self._statserv_ratios(rtt, pipe, pipe_op, others)
             for rep in range(self.reps):
                 res = run_loadgens([dict(mode="monitors", port=dsm.statserv_port,
                                          name="/bench/mon%d" % rep, monitors=1000,
@@ -1071,57 +1084,52 @@ class Bench:
                     % (rep + 1, res["notified"], res["times_us"][-1] / 1000
                        if res["times_us"] else float("nan")))
         finally:
+            for _, _, _, _, _, stop in others:
+                stop()
             self.finish(dsm, [rtt, pipe, mon])
-        self.redis_comparison(rtt, pipe, count_rtt, count_pipe)
 
-    def _kv_bench(self, port: int, proto: str, rtt: Row, rtt99: Row, pipe: Row,
-                  pipe_cpu: Optional[Row], count_rtt: int, count_pipe: int,
-                  cpu: Callable[[], float]) -> None:
-        key = "/bench/kv" if proto == "statserv" else "bench:kv"
-        for rep in range(self.reps):
-            res = run_loadgens([dict(mode="statserv_rtt", proto=proto, port=port, key=key,
-                                     count=count_rtt, duration=30.0)], timeout=90)[0]
-            lat = res["latencies_us"]
-            rtt.add(percentile(lat, 50) / 1000)
-            rtt99.add(percentile(lat, 99) / 1000)
-            if res["errors"] or len(lat) != count_rtt:
-                rtt.fail_check("%d wrong replies, %d of %d done" % (res["errors"], len(lat),
-                                                                    count_rtt))
-            cpu0 = cpu()
-            res = run_loadgens([dict(mode="statserv_pipelined", proto=proto, port=port, key=key,
-                                     count=count_pipe, duration=30.0, window=5000,
-                                     batch=500)], timeout=90)[0]
-            cpu1 = cpu()
-            pipe.add(res["answered"] / res["elapsed"])
-            if pipe_cpu is not None:
-                pipe_cpu.add(100 * (cpu1 - cpu0) / res["elapsed"])
-            if res["errors"] or res["answered"] != count_pipe:
-                pipe.fail_check("%d wrong replies, %d of %d answered"
-                                % (res["errors"], res["answered"], count_pipe))
-            log("6 (%s): run %d: p50 %.3f ms, pipelined %.0f ops/s"
-                % (proto, rep + 1, percentile(lat, 50) / 1000, res["answered"] / res["elapsed"]))
-
-    def redis_comparison(self, rtt: Row, pipe: Row, count_rtt: int, count_pipe: int) -> None:
+    def _statserv_peers(self) -> List[Tuple[str, int, str, List[Row], Callable[[], float],
+                                            Callable[[], Any]]]:
+        """The floor and Redis, started on free loopback ports, each with its rows; a row saying
+        n/a for what is not installed."""
         R = self.report
+        peers = []
+        if os.path.exists(STATSERV_FLOOR):
+            rows = [R.row("6", "floor GET/PUT one at a time: p50", "ms", "", None, "{:.3f}"),
+                    R.row("6", "  p99", "ms", "", None, "{:.3f}"),
+                    R.row("6", "floor GET/PUT pipelined, 1 conn: ops/s", "/s", "", None,
+                          "{:,.0f}"),
+                    R.row("6", "  floor CPU per pipelined op", "µs", "", None, "{:.2f}")]
+            base = tempfile.mkdtemp(prefix="dsmbench-floor")
+            _temp_dirs.append(base)
+            proc = subprocess.Popen([sys.executable, STATSERV_FLOOR, "0",
+                                     os.path.join(base, "journal")], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            _children.append(proc)
+            line = proc.stdout.readline() if proc.stdout is not None else b""
+            if not line.strip().isdigit():
+                raise BenchError("the Status Server floor did not start")
+            peers.append(("floor", int(line), "statserv", rows,
+                          lambda pid=proc.pid: cpu_seconds(pid),
+                          lambda proc=proc: stop_process(proc)))
+        else:
+            R.row("6", "floor", "", "", None).text = "n/a (%s not found)" % STATSERV_FLOOR
         server = shutil.which("redis-server")
-        if not server or not shutil.which("redis-benchmark"):
-            row = R.row("6", "Redis, same load generator", "", "", None)
-            row.text = "n/a (redis-server/redis-benchmark not installed)"
-            return
-        r_rtt = R.row("6", "Redis GET/SET one at a time: p50", "ms", "", None, "{:.3f}")
-        r_rtt99 = R.row("6", "  p99", "ms", "", None, "{:.3f}")
-        r_pipe = R.row("6", "Redis GET/SET pipelined, 1 conn: ops/s", "/s", "", None, "{:,.0f}")
-        ratio_rtt = R.row("6", "  DSM/Redis p50 ratio", "x", "", None, "{:.2f}")
-        ratio_pipe = R.row("6", "  DSM/Redis pipelined ops/s ratio", "x", "", None, "{:.2f}")
-        port = free_tcp_port()
-        base = tempfile.mkdtemp(prefix="dsmbench-redis")
-        _temp_dirs.append(base)
-        proc = subprocess.Popen([server, "--port", str(port), "--bind", LOOPBACK, "--save", "",
-                                 "--appendonly", "no", "--dir", base],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        _children.append(proc)
-        try:
+        if server:
+            rows = [R.row("6", "Redis GET/SET one at a time: p50", "ms", "", None, "{:.3f}"),
+                    R.row("6", "  p99", "ms", "", None, "{:.3f}"),
+                    R.row("6", "Redis GET/SET pipelined, 1 conn: ops/s", "/s", "", None,
+                          "{:,.0f}"),
+                    R.row("6", "  Redis CPU per pipelined op", "µs", "", None, "{:.2f}")]
+            port = free_tcp_port()
+            base = tempfile.mkdtemp(prefix="dsmbench-redis")
+            _temp_dirs.append(base)
+            proc = subprocess.Popen([server, "--port", str(port), "--bind", LOOPBACK, "--save",
+                                     "", "--appendonly", "no", "--dir", base],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            _children.append(proc)
             deadline = time.monotonic() + 10
             while True:
                 try:
@@ -1129,14 +1137,60 @@ class Bench:
                     break
                 except OSError:
                     if time.monotonic() > deadline or proc.poll() is not None:
+                        stop_process(proc)
                         raise BenchError("redis-server did not start") from None
                     time.sleep(0.05)
-            self._kv_bench(port, "redis", r_rtt, r_rtt99, r_pipe, None, count_rtt, count_pipe,
-                           lambda: cpu_seconds(proc.pid))
-            ratio_rtt.add(statistics.median(rtt.values) / statistics.median(r_rtt.values))
-            ratio_pipe.add(statistics.median(pipe.values) / statistics.median(r_pipe.values))
-        finally:
-            stop_process(proc)
+            peers.append(("Redis", port, "redis", rows, lambda pid=proc.pid: cpu_seconds(pid),
+                          lambda proc=proc: stop_process(proc)))
+        else:
+            R.row("6", "Redis, same load generator", "", "", None).text = \
+                "n/a (redis-server not installed)"
+        return peers
+
+    def _statserv_ratios(self, rtt: Row, pipe: Row, pipe_op: Row, peers: Sequence[Any]) -> None:
+        """DSM/floor (with the issue-21 targets) and DSM/Redis ratios of the medians."""
+        R = self.report
+        for label, _, _, rows, _, _ in peers:
+            is_floor = label == "floor"
+            pairs = [("p50", rtt, rows[0], "≤ 1.3 x" if is_floor else "",
+                      (lambda v: v <= 1.3) if is_floor else None),
+                     ("pipelined ops/s", pipe, rows[2], "", None),
+                     ("CPU per pipelined op", pipe_op, rows[3], "≤ 3 x" if is_floor else "",
+                      (lambda v: v <= 3.0) if is_floor else None)]
+            for what, mine, theirs, target, ok in pairs:
+                row = R.row("6", "  DSM/%s %s ratio" % (label, what), "x", target, ok, "{:.2f}")
+                if mine.values and theirs.values and statistics.median(theirs.values) > 0:
+                    row.add(statistics.median(mine.values) / statistics.median(theirs.values))
+
+    def _kv_bench(self, port: int, proto: str, rtt: Row, rtt99: Row, pipe: Row,
+                  pipe_cpu: Optional[Row], count_rtt: int, count_pipe: int,
+                  cpu: Callable[[], float], pipe_op: Optional[Row] = None) -> None:
+        """One run of each load (one at a time, then pipelined) against `port`."""
+        key = "/bench/kv" if proto == "statserv" else "bench:kv"
+        res = run_loadgens([dict(mode="statserv_rtt", proto=proto, port=port, key=key,
+                                 count=count_rtt, duration=30.0)], timeout=90)[0]
+        lat = res["latencies_us"]
+        rtt.add(percentile(lat, 50) / 1000)
+        rtt99.add(percentile(lat, 99) / 1000)
+        if res["errors"] or len(lat) != count_rtt:
+            rtt.fail_check("%d wrong replies, %d of %d done" % (res["errors"], len(lat),
+                                                                count_rtt))
+        cpu0 = cpu()
+        res = run_loadgens([dict(mode="statserv_pipelined", proto=proto, port=port, key=key,
+                                 count=count_pipe, duration=60.0, window=5000,
+                                 batch=500)], timeout=150)[0]
+        cpu1 = cpu()
+        pipe.add(res["answered"] / res["elapsed"])
+        if pipe_cpu is not None:
+            pipe_cpu.add(100 * (cpu1 - cpu0) / res["elapsed"])
+        if pipe_op is not None:
+            pipe_op.add(1e6 * (cpu1 - cpu0) / max(res["answered"], 1))
+        if res["errors"] or res["answered"] != count_pipe:
+            pipe.fail_check("%d wrong replies, %d of %d answered"
+                            % (res["errors"], res["answered"], count_pipe))
+        log("6 (%s, port %d): p50 %.3f ms, pipelined %.0f ops/s, %.2f µs CPU per op"
+            % (proto, port, percentile(lat, 50) / 1000, res["answered"] / res["elapsed"],
+               1e6 * (cpu1 - cpu0) / max(res["answered"], 1)))
 
     # 7 (tree objects) ------------------------------------------------------------------------------
     def tree_memory_scenario(self) -> None:
