@@ -54,7 +54,9 @@ import re
 from json.encoder import encode_basestring
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .statserv_tree import TYPE_STRING, StatServError, _parse_typed, escape_text, resolve
+from .host_clock import wall_of
+from .statserv_tree import (TYPE_STRING, StatServError, _parse_typed, escape_text, names_directory,
+                            resolve)
 
 __all__ = ["PlainLines", "PATH_CACHE_SIZE"]
 
@@ -112,8 +114,9 @@ class PlainLines:
         session = self._session
         if len(self._paths) >= PATH_CACHE_SIZE:
             self._paths = {}
-        if len(name) > MAX_PLAIN_NAME or not _PLAIN_NAME.match(name):
-            return None
+        if len(name) > MAX_PLAIN_NAME or not _PLAIN_NAME.match(name) \
+                or names_directory(name.decode("ascii")):
+            return None  # a name ending in '/', '.' or '..' names a directory: the general rules
         try:
             path = resolve(name.decode("ascii"), session._cwd)
         except StatServError:
@@ -208,15 +211,16 @@ class PlainLines:
                                     else:  # Tree._changed with nobody to tell
                                         tree.revision += 1
                                         node.revision = tree.revision
-                                        node.mtime = now
+                                        node.mtime = wall_of(now)  # shown: the wall clock
                                 if record is not None:
                                     if put_tail is None:
                                         touch_tail, put_tail = _record_tails(now)
                                     # put_tail opens with the value's closing quote
-                                    record(b'["tp",%s,"%s%s' % (entry[1], value, put_tail)
-                                           if value.isalnum() else b'["tp",%s,%s%s' % (
+                                    record(b'["tp",%s,"%s%s%d]' % (
+                                        entry[1], value, put_tail, node.revision)
+                                           if value.isalnum() else b'["tp",%s,%s%s%d]' % (
                                                entry[1], encode_basestring(text).encode(),
-                                               put_tail[1:]))
+                                               put_tail[1:], node.revision))
                                 output += b".\n"
                                 continue
                 elif command == b"TOUCH":
@@ -228,7 +232,7 @@ class PlainLines:
                         if record is not None:
                             if touch_tail is None:
                                 touch_tail, put_tail = _record_tails(now)
-                            record(b'["tt",' + entry[1] + touch_tail)
+                            record(b'["tt",%s%s%d]' % (entry[1], touch_tail, node.revision))
                         output += b".\n"
                         continue
             # Not plain, or not the common case: the general path, exactly as its framer would.
@@ -263,10 +267,11 @@ class PlainLines:
 
 
 def _record_tails(now: float) -> Tuple[bytes, bytes]:
-    """The ends of TOUCH's and PUT's journal records at `now`, as json.dumps writes them: TOUCH's
-    from the time on, PUT's from the value's closing quote on."""
-    now_json = repr(now).encode("ascii")
-    return b"," + now_json + b",null,null,false,null]", b'",' + now_json + b",null]"
+    """The middles of TOUCH's and PUT's journal records at `now`, as json.dumps writes them, up to
+    the entry's revision that ends each (store_state.JournaledTree): TOUCH's from the (wall) time
+    on, PUT's from the value's closing quote on."""
+    now_json = repr(float(wall_of(now))).encode("ascii")
+    return b"," + now_json + b",null,null,false,null,null,", b'",' + now_json + b",null,"
 
 
 def _monitored(node: Any) -> bool:

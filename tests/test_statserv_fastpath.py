@@ -30,7 +30,7 @@ SETUP_OTHER = ["REGISTER 2 other", "MONITOR /a", "MONITOR /a/f MINPERIOD=3", "MO
 
 NAMES = ["/a/x", "/a/n", "/a/f", "/a/b", "/a/l", "x", "n", "../d/e", "/d/e", "/d", "/", "/a/new",
          "/a/x/", "/a//x", "/a/./x", "/a/%78", "/a/x=1", "NAME=/a/x", "/a/\x01", "'/a/x'",
-         "/a/auto", "/a/g", "/zz/q", "/a/" + "k" * 40]
+         "/a/auto", "/a/g", "/zz/q", "/a/" + "k" * 40, "/a/x/.", "/a/x/..", "/a/new/"]
 NAMES += ["/a/x", "x", "/a/n", "/a/f", "/a/l", "/d/e"] * 3  # mostly names that exist
 VALUES = ["1", "7", "-3", "2.5", "1e400", "abc", "true", "no", "hello", "a\\b", "\u00e9t\u00e9",
           "x" * 30, "y" * 16, "w" * 24, "v" * 25, "v" * 25, "a=b", "LIFETIME=2", '"q q"', "%41",
@@ -174,6 +174,9 @@ FIXED_BATCHES = [
     b"PUT /a/nope 1\nTOUCH /a/new\nTOUCH /a/new\nPUT /a/new \xc3\xa9\nGET /a/new\n",
     b"PUT /a/x 1\r\nGET /a/x\r\nPUT  /a/x 2\nPUT /a/x%20 3\nGET\t/a/x\nCD /d\nGET e\nPUT e 4\n"
     b"TRACE\nGET e\nUNTRACE\nPUT /a/x " + b"z" * 80 + b"\nGET /a/x\nLOGOFF\nGET /a/x\n",
+    # Names that can only name a directory (docs/status-server.md, Names): the general rules.
+    b"TOUCH /a/x/\nPUT /a/x/ 5\nGET /a/x/\nGET /a/x/.\nTOUCH /a/d/\nGET /a/.\nPUT /a/x/.. 3\n"
+    b"TOUCH /a/new/..\nGET /a/x\n",
 ]
 
 
