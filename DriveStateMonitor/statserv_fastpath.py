@@ -181,7 +181,7 @@ class PlainLines:
                     name, _, value = name.partition(b" ")
                     entry = paths.get(name) or self._path_entry(name)
                     node = nodes.get(entry[0]) if entry is not None else None
-                    if node is not None and node.kind == _OBJECT and value \
+                    if entry is not None and node is not None and node.kind == _OBJECT and value \
                             and len(value) <= max_value and b" " not in value:
                         try:
                             text = value.decode()
@@ -226,7 +226,7 @@ class PlainLines:
                 elif command == b"TOUCH":
                     entry = paths.get(name) or self._path_entry(name)
                     node = nodes.get(entry[0]) if entry is not None else None
-                    if node is not None and node.kind == _OBJECT:  # else: create, refuse, ...
+                    if entry is not None and node is not None and node.kind == _OBJECT:  # else: create...
                         if session not in node.holders:
                             tree._hold(node, session)  # the use count
                         if record is not None:

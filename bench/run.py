@@ -1054,7 +1054,7 @@ class Bench:
         others = []  # (label, port, proto, rows, cpu, stop)
         try:
             others = self._statserv_peers()
-            for rep in range(self.reps):
+            for _ in range(self.reps):
                 self._kv_bench(dsm.statserv_port, "statserv", rtt, rtt99, pipe, pipe_cpu,
                                count_rtt, count_pipe, dsm.cpu, pipe_op)
                 for _, port, proto, rows, cpu, _ in others:

@@ -200,7 +200,7 @@ def test_a_plain_get_by_a_session_without_monitors_expires_what_is_overdue_first
         clock = FakeClock()
         tree = JournaledTree()
         records: List[bytes] = []
-        tree.record = lambda record: records.append(encode_record(record))
+        tree.record = lambda record, records=records: records.append(encode_record(record))
         watcher = StatServSession(tree, clock, is_local=True, fast_path=fast)
         reader = StatServSession(tree, clock, is_local=True, fast_path=fast)
         reader.receive_data(b"TOUCH /t/x LIFETIME=5\nPUT /t/x 1\n")
@@ -266,7 +266,6 @@ def test_pipelined_plain_lines_are_acked_only_after_the_journal_fsync(dsm_factor
     import shutil
     import signal
     import subprocess
-    import time
     import pytest
     from dsm_harness import wait_for
     if shutil.which("strace") is None:
