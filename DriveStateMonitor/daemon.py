@@ -841,6 +841,7 @@ class DriveStateMonitor:
     def metrics_facts(self) -> Dict[str, Any]:
         """Everything /metrics shows, as plain data for metrics.render_metrics."""
         counters = self.counters
+        streams = self.event_streams
 
         def by_prefix(prefix: str, known: Any = ()) -> Dict[str, int]:
             # Known label values are always present (as 0), so series do not appear from nowhere.
@@ -875,6 +876,9 @@ class DriveStateMonitor:
                                                                    "per_address")),
             "connections_closed_idle": counters["connections_closed_idle"],
             "http_requests": dict(self.web_app.requests) if self.web_app else {},
+            "event_streams_open": len(streams.open) if streams is not None else 0,
+            "event_stream_resyncs": streams.resyncs if streams is not None else 0,
+            "change_feed_revision": streams.feed.rev if streams is not None else 0,
             "tree_objects": len(self.tree),
             "tree_monitors": self.tree.monitor_count,
             "expirations": counters["expirations"],
