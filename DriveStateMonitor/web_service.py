@@ -397,13 +397,16 @@ class EventStream:
         self.transport = transport
         self.next_rev = 0     # the revision of the next change event to send
         self.sent = True      # something was written since the last keepalive tick
+        self.ended = False    # resynced or closed: nothing more is written
 
     def pump(self) -> None:
         """Writes the events it has not had while its unsent output stays under the high-water
         mark; `resync` if those events have left the window."""
         transport, feed = self.transport, self.streams.feed
+        if self.ended:
+            return
         if transport.closed:
-            self.streams.open.discard(self)
+            self.closed()
             return
         while self.next_rev <= feed.rev:
             if self.next_rev < feed.oldest_rev:
@@ -420,12 +423,12 @@ class EventStream:
                 self.next_rev += 1
                 self.sent = True
                 if transport.closed:  # reset by --max-output
-                    self.streams.open.discard(self)
+                    self.closed()
                     return
 
     def resync(self) -> None:
         """Too slow: one `resync` event, then closed when it is sent (the client reconnects)."""
-        self.streams.open.discard(self)
+        self.closed()
         self.streams.resyncs += 1
         log.info("%s: event stream too slow (%d bytes unsent, its next event left the window); "
                  "resync", self.transport.label, self.transport.output_size)
@@ -433,6 +436,7 @@ class EventStream:
         self.transport.close_when_flushed()
 
     def closed(self) -> None:
+        self.ended = True
         self.streams.open.discard(self)
 
 
@@ -480,7 +484,7 @@ class WebConnection(PipelinedConnection):
     def idle_exempt(self) -> bool:
         """True while this is an open event stream with nothing unsent: quiet on purpose, not
         idle (--idle-timeout). A stream whose client stopped reading is not exempt."""
-        return self.stream is not None and self.stream in self.stream.streams.open and \
+        return self.stream is not None and not self.stream.ended and \
             self.transport.output_size == 0
 
     def has_partial_request(self) -> bool:
