@@ -241,3 +241,41 @@ def test_line_breaks_in_json_whitespace_stay_inside_one_data_line():
     encoded = server_sent_event(b'{"a":\r\n 1,\r"b":\n2}', "change", "e-1")
     assert encoded == b'id: e-1\nevent: change\ndata: {"a":  1, "b": 2}\n\n'
     assert json.loads(parse_events(encoded)[0]["data"]) == {"a": 1, "b": 2}
+
+
+# --- the store's hooks: which changes are noted for the feed (drive_store.touched) -------------
+
+def test_store_notes_every_content_change_and_not_a_repeat():
+    from test_drive_store import T0, announce, announcement_bytes, status
+    from DriveStateMonitor.drive_store import DriveStore
+
+    store = DriveStore(drive_lifetime=10.0)
+    raw = announcement_bytes("N1")
+    announce(store, raw, T0)
+    assert store.touched is None  # nobody collects: nothing is kept
+    store.touched = set()
+    announce(store, announcement_bytes("N2"), T0)
+    assert store.touched == {"N2"}                      # first heard
+    store.touched.clear()
+    assert store.refresh_repeat(raw, T0 + 3, "10.20.30.41", "eth0") == "N1"
+    assert store.touched == set()                       # a repeat: last_seen only
+    store.refresh_repeat(raw, T0 + 4, "10.20.30.99", "eth0")
+    assert store.touched == {"N1"}                      # heard from another address
+    store.touched.clear()
+    store.refresh_repeat(raw, T0 + 5, "10.20.30.99", "eth1")
+    assert store.touched == {"N1"}                      # ... or another interface
+    store.touched.clear()
+    announce(store, announcement_bytes("N1", ip="10.0.0.1"), T0 + 6, "10.20.30.99", "eth1")
+    assert store.touched == {"N1"}                      # fields changed
+    store.touched.clear()
+    assert sorted(store.expire_due(T0 + 100)) == ["N1", "N2"]
+    assert store.touched == {"N1", "N2"}                # expired
+    store.touched.clear()
+    store.refresh_repeat(announcement_bytes("N1", ip="10.0.0.1"), T0 + 101, "10.20.30.99", "eth1")
+    assert store.touched == {"N1"}                      # heard again after expiring
+    store.touched.clear()
+    status(store, "S1", 1, "ok")
+    assert store.touched == {"S1"}                      # a status
+    assert not store.wiped
+    store.wipe(T0 + 102)
+    assert store.wiped and store.touched == set()       # a wipe: every row forgotten
