@@ -108,6 +108,9 @@ class Reply(NamedTuple):
 GZIP_LEVEL = 1
 GZIP_MIN_BYTES = 1024
 VARY = ("Vary", "Accept-Encoding")
+# Tagged replies may be kept, but only used after asking again (RFC 9111 5.2.2.4): a browser's own
+# cache then sends If-None-Match by itself and a page's plain fetch() gets the 304's savings.
+REVALIDATE = ("Cache-Control", "no-cache")
 
 
 def gzip_bytes(body: bytes) -> bytes:
@@ -244,6 +247,8 @@ class WebApp:
         tag = self.etag(path)
         headers = reply.headers + (VARY,)
         if tag is not None:
+            headers = tuple(REVALIDATE if header == NO_STORE else header for header in headers)
+        if tag is not None:
             if etag_matches(request, tag):
                 return Reply(304, reply.content_type, b"", headers + (("ETag", '"%s"' % tag),))
         if not accepts_gzip(request) or len(reply.body) < GZIP_MIN_BYTES:
@@ -347,7 +352,7 @@ class EventStreams:
         """The encoded snapshot event of the current state, built once per version of it."""
         key = (self.feed.rev,) + tuple(self.versions())
         if self._snapshot[0] != key:
-            data = self.feed.snapshot_data(bytes(self.drives_json()), bytes(self.status_json()))
+            data = self.feed.snapshot_data(self.drives_json(), self.status_json())
             self._snapshot = (key, server_sent_event(data, "snapshot",
                                                      self.feed.event_id(self.feed.rev)))
         return self._snapshot[1]
@@ -372,6 +377,7 @@ class EventStreams:
         """Numbers this pass's changes as one event and sends it to every open stream; its rev."""
         rev, _ = self.feed.publish(touched, wiped, self.drive_row, self.status_row,
                                    self._encode_change)
+        self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
         for stream in list(self.open):
             stream.pump()
         return rev

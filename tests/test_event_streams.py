@@ -222,6 +222,7 @@ def test_etag_304_and_gzip_of_json_endpoints(served):
     first = served.app.answer(request("/api/status"))
     tag = dict(first.headers)["ETag"]
     assert first.status == 200 and tag == '"ep-s0"' and dict(first.headers)["Vary"]
+    assert dict(first.headers)["Cache-Control"] == "no-cache"  # kept, but revalidated each time
     again = served.app.answer(request("/api/status", If_None_Match=tag))
     assert again.status == 304 and again.body == b""
     zipped = served.app.answer(request("/api/status", Accept_Encoding="br, gzip;q=0.5"))
