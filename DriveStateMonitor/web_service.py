@@ -373,10 +373,11 @@ class EventStreams:
         self.opened += 1
         return stream
 
-    def publish(self, touched: Iterable[str], wiped: bool) -> int:
+    def publish(self, drives_touched: Iterable[str], statuses_touched: Iterable[str],
+                wiped: bool) -> int:
         """Numbers this pass's changes as one event and sends it to every open stream; its rev."""
-        rev, _ = self.feed.publish(touched, wiped, self.drive_row, self.status_row,
-                                   self._encode_change)
+        rev, _ = self.feed.publish(drives_touched, statuses_touched, wiped, self.drive_row,
+                                   self.status_row, self._encode_change)
         self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
         for stream in list(self.open):
             stream.pump()

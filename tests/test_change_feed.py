@@ -19,6 +19,7 @@ class ModelStore:
         self.drives: Dict[str, Any] = {}
         self.statuses: Dict[str, List[Any]] = {}
         self.touched: set = set()
+        self.touched_status: set = set()
         self.wiped = False
 
     def drives_json(self) -> bytes:
@@ -43,20 +44,22 @@ class ModelStore:
             history = self.statuses.setdefault(serial, [])
             history.append({"time_stamp": value, "status": "s%d" % value})
             del history[:-3]
-            self.touched.add(serial)
+            self.touched_status.add(serial)
         else:
             self.drives.clear()
             self.statuses.clear()
             self.touched.clear()
+            self.touched_status.clear()
             self.wiped = True
 
     def end_pass(self, feed: ChangeFeed) -> Optional[bytes]:
         """What the daemon does before sleeping: one event for the pass, if anything changed."""
-        if not self.touched and not self.wiped:
+        if not self.touched and not self.touched_status and not self.wiped:
             return None
-        touched, wiped = self.touched, self.wiped
-        self.touched, self.wiped = set(), False
-        _, encoded = feed.publish(touched, wiped, self.drive_row, self.status_row, encode)
+        drives, statuses, wiped = self.touched, self.touched_status, self.wiped
+        self.touched, self.touched_status, self.wiped = set(), set(), False
+        _, encoded = feed.publish(drives, statuses, wiped, self.drive_row, self.status_row,
+                                  encode)
         return encoded
 
 
@@ -176,7 +179,7 @@ def test_one_event_per_pass_carries_every_touched_serial_once():
     [event] = parse_events(encoded)
     data = json.loads(event["data"])
     assert event["id"] == "e-1" and data["rev"] == 1 and data["wipe"] is False
-    assert data["drives"] == {"A": store.drives["A"], "B": None}
+    assert data["drives"] == {"A": store.drives["A"]}  # a status does not resend the drive
     assert data["status"] == {"A": store.statuses["A"], "B": store.statuses["B"]}
     assert store.end_pass(feed) is None and feed.rev == 1  # a quiet pass: no event
 
@@ -190,7 +193,7 @@ def test_wipe_event_says_so_and_carries_what_came_after_it():
     store.apply(("status", "B", 3))
     data = json.loads(parse_events(store.end_pass(feed))[0]["data"])
     assert data["wipe"] is True
-    assert data["drives"] == {"B": None} and data["status"] == {"B": store.statuses["B"]}
+    assert data["drives"] == {} and data["status"] == {"B": store.statuses["B"]}
 
 
 def test_window_bounded_by_count_then_snapshot():
@@ -253,7 +256,7 @@ def test_store_notes_every_content_change_and_not_a_repeat():
     raw = announcement_bytes("N1")
     announce(store, raw, T0)
     assert store.touched is None  # nobody collects: nothing is kept
-    store.touched = set()
+    store.touched, store.touched_status = set(), set()
     announce(store, announcement_bytes("N2"), T0)
     assert store.touched == {"N2"}                      # first heard
     store.touched.clear()
@@ -275,7 +278,7 @@ def test_store_notes_every_content_change_and_not_a_repeat():
     assert store.touched == {"N1"}                      # heard again after expiring
     store.touched.clear()
     status(store, "S1", 1, "ok")
-    assert store.touched == {"S1"}                      # a status
+    assert store.touched == set() and store.touched_status == {"S1"}  # a status
     assert not store.wiped
     store.wipe(T0 + 102)
-    assert store.wiped and store.touched == set()       # a wipe: every row forgotten
+    assert store.wiped and store.touched == store.touched_status == set()  # every row forgotten

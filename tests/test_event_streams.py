@@ -74,7 +74,7 @@ class Served:
     def change(self, serial: str, value: object) -> None:
         self.rows.drives[serial] = value
         self.rows.version += 1
-        self.streams.publish({serial}, False)
+        self.streams.publish({serial}, (), False)
 
     def run_until(self, condition, what: str) -> None:
         for _ in range(2000):  # bounded passes
