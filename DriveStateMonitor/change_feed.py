@@ -23,6 +23,10 @@ web_service.py as server-sent events).
 * `epoch` is fixed for the life of one process (its start time in milliseconds, hex), so an id
   from an earlier run is never taken for one of this run.
 
+When nobody has watched for a while, `skip` numbers a batch without encoding it and empties the
+window: the JSON work of a change (a drive's object, a status list) is then not done at all, and a
+client coming back later gets a snapshot, as it would after a long absence anyway.
+
 The feed does not read the store or frame events itself: it is given functions for both, so it can
 be tested against any model of the data (tests/test_change_feed.py) and knows nothing of sockets.
 
@@ -121,6 +125,14 @@ class ChangeFeed:
                 self.window_bytes > self.max_bytes and len(self._window) > 1):
             self.window_bytes -= len(self._window.popleft()[1])
         return rev, encoded
+
+    def skip(self) -> int:
+        """Numbers one batch of changes nobody will be sent: the next revision; the window is
+        emptied, so every earlier id now needs a snapshot."""
+        self.rev += 1
+        self._window.clear()
+        self.window_bytes = 0
+        return self.rev
 
     def parse_id(self, last_id: Optional[str]) -> Optional[int]:
         """The revision of an id of this epoch (`<epoch>-<rev>`), or None (another epoch, junk)."""

@@ -28,6 +28,7 @@ import email.utils
 import json
 import logging
 import os
+import time
 import zlib
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple,
                     Union)
@@ -317,6 +318,10 @@ RETRY_MS = 2000
 KEEPALIVE_S = 15.0
 KEEPALIVE = b": keepalive\n\n"
 RESYNC = server_sent_event(b'{"reason": "too slow"}', "resync")
+# After the last stream closed, changes are still encoded this long, so a page that reconnects
+# (2 s later, or after a network blip) resumes from the window instead of a snapshot; past it, a
+# DSM nobody watches does no JSON work for the feed (ChangeFeed.skip).
+UNWATCHED_GRACE_S = 300.0
 STREAM_HEADERS = (("Content-Type", "text/event-stream"), NO_STORE, NOSNIFF, ANY_ORIGIN)
 
 
@@ -336,8 +341,10 @@ class EventStreams:
     def __init__(self, feed: ChangeFeed, drives_json: Callable[[], bytes],
                  status_json: Callable[[], bytes], drive_row: Callable[[str], Optional[bytes]],
                  status_row: Callable[[str], Optional[bytes]],
-                 versions: Callable[[], Tuple[int, int]]) -> None:
+                 versions: Callable[[], Tuple[int, int]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.feed = feed
+        self.clock = clock  # monotonic s: how long nobody has watched
         self.drives_json = drives_json
         self.status_json = status_json
         self.drive_row = drive_row
@@ -347,6 +354,9 @@ class EventStreams:
         self.resyncs = 0     # streams closed as too slow
         self.opened = 0      # streams opened since start
         self._snapshot: Tuple[Any, bytes] = (None, b"")
+        # None while a stream is open; a new process has never been watched: no client holds an
+        # id of its epoch, so nothing needs encoding until the first stream opens.
+        self._unwatched_since: Optional[float] = float("-inf")
 
     def snapshot(self) -> bytes:
         """The encoded snapshot event of the current state, built once per version of it."""
@@ -370,15 +380,23 @@ class EventStreams:
                 transport.write(encoded)
         stream.next_rev = self.feed.rev + 1
         self.open.add(stream)
+        self._unwatched_since = None
         self.opened += 1
         return stream
 
     def publish(self, drives_touched: Iterable[str], statuses_touched: Iterable[str],
                 wiped: bool) -> int:
-        """Numbers this pass's changes as one event and sends it to every open stream; its rev."""
+        """Numbers this pass's changes as one event and sends it to every open stream; its rev.
+        Nobody watching for UNWATCHED_GRACE_S: numbered, not encoded (ChangeFeed.skip)."""
+        self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
+        if not self.open:
+            now = self.clock()
+            if self._unwatched_since is None:
+                self._unwatched_since = now
+            elif now - self._unwatched_since > UNWATCHED_GRACE_S:
+                return self.feed.skip()
         rev, _ = self.feed.publish(drives_touched, statuses_touched, wiped, self.drive_row,
                                    self.status_row, self._encode_change)
-        self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
         for stream in list(self.open):
             stream.pump()
         return rev
@@ -444,7 +462,10 @@ class EventStream:
 
     def closed(self) -> None:
         self.ended = True
-        self.streams.open.discard(self)
+        streams = self.streams
+        streams.open.discard(self)
+        if not streams.open and streams._unwatched_since is None:
+            streams._unwatched_since = streams.clock()
 
 
 def events_last_id(request: Request) -> Optional[str]:

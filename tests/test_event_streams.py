@@ -13,8 +13,8 @@ import pytest
 from DriveStateMonitor.change_feed import ChangeFeed
 from DriveStateMonitor.event_loop import EventLoop, StreamTransport
 from DriveStateMonitor.http_protocol import Request
-from DriveStateMonitor.web_service import (KEEPALIVE, RESYNC, EventStreams, WebApp,
-                                           WebConnection, WebData, accepts_gzip)
+from DriveStateMonitor.web_service import (KEEPALIVE, RESYNC, UNWATCHED_GRACE_S, EventStreams,
+                                           WebApp, WebConnection, WebData, accepts_gzip)
 from dsm_harness import wait_for
 from test_change_feed import parse_events
 
@@ -137,6 +137,9 @@ def test_stream_head_snapshot_then_change_and_pipelined_request_is_not_answered(
 
 
 def test_last_event_id_in_window_gets_only_what_it_missed(served):
+    watching = served.connect()  # a DSM nobody ever watched keeps no window (see below)
+    watching.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    read_until(served, watching, b"event: snapshot")
     for n in range(3):
         served.change("A", {"n": n})
     sock = served.connect()
@@ -257,3 +260,26 @@ def test_client_leaving_closes_its_stream(served):
     sock.shutdown(socket.SHUT_WR)
     served.run_until(lambda: not served.streams.open, "the stream closed")
     wait_for(lambda: served.transports[0].closed, 1, "closed")
+
+
+def test_changes_nobody_watches_are_numbered_not_encoded_after_the_grace():
+    now = [1000.0]
+    served = Served()
+    served.streams.clock = lambda: now[0]
+    try:
+        served.change("A", 1)  # never watched: nothing encoded, the revision still moves
+        assert served.feed.rev == 1 and served.feed.window_bytes == 0
+        sock = served.connect()
+        sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_until(served, sock, b"event: snapshot")
+        sock.close()
+        served.run_until(lambda: not served.streams.open, "the stream closed")
+        now[0] += UNWATCHED_GRACE_S - 1  # within the grace: a page coming back resumes
+        served.change("A", 2)
+        assert served.feed.since("ep-1") is not None and served.feed.window_bytes > 0
+        now[0] += 2  # past it
+        served.change("A", 3)
+        assert served.feed.rev == 3 and served.feed.window_bytes == 0
+        assert served.feed.since("ep-2") is None and served.feed.since("ep-3") == []
+    finally:
+        served.close()
