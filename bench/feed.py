@@ -211,8 +211,13 @@ def main(argv: Any = None) -> int:
 
         # CPU with 0, 1, 10, 50 viewers at 10 changes a second.
         runs = {}
+        snapshot_cpu = {}
         for count in VIEWER_COUNTS:
+            bench.wait_cpu_idle(dsm.pid)
+            cpu0 = dsm.cpu()
             viewers = open_viewers(http_port, count)
+            if count:
+                snapshot_cpu[count] = (dsm.cpu() - cpu0) * 1000 / count
             bench.wait_cpu_idle(dsm.pid)
             runs[count] = changes_with_viewers(dsm, viewers, phase_s, serials)
             for viewer in viewers:
@@ -221,6 +226,7 @@ def main(argv: Any = None) -> int:
                 count, CHANGES_PER_S, runs[count]["cpu_pct"],
                 runs[count]["bytes_per_viewer_min"]))
         figures["changes"] = runs
+        figures["snapshot_dsm_cpu_ms"] = snapshot_cpu
         base = runs[0]["cpu_pct"]
         figures["cpu_pct_per_viewer"] = {
             count: (runs[count]["cpu_pct"] - base) / count for count in VIEWER_COUNTS if count}
@@ -240,6 +246,9 @@ def main(argv: Any = None) -> int:
                                                f["ms_304"], f["bytes_304"]))
         print("  snapshot     %10d B in %.2f s" % (figures["snapshot_bytes"], figures["snapshot_s"]))
         print("  idle viewer  %10.0f B a minute" % figures["idle_bytes_per_min"])
+        print("  DSM CPU per snapshot sent: %s" % ", ".join(
+            "%.1f ms (%d viewers opening at once)" % (ms, count)
+            for count, ms in sorted(figures["snapshot_dsm_cpu_ms"].items())))
         for count in VIEWER_COUNTS:
             run = figures["changes"][count]
             print("  %2d viewers at %d changes/s: DSM CPU %5.1f %%  %9.0f B/min per viewer%s" % (
