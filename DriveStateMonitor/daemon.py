@@ -755,7 +755,7 @@ class DriveStateMonitor:
                               load_static_files(), self.clock)
         self.event_streams = EventStreams(ChangeFeed(epoch), self._http_drives_json,
                                           self._http_status_json, self._feed_drive_row,
-                                          self._feed_status_row, versions)
+                                          self._feed_status_row)
         self.web_app.streams = self.event_streams
         self.store.touched, self.store.touched_status = set(), set()
         self.loop.add_before_sleep(self._publish_changes)

@@ -341,7 +341,6 @@ class EventStreams:
     def __init__(self, feed: ChangeFeed, drives_json: Callable[[], bytes],
                  status_json: Callable[[], bytes], drive_row: Callable[[str], Optional[bytes]],
                  status_row: Callable[[str], Optional[bytes]],
-                 versions: Callable[[], Tuple[int, int]],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.feed = feed
         self.clock = clock  # monotonic s: how long nobody has watched
@@ -349,7 +348,6 @@ class EventStreams:
         self.status_json = status_json
         self.drive_row = drive_row
         self.status_row = status_row
-        self.versions = versions
         self.open: Set["EventStream"] = set()
         self.resyncs = 0     # streams closed as too slow
         self.opened = 0      # streams opened since start
@@ -359,8 +357,10 @@ class EventStreams:
         self._unwatched_since: Optional[float] = float("-inf")
 
     def snapshot(self) -> bytes:
-        """The encoded snapshot event of the current state, built once per version of it."""
-        key = (self.feed.rev,) + tuple(self.versions())
+        """The encoded snapshot event of the current state, built at most once per revision and
+        second: viewers opening together (a lab's screens after a restart) share one, even while
+        repeat announcements move `last_seen` (not a change: it may be a second old)."""
+        key = (self.feed.rev, int(self.clock()))
         if self._snapshot[0] != key:
             data = self.feed.snapshot_data(self.drives_json(), self.status_json())
             self._snapshot = (key, server_sent_event(data, "snapshot",

@@ -51,7 +51,7 @@ class Served:
         self.rows = Rows()
         self.feed = ChangeFeed("ep", max_events=max_events)
         self.streams = EventStreams(self.feed, self.rows.drives_json, self.rows.status_json,
-                                    self.rows.drive_row, self.rows.status_row, self.rows.versions)
+                                    self.rows.drive_row, self.rows.status_row)
         self.app = WebApp(WebData(self.rows.drives_json, lambda serial: None,
                                   self.rows.status_json, lambda: {}, (), self.rows.versions,
                                   "ep"), {}, lambda: 0.0)
@@ -283,3 +283,18 @@ def test_changes_nobody_watches_are_numbered_not_encoded_after_the_grace():
         assert served.feed.since("ep-2") is None and served.feed.since("ep-3") == []
     finally:
         served.close()
+
+
+def test_viewers_opening_together_share_one_snapshot_until_a_change(served):
+    now = [50.0]
+    served.streams.clock = lambda: now[0]
+    served.rows.drives["A"] = {"n": 1}
+    first = served.streams.snapshot()
+    assert served.streams.snapshot() is first  # the same bytes: queued once for every viewer
+    served.change("A", {"n": 2})
+    second = served.streams.snapshot()
+    assert second is not first and b'"n": 2' in second and b"id: ep-1\n" in second
+    served.rows.drives["B"] = {"n": 3}  # a last_seen-like move with no revision: up to 1 s old
+    assert served.streams.snapshot() is second
+    now[0] += 1
+    assert b'"B"' in served.streams.snapshot()
