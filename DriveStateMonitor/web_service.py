@@ -59,6 +59,11 @@ PAGE_POLICY = ("Content-Security-Policy",
 ALLOWED_METHODS = ("GET", "HEAD")
 # Read-only JSON for any origin: the lab view of another DSM's page (see the module docstring).
 ANY_ORIGIN = ("Access-Control-Allow-Origin", "*")
+# The answer to a CORS preflight (OPTIONS) for /api/: a page of another DSM may send the
+# validators and the feed's resumption header itself (Fetch standard, "CORS protocol").
+PREFLIGHT = (("Access-Control-Allow-Methods", "GET, HEAD"),
+             ("Access-Control-Allow-Headers", "If-None-Match, Last-Event-ID, Cache-Control"),
+             ("Access-Control-Max-Age", "86400"))
 
 
 def lab_json(hosts: Tuple[LabHost, ...]) -> bytes:
@@ -275,6 +280,8 @@ class WebApp:
     def _route(self, request: Request) -> Tuple[str, Reply]:
         path = request.path
         is_api = path == "/api" or path.startswith("/api/")
+        if request.method == "OPTIONS" and is_api:
+            return "api_preflight", Reply(204, JSON_TYPE, b"", PREFLIGHT)
         if request.method not in ALLOWED_METHODS:
             reply = error_reply(405, "method %s not allowed; use GET or HEAD" % request.method,
                                 is_api)
@@ -536,7 +543,7 @@ class WebConnection(PipelinedConnection):
                 return self._start_stream(event), b""
             reply, request = self.app.answer(event), event
         headers: List[Tuple[str, str]] = [NOSNIFF]
-        if reply.status != 304:
+        if reply.status not in (204, 304):
             headers.insert(0, ("Content-Type", reply.content_type))
         headers.extend(reply.headers)
         return self.http.response_parts(request, reply.status, reply.body, headers,

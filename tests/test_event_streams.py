@@ -298,3 +298,17 @@ def test_viewers_opening_together_share_one_snapshot_until_a_change(served):
     assert served.streams.snapshot() is second
     now[0] += 1
     assert b'"B"' in served.streams.snapshot()
+
+
+def test_cors_preflight_for_the_api_allows_the_validators_and_last_event_id(served):
+    sock = served.connect()
+    sock.sendall(b"OPTIONS /api/events HTTP/1.1\r\nHost: x\r\nOrigin: http://other:2204\r\n"
+                 b"Access-Control-Request-Headers: last-event-id\r\n\r\n"
+                 b"OPTIONS /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_until(served, sock, b"\r\n\r\n", 2)
+    preflight, _, rest = data.partition(b"\r\n\r\n")
+    assert preflight.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"Access-Control-Allow-Origin: *" in preflight
+    assert b"Access-Control-Allow-Headers: If-None-Match, Last-Event-ID" in preflight
+    assert b"Content-Length" not in preflight and b"\r\nContent-Type:" not in preflight
+    assert rest.startswith(b"HTTP/1.1 405 ")  # not the API: as before
