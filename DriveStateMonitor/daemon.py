@@ -30,7 +30,7 @@ from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging, lines_lost
 from .drive_publisher import DrivePublisher
 from .drive_view import DriveView
-from .drive_store import DriveStore
+from .drive_store import DriveStore, dumps_default
 from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget, sweep
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
                          EXIT_SOCKET_LISTEN, Connection, DatagramReader, EventLoop, Listener,
@@ -58,7 +58,9 @@ from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
 from .status_oneshot import OneShotStatus, StatusPort
 from .status_service import StatusConnection
-from .web_service import WebApp, WebConnection, WebData, http_refusal, load_static_files
+from .web_service import (KEEPALIVE_S, EventStreams, WebApp, WebConnection, WebData,
+                          http_refusal, load_static_files)
+from .change_feed import ChangeFeed, make_epoch
 
 log = logging.getLogger("dsm")
 
@@ -228,6 +230,7 @@ class DriveStateMonitor:
         self._shutdown_code = EXIT_OK
         self._unix_paths: List[str] = []
         self.web_app: Optional[WebApp] = None
+        self.event_streams: Optional[EventStreams] = None
         self.loop_lag = LagHistogram()
 
     # --- start and stop -----------------------------------------------------------------------
@@ -574,6 +577,9 @@ class DriveStateMonitor:
                              opts.statserv_idle_timeout / 4, 1.0))
 
     def _idle_limit(self, transport: StreamTransport) -> Optional[float]:
+        idle_exempt = getattr(transport.protocol, "idle_exempt", None)
+        if idle_exempt is not None and idle_exempt():
+            return None  # an open event stream, quiet on purpose (web_service.py)
         holds_nothing = getattr(transport.protocol, "holds_nothing", None)
         if holds_nothing is None:
             return self.options.idle_timeout
@@ -594,7 +600,11 @@ class DriveStateMonitor:
                 log.info("%s: idle for more than %.0f s; closing", transport.label,
                          self._idle_limit(transport) or 0)
                 self.counters["connections_closed_idle"] += 1
-                transport.close()
+                # Output it never took: a reset, or the FIN would wait behind it in the kernel.
+                if getattr(transport, "output_size", 0):  # (a OneShotStatus has none)
+                    transport.reset()
+                else:
+                    transport.close()
         self.loop.call_later(self._sweep_period(), self._sweep)
 
     # --- what the protocols ask of the store -------------------------------------------------
@@ -757,10 +767,19 @@ class DriveStateMonitor:
     # --- the HTTP port: page, JSON API, metrics (web_service.py) ------------------------------
     def _start_http(self, port: int) -> None:
         """Opens --http-port, reads the page's files (once, now) and starts the loop-lag probe."""
+        epoch = make_epoch(self.started_at)
+        versions = lambda: (self.store.drives_version, self.store.statuses_version)  # noqa: E731
         self.web_app = WebApp(WebData(self._http_drives_json, self._http_drive_json,
                                       self._http_status_json, self.metrics_facts,
-                                      tuple(self.options.lab)),
+                                      tuple(self.options.lab), versions, epoch),
                               load_static_files(), lambda: wall_of(self.clock()))
+        self.event_streams = EventStreams(ChangeFeed(epoch), self._http_drives_json,
+                                          self._http_status_json, self._feed_drive_row,
+                                          self._feed_status_row)
+        self.web_app.streams = self.event_streams
+        self.store.touched, self.store.touched_status = set(), set()
+        self.loop.add_before_sleep(self._publish_changes)
+        self.loop.call_later(KEEPALIVE_S, self._keep_streams_alive)
         http_sock = open_tcp_listener(port, "HTTP")
         self._add_listener(http_sock, "http", self._accept_http)
         self.ports["http_port"] = http_sock.getsockname()[1]
@@ -771,6 +790,33 @@ class DriveStateMonitor:
         transport = self._admit(conn, addr, label, http_refusal)
         if transport is not None and self.web_app is not None:
             transport.start(WebConnection(transport, self.web_app, self._complain))
+
+    def _publish_changes(self) -> None:
+        """Before sleep, every pass: the serials this pass changed become one feed event."""
+        store = self.store
+        if store.touched or store.touched_status or store.wiped:
+            drives, statuses, wiped = store.touched, store.touched_status, store.wiped
+            store.touched, store.touched_status, store.wiped = set(), set(), False
+            if self.event_streams is not None:
+                self.event_streams.publish(drives or (), statuses or (), wiped)
+
+    def _keep_streams_alive(self) -> None:
+        if self.event_streams is not None:
+            self.event_streams.keepalive()
+        self.loop.call_later(KEEPALIVE_S, self._keep_streams_alive)
+
+    def _feed_drive_row(self, serial: str) -> Optional[bytes]:
+        """A drive's object exactly as in /api/drives, or None when it is not in the table."""
+        if serial not in self.store.drives:
+            return None
+        return dumps_default(self.store.drive_view(serial)).encode("utf-8")
+
+    def _feed_status_row(self, serial: str) -> Optional[bytes]:
+        """A serial's whole status list as in /api/status, or None when it has none."""
+        history = self.store.statuses.get(serial)
+        if history is None:
+            return None
+        return b"[" + b", ".join(history) + b"]"
 
     def _probe_loop_lag(self, due: float) -> None:
         """Records how late this timer fired (the loop was busy that long), then re-arms it."""
@@ -815,6 +861,7 @@ class DriveStateMonitor:
     def metrics_facts(self) -> Dict[str, Any]:
         """Everything /metrics shows, as plain data for metrics.render_metrics."""
         counters = self.counters
+        streams = self.event_streams
 
         def by_prefix(prefix: str, known: Any = ()) -> Dict[str, int]:
             # Known label values are always present (as 0), so series do not appear from nowhere.
@@ -849,6 +896,9 @@ class DriveStateMonitor:
                                                                    "per_address")),
             "connections_closed_idle": counters["connections_closed_idle"],
             "http_requests": dict(self.web_app.requests) if self.web_app else {},
+            "event_streams_open": len(streams.open) if streams is not None else 0,
+            "event_stream_resyncs": streams.resyncs if streams is not None else 0,
+            "change_feed_revision": streams.feed.rev if streams is not None else 0,
             "tree_objects": len(self.tree),
             "tree_monitors": self.tree.monitor_count,
             "expirations": counters["expirations"],
