@@ -867,7 +867,7 @@ class Tree:
         deadline = node.group.deadline if node.group is not None else now + node.lifetime
         node.deadline = deadline
         # A later deadline needs no new entry: the pending one re-queues itself when it comes due.
-        if node.timer_at is None or deadline < node.timer_at:
+        if node.timer_seq is None or node.timer_at is None or deadline < node.timer_at:
             self._schedule(node, deadline)
 
     def _expire(self, node: _Node, now: float) -> None:
@@ -1194,7 +1194,9 @@ class Tree:
             return  # coalesced: the subscriber has been told and will collect the latest
         if now >= mon.quiet_until:
             self._notify(mon, now)
-        elif mon.timer_seq is None:
+        elif mon.timer_seq is None or mon.timer_at is None or mon.quiet_until < mon.timer_at:
+            # No timer yet, or one set for a longer quiet period than a re-configured MINPERIOD
+            # now gives (that entry is left to lapse: its sequence number no longer matches).
             self._schedule(mon, mon.quiet_until)
 
     def _notify(self, mon: _Monitor, now: float) -> None:

@@ -261,6 +261,23 @@ def test_reissued_monitor_with_a_shorter_minperiod_applies_it_at_once():
     assert tree.collect(subscriber, None, 6.0) == [("/o", 2)]
 
 
+def test_a_change_waiting_for_a_long_period_is_told_when_a_shorter_one_reissued_ends():
+    """Found by the state machine: a change already waiting for MINPERIOD=3's end kept that
+    timer when MONITOR was re-issued with MINPERIOD=1, so the next change was told at 3, not 1."""
+    tree, subscriber = Tree(), Recorder()
+    tree.touch("/o", 0.0, type_name="int")
+    tree.monitor("/o", subscriber, 0.0, min_period=3.0)
+    tree.put("/o", "1", 0.0)                      # told at once; quiet until 3
+    tree.collect(subscriber, None, 0.0)
+    tree.put("/o", "2", 0.0)                      # waits: a timer at 3
+    tree.monitor("/o", subscriber, 0.0, min_period=1.0)   # re-configured: quiet until 1
+    tree.put("/o", "3", 0.0)
+    assert tree.next_deadline() == 1.0
+    tree.expire_due(1.0)
+    assert subscriber.notified == ["/o", "/o"]
+    assert tree.collect(subscriber, None, 1.0) == [("/o", 3)]
+
+
 def test_reissued_monitor_without_options_drops_them():
     tree, subscriber = Tree(), Recorder()
     tree.touch("/o", 0.0, type_name="float")
