@@ -29,7 +29,7 @@ from .announcement import REJECT_REASONS, Rejected, parse_announcement
 from .daemon_log import BadInputLog, ReopenableFileHandler, configure_logging
 from .drive_publisher import DrivePublisher
 from .drive_view import DriveView
-from .drive_store import DriveStore
+from .drive_store import DriveStore, dumps_default
 from .fair_shares import DESCRIPTOR_RESERVE, ConnectionSlots, descriptor_budget, sweep
 from .event_loop import (EXIT_INTERRUPT, EXIT_KILL_SWITCH, EXIT_OK, EXIT_SOCKET_CREATE,
                          EXIT_SOCKET_LISTEN, DatagramReader, EventLoop, Listener,
@@ -54,7 +54,9 @@ from .store_state import JournaledTree, StoreState
 from .status_protocol import StatusReport
 from .status_oneshot import OneShotStatus, StatusPort
 from .status_service import StatusConnection
-from .web_service import WebApp, WebConnection, WebData, http_refusal, load_static_files
+from .web_service import (KEEPALIVE_S, EventStreams, WebApp, WebConnection, WebData,
+                          http_refusal, load_static_files)
+from .change_feed import ChangeFeed, make_epoch
 
 log = logging.getLogger("dsm")
 
@@ -221,6 +223,7 @@ class DriveStateMonitor:
         self._shutdown_code = EXIT_OK
         self._unix_paths: List[str] = []
         self.web_app: Optional[WebApp] = None
+        self.event_streams: Optional[EventStreams] = None
         self.loop_lag = LagHistogram()
 
     # --- start and stop -----------------------------------------------------------------------
@@ -560,6 +563,9 @@ class DriveStateMonitor:
                              opts.statserv_idle_timeout / 4, 1.0))
 
     def _idle_limit(self, transport: StreamTransport) -> Optional[float]:
+        idle_exempt = getattr(transport.protocol, "idle_exempt", None)
+        if idle_exempt is not None and idle_exempt():
+            return None  # an open event stream, quiet on purpose (web_service.py)
         holds_nothing = getattr(transport.protocol, "holds_nothing", None)
         if holds_nothing is None:
             return self.options.idle_timeout
@@ -741,10 +747,19 @@ class DriveStateMonitor:
     # --- the HTTP port: page, JSON API, metrics (web_service.py) ------------------------------
     def _start_http(self, port: int) -> None:
         """Opens --http-port, reads the page's files (once, now) and starts the loop-lag probe."""
+        epoch = make_epoch(self.started_at)
+        versions = lambda: (self.store.drives_version, self.store.statuses_version)  # noqa: E731
         self.web_app = WebApp(WebData(self._http_drives_json, self._http_drive_json,
                                       self._http_status_json, self.metrics_facts,
-                                      tuple(self.options.lab)),
+                                      tuple(self.options.lab), versions, epoch),
                               load_static_files(), self.clock)
+        self.event_streams = EventStreams(ChangeFeed(epoch), self._http_drives_json,
+                                          self._http_status_json, self._feed_drive_row,
+                                          self._feed_status_row, versions)
+        self.web_app.streams = self.event_streams
+        self.store.touched = set()
+        self.loop.add_before_sleep(self._publish_changes)
+        self.loop.call_later(KEEPALIVE_S, self._keep_streams_alive)
         http_sock = open_tcp_listener(port, "HTTP")
         self._add_listener(http_sock, "http", self._accept_http)
         self.ports["http_port"] = http_sock.getsockname()[1]
@@ -755,6 +770,33 @@ class DriveStateMonitor:
         transport = self._admit(conn, addr, label, http_refusal)
         if transport is not None and self.web_app is not None:
             transport.start(WebConnection(transport, self.web_app))
+
+    def _publish_changes(self) -> None:
+        """Before sleep, every pass: the serials this pass changed become one feed event."""
+        store = self.store
+        if store.touched or store.wiped:
+            touched, wiped = store.touched, store.wiped
+            store.touched, store.wiped = set(), False
+            if self.event_streams is not None:
+                self.event_streams.publish(touched, wiped)
+
+    def _keep_streams_alive(self) -> None:
+        if self.event_streams is not None:
+            self.event_streams.keepalive()
+        self.loop.call_later(KEEPALIVE_S, self._keep_streams_alive)
+
+    def _feed_drive_row(self, serial: str) -> Optional[bytes]:
+        """A drive's object exactly as in /api/drives, or None when it is not in the table."""
+        if serial not in self.store.drives:
+            return None
+        return dumps_default(self.store.drive_view(serial)).encode("utf-8")
+
+    def _feed_status_row(self, serial: str) -> Optional[bytes]:
+        """A serial's whole status list as in /api/status, or None when it has none."""
+        history = self.store.statuses.get(serial)
+        if history is None:
+            return None
+        return b"[" + b", ".join(history) + b"]"
 
     def _probe_loop_lag(self, due: float) -> None:
         """Records how late this timer fired (the loop was busy that long), then re-arms it."""

@@ -19,6 +19,11 @@ The store is the one source of truth for drive data: the Status Server's `/drive
 from it (drive_view.py). `on_change`, when set, is told which serial changed in a way the view shows
 (a new or changed announcement, `last_seen`'s second, alive/expired, a new status, a wipe); it is
 not called for a repeat heard within the same second, so the hot path stays a lookup.
+
+`touched`, when set (the change feed, change_feed.py), collects the serials whose row in `m` or `s`
+changed in content: a drive first heard, its fields changed, expired, heard again after expiring, or
+heard from another address or interface; a new status. A repeat that only moves `last_seen` is not
+a change there (drives repeat every 5 s). `wiped` says a wipe happened since the feed last looked.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import collections
 import heapq
 import json
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 # Fields the DSM adds beside the drive's own; `last_seen` keeps the original tool's format.
 LAST_SEEN = "last_seen"
@@ -183,6 +188,9 @@ class DriveStore:
         self.status_at: Dict[str, float] = {}
         # (serial, now, appeared_or_vanished): see the module docstring. Set by the drive view.
         self.on_change: Optional[Callable[[str, float, bool], None]] = None
+        # Serials whose rows changed in content, for the change feed (None: nobody collects).
+        self.touched: Optional[Set[str]] = None
+        self.wiped = False
 
     # --- announcements ------------------------------------------------------------------------
     def refresh_repeat(self, raw: bytes, now: float, source_address: str,
@@ -243,6 +251,8 @@ class DriveStore:
         self._m_parts[drive.slot + 1] = body  # its tail (separator included) is stale: _heard
         drive.changed_at = now
         self.drive_bytes += cost - old_cost
+        if self.touched is not None:
+            self.touched.add(serial)
         self._heard(drive, now, source_address, interface, True, appeared)
         return True
 
@@ -251,12 +261,16 @@ class DriveStore:
         # The view shows last_seen to the second and alive/expired: tell it when either moves.
         visible = changed or not drive.alive or int(now) != int(drive.last_seen)
         drive.last_seen = now
-        if source_address != drive.source_address:
+        if source_address != drive.source_address or interface != drive.interface:
             drive.source_address = self._shared(source_address)
-        drive.interface = interface
+            drive.interface = interface
+            if self.touched is not None:
+                self.touched.add(drive.serial)
         if not drive.alive:
             drive.alive = True
             drive.state_at = now
+            if self.touched is not None:
+                self.touched.add(drive.serial)
         if drive.m_tail is not None:
             drive.m_tail = None
             self._stale.append(drive)
@@ -296,6 +310,8 @@ class DriveStore:
                 self._stale.append(drive)
             self.drives_version += 1
             expired.append(serial)
+            if self.touched is not None:
+                self.touched.add(serial)
             if self.on_change is not None:
                 self.on_change(serial, now, False)
         return expired
@@ -383,6 +399,8 @@ class DriveStore:
         self.status_at[serial] = now
         self._status_fragments.pop(serial, None)
         self.statuses_version += 1
+        if self.touched is not None:
+            self.touched.add(serial)
         if self.on_change is not None:
             self.on_change(serial, now, appeared)
         return True
@@ -421,6 +439,9 @@ class DriveStore:
         self.drive_bytes = 0
         self.drives_version += 1
         self.statuses_version += 1
+        if self.touched is not None:
+            self.touched.clear()  # a wipe event forgets every row first
+            self.wiped = True
         if self.on_change is not None:
             for serial in gone:
                 self.on_change(serial, now, True)

@@ -35,7 +35,7 @@ MAX_HEADER_FIELDS = 100
 MAX_BODY_BYTES = 64 * 1024
 
 REASONS = {
-    200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
@@ -227,7 +227,8 @@ class HttpServerConnection:
         if date is not None:
             lines.append("Date: " + date)
         lines.extend("%s: %s" % (name, value) for name, value in headers)
-        lines.append("Content-Length: %d" % len(body))
+        if status != 304:  # RFC 9110 8.6: a 304's length would be the 200's; it has no body
+            lines.append("Content-Length: %d" % len(body))
         if not keep_alive:
             lines.append("Connection: close")
         elif request is not None and request.http_version < (1, 1):
@@ -236,6 +237,40 @@ class HttpServerConnection:
         if request is not None and request.method == "HEAD":
             return head, b""
         return head, body
+
+
+    def stop_reading(self) -> None:
+        """Parses nothing more: the connection now carries one long response (an event stream);
+        whatever the client sends after it is never answered."""
+        self._done = True
+        self._lines = []
+        self._buffer = bytearray()
+
+    def stream_head(self, status: int, headers: Sequence[Tuple[str, str]] = (),
+                    date: Optional[str] = None) -> bytes:
+        """The head of a response whose body runs until the connection closes (RFC 9112 6.3,
+        point 8: no Content-Length, no chunking), as server-sent events are served."""
+        lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown"))]
+        if date is not None:
+            lines.append("Date: " + date)
+        lines.extend("%s: %s" % (name, value) for name, value in headers)
+        lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def server_sent_event(data: bytes, event: Optional[str] = None,
+                      event_id: Optional[str] = None) -> bytes:
+    """One event of a text/event-stream (HTML Living Standard, "Server-sent events"): optional
+    `id:` and `event:` lines, one `data:` line, a blank line. `data` is JSON, whose only line
+    breaks can be whitespace between tokens: they become spaces, so the event stays one line."""
+    if b"\n" in data or b"\r" in data:
+        data = data.replace(b"\r\n", b" ").replace(b"\n", b" ").replace(b"\r", b" ")
+    head = b""
+    if event_id is not None:
+        head += b"id: " + event_id.encode("ascii") + b"\n"
+    if event is not None:
+        head += b"event: " + event.encode("ascii") + b"\n"
+    return b"".join((head, b"data: ", data, b"\n\n"))
 
 
 def _check_request_line(line: bytes) -> Optional[RequestError]:

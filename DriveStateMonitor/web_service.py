@@ -6,6 +6,11 @@
     GET /api/drives/<serial>    one drive's `m` view plus its status history ("statuses")
     GET /api/status             the `s` reply as JSON
     GET /api/lab                the DSMs of --lab FILE and their page URLs ({"hosts": []} without)
+    GET /api/events             the change feed as server-sent events (EventStreams, change_feed.py)
+
+The JSON endpoints carry an `ETag` made of the process's epoch and the store's change counters (no
+hashing), answer `If-None-Match` with 304 and no body, and send gzip to a client that accepts it
+(`Vary: Accept-Encoding`), compressed once per version of the body and shared by every client.
 
 The JSON API (/api/...) allows GET from any origin (CORS `Access-Control-Allow-Origin: *`): a DSM's
 page in "whole lab" view fetches every other DSM's /api/drives and /api/status itself
@@ -23,11 +28,14 @@ import email.utils
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
-from urllib.parse import unquote
+import zlib
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple,
+                    Union)
+from urllib.parse import parse_qs, unquote
 
+from .change_feed import ChangeFeed
 from .event_loop import StreamTransport
-from .http_protocol import HttpServerConnection, Request, RequestError
+from .http_protocol import HttpServerConnection, Request, RequestError, server_sent_event
 from .pipelining import PipelinedConnection
 from .lab import LabHost
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render_metrics
@@ -82,6 +90,9 @@ class WebData(NamedTuple):
     status_json: Callable[[], bytes]                  # the `s` JSON
     metrics_facts: Callable[[], Mapping[str, Any]]    # see metrics.render_metrics
     lab_hosts: Tuple[LabHost, ...] = ()               # --lab: the DSMs of the page's lab view
+    # (drives_version, statuses_version): counters that move whenever the bodies do (ETags).
+    versions: Optional[Callable[[], Tuple[int, int]]] = None
+    epoch: str = "0"                                  # fixed for the process (change_feed.py)
 
 
 class Reply(NamedTuple):
@@ -89,6 +100,55 @@ class Reply(NamedTuple):
     content_type: str
     body: bytes
     headers: Tuple[Tuple[str, str], ...] = ()
+
+
+# zlib level 1: 11 MB of `s` JSON in about 50 ms, a twentieth of its size (docs/performance.md);
+# higher levels cost several times the CPU for a few per cent less. Bodies under a packet are sent
+# as they are.
+GZIP_LEVEL = 1
+GZIP_MIN_BYTES = 1024
+VARY = ("Vary", "Accept-Encoding")
+
+
+def gzip_bytes(body: bytes) -> bytes:
+    """`body` in gzip format (RFC 1952), at GZIP_LEVEL."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return compressor.compress(body) + compressor.flush()
+
+
+def accepts_gzip(request: Request) -> bool:
+    """True when Accept-Encoding lists gzip (or x-gzip) with a non-zero q (RFC 9110 12.5.3)."""
+    for value in (v for name, v in request.headers if name == "accept-encoding"):
+        for item in value.split(","):
+            coding, _, params = item.strip().partition(";")
+            if coding.strip().lower() not in ("gzip", "x-gzip"):
+                continue
+            q = params.strip().lower()
+            if q.startswith("q="):
+                try:
+                    if float(q[2:]) <= 0:
+                        continue
+                except ValueError:
+                    continue
+            return True
+    return False
+
+
+def etag_matches(request: Request, tag: str) -> bool:
+    """True when If-None-Match names `tag` (either representation: identity or gzip) or is `*`
+    (RFC 9110 13.1.2; the weak comparison, so a W/ prefix is ignored)."""
+    value = request.header("if-none-match")
+    if value is None:
+        return False
+    for candidate in value.split(","):
+        candidate = candidate.strip()
+        if candidate == "*":
+            return True
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate in ('"%s"' % tag, '"%s-gzip"' % tag):
+            return True
+    return False
 
 
 def load_static_files(directory: str = WEB_DIR) -> Dict[str, StaticFile]:
@@ -142,6 +202,9 @@ class WebApp:
         self._date = (-1, "")
         self.lab_json = lab_json(data.lab_hosts)
         self.page_policy = page_policy(data.lab_hosts)
+        self.streams: Optional["EventStreams"] = None  # /api/events, when the daemon serves it
+        # path -> (tag, gzip body): the last compressed version of each big body.
+        self._gzipped: Dict[str, Tuple[str, bytes]] = {}
 
     def date(self) -> str:
         """The Date header's value, formatted once per second."""
@@ -152,10 +215,52 @@ class WebApp:
 
     def answer(self, request: Request) -> Reply:
         handler, reply = self._route(request)
+        if reply.status == 200 and handler.startswith("api_"):
+            reply = self._validated(request, reply)
         if handler.startswith("api_") or (handler != "page" and request.path.startswith("/api/")):
             reply = reply._replace(headers=reply.headers + (ANY_ORIGIN,))
         self.requests[(handler, reply.status)] += 1
         return reply
+
+    def etag(self, path: str) -> Optional[str]:
+        """The current entity tag of a JSON endpoint's body (unquoted), or None (not tagged)."""
+        versions = self.data.versions
+        if versions is None:
+            return None
+        drives, statuses = versions()
+        if path == "/api/drives":
+            return "%s-d%d" % (self.data.epoch, drives)
+        if path == "/api/status":
+            return "%s-s%d" % (self.data.epoch, statuses)
+        if path == "/api/lab":
+            return "%s-lab" % self.data.epoch
+        if path.startswith("/api/drives/"):
+            return "%s-d%d-s%d" % (self.data.epoch, drives, statuses)
+        return None
+
+    def _validated(self, request: Request, reply: Reply) -> Reply:
+        """`reply` with its ETag: 304 when If-None-Match holds it, else gzip if accepted."""
+        path = request.path
+        tag = self.etag(path)
+        headers = reply.headers + (VARY,)
+        if tag is not None:
+            if etag_matches(request, tag):
+                return Reply(304, reply.content_type, b"", headers + (("ETag", '"%s"' % tag),))
+        if not accepts_gzip(request) or len(reply.body) < GZIP_MIN_BYTES:
+            if tag is not None:
+                headers += (("ETag", '"%s"' % tag),)
+            return reply._replace(headers=headers)
+        cached = self._gzipped.get(path)
+        if tag is not None and cached is not None and cached[0] == tag:
+            body = cached[1]
+        else:
+            body = gzip_bytes(reply.body)
+            if tag is not None and not path.startswith("/api/drives/"):
+                self._gzipped[path] = (tag, body)
+        headers += (("Content-Encoding", "gzip"),)
+        if tag is not None:
+            headers += (("ETag", '"%s-gzip"' % tag),)
+        return reply._replace(body=body, headers=headers)
 
     def answer_error(self, error: RequestError) -> Reply:
         self.requests[("bad_request", error.status)] += 1
@@ -193,18 +298,162 @@ class WebApp:
             return "page", Reply(200, static.content_type, static.body, headers)
         if is_api:
             return "not_found", error_reply(404, "no API endpoint %s; there are /api/drives, "
-                                            "/api/drives/<serial>, /api/status and /api/lab" % path, True)
+                                            "/api/drives/<serial>, /api/status, /api/lab and "
+                                            "/api/events" % path, True)
         return "not_found", error_reply(404, "nothing at %s; the page is at /, metrics at "
                                         "/metrics" % path, False)
 
 
+# The stream's first line: a browser reconnects 2 s after losing it (the page's old poll period).
+RETRY_MS = 2000
+# A comment line when nothing else was sent for this long, so proxies and browsers keep the
+# connection, and a viewer can tell a quiet DSM from a dead link (nginx's proxy_read_timeout and
+# many load balancers give up after 60 s).
+KEEPALIVE_S = 15.0
+KEEPALIVE = b": keepalive\n\n"
+RESYNC = server_sent_event(b'{"reason": "too slow"}', "resync")
+STREAM_HEADERS = (("Content-Type", "text/event-stream"), NO_STORE, NOSNIFF, ANY_ORIGIN)
+
+
+class EventStreams:
+    """The open `/api/events` streams and what they share: the change feed, the last snapshot.
+
+    Once per loop pass the daemon hands `publish` the serials the store marked; the event is
+    encoded once (change_feed.ChangeFeed) and the same bytes go to every stream. A stream whose
+    unsent output reached its transport's high-water mark is not written to: it catches up from
+    the feed's window when its client has read (`writing_drained`), so a slow viewer holds at most
+    the mark plus one event. One whose next event has left the window meanwhile is too slow: it
+    gets the `resync` event and is closed once that is sent (or by --idle-timeout if its client
+    never reads again). All output goes through the transports, inside --max-output and
+    --max-output-total like any reply.
+    """
+
+    def __init__(self, feed: ChangeFeed, drives_json: Callable[[], bytes],
+                 status_json: Callable[[], bytes], drive_row: Callable[[str], Optional[bytes]],
+                 status_row: Callable[[str], Optional[bytes]],
+                 versions: Callable[[], Tuple[int, int]]) -> None:
+        self.feed = feed
+        self.drives_json = drives_json
+        self.status_json = status_json
+        self.drive_row = drive_row
+        self.status_row = status_row
+        self.versions = versions
+        self.open: Set["EventStream"] = set()
+        self.resyncs = 0     # streams closed as too slow
+        self.opened = 0      # streams opened since start
+        self._snapshot: Tuple[Any, bytes] = (None, b"")
+
+    def snapshot(self) -> bytes:
+        """The encoded snapshot event of the current state, built once per version of it."""
+        key = (self.feed.rev,) + tuple(self.versions())
+        if self._snapshot[0] != key:
+            data = self.feed.snapshot_data(bytes(self.drives_json()), bytes(self.status_json()))
+            self._snapshot = (key, server_sent_event(data, "snapshot",
+                                                     self.feed.event_id(self.feed.rev)))
+        return self._snapshot[1]
+
+    def start(self, transport: StreamTransport, last_id: Optional[str]) -> "EventStream":
+        """Opens a stream on `transport` (its head already written): the retry line, then either
+        the events after `last_id` (still in the window) or a snapshot."""
+        stream = EventStream(self, transport)
+        transport.write(b"retry: %d\n\n" % RETRY_MS)
+        missed = self.feed.since(last_id)
+        if missed is None:
+            transport.write(self.snapshot())
+        else:
+            for encoded in missed:
+                transport.write(encoded)
+        stream.next_rev = self.feed.rev + 1
+        self.open.add(stream)
+        self.opened += 1
+        return stream
+
+    def publish(self, touched: Iterable[str], wiped: bool) -> int:
+        """Numbers this pass's changes as one event and sends it to every open stream; its rev."""
+        rev, _ = self.feed.publish(touched, wiped, self.drive_row, self.status_row,
+                                   self._encode_change)
+        for stream in list(self.open):
+            stream.pump()
+        return rev
+
+    @staticmethod
+    def _encode_change(event_id: str, data: bytes) -> bytes:
+        return server_sent_event(data, "change", event_id)
+
+    def keepalive(self) -> None:
+        """Every KEEPALIVE_S (a loop timer): a comment to each stream that was sent nothing since
+        the last call and has nothing unsent."""
+        for stream in list(self.open):
+            if not stream.sent and stream.transport.output_size == 0:
+                stream.transport.write(KEEPALIVE)
+            stream.sent = False
+
+
+class EventStream:
+    """One open /api/events response: where it is in the feed, and whether it kept up."""
+
+    def __init__(self, streams: EventStreams, transport: StreamTransport) -> None:
+        self.streams = streams
+        self.transport = transport
+        self.next_rev = 0     # the revision of the next change event to send
+        self.sent = True      # something was written since the last keepalive tick
+
+    def pump(self) -> None:
+        """Writes the events it has not had while its unsent output stays under the high-water
+        mark; `resync` if those events have left the window."""
+        transport, feed = self.transport, self.streams.feed
+        if transport.closed:
+            self.streams.open.discard(self)
+            return
+        while self.next_rev <= feed.rev:
+            if self.next_rev < feed.oldest_rev:
+                self.resync()
+                return
+            if transport.output_size >= transport.high_water:
+                return  # wait for writing_drained
+            events = feed.events_from(self.next_rev)
+            assert events is not None  # checked against oldest_rev above
+            for encoded in events:
+                if transport.output_size >= transport.high_water:
+                    break
+                transport.write(encoded)
+                self.next_rev += 1
+                self.sent = True
+                if transport.closed:  # reset by --max-output
+                    self.streams.open.discard(self)
+                    return
+
+    def resync(self) -> None:
+        """Too slow: one `resync` event, then closed when it is sent (the client reconnects)."""
+        self.streams.open.discard(self)
+        self.streams.resyncs += 1
+        log.info("%s: event stream too slow (%d bytes unsent, its next event left the window); "
+                 "resync", self.transport.label, self.transport.output_size)
+        self.transport.write(RESYNC)
+        self.transport.close_when_flushed()
+
+    def closed(self) -> None:
+        self.streams.open.discard(self)
+
+
+def events_last_id(request: Request) -> Optional[str]:
+    """Where a client resumes: its Last-Event-ID header, else `?since=ID`, else None."""
+    last_id = request.header("last-event-id")
+    if last_id is None and "?" in request.target:
+        since = parse_qs(request.target.split("?", 1)[1]).get("since")
+        last_id = since[0] if since else None
+    return last_id
+
+
 class WebConnection(PipelinedConnection):
-    """One HTTP connection: requests answered in order, with back-pressure, closed when due."""
+    """One HTTP connection: requests answered in order, with back-pressure, closed when due.
+    After `GET /api/events` it carries that one event stream until either side closes it."""
 
     def __init__(self, transport: StreamTransport, app: WebApp) -> None:
         super().__init__(transport)
         self.app = app
         self.http = HttpServerConnection()
+        self.stream: Optional[EventStream] = None
 
     def parse(self, data: bytes) -> List[Union[Request, RequestError]]:
         return self.http.receive_data(data)
@@ -213,7 +462,26 @@ class WebConnection(PipelinedConnection):
         return self._respond(event)
 
     def done(self) -> bool:
+        if self.stream is not None:
+            return self.eof  # the client left: close
         return self.eof or not self.http.reading
+
+    def writing_drained(self) -> None:
+        if self.stream is not None:
+            self.stream.pump()
+        else:
+            super().writing_drained()
+
+    def connection_lost(self) -> None:
+        super().connection_lost()
+        if self.stream is not None:
+            self.stream.closed()
+
+    def idle_exempt(self) -> bool:
+        """True while this is an open event stream with nothing unsent: quiet on purpose, not
+        idle (--idle-timeout). A stream whose client stopped reading is not exempt."""
+        return self.stream is not None and self.stream in self.stream.streams.open and \
+            self.transport.output_size == 0
 
     def has_partial_request(self) -> bool:
         return self.http.in_request
@@ -231,8 +499,27 @@ class WebConnection(PipelinedConnection):
             reply, request = self.app.answer_error(event), None
             log.info("%s: HTTP %d: %s", self.transport.label, event.status, event.detail)
         else:
+            if event.path == "/api/events" and self.app.streams is not None and \
+                    event.method in ("GET", "HEAD"):
+                return self._start_stream(event), b""
             reply, request = self.app.answer(event), event
-        headers: List[Tuple[str, str]] = [("Content-Type", reply.content_type), NOSNIFF]
+        headers: List[Tuple[str, str]] = [NOSNIFF]
+        if reply.status != 304:
+            headers.insert(0, ("Content-Type", reply.content_type))
         headers.extend(reply.headers)
         return self.http.response_parts(request, reply.status, reply.body, headers,
                                         date=self.app.date())
+
+    def _start_stream(self, request: Request) -> bytes:
+        """Answers GET /api/events: the head, then the connection is the stream's (HEAD: the head,
+        then closed). Requests pipelined after it are never answered."""
+        assert self.app.streams is not None
+        self.app.requests[("api_events", 200)] += 1
+        self.http.stop_reading()
+        self.pending.clear()
+        head = self.http.stream_head(200, STREAM_HEADERS, date=self.app.date())
+        if request.method == "HEAD":
+            return head
+        self.transport.write(head)
+        self.stream = self.app.streams.start(self.transport, events_last_id(request))
+        return b""
