@@ -129,7 +129,9 @@ const SORTS = {
   // Each compares two rows; ties fall back to serial, then host.
   serial: () => 0,
   state: (a, b) => (a.state < b.state ? -1 : a.state > b.state ? 1 : 0),
-  "last-seen": (a, b) => (b.lastSeenEpoch - a.lastSeenEpoch) || 0,
+  // Alive drives first (heard now), then the others by their last_seen_epoch, newest first.
+  "last-seen": (a, b) => ((b.state === "alive") - (a.state === "alive")) ||
+                         (b.lastSeenEpoch - a.lastSeenEpoch) || 0,
   status: (a, b) => STATUS_ORDER[a.statusClass] - STATUS_ORDER[b.statusClass],
   host: (a, b) => (a.host < b.host ? -1 : a.host > b.host ? 1 : 0),
 };
@@ -350,7 +352,12 @@ function rowElement(row, withHost, nowSeconds) {
   tr.appendChild(addresses);
 
   const seen = cell("td", "last-seen");
-  if (row.hasDrive) {
+  if (row.state === "alive") {
+    // The feed sends a drive again when it changes, not each time it is heard (every few s):
+    // its last_seen is that of its last change, and "alive" is what says it is heard now.
+    seen.appendChild(cell("div", "line", "now"));
+    seen.appendChild(cell("div", "line hint", row.lastSeen ? "last change " + row.lastSeen : ""));
+  } else if (row.hasDrive) {
     seen.appendChild(cell("div", "line", row.lastSeen || DASH));
     seen.appendChild(cell("div", "line hint", ago(row.lastSeenEpoch, nowSeconds)));
   } else {
