@@ -21,7 +21,7 @@
 
 const TEXT_LIMIT = 200;        // characters of one field drawn in a cell (the title holds more)
 const TITLE_LIMIT = 2000;
-const HISTORY_CHIPS = 12;      // the newest statuses drawn as chips; older ones are counted ("+N")
+const HISTORY_CHIPS = 10;      // the newest statuses drawn as chips; older ones are counted ("+N")
 const DASH = "\u2014";
 const KNOWN_STATES = new Set(["alive", "expired", "unannounced"]);
 const hasOwn = (object, name) => Object.prototype.hasOwnProperty.call(object, name);
@@ -297,7 +297,8 @@ function deriveRow(host, serial, drive, history) {
   const list = Array.isArray(history) ? history : (history === undefined ? [] : [history]);
   const chips = list.slice(-HISTORY_CHIPS).map(historyEntry);
   const latest = chips.length ? chips[chips.length - 1] : null;
-  const epoch = Number(field(drive, "last_seen_epoch"));
+  const epochField = field(drive, "last_seen_epoch");  // Number() of an object can throw
+  const epoch = typeof epochField === "number" ? epochField : NaN;
   return {
     key: DriveRows.key(host, serial),
     host: host,
@@ -356,7 +357,7 @@ function rowElement(row, withHost, nowSeconds) {
     // The feed sends a drive again when it changes, not each time it is heard (every few s):
     // its last_seen is that of its last change, and "alive" is what says it is heard now.
     seen.appendChild(cell("div", "line", "now"));
-    seen.appendChild(cell("div", "line hint", row.lastSeen ? "last change " + row.lastSeen : ""));
+    seen.appendChild(cell("div", "line hint", row.lastSeen ? "changed " + row.lastSeen : ""));
   } else if (row.hasDrive) {
     seen.appendChild(cell("div", "line", row.lastSeen || DASH));
     seen.appendChild(cell("div", "line hint", ago(row.lastSeenEpoch, nowSeconds)));
