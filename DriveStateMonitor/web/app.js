@@ -12,8 +12,15 @@
   let unreachableSince = null;
   let updates = 0;
 
+  // HH:MM:SS, local time (toLocaleTimeString costs a millisecond or more per call).
   function clock(date) {
-    return date.toLocaleTimeString([], {hour12: false});
+    const two = (number) => (number < 10 ? "0" : "") + number;
+    return two(date.getHours()) + ":" + two(date.getMinutes()) + ":" + two(date.getSeconds());
+  }
+
+  function setText(id, text) {
+    const element = document.getElementById(id);
+    if (element.textContent !== text) element.textContent = text;
   }
 
   function plural(count, one, many) {
@@ -24,21 +31,25 @@
     const changed = rows.flush();
     table.render(changed, rows.order);
     const counts = rows.counts(HOST);
-    document.getElementById("empty").hidden = counts.rows > 0;
+    const empty = document.getElementById("empty");
+    if (empty.hidden !== counts.rows > 0) empty.hidden = counts.rows > 0;
     // "drives" are the announced serials; an unannounced row has statuses only.
-    document.getElementById("summary").textContent =
+    setText("summary",
       plural(counts.drives, "drive", "drives") + ": " + counts.alive + " alive, " +
       counts.expired + " expired" + (counts.other ? ", " + counts.other + " in another state" : "") +
-      " \u00b7 " + counts.unannounced + " unannounced \u00b7 updated " + clock(new Date());
-    document.getElementById("host-shown").textContent =
-      rows.order.length === counts.rows ? plural(counts.rows, "row", "rows")
-        : rows.order.length + " of " + plural(counts.rows, "row", "rows");
+      " \u00b7 " + counts.unannounced + " unannounced \u00b7 updated " + clock(new Date()));
+    setText("host-shown", rows.order.length === counts.rows ? plural(counts.rows, "row", "rows")
+      : rows.order.length + " of " + plural(counts.rows, "row", "rows"));
     updates += 1;
     document.body.dataset.refreshes = String(updates);
     document.body.dataset.rows = String(counts.rows);
   });
 
+  let shownStatus = "";
   function showStatus(state, detail) {
+    // Called for every event: only a new state (or a new reason) touches the page.
+    if (state + "\n" + detail === shownStatus && state !== "down") return;
+    shownStatus = state + "\n" + detail;
     const banner = document.getElementById("banner");
     const mode = document.getElementById("feed-mode");
     if (state === "down") {
