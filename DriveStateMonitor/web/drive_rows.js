@@ -429,9 +429,7 @@ class VirtualTable {
     for (let index = first; index < last; index += 1) {
       const row = this.order[index];
       let element = this.drawn.get(row.key);
-      if (!element || changed.has(row.key) || element.dataset.drawnFor !== row.seen + row.state) {
-        element = this.drawSafely(row);
-      }
+      if (!element || changed.has(row.key)) element = this.drawSafely(row);
       next.set(row.key, element);
       wanted.push(element);
     }
@@ -463,7 +461,6 @@ class VirtualTable {
       element.dataset.serial = row.serial;
       element.appendChild(cell("td", "hint", "cannot draw this row: " + errorText(error)));
     }
-    element.dataset.drawnFor = row.seen + row.state;
     return element;
   }
 
