@@ -11,9 +11,10 @@ web_service.py as server-sent events).
 * The store notes which serials changed (drive_store.py: a set add where a drive first appears,
   changes its fields, expires, is heard again after expiring, or gets a status; a flag for a wipe).
   Nothing is encoded there: the hot path of repeated announcements adds nothing at all.
-* Once per loop pass, the daemon hands that set to `ChangeFeed.publish`, which encodes ONE change
-  event for the whole pass (`rev` grows by one) with each touched serial's current drive object and
-  whole status list (null for a serial that is gone), and keeps the encoded bytes in a window.
+* Once per loop pass, the daemon hands those sets to `ChangeFeed.publish`, which encodes ONE change
+  event for the whole pass (`rev` grows by one) with the current drive object of each serial whose
+  drive changed and the whole status list of each serial with a new status (null for one that is
+  gone), and keeps the encoded bytes in a window. A new status does not resend the drive's object.
   Every open stream is sent the same bytes object: a viewer costs what changes, not what exists.
 * The window holds the most recent events, bounded by count (`max_events`) and by bytes
   (`max_bytes`): `since(last_id)` gives the encoded events after `last_id` when they are all still
@@ -84,29 +85,35 @@ class ChangeFeed:
         return b"".join((self._prefix, b"%d" % self.rev, b', "drives": ', drives_json,
                          b', "status": ', status_json, b"}"))
 
-    def change_data(self, rev: int, touched: Iterable[str], wiped: bool, drive_json: RowJson,
+    def change_data(self, rev: int, drives_touched: Iterable[str],
+                    statuses_touched: Iterable[str], wiped: bool, drive_json: RowJson,
                     status_json: RowJson) -> bytes:
-        """One change event's JSON: {"epoch", "rev", "wipe", "drives": {serial: row | null},
-        "status": {serial: list | null}} for every serial in `touched`, each once."""
+        """One change event's JSON: {"epoch", "rev", "wipe", "drives": {serial: row | null}
+        for each serial of `drives_touched`, "status": {serial: list | null} for each of
+        `statuses_touched`}, each serial once per map."""
         drives: List[bytes] = []
         statuses: List[bytes] = []
-        for serial in sorted(set(touched)):
-            key = _json_string(serial).encode("ascii") + b": "
+        for serial in sorted(set(drives_touched)):
             drive = drive_json(serial)
+            drives.append(_json_string(serial).encode("ascii") + b": "
+                          + (b"null" if drive is None else drive))
+        for serial in sorted(set(statuses_touched)):
             history = status_json(serial)
-            drives.append(key + (b"null" if drive is None else drive))
-            statuses.append(key + (b"null" if history is None else history))
+            statuses.append(_json_string(serial).encode("ascii") + b": "
+                            + (b"null" if history is None else history))
         return b"".join((self._prefix, b"%d" % rev, b', "wipe": ', b"true" if wiped else b"false",
                          b', "drives": {', b", ".join(drives), b'}, "status": {',
                          b", ".join(statuses), b"}}"))
 
-    def publish(self, touched: Iterable[str], wiped: bool, drive_json: RowJson,
-                status_json: RowJson, encode: Callable[[str, bytes], bytes]) -> Tuple[int, bytes]:
+    def publish(self, drives_touched: Iterable[str], statuses_touched: Iterable[str],
+                wiped: bool, drive_json: RowJson, status_json: RowJson,
+                encode: Callable[[str, bytes], bytes]) -> Tuple[int, bytes]:
         """Numbers one batch of changes: the next revision and its encoded event, which joins the
         window. `encode(event_id, data)` frames the JSON for the wire (web_service.py)."""
         rev = self.rev + 1
         encoded = encode(self.event_id(rev),
-                         self.change_data(rev, touched, wiped, drive_json, status_json))
+                         self.change_data(rev, drives_touched, statuses_touched, wiped,
+                                          drive_json, status_json))
         self.rev = rev
         self._window.append((rev, encoded))
         self.window_bytes += len(encoded)

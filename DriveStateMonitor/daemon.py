@@ -757,7 +757,7 @@ class DriveStateMonitor:
                                           self._http_status_json, self._feed_drive_row,
                                           self._feed_status_row, versions)
         self.web_app.streams = self.event_streams
-        self.store.touched = set()
+        self.store.touched, self.store.touched_status = set(), set()
         self.loop.add_before_sleep(self._publish_changes)
         self.loop.call_later(KEEPALIVE_S, self._keep_streams_alive)
         http_sock = open_tcp_listener(port, "HTTP")
@@ -774,11 +774,11 @@ class DriveStateMonitor:
     def _publish_changes(self) -> None:
         """Before sleep, every pass: the serials this pass changed become one feed event."""
         store = self.store
-        if store.touched or store.wiped:
-            touched, wiped = store.touched, store.wiped
-            store.touched, store.wiped = set(), False
+        if store.touched or store.touched_status or store.wiped:
+            drives, statuses, wiped = store.touched, store.touched_status, store.wiped
+            store.touched, store.touched_status, store.wiped = set(), set(), False
             if self.event_streams is not None:
-                self.event_streams.publish(touched, wiped)
+                self.event_streams.publish(drives or (), statuses or (), wiped)
 
     def _keep_streams_alive(self) -> None:
         if self.event_streams is not None:
@@ -841,6 +841,7 @@ class DriveStateMonitor:
     def metrics_facts(self) -> Dict[str, Any]:
         """Everything /metrics shows, as plain data for metrics.render_metrics."""
         counters = self.counters
+        streams = self.event_streams
 
         def by_prefix(prefix: str, known: Any = ()) -> Dict[str, int]:
             # Known label values are always present (as 0), so series do not appear from nowhere.
@@ -875,6 +876,9 @@ class DriveStateMonitor:
                                                                    "per_address")),
             "connections_closed_idle": counters["connections_closed_idle"],
             "http_requests": dict(self.web_app.requests) if self.web_app else {},
+            "event_streams_open": len(streams.open) if streams is not None else 0,
+            "event_stream_resyncs": streams.resyncs if streams is not None else 0,
+            "change_feed_revision": streams.feed.rev if streams is not None else 0,
             "tree_objects": len(self.tree),
             "tree_monitors": self.tree.monitor_count,
             "expirations": counters["expirations"],

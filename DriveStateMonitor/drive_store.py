@@ -20,10 +20,11 @@ from it (drive_view.py). `on_change`, when set, is told which serial changed in 
 (a new or changed announcement, `last_seen`'s second, alive/expired, a new status, a wipe); it is
 not called for a repeat heard within the same second, so the hot path stays a lookup.
 
-`touched`, when set (the change feed, change_feed.py), collects the serials whose row in `m` or `s`
+`touched`, when set (the change feed, change_feed.py), collects the serials whose row in `m`
 changed in content: a drive first heard, its fields changed, expired, heard again after expiring, or
-heard from another address or interface; a new status. A repeat that only moves `last_seen` is not
-a change there (drives repeat every 5 s). `wiped` says a wipe happened since the feed last looked.
+heard from another address or interface; `touched_status` those with a new status. A repeat that
+only moves `last_seen` is not a change there (drives repeat every 5 s). `wiped` says a wipe
+happened since the feed last looked.
 """
 from __future__ import annotations
 
@@ -190,6 +191,7 @@ class DriveStore:
         self.on_change: Optional[Callable[[str, float, bool], None]] = None
         # Serials whose rows changed in content, for the change feed (None: nobody collects).
         self.touched: Optional[Set[str]] = None
+        self.touched_status: Optional[Set[str]] = None
         self.wiped = False
 
     # --- announcements ------------------------------------------------------------------------
@@ -399,8 +401,8 @@ class DriveStore:
         self.status_at[serial] = now
         self._status_fragments.pop(serial, None)
         self.statuses_version += 1
-        if self.touched is not None:
-            self.touched.add(serial)
+        if self.touched_status is not None:
+            self.touched_status.add(serial)
         if self.on_change is not None:
             self.on_change(serial, now, appeared)
         return True
@@ -442,6 +444,8 @@ class DriveStore:
         if self.touched is not None:
             self.touched.clear()  # a wipe event forgets every row first
             self.wiped = True
+        if self.touched_status is not None:
+            self.touched_status.clear()
         if self.on_change is not None:
             for serial in gone:
                 self.on_change(serial, now, True)

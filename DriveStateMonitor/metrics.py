@@ -107,6 +107,13 @@ def render_metrics(facts: Mapping[str, Any]) -> str:
     family("dsm_http_requests_total", "counter", "HTTP requests answered, by handler and code.",
            [("", [("handler", handler), ("code", str(code))], count)
             for (handler, code), count in sorted(facts["http_requests"].items())])
+    family("dsm_http_event_streams_open", "gauge", "GET /api/events streams open (the change "
+           "feed's viewers).", [("", [], facts.get("event_streams_open", 0))])
+    family("dsm_http_event_stream_resyncs_total", "counter", "Event streams closed with a "
+           "resync event: their viewer fell behind the feed's window.",
+           [("", [], facts.get("event_stream_resyncs", 0))])
+    family("dsm_change_feed_revision", "gauge", "The change feed's revision (batches of changes "
+           "served since start).", [("", [], facts.get("change_feed_revision", 0))])
 
     family("dsm_tree_objects", "gauge", "Status Server tree entries (objects and directories).",
            [("", [], facts["tree_objects"])])
@@ -215,4 +222,5 @@ def empty_facts(version: str = "0") -> Dict[str, Any]:
                     "last_snapshot": 0.0},
         "loop_lag": LagHistogram(), "bad_inputs": 0, "handler_failures": 0,
         "internal_failures": 0, "multicast_receive_drops": None,
+        "event_streams_open": 0, "event_stream_resyncs": 0, "change_feed_revision": 0,
     }

@@ -108,6 +108,9 @@ class Reply(NamedTuple):
 GZIP_LEVEL = 1
 GZIP_MIN_BYTES = 1024
 VARY = ("Vary", "Accept-Encoding")
+# Tagged replies may be kept, but only used after asking again (RFC 9111 5.2.2.4): a browser's own
+# cache then sends If-None-Match by itself and a page's plain fetch() gets the 304's savings.
+REVALIDATE = ("Cache-Control", "no-cache")
 
 
 def gzip_bytes(body: bytes) -> bytes:
@@ -244,6 +247,8 @@ class WebApp:
         tag = self.etag(path)
         headers = reply.headers + (VARY,)
         if tag is not None:
+            headers = tuple(REVALIDATE if header == NO_STORE else header for header in headers)
+        if tag is not None:
             if etag_matches(request, tag):
                 return Reply(304, reply.content_type, b"", headers + (("ETag", '"%s"' % tag),))
         if not accepts_gzip(request) or len(reply.body) < GZIP_MIN_BYTES:
@@ -347,7 +352,7 @@ class EventStreams:
         """The encoded snapshot event of the current state, built once per version of it."""
         key = (self.feed.rev,) + tuple(self.versions())
         if self._snapshot[0] != key:
-            data = self.feed.snapshot_data(bytes(self.drives_json()), bytes(self.status_json()))
+            data = self.feed.snapshot_data(self.drives_json(), self.status_json())
             self._snapshot = (key, server_sent_event(data, "snapshot",
                                                      self.feed.event_id(self.feed.rev)))
         return self._snapshot[1]
@@ -368,10 +373,12 @@ class EventStreams:
         self.opened += 1
         return stream
 
-    def publish(self, touched: Iterable[str], wiped: bool) -> int:
+    def publish(self, drives_touched: Iterable[str], statuses_touched: Iterable[str],
+                wiped: bool) -> int:
         """Numbers this pass's changes as one event and sends it to every open stream; its rev."""
-        rev, _ = self.feed.publish(touched, wiped, self.drive_row, self.status_row,
-                                   self._encode_change)
+        rev, _ = self.feed.publish(drives_touched, statuses_touched, wiped, self.drive_row,
+                                   self.status_row, self._encode_change)
+        self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
         for stream in list(self.open):
             stream.pump()
         return rev
@@ -397,13 +404,16 @@ class EventStream:
         self.transport = transport
         self.next_rev = 0     # the revision of the next change event to send
         self.sent = True      # something was written since the last keepalive tick
+        self.ended = False    # resynced or closed: nothing more is written
 
     def pump(self) -> None:
         """Writes the events it has not had while its unsent output stays under the high-water
         mark; `resync` if those events have left the window."""
         transport, feed = self.transport, self.streams.feed
+        if self.ended:
+            return
         if transport.closed:
-            self.streams.open.discard(self)
+            self.closed()
             return
         while self.next_rev <= feed.rev:
             if self.next_rev < feed.oldest_rev:
@@ -420,12 +430,12 @@ class EventStream:
                 self.next_rev += 1
                 self.sent = True
                 if transport.closed:  # reset by --max-output
-                    self.streams.open.discard(self)
+                    self.closed()
                     return
 
     def resync(self) -> None:
         """Too slow: one `resync` event, then closed when it is sent (the client reconnects)."""
-        self.streams.open.discard(self)
+        self.closed()
         self.streams.resyncs += 1
         log.info("%s: event stream too slow (%d bytes unsent, its next event left the window); "
                  "resync", self.transport.label, self.transport.output_size)
@@ -433,6 +443,7 @@ class EventStream:
         self.transport.close_when_flushed()
 
     def closed(self) -> None:
+        self.ended = True
         self.streams.open.discard(self)
 
 
@@ -480,7 +491,7 @@ class WebConnection(PipelinedConnection):
     def idle_exempt(self) -> bool:
         """True while this is an open event stream with nothing unsent: quiet on purpose, not
         idle (--idle-timeout). A stream whose client stopped reading is not exempt."""
-        return self.stream is not None and self.stream in self.stream.streams.open and \
+        return self.stream is not None and not self.stream.ended and \
             self.transport.output_size == 0
 
     def has_partial_request(self) -> bool:

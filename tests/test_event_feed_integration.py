@@ -1,0 +1,261 @@
+"""The change feed of a real DSM over real sockets (`curl -N .../api/events` as a test): snapshot,
+then a change after a status and after a drive expires; Last-Event-ID resumption; a restarted DSM
+(another epoch) gives a snapshot; a slow reader is resynced and closed; streams count against the
+per-address limit; --idle-timeout spares an open stream; ETag/304 and gzip end to end."""
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import socket
+from typing import Any, Dict, List, Optional
+
+from dsm_harness import LOOPBACK, announcement, free_tcp_port, wait_for
+from test_change_feed import parse_events
+from test_slow_readers import is_closed_by_peer, silent_client
+
+
+class EventReader:
+    """A `curl -N` of /api/events: reads what arrives, splits it into events."""
+
+    def __init__(self, dsm: Any, headers: str = "", target: str = "/api/events",
+                 sock: Optional[socket.socket] = None) -> None:
+        self.sock = sock or socket.create_connection((LOOPBACK, dsm.info["http_port"]), timeout=10)
+        self.sock.sendall(("GET %s HTTP/1.1\r\nHost: dsm\r\n%s\r\n" % (target, headers)).encode())
+        self.data = b""
+        self.closed = False
+
+    def _read(self) -> None:
+        """Reads what arrives within 0.2 s (many small reads when the window is small)."""
+        self.sock.settimeout(0.2)
+        while not self.closed:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except socket.timeout:
+                return
+            if not chunk:
+                self.closed = True
+            self.data += chunk
+
+    @property
+    def head(self) -> bytes:
+        return self.data.partition(b"\r\n\r\n")[0]
+
+    def events(self) -> List[Dict[str, Any]]:
+        body = self.data.partition(b"\r\n\r\n")[2]
+        complete = body[:body.rfind(b"\n\n") + 2]
+        return [dict(e, data=json.loads(e["data"])) if "data" in e else e
+                for e in parse_events(complete)]
+
+    def wait_events(self, count: int, what: str) -> List[Dict[str, Any]]:
+        def enough() -> Optional[List[Dict[str, Any]]]:
+            self._read()
+            events = [e for e in self.events() if "event" in e]
+            return events if len(events) >= count else None
+        return wait_for(enough, 15, what)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def web_dsm(dsm_factory, *extra: str):
+    return dsm_factory.start("--http-port", str(free_tcp_port()), *extra)
+
+
+def get(dsm, path: str, headers: Optional[Dict[str, str]] = None):
+    conn = http.client.HTTPConnection(LOOPBACK, dsm.info["http_port"], timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+def status(dsm, serial: str, text: str) -> None:
+    reply = dsm.send_status(json.dumps({"serial_number": serial, "time_stamp": 1,
+                                        "status": text}).encode())
+    assert reply == b"\x04", reply
+
+
+def test_stream_shows_snapshot_then_status_and_expiry_changes(dsm_factory):
+    dsm = web_dsm(dsm_factory, "--drive-lifetime", "1.5")
+    dsm.announce(announcement("FEED1"))
+    wait_for(lambda: "FEED1" in dsm.query_json("m"), 10, "FEED1 heard")
+    reader = EventReader(dsm)
+    try:
+        [snapshot] = reader.wait_events(1, "the snapshot")
+        head = reader.head.decode()
+        assert head.startswith("HTTP/1.1 200 OK") and "Content-Type: text/event-stream" in head
+        assert "Content-Length" not in head and "Access-Control-Allow-Origin: *" in head
+        assert reader.data.partition(b"\r\n\r\n")[2].startswith(b"retry: 2000\n\n")
+        assert snapshot["event"] == "snapshot"
+        assert set(snapshot["data"]) == {"epoch", "rev", "drives", "status"}
+        assert list(snapshot["data"]["drives"]) == ["FEED1"]
+        status(dsm, "FEED1", "busy")
+        events = reader.wait_events(2, "the status's change")
+        changed = [e for e in events[1:] if e["data"]["status"].get("FEED1")]
+        assert changed and changed[0]["data"]["status"]["FEED1"] == [{"time_stamp": 1,
+                                                                     "status": "busy"}]
+
+        def expired() -> Any:
+            return [e for e in reader.wait_events(2, "events")
+                    if (e["data"].get("drives", {}).get("FEED1") or {}).get("state") == "expired"]
+        wait_for(expired, 15, "the expiry's change event")
+        # A client applying them holds what the endpoints show.
+        rows, statuses = {}, {}
+        for event in reader.wait_events(3, "all"):
+            if event["event"] == "snapshot":
+                rows, statuses = event["data"]["drives"], event["data"]["status"]
+            else:
+                rows.update(event["data"]["drives"])
+                statuses.update(event["data"]["status"])
+        assert rows == json.loads(get(dsm, "/api/drives")[1])
+        assert statuses == json.loads(get(dsm, "/api/status")[1])
+        revs = [e["data"]["rev"] for e in reader.wait_events(3, "all")]
+        assert revs == list(range(revs[0], revs[0] + len(revs)))
+        assert [e["id"] for e in reader.wait_events(3, "all")] == [
+            "%s-%d" % (snapshot["data"]["epoch"], rev) for rev in revs]
+    finally:
+        reader.close()
+
+
+def test_last_event_id_resumes_and_a_restarted_dsm_sends_a_snapshot(dsm_factory):
+    state_dir = os.path.join(dsm_factory.new_dirs(), "state")
+    dsm = web_dsm(dsm_factory, "--state-dir", state_dir)
+    status(dsm, "RES1", "one")
+    first = EventReader(dsm)
+    [snapshot] = first.wait_events(1, "the snapshot")
+    first.close()
+    last_id = snapshot["id"]
+    status(dsm, "RES1", "two")
+    status(dsm, "RES2", "three")
+    for resumed in (EventReader(dsm, "Last-Event-ID: %s\r\n" % last_id),
+                    EventReader(dsm, target="/api/events?since=%s" % last_id)):
+        try:
+            events = resumed.wait_events(2, "the two missed changes")
+            assert [e["event"] for e in events] == ["change", "change"]
+            assert events[0]["data"]["rev"] == snapshot["data"]["rev"] + 1
+            assert events[1]["data"]["status"]["RES2"] == [{"time_stamp": 1, "status": "three"}]
+        finally:
+            resumed.close()
+    dsm.stop()
+    again = web_dsm(dsm_factory, "--state-dir", state_dir)
+    restarted = EventReader(again, "Last-Event-ID: %s\r\n" % last_id)
+    try:
+        [fresh] = restarted.wait_events(1, "a snapshot from the new process")
+        assert fresh["event"] == "snapshot"
+        assert fresh["data"]["epoch"] != snapshot["data"]["epoch"]
+        assert fresh["data"]["status"] == json.loads(get(again, "/api/status")[1])
+        assert set(fresh["data"]["status"]) == {"RES1", "RES2"}
+    finally:
+        restarted.close()
+
+
+def test_slow_reader_gets_resync_and_is_closed(dsm_factory):
+    # A reader that reads nothing: the kernel's buffers fill, then the stream's 1 MiB high-water
+    # mark, then the feed's 16 MiB window passes it (each event carries the serial's whole
+    # history: 20 x 50 KB), and it is sent `resync` and closed.
+    dsm = web_dsm(dsm_factory, "--idle-timeout", "60")
+    slow = silent_client(dsm.info["http_port"])
+    reader = EventReader(dsm, sock=slow)
+    try:
+        big = "y" * 50_000
+        for n in range(150):  # bounded: about 40 are needed
+            status(dsm, "SLOW1", big + str(n))
+            if "dsm_http_event_stream_resyncs_total 1" in get(dsm, "/metrics")[1].decode():
+                break
+        # Nothing more is queued for it: what it reads now ends with the resync, then the close.
+        wait_for(lambda: reader._read() or reader.closed, 30, "reading to the end")
+        assert reader.data.endswith(b'event: resync\ndata: {"reason": "too slow"}\n\n')
+        metrics = [line for line in get(dsm, "/metrics")[1].decode().splitlines()
+                   if line.startswith("dsm_http_event_stream")]
+        assert metrics == ["dsm_http_event_streams_open 0", "dsm_http_event_stream_resyncs_total 1"]
+    finally:
+        reader.close()
+
+
+def test_streams_count_against_the_per_address_limit(dsm_factory):
+    dsm = web_dsm(dsm_factory, "--max-connections-per-address", "2")
+    readers = [EventReader(dsm) for _ in range(2)]
+    try:
+        for reader in readers:
+            reader.wait_events(1, "a snapshot")
+        with socket.create_connection((LOOPBACK, dsm.info["http_port"]), timeout=10) as refused:
+            assert refused.recv(65536).startswith(b"HTTP/1.1 503")  # said before any request
+        readers[0].close()
+        wait_for(lambda: "dsm_http_event_streams_open 1" in get_when_allowed(dsm), 10,
+                 "one stream left")
+
+        def stream_opened() -> bool:
+            # The /metrics connection's slot is freed when the DSM reads its close: try again.
+            with socket.create_connection((LOOPBACK, dsm.info["http_port"]), timeout=10) as sock:
+                sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: dsm\r\n\r\n")
+                try:
+                    return sock.recv(65536).startswith(b"HTTP/1.1 200")
+                except ConnectionResetError:
+                    return False
+        wait_for(stream_opened, 10, "a stream once a slot is free")
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def get_when_allowed(dsm) -> str:
+    try:
+        response, body = get(dsm, "/metrics")
+    except (OSError, http.client.HTTPException):
+        return ""
+    return body.decode() if response.status == 200 else ""
+
+
+def test_idle_timeout_spares_an_open_stream(dsm_factory):
+    dsm = web_dsm(dsm_factory, "--idle-timeout", "0.5")
+    reader = EventReader(dsm)
+    idle = socket.create_connection((LOOPBACK, dsm.info["http_port"]), timeout=10)
+    try:
+        reader.wait_events(1, "the snapshot")
+        # The idle timeout has passed once the plain connection opened after the stream is closed.
+        wait_for(lambda: is_closed_by_peer(idle), 15, "the idle connection closed")
+        status(dsm, "IDLE1", "still here")
+        events = reader.wait_events(2, "a change on the stream")
+        assert events[1]["data"]["status"]["IDLE1"][0]["status"] == "still here"
+        assert not reader.closed
+    finally:
+        idle.close()
+        reader.close()
+
+
+def test_head_answers_headers_only(dsm_factory):
+    dsm = web_dsm(dsm_factory)
+    with socket.create_connection((LOOPBACK, dsm.info["http_port"]), timeout=10) as sock:
+        sock.sendall(b"HEAD /api/events HTTP/1.1\r\nHost: dsm\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"\r\n\r\n")
+    assert b"text/event-stream" in data
+
+
+def test_etag_304_and_gzip_end_to_end(dsm_factory):
+    dsm = web_dsm(dsm_factory)
+    for n in range(30):
+        status(dsm, "TAG%02d" % n, "ok %d" % n)
+    for path in ("/api/status", "/api/drives", "/api/drives/TAG01", "/api/lab"):
+        response, body = get(dsm, path)
+        tag = response.getheader("ETag")
+        assert response.status == 200 and tag and response.getheader("Vary") == "Accept-Encoding"
+        response, again = get(dsm, path, {"If-None-Match": tag})
+        assert response.status == 304 and again == b"" and response.getheader("ETag") == tag
+    response, plain = get(dsm, "/api/status")
+    response, zipped = get(dsm, "/api/status", {"Accept-Encoding": "gzip"})
+    assert response.getheader("Content-Encoding") == "gzip"
+    assert gzip.decompress(zipped) == plain
+    old_tag = response.getheader("ETag")
+    status(dsm, "TAG00", "changed")
+    response, _ = get(dsm, "/api/status", {"If-None-Match": old_tag})
+    assert response.status == 200 and response.getheader("ETag") != old_tag
