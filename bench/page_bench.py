@@ -15,10 +15,11 @@ asyncio loop), so the bytes are what crossed the wire, gzip or not; in the lab, 
 the proxies' ports as the DSMs' HTTP ports, so the page's lab view goes through them too.
 
 Per page (old, new) and per setup (one DSM with DRIVES x STATUSES; a lab of LAB_DSMS x LAB_DRIVES):
-- first rows: from navigation start until the first drive row is in the DOM (MutationObserver);
+- first rows: from navigation start until the first drive rows are in the DOM (MutationObserver)
+  and the next frame is painted;
 - idle bytes/min: what the viewer pulls in a window with nothing changing, per minute;
 - 10 changes/s bytes/min: the same while a status arrives 10 times a second (random drives);
-- latency: a status sent to a drive in view until its text is in that row (median of LATENCY_N);
+- latency: a status sent to a drive in view until its text is in that row and painted (median);
 - main thread: busy % (CDP Performance.getMetrics TaskDuration over the window) and the longest
   task (PerformanceObserver "longtask"), in both windows;
 - DOM: elements in the document; the DSM's CPU seconds per minute in each window (/proc).
@@ -298,14 +299,21 @@ const __watchRows = () => {
   const observer = new MutationObserver(() => {
     const body = document.getElementById(window.__benchBody || "drive-rows");
     if (!body) return;
-    if (window.__bench.firstRows === null && body.querySelector("tr[data-serial]")) {
-      window.__bench.firstRows = performance.now();
+    // "On screen": the rows are in the DOM, then the next frame is laid out and painted
+    // (a task queued from requestAnimationFrame runs after that paint).
+    const afterPaint = (record) => requestAnimationFrame(() => setTimeout(record, 0));
+    if (!window.__bench.rowsSeen && body.querySelector("tr[data-serial]")) {
+      window.__bench.rowsSeen = true;
+      afterPaint(() => { window.__bench.firstRows = performance.now(); });
     }
     const watch = window.__bench.watch;
-    if (watch && window.__bench.seenAt === null) {
+    if (watch && !watch.found) {
       const row = body.querySelector('tr[data-serial="' + watch.serial + '"]' +
                                      (watch.host ? '[data-host="' + watch.host + '"]' : ""));
-      if (row && row.textContent.includes(watch.text)) window.__bench.seenAt = Date.now();
+      if (row && row.textContent.includes(watch.text)) {
+        watch.found = true;
+        afterPaint(() => { window.__bench.seenAt = Date.now(); });
+      }
     }
   });
   observer.observe(document, {childList: true, subtree: true,
@@ -397,8 +405,12 @@ def run_page(browser, label: str, url: str, body_id: str, proxy: CountingProxy, 
     result: Dict[str, Any] = {"first_rows_s": first}
     if shot:
         os.makedirs(os.path.dirname(shot), exist_ok=True)
-        page.screenshot(path=shot)
-        result["screenshot"] = shot
+        try:
+            page.screenshot(path=shot, timeout=120000)
+            result["screenshot"] = shot
+        except Exception as exc:  # a page too busy to paint within 2 min: say so, measure on
+            log("%s: no screenshot: %s" % (label, str(exc).splitlines()[0]))
+            result["screenshot"] = None
     log("%s: first rows after %.2f s; idle window %.0f s" % (label, first, window))
     result["idle"] = measure_window(page, cdp, proxy, dsms, window, None)
 
@@ -533,16 +545,29 @@ def main(argv: Optional[List[str]] = None) -> int:
             browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                                  args=["--no-sandbox", "--disable-gpu"])
             try:
-                if args.only in (None, "host"):
-                    for name, code in (("old page (%s)" % OLD_COMMIT, old), ("new page", new)):
-                        shot = os.path.join(args.shots, "%s-10000-drives.png" % name.split()[0])
-                        results["%s, 1 DSM" % name] = one_dsm(
-                            browser, code, name, 10000 // scale, 20, window, samples, shot)
-                if args.only in (None, "lab"):
-                    for name, code in (("old page (%s)" % OLD_COMMIT, old), ("new page", new)):
-                        shot = os.path.join(args.shots, "%s-lab-5x2000.png" % name.split()[0])
-                        results["%s, lab 5 DSMs" % name] = lab(
-                            browser, code, name, 5, 2000 // scale, 20, window, samples, shot)
+                runs = []
+                for name, code in (("old page (%s)" % OLD_COMMIT, old), ("new page", new)):
+                    if args.only in (None, "host"):
+                        runs.append(("%s, 1 DSM" % name, one_dsm, code, name, 1, 10000 // scale,
+                                     "%s-10000-drives.png" % name.split()[0]))
+                    if args.only in (None, "lab"):
+                        runs.append(("%s, lab 5 DSMs" % name, lab, code, name, 5, 2000 // scale,
+                                     "%s-lab-5x2000.png" % name.split()[0]))
+                # Old and new of one setup one after the other, the host first.
+                runs.sort(key=lambda run: (run[4], "new" in run[0]))
+                for title, setup, code, name, dsms_n, drives, shot_name in runs:
+                    shot = os.path.join(args.shots, shot_name)
+                    try:
+                        if setup is lab:
+                            results[title] = lab(browser, code, name, dsms_n, drives, 20, window,
+                                                 samples, shot)
+                        else:
+                            results[title] = one_dsm(browser, code, name, drives, 20, window,
+                                                     samples, shot)
+                    except Exception as exc:
+                        log("%s: failed: %s" % (title, exc))
+                        results[title] = {"error": str(exc).splitlines()[0]}
+                    log("%s: %s" % (title, json.dumps(results[title])))
             finally:
                 browser.close()
     finally:

@@ -289,35 +289,47 @@ class DriveRows {
   }
 }
 
-// Everything a row shows, as text, derived once per change.
+// What sorting, filtering and counting need, derived once per change; the rest of what a row
+// shows (`rowView`) only when it is drawn, so a snapshot of 10,000 drives x 20 statuses costs
+// 10,000 small objects, not 200,000 chips.
 function deriveRow(host, serial, drive, history) {
   const hasDrive = drive !== undefined;
   const stateText = hasDrive ? safeText(field(drive, "state"), 40) : "unannounced";
   const state = KNOWN_STATES.has(stateText) ? stateText : (stateText || "unknown");
   const list = Array.isArray(history) ? history : (history === undefined ? [] : [history]);
-  const chips = list.slice(-HISTORY_CHIPS).map(historyEntry);
-  const latest = chips.length ? chips[chips.length - 1] : null;
+  const latest = list.length ? historyEntry(list[list.length - 1]) : null;
   const epochField = field(drive, "last_seen_epoch");  // Number() of an object can throw
-  const epoch = typeof epochField === "number" ? epochField : NaN;
   return {
     key: DriveRows.key(host, serial),
     host: host,
     serial: serial,
-    serialText: safeText(serial),
     serialUpper: serial.toUpperCase(),
     hasDrive: hasDrive,
+    drive: drive,
+    history: list,
     state: state,
     stateClass: KNOWN_STATES.has(state) ? state : "other",
-    model: hasDrive ? (safeText(field(drive, "model")) || DASH) : DASH,
-    addresses: hasDrive ? addressLines(drive) : [],
-    lastSeen: hasDrive ? safeText(field(drive, "last_seen")) : "",
-    lastSeenEpoch: Number.isFinite(epoch) ? epoch : -Infinity,
+    lastSeenEpoch: typeof epochField === "number" ? epochField : -Infinity,
     latest: latest,
     statusClass: statusClass(latest ? latest.status : undefined),
-    chips: chips,
-    earlier: list.length - chips.length,
+    view: null,
     seen: "",
   };
+}
+
+// Everything a row shows, as text (kept on the row until its data changes).
+function rowView(row) {
+  if (row.view) return row.view;
+  const chips = row.history.slice(-HISTORY_CHIPS).map(historyEntry);
+  row.view = {
+    serialText: safeText(row.serial),
+    model: row.hasDrive ? (safeText(field(row.drive, "model")) || DASH) : DASH,
+    addresses: row.hasDrive ? addressLines(row.drive) : [],
+    lastSeen: row.hasDrive ? safeText(field(row.drive, "last_seen")) : "",
+    chips: chips,
+    earlier: row.history.length - chips.length,
+  };
+  return row.view;
 }
 
 function cell(tag, className, text) {
@@ -328,9 +340,11 @@ function cell(tag, className, text) {
 }
 
 // The <tr> of one row. Cells hold one or two lines that never wrap, so every row has the same
-// height (VirtualTable depends on it). `withHost` adds the lab view's host column first.
-function rowElement(row, withHost, nowSeconds) {
-  const tr = cell("tr", "row state-" + row.stateClass + (row.stale ? " stale" : ""));
+// height (VirtualTable depends on it). `withHost` adds the lab view's host column first; `stale`
+// greys the row (its DSM's feed dropped).
+function rowElement(row, withHost, nowSeconds, stale) {
+  const view = rowView(row);
+  const tr = cell("tr", "row state-" + row.stateClass + (stale ? " stale" : ""));
   tr.dataset.serial = row.serial;
   tr.dataset.state = row.state;
   tr.dataset.statesSeen = row.seen;
@@ -339,17 +353,17 @@ function rowElement(row, withHost, nowSeconds) {
     tr.dataset.host = row.host;
     tr.appendChild(cell("td", "host", safeText(row.host, 64)));
   }
-  const serial = cell("td", "serial", row.serialText);
+  const serial = cell("td", "serial", view.serialText);
   serial.title = safeText(row.serial, TITLE_LIMIT);
   tr.appendChild(serial);
-  const model = cell("td", "model", row.model);
-  model.title = row.model;
+  const model = cell("td", "model", view.model);
+  model.title = view.model;
   tr.appendChild(model);
 
   const addresses = cell("td", "addresses");
-  const addressText = row.addresses.length ? row.addresses.join(", ") : DASH;
+  const addressText = view.addresses.length ? view.addresses.join(", ") : DASH;
   addresses.appendChild(cell("div", "line", addressText));
-  addresses.title = row.addresses.join("\n");
+  addresses.title = view.addresses.join("\n");
   tr.appendChild(addresses);
 
   const seen = cell("td", "last-seen");
@@ -357,10 +371,10 @@ function rowElement(row, withHost, nowSeconds) {
     // The feed sends a drive again when it changes, not each time it is heard (every few s):
     // its last_seen is that of its last change, and "alive" is what says it is heard now.
     seen.appendChild(cell("div", "line", "now"));
-    seen.appendChild(cell("div", "line hint", row.lastSeen ? "changed " + row.lastSeen : ""));
+    seen.appendChild(cell("div", "line hint", view.lastSeen ? "changed " + view.lastSeen : ""));
   } else if (row.hasDrive) {
-    seen.appendChild(cell("div", "line", row.lastSeen || DASH));
-    seen.appendChild(cell("div", "line hint", ago(row.lastSeenEpoch, nowSeconds)));
+    seen.appendChild(cell("div", "line", view.lastSeen || DASH));
+    seen.appendChild(cell("div", "line hint", ago(view.lastSeenEpoch, nowSeconds)));
   } else {
     seen.appendChild(cell("div", "line hint", "never announced"));
   }
@@ -386,8 +400,8 @@ function rowElement(row, withHost, nowSeconds) {
   if (!withHost) {
     const timeline = cell("td", "timeline");
     const chips = cell("div", "chips");
-    if (row.earlier > 0) chips.appendChild(cell("span", "earlier", "+" + row.earlier));
-    for (const chip of row.chips) {
+    if (view.earlier > 0) chips.appendChild(cell("span", "earlier", "+" + view.earlier));
+    for (const chip of view.chips) {
       const tick = cell("span", "tick status-" + chip.meaning, safeText(chip.status, 24));
       tick.dataset.meaning = chip.meaning;
       tick.title = chip.stamp + ": " + chip.status;

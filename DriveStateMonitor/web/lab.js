@@ -133,9 +133,8 @@
                              document.getElementById("lab-above"),
                              document.getElementById("lab-rows"),
                              document.getElementById("lab-below"),
-                             (row) => rowElement(Object.assign({}, row, {
-                               stale: (labHosts.get(row.host) || {}).state === "down"}),
-                               true, Date.now() / 1000));
+                             (row) => rowElement(row, true, Date.now() / 1000,
+                                                 (labHosts.get(row.host) || {}).state === "down"));
     document.getElementById("view-lab").textContent = "Whole lab (" + labHosts.size + " DSMs)";
     document.getElementById("view-switch").hidden = false;
     document.getElementById("view-host").addEventListener("click", () => {
