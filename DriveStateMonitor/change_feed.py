@@ -9,8 +9,9 @@ too far behind is told to start again from a snapshot. The DSM's feed is that, f
 web_service.py as server-sent events).
 
 * The store notes which serials changed (drive_store.py: a set add where a drive first appears,
-  changes its fields, expires, is heard again after expiring, or gets a status; a flag for a wipe).
-  Nothing is encoded there: the hot path of repeated announcements adds nothing at all.
+  changes its fields, expires, is heard again after expiring or from another address or
+  interface, or gets a status; a flag for a wipe). Nothing is encoded there, and a repeated
+  announcement that only moves `last_seen` is not a change: its hot path gains one comparison.
 * Once per loop pass, the daemon hands those sets to `ChangeFeed.publish`, which encodes ONE change
   event for the whole pass (`rev` grows by one) with the current drive object of each serial whose
   drive changed and the whole status list of each serial with a new status (null for one that is
@@ -23,12 +24,17 @@ web_service.py as server-sent events).
 * `epoch` is fixed for the life of one process (its start time in milliseconds, hex), so an id
   from an earlier run is never taken for one of this run.
 
+When nobody has watched for a while, `skip` numbers a batch without encoding it and empties the
+window: the JSON work of a change (a drive's object, a status list) is then not done at all, and a
+client coming back later gets a snapshot, as it would after a long absence anyway.
+
 The feed does not read the store or frame events itself: it is given functions for both, so it can
 be tested against any model of the data (tests/test_change_feed.py) and knows nothing of sockets.
 
 Applying a snapshot, then change events in order (a wipe event first forgets every row), gives
-exactly the rows the JSON endpoints show at that revision; applying an event twice is harmless,
-since each carries whole rows, keyed by serial.
+exactly the rows the JSON endpoints show at that revision (but for `last_seen`, which only moves
+with a change); applying an event twice is harmless, since each carries whole rows, keyed by
+serial.
 """
 from __future__ import annotations
 
@@ -38,9 +44,9 @@ import json
 from typing import Callable, Deque, Iterable, List, Optional, Tuple
 
 # A page reconnecting after a few seconds away finds its place; a bigger gap costs one snapshot.
-# 1,024 events is minutes of 10 changes a second; 16 MiB bounds the memory whatever their size
-# (Kubernetes' watch cache keeps about 100 events per resource type, etcd 1,000 revisions after
-# compaction by default).
+# 1,024 events is over a minute and a half of 10 changes a second; 16 MiB bounds the memory
+# whatever their size. (Kubernetes' API server keeps such a window of recent events in its watch
+# cache and answers an older resourceVersion with 410 Gone; etcd refuses a compacted revision.)
 DEFAULT_MAX_EVENTS = 1024
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
@@ -121,6 +127,14 @@ class ChangeFeed:
                 self.window_bytes > self.max_bytes and len(self._window) > 1):
             self.window_bytes -= len(self._window.popleft()[1])
         return rev, encoded
+
+    def skip(self) -> int:
+        """Numbers one batch of changes nobody will be sent: the next revision; the window is
+        emptied, so every earlier id now needs a snapshot."""
+        self.rev += 1
+        self._window.clear()
+        self.window_bytes = 0
+        return self.rev
 
     def parse_id(self, last_id: Optional[str]) -> Optional[int]:
         """The revision of an id of this epoch (`<epoch>-<rev>`), or None (another epoch, junk)."""

@@ -586,7 +586,11 @@ class DriveStateMonitor:
                 log.info("%s: idle for more than %.0f s; closing", transport.label,
                          self._idle_limit(transport) or 0)
                 self.counters["connections_closed_idle"] += 1
-                transport.close()
+                # Output it never took: a reset, or the FIN would wait behind it in the kernel.
+                if getattr(transport, "output_size", 0):  # (a OneShotStatus has none)
+                    transport.reset()
+                else:
+                    transport.close()
         self.loop.call_later(self._sweep_period(), self._sweep)
 
     # --- what the protocols ask of the store -------------------------------------------------
@@ -755,7 +759,7 @@ class DriveStateMonitor:
                               load_static_files(), self.clock)
         self.event_streams = EventStreams(ChangeFeed(epoch), self._http_drives_json,
                                           self._http_status_json, self._feed_drive_row,
-                                          self._feed_status_row, versions)
+                                          self._feed_status_row)
         self.web_app.streams = self.event_streams
         self.store.touched, self.store.touched_status = set(), set()
         self.loop.add_before_sleep(self._publish_changes)

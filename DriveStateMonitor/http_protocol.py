@@ -35,7 +35,7 @@ MAX_HEADER_FIELDS = 100
 MAX_BODY_BYTES = 64 * 1024
 
 REASONS = {
-    200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    200: "OK", 204: "No Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
@@ -227,7 +227,7 @@ class HttpServerConnection:
         if date is not None:
             lines.append("Date: " + date)
         lines.extend("%s: %s" % (name, value) for name, value in headers)
-        if status != 304:  # RFC 9110 8.6: a 304's length would be the 200's; it has no body
+        if status not in (204, 304):  # RFC 9110 8.6: none on a 204; a 304's would be the 200's
             lines.append("Content-Length: %d" % len(body))
         if not keep_alive:
             lines.append("Connection: close")

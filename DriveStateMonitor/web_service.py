@@ -28,6 +28,7 @@ import email.utils
 import json
 import logging
 import os
+import time
 import zlib
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple,
                     Union)
@@ -58,6 +59,11 @@ PAGE_POLICY = ("Content-Security-Policy",
 ALLOWED_METHODS = ("GET", "HEAD")
 # Read-only JSON for any origin: the lab view of another DSM's page (see the module docstring).
 ANY_ORIGIN = ("Access-Control-Allow-Origin", "*")
+# The answer to a CORS preflight (OPTIONS) for /api/: a page of another DSM may send the
+# validators and the feed's resumption header itself (Fetch standard, "CORS protocol").
+PREFLIGHT = (("Access-Control-Allow-Methods", "GET, HEAD"),
+             ("Access-Control-Allow-Headers", "If-None-Match, Last-Event-ID, Cache-Control"),
+             ("Access-Control-Max-Age", "86400"))
 
 
 def lab_json(hosts: Tuple[LabHost, ...]) -> bytes:
@@ -274,6 +280,8 @@ class WebApp:
     def _route(self, request: Request) -> Tuple[str, Reply]:
         path = request.path
         is_api = path == "/api" or path.startswith("/api/")
+        if request.method == "OPTIONS" and is_api:
+            return "api_preflight", Reply(204, JSON_TYPE, b"", PREFLIGHT)
         if request.method not in ALLOWED_METHODS:
             reply = error_reply(405, "method %s not allowed; use GET or HEAD" % request.method,
                                 is_api)
@@ -317,6 +325,10 @@ RETRY_MS = 2000
 KEEPALIVE_S = 15.0
 KEEPALIVE = b": keepalive\n\n"
 RESYNC = server_sent_event(b'{"reason": "too slow"}', "resync")
+# After the last stream closed, changes are still encoded this long, so a page that reconnects
+# (2 s later, or after a network blip) resumes from the window instead of a snapshot; past it, a
+# DSM nobody watches does no JSON work for the feed (ChangeFeed.skip).
+UNWATCHED_GRACE_S = 300.0
 STREAM_HEADERS = (("Content-Type", "text/event-stream"), NO_STORE, NOSNIFF, ANY_ORIGIN)
 
 
@@ -336,21 +348,26 @@ class EventStreams:
     def __init__(self, feed: ChangeFeed, drives_json: Callable[[], bytes],
                  status_json: Callable[[], bytes], drive_row: Callable[[str], Optional[bytes]],
                  status_row: Callable[[str], Optional[bytes]],
-                 versions: Callable[[], Tuple[int, int]]) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.feed = feed
+        self.clock = clock  # monotonic s: how long nobody has watched
         self.drives_json = drives_json
         self.status_json = status_json
         self.drive_row = drive_row
         self.status_row = status_row
-        self.versions = versions
         self.open: Set["EventStream"] = set()
         self.resyncs = 0     # streams closed as too slow
         self.opened = 0      # streams opened since start
         self._snapshot: Tuple[Any, bytes] = (None, b"")
+        # None while a stream is open; a new process has never been watched: no client holds an
+        # id of its epoch, so nothing needs encoding until the first stream opens.
+        self._unwatched_since: Optional[float] = float("-inf")
 
     def snapshot(self) -> bytes:
-        """The encoded snapshot event of the current state, built once per version of it."""
-        key = (self.feed.rev,) + tuple(self.versions())
+        """The encoded snapshot event of the current state, built at most once per revision and
+        second: viewers opening together (a lab's screens after a restart) share one, even while
+        repeat announcements move `last_seen` (not a change: it may be a second old)."""
+        key = (self.feed.rev, int(self.clock()))
         if self._snapshot[0] != key:
             data = self.feed.snapshot_data(self.drives_json(), self.status_json())
             self._snapshot = (key, server_sent_event(data, "snapshot",
@@ -370,15 +387,23 @@ class EventStreams:
                 transport.write(encoded)
         stream.next_rev = self.feed.rev + 1
         self.open.add(stream)
+        self._unwatched_since = None
         self.opened += 1
         return stream
 
     def publish(self, drives_touched: Iterable[str], statuses_touched: Iterable[str],
                 wiped: bool) -> int:
-        """Numbers this pass's changes as one event and sends it to every open stream; its rev."""
+        """Numbers this pass's changes as one event and sends it to every open stream; its rev.
+        Nobody watching for UNWATCHED_GRACE_S: numbered, not encoded (ChangeFeed.skip)."""
+        self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
+        if not self.open:
+            now = self.clock()
+            if self._unwatched_since is None:
+                self._unwatched_since = now
+            elif now - self._unwatched_since > UNWATCHED_GRACE_S:
+                return self.feed.skip()
         rev, _ = self.feed.publish(drives_touched, statuses_touched, wiped, self.drive_row,
                                    self.status_row, self._encode_change)
-        self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
         for stream in list(self.open):
             stream.pump()
         return rev
@@ -444,7 +469,10 @@ class EventStream:
 
     def closed(self) -> None:
         self.ended = True
-        self.streams.open.discard(self)
+        streams = self.streams
+        streams.open.discard(self)
+        if not streams.open and streams._unwatched_since is None:
+            streams._unwatched_since = streams.clock()
 
 
 def events_last_id(request: Request) -> Optional[str]:
@@ -515,7 +543,7 @@ class WebConnection(PipelinedConnection):
                 return self._start_stream(event), b""
             reply, request = self.app.answer(event), event
         headers: List[Tuple[str, str]] = [NOSNIFF]
-        if reply.status != 304:
+        if reply.status not in (204, 304):
             headers.insert(0, ("Content-Type", reply.content_type))
         headers.extend(reply.headers)
         return self.http.response_parts(request, reply.status, reply.body, headers,

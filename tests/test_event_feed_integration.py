@@ -8,8 +8,12 @@ import gzip
 import http.client
 import json
 import os
+import shutil
 import socket
+import subprocess
 from typing import Any, Dict, List, Optional
+
+import pytest
 
 from dsm_harness import LOOPBACK, announcement, free_tcp_port, wait_for
 from test_change_feed import parse_events
@@ -259,3 +263,57 @@ def test_etag_304_and_gzip_end_to_end(dsm_factory):
     status(dsm, "TAG00", "changed")
     response, _ = get(dsm, "/api/status", {"If-None-Match": old_tag})
     assert response.status == 200 and response.getheader("ETag") != old_tag
+
+
+def test_heard_again_and_wipe_are_change_events(dsm_factory):
+    dsm = web_dsm(dsm_factory, "--drive-lifetime", "1")
+    dsm.announce(announcement("BACK1"))
+    wait_for(lambda: "BACK1" in dsm.query_json("m"), 10, "BACK1 heard")
+    reader = EventReader(dsm)
+    try:
+        reader.wait_events(1, "the snapshot")
+
+        def state_event(state: str) -> Any:
+            return [e for e in reader.wait_events(1, "events") if e["event"] == "change" and
+                    (e["data"]["drives"].get("BACK1") or {}).get("state") == state]
+        wait_for(lambda: state_event("expired"), 15, "BACK1 expired")
+        dsm.announce(announcement("BACK1"))
+        wait_for(lambda: state_event("alive"), 15, "BACK1 heard again")
+        assert dsm.query(b"w").endswith(b"\x04")
+        wiped = wait_for(lambda: [e for e in reader.wait_events(1, "events")
+                                  if e["event"] == "change" and e["data"]["wipe"]], 15, "a wipe")
+        assert wiped[0]["data"]["drives"] == {} and wiped[0]["data"]["status"] == {}
+    finally:
+        reader.close()
+
+
+def test_a_stream_that_never_reads_is_closed_within_bounds(dsm_factory):
+    # Whichever comes first closes it: the resync once its events left the window (then, unread,
+    # --idle-timeout), or --idle-timeout while nothing of its output moves.
+    dsm = web_dsm(dsm_factory, "--idle-timeout", "2")
+    slow = silent_client(dsm.info["http_port"])
+    EventReader(dsm, sock=slow)
+    try:
+        big = "z" * 50_000
+        for n in range(150):  # bounded
+            status(dsm, "STUCK1", big + str(n))
+            if is_closed_by_peer(slow):
+                break
+        wait_for(lambda: is_closed_by_peer(slow), 20, "the DSM closing the stuck stream")
+        assert "dsm_http_event_streams_open 0" in get(dsm, "/metrics")[1].decode()
+    finally:
+        slow.close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_n_shows_the_feed(dsm_factory):
+    dsm = web_dsm(dsm_factory)
+    status(dsm, "CURL1", "seen by curl")
+    # --max-time bounds it: curl ends with 28 (timed out) on a stream that never ends.
+    done = subprocess.run(["curl", "-N", "-s", "--max-time", "2",
+                           "http://%s:%d/api/events" % (LOOPBACK, dsm.info["http_port"])],
+                          stdout=subprocess.PIPE, timeout=30)
+    assert done.returncode == 28
+    text = done.stdout.decode()
+    assert text.startswith("retry: 2000\n\nid: ") and "event: snapshot\n" in text
+    assert '"CURL1": [{"time_stamp": 1, "status": "seen by curl"}]' in text

@@ -13,8 +13,8 @@ import pytest
 from DriveStateMonitor.change_feed import ChangeFeed
 from DriveStateMonitor.event_loop import EventLoop, StreamTransport
 from DriveStateMonitor.http_protocol import Request
-from DriveStateMonitor.web_service import (KEEPALIVE, RESYNC, EventStreams, WebApp,
-                                           WebConnection, WebData, accepts_gzip)
+from DriveStateMonitor.web_service import (KEEPALIVE, RESYNC, UNWATCHED_GRACE_S, EventStreams,
+                                           WebApp, WebConnection, WebData, accepts_gzip)
 from dsm_harness import wait_for
 from test_change_feed import parse_events
 
@@ -51,7 +51,7 @@ class Served:
         self.rows = Rows()
         self.feed = ChangeFeed("ep", max_events=max_events)
         self.streams = EventStreams(self.feed, self.rows.drives_json, self.rows.status_json,
-                                    self.rows.drive_row, self.rows.status_row, self.rows.versions)
+                                    self.rows.drive_row, self.rows.status_row)
         self.app = WebApp(WebData(self.rows.drives_json, lambda serial: None,
                                   self.rows.status_json, lambda: {}, (), self.rows.versions,
                                   "ep"), {}, lambda: 0.0)
@@ -137,6 +137,9 @@ def test_stream_head_snapshot_then_change_and_pipelined_request_is_not_answered(
 
 
 def test_last_event_id_in_window_gets_only_what_it_missed(served):
+    watching = served.connect()  # a DSM nobody ever watched keeps no window (see below)
+    watching.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    read_until(served, watching, b"event: snapshot")
     for n in range(3):
         served.change("A", {"n": n})
     sock = served.connect()
@@ -257,3 +260,55 @@ def test_client_leaving_closes_its_stream(served):
     sock.shutdown(socket.SHUT_WR)
     served.run_until(lambda: not served.streams.open, "the stream closed")
     wait_for(lambda: served.transports[0].closed, 1, "closed")
+
+
+def test_changes_nobody_watches_are_numbered_not_encoded_after_the_grace():
+    now = [1000.0]
+    served = Served()
+    served.streams.clock = lambda: now[0]
+    try:
+        served.change("A", 1)  # never watched: nothing encoded, the revision still moves
+        assert served.feed.rev == 1 and served.feed.window_bytes == 0
+        sock = served.connect()
+        sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_until(served, sock, b"event: snapshot")
+        sock.close()
+        served.run_until(lambda: not served.streams.open, "the stream closed")
+        now[0] += UNWATCHED_GRACE_S - 1  # within the grace: a page coming back resumes
+        served.change("A", 2)
+        assert served.feed.since("ep-1") is not None and served.feed.window_bytes > 0
+        now[0] += 2  # past it
+        served.change("A", 3)
+        assert served.feed.rev == 3 and served.feed.window_bytes == 0
+        assert served.feed.since("ep-2") is None and served.feed.since("ep-3") == []
+    finally:
+        served.close()
+
+
+def test_viewers_opening_together_share_one_snapshot_until_a_change(served):
+    now = [50.0]
+    served.streams.clock = lambda: now[0]
+    served.rows.drives["A"] = {"n": 1}
+    first = served.streams.snapshot()
+    assert served.streams.snapshot() is first  # the same bytes: queued once for every viewer
+    served.change("A", {"n": 2})
+    second = served.streams.snapshot()
+    assert second is not first and b'"n": 2' in second and b"id: ep-1\n" in second
+    served.rows.drives["B"] = {"n": 3}  # a last_seen-like move with no revision: up to 1 s old
+    assert served.streams.snapshot() is second
+    now[0] += 1
+    assert b'"B"' in served.streams.snapshot()
+
+
+def test_cors_preflight_for_the_api_allows_the_validators_and_last_event_id(served):
+    sock = served.connect()
+    sock.sendall(b"OPTIONS /api/events HTTP/1.1\r\nHost: x\r\nOrigin: http://other:2204\r\n"
+                 b"Access-Control-Request-Headers: last-event-id\r\n\r\n"
+                 b"OPTIONS /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_until(served, sock, b"\r\n\r\n", 2)
+    preflight, _, rest = data.partition(b"\r\n\r\n")
+    assert preflight.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"Access-Control-Allow-Origin: *" in preflight
+    assert b"Access-Control-Allow-Headers: If-None-Match, Last-Event-ID" in preflight
+    assert b"Content-Length" not in preflight and b"\r\nContent-Type:" not in preflight
+    assert rest.startswith(b"HTTP/1.1 405 ")  # not the API: as before
