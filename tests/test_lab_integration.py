@@ -230,8 +230,25 @@ def lab_rows(browser: HeadlessChromium) -> List[List[str]]:
     return browser.evaluate(LAB_PAGE)["rows"]
 
 
+def same_ports_and_state(dsm) -> List[str]:
+    """The options that start `dsm` again as the same DSM: its ports, lab file and state dir."""
+    kept = []
+    for option in ("--query-port", "--http-port", "--lab", "--state-dir"):
+        value = [value for name, value in zip(dsm.args, dsm.args[1:]) if name == option][-1]
+        kept += [option, value]
+    return kept
+
+
+def rows_become(browser: HeadlessChromium, expected: List[List[str]], what: str,
+                columns: int = 4) -> None:
+    """Waits until the lab table's rows (their first `columns` fields) are `expected`: the page
+    draws on the next frame, not inside the call that changed the data or the filters."""
+    wait_for(lambda: [row[:columns] for row in lab_rows(browser)] == expected, timeout=20,
+             what=what)
+
+
 @needs_chromium
-def test_page_shows_the_whole_lab_and_a_banner_for_a_stopped_dsm(lab):
+def test_page_shows_the_whole_lab_and_a_banner_for_a_stopped_dsm(lab, dsm_factory):
     a = lab.dsms["bench-a"]
     browser = HeadlessChromium("http://%s:%d/" % (LOOPBACK, a.info["http_port"]))
     try:
@@ -242,37 +259,55 @@ def test_page_shows_the_whole_lab_and_a_banner_for_a_stopped_dsm(lab):
         every = [["bench-a", "ZA10F3K2", "alive", "none"], ["bench-b", "ZA10F3K2", "alive", "none"],
                  ["bench-b", "ZB20G4L7", "alive", "none"], ["bench-c", "ZC30H5M8", "alive", "pass"],
                  ["bench-a", "ZD40J6N9", "unannounced", "fail"]]
-        wait_for(lambda: lab_rows(browser) == every, timeout=20,
-                 what="every DSM's drives on the page")
+        rows_become(browser, every, "every DSM's drives on the page")
         assert browser.evaluate("getComputedStyle(document.getElementById('drives')).display") \
             == "none"
 
         set_filter(browser, "filter-serial", "za10")
-        assert [row[:2] for row in lab_rows(browser)] == [["bench-a", "ZA10F3K2"],
-                                                          ["bench-b", "ZA10F3K2"]]
+        rows_become(browser, [["bench-a", "ZA10F3K2"], ["bench-b", "ZA10F3K2"]], "serial filter", 2)
         set_filter(browser, "filter-serial", "")
         set_filter(browser, "filter-host", "bench-b")
-        assert [row[1] for row in lab_rows(browser)] == ["ZA10F3K2", "ZB20G4L7"]
+        rows_become(browser, [["bench-b", "ZA10F3K2"], ["bench-b", "ZB20G4L7"]], "host filter", 2)
         set_filter(browser, "filter-host", "")
         set_filter(browser, "filter-state", "unannounced")
-        assert [row[1] for row in lab_rows(browser)] == ["ZD40J6N9"]
+        rows_become(browser, [["bench-a", "ZD40J6N9"]], "state filter", 2)
         set_filter(browser, "filter-state", "")
         set_filter(browser, "filter-status", "pass")
-        assert [row[1] for row in lab_rows(browser)] == ["ZC30H5M8"]
+        rows_become(browser, [["bench-c", "ZC30H5M8"]], "status filter", 2)
         set_filter(browser, "filter-status", "")
+        set_filter(browser, "lab-sort", "host")
+        rows_become(browser, sorted(every, key=lambda row: (row[0], row[1])), "sorted by host")
+        set_filter(browser, "lab-sort", "serial")
+        rows_become(browser, every, "sorted by serial again")
         browser.screenshot(os.path.join(ARTIFACTS, "lab_page.png"))
 
-        lab.dsms["bench-c"].stop()
+        c = lab.dsms["bench-c"]
+        c.stop()
         page = wait_for(lambda: (lambda p: p if p["banners"] else None)(
             browser.evaluate(LAB_PAGE)), timeout=20, what="a banner for bench-c")
         assert [banner[0] for banner in page["banners"]] == ["bench-c"]
         assert "does not answer" in page["banners"][0][1]
         # The others stay on screen; bench-c's last data stays too, marked stale.
         assert [row[:2] for row in page["rows"]] == [row[:2] for row in every]
-        assert browser.evaluate('document.querySelector("#lab-rows tr[data-host=bench-c]")'
-                                '.classList.contains("stale")')
-        assert "2 of 3 DSMs answering" in page["summary"]
+        wait_for(lambda: browser.evaluate(
+            'document.querySelector("#lab-rows tr[data-host=bench-c]").classList.contains('
+            '"stale")'), timeout=10, what="bench-c's rows in grey")
+        wait_for(lambda: "2 of 3 DSMs answering" in browser.evaluate(LAB_PAGE)["summary"],
+                 timeout=10, what="the summary to count 2 DSMs answering")
+        # ... and keep following their feeds.
+        send_status(a, "ZA10F3K2", "FAIL", "2026-11-30 04:00:00")
+        rows_become(browser, [every[0][:3] + ["fail"]] + every[1:],
+                    "bench-a's new status while bench-c is down")
         browser.screenshot(os.path.join(ARTIFACTS, "lab_page_one_dsm_stopped.png"))
+
+        # bench-c back (same ports, same state): its feed resumes, the banner goes, no duplicates.
+        back = dsm_factory.start(*same_ports_and_state(c), mcast_port=c.mcast_port)
+        lab.dsms["bench-c"] = back
+        wait_for(lambda: not browser.evaluate(LAB_PAGE)["banners"], timeout=20,
+                 what="bench-c's banner to go")
+        rows_become(browser, [every[0][:3] + ["fail"]] + every[1:], "bench-c's rows back")
+        assert not browser.evaluate('document.querySelector("#lab-rows tr[data-host=bench-c]")'
+                                    '.classList.contains("stale")')
 
         browser.evaluate('document.getElementById("view-host").click()')
         assert browser.evaluate(LAB_PAGE)["view"] == "host"

@@ -28,8 +28,8 @@ from DriveStateMonitor import drive_simulator
 from DriveStateMonitor.launcher import stop_dsm
 from DriveStateMonitor import start_report
 from DriveStateMonitor.start_report import start_failure
-from dsm_harness import PACKAGE, TEST_GROUP, free_udp_port, short_temp_dir
-from test_web_integration import CHROMIUM_FLAGS, needs_chromium, start_web_dsm
+from dsm_harness import PACKAGE, TEST_GROUP, free_udp_port, short_temp_dir, wait_for
+from test_web_integration import HeadlessChromium, needs_chromium, start_web_dsm
 
 DSMCTL = os.path.join(PACKAGE, "dsmctl.py")
 INDEX_HTML = os.path.join(PACKAGE, "web", "index.html")
@@ -72,14 +72,17 @@ def test_the_page_has_one_empty_hint_naming_no_fixed_port():
 
 
 @needs_chromium
-def test_an_empty_dsm_s_page_shows_the_hint_and_the_colour_legend(dsm_factory, tmp_path):
+def test_an_empty_dsm_s_page_shows_the_hint_and_the_colour_legend(dsm_factory):
     dsm = start_web_dsm(dsm_factory)
-    url = "http://127.0.0.1:%d/" % dsm.info["http_port"]
-    result = subprocess.run(
-        ["/usr/bin/chromium"] + CHROMIUM_FLAGS + ["--user-data-dir=%s" % tmp_path,
-                                                  "--virtual-time-budget=5000", "--dump-dom", url],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
-    dom = result.stdout.decode("utf-8", "replace")
+    # The page keeps its change feed open (--dump-dom would wait for it forever): read the DOM
+    # over DevTools once the page is connected.
+    browser = HeadlessChromium("http://127.0.0.1:%d/" % dsm.info["http_port"])
+    try:
+        dom = wait_for(lambda: (lambda d: d if d and 'data-refreshes=' in d else None)(
+            browser.evaluate("document.documentElement.outerHTML")), timeout=20,
+            what="the page to draw its first data")
+    finally:
+        browser.close()
     assert 'data-connection="ok"' in dom, dom[-2000:]
     hint = re.search(r'<p id="empty"[^>]*>', dom).group(0)
     assert "hidden" not in hint  # no drive known: the hint is shown

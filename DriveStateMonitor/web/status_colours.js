@@ -20,9 +20,12 @@ const STATUS_WORDS = {PASS: "pass", PASSED: "pass", OK: "pass",
                       FAIL: "fail", FAILED: "fail", ERROR: "fail"};
 
 // statusMeaning("002") === "started"; statusMeaning(" fail ") === "fail"; statusMeaning("x") ===
-// "other". Codes are exactly three digits; words are matched without regard to case.
+// "other". Codes are exactly three digits; words are matched without regard to case; any other
+// value (an object, null, ...) is "other".
 function statusMeaning(status) {
-  const text = String(status === null || status === undefined ? "" : status).trim();
+  // Strings and numbers only: String() of an arbitrary JSON object can throw (a "toString" key).
+  const text = (typeof status === "string" ? status
+                : typeof status === "number" ? String(status) : "").trim();
   if (/^[0-9]{3}$/.test(text)) {
     if (text === "000") return "stopped";
     if (text === "001") return "initialised";
