@@ -359,7 +359,7 @@ def measure_window(page, cdp, proxy: CountingProxy, dsms: List[Dsm], seconds: fl
 def latency(page, send, serial: str, host: Optional[str], samples: int) -> List[float]:
     """Seconds from sending a status to `serial` until its row shows the status's text."""
     values = []
-    for number in range(samples):
+    for _ in range(samples):
         text = "L%04d" % random.randrange(10000)
         page.evaluate("(w) => { window.__bench.seenAt = null; window.__bench.inDomAt = null;"
                       " window.__bench.watch = w; }",
@@ -469,7 +469,7 @@ def lab(browser, code: str, label: str, dsms_n: int, drives: int, statuses: int,
             f.write("%s:%d name=%s http=%d\n" % (LOOPBACK, q, name, p))
     dsms: List[Dsm] = []
     try:
-        for name, q, h, p in zip(names, query, http, front):
+        for _name, q, h, p in zip(names, query, http, front):
             dsms.append(Dsm(code, h, q, lab=path))
             proxy.add(p, h)
         serials = []
