@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import __version__
 from .announcement import REJECT_REASONS, Rejected, parse_announcement
@@ -768,10 +768,9 @@ class DriveStateMonitor:
     def _start_http(self, port: int) -> None:
         """Opens --http-port, reads the page's files (once, now) and starts the loop-lag probe."""
         epoch = make_epoch(self.started_at)
-        versions = lambda: (self.store.drives_version, self.store.statuses_version)  # noqa: E731
         self.web_app = WebApp(WebData(self._http_drives_json, self._http_drive_json,
                                       self._http_status_json, self.metrics_facts,
-                                      tuple(self.options.lab), versions, epoch),
+                                      tuple(self.options.lab), self._store_versions, epoch),
                               load_static_files(), lambda: wall_of(self.clock()))
         self.event_streams = EventStreams(ChangeFeed(epoch), self._http_drives_json,
                                           self._http_status_json, self._feed_drive_row,
@@ -790,6 +789,11 @@ class DriveStateMonitor:
         transport = self._admit(conn, addr, label, http_refusal)
         if transport is not None and self.web_app is not None:
             transport.start(WebConnection(transport, self.web_app, self._complain))
+
+    def _store_versions(self) -> Tuple[int, int]:
+        """What the JSON endpoints' ETags are made of: the drive table's and the statuses'
+        change counters (drive_store.py)."""
+        return self.store.drives_version, self.store.statuses_version
 
     def _publish_changes(self) -> None:
         """Before sleep, every pass: the serials this pass changed become one feed event."""
