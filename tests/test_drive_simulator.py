@@ -88,7 +88,8 @@ def test_simulate_help_lists_its_own_options_not_every_global_one():
 
 
 def test_flaky_drives_take_turns_falling_silent_and_coming_back():
-    silent = lambda index, t: drive_simulator.is_silent(index, 2, t, 10.0)  # noqa: E731
+    def silent(index, t):
+        return drive_simulator.is_silent(index, 2, t, 10.0)
     assert not any(silent(i, t) for i in (2, 3) for t in range(0, 100))  # not flaky
     assert [silent(0, t) for t in (0, 9.9, 10, 19.9, 20, 30)] == \
         [False, False, True, True, False, True]

@@ -13,7 +13,8 @@ from DriveStateMonitor.statserv_tree import StatServError, Tree
 
 def slow_import(tree: Tree, entries: List[Dict[str, Any]], now: float) -> None:
     """import_entries with the fast path switched off: what the tree did before it."""
-    tree._import_new_object = lambda path, entry, now: None  # type: ignore[assignment]
+    # The general path only: the fast path replaced by one that always declines.
+    tree._import_new_object = lambda path, entry, now: None  # type: ignore[assignment]  # a method
     tree.import_entries(entries, now)
 
 
