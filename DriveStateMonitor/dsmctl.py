@@ -160,7 +160,7 @@ def add_common_options(parser: argparse.ArgumentParser, defaults: bool,
 
     add_argument("--server", default=default(default_server), metavar="HOST:PORT|PATH",
                  help="the Status Server: host:port or a Unix socket path such as "
-                      "<run-dir>/statserv.sock (default $%s, else %s; now %s)"
+                      "<run-dir>/statserv.sock, or the run dir (default $%s, else %s; now %s)"
                       % (ENVIRONMENT_VARIABLE, DEFAULT_ADDRESS, default_server))
     add_argument("--json", action="store_true", default=default(False),
                  help="print m, s and w as the DSM's raw JSON, and get, ls, tree and stat "
@@ -1321,6 +1321,10 @@ def run_dsm_command(parser: argparse.ArgumentParser, options: argparse.Namespace
 
 
 def run_statserv_command(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
+    if "/" in options.server and os.path.isdir(options.server):
+        # a run dir, as --unix takes one: its statserv.sock (connecting to the dir itself reads
+        # "connection refused", which sends the user looking for a DSM that is running)
+        options.server = os.path.join(options.server, "statserv.sock")
     try:
         parse_address(options.server)
     except ValueError as error:

@@ -18,7 +18,7 @@ from .options import DEFAULT_RUN_DIR, PACKAGE_DIR, build_parser
 from .query_protocol import END_BYTE
 from .state_guard import read_exit_note
 from .single_instance import QUERY_SOCKET, lock_holder_pid, lock_is_held, running_dsms
-from .start_report import describe_running, next_steps, read_info, start_failure
+from .start_report import describe_running, next_steps, read_info, simulate_options, start_failure
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
@@ -161,7 +161,8 @@ def _already_running(run_dir: str) -> int:
           % (" with pid %d" % pid if pid else "", run_dir))
     info = read_info(run_dir)
     if info:
-        print(describe_running(info, run_dir))
+        # (the group is not in dsm.json: a DSM on another group is named by its port alone)
+        print(describe_running(info, run_dir, simulate_options=simulate_options(info)))
     return EXIT_OK
 
 

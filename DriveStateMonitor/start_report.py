@@ -112,9 +112,17 @@ def next_steps(run_dir: str, options: Any, new_log: str) -> str:
     match = re.search(r"hearing (\S+ on .*)$", new_log, re.MULTILINE)
     hearing = match.group(1).strip() if match else "%s:%s" % (options.mcast_group,
                                                                 options.mcast_port)
-    simulate_options = ""
-    if options.mcast_group != DEFAULT_MCAST_GROUP:
-        simulate_options += " --mcast-group %s" % options.mcast_group
-    if info.get("mcast_port", options.mcast_port) != DEFAULT_MCAST_PORT:
-        simulate_options += " --mcast-port %s" % info.get("mcast_port", options.mcast_port)
-    return describe_running(info, run_dir, hearing, simulate_options)
+    return describe_running(info, run_dir, hearing,
+                            simulate_options(info, options.mcast_group, options.mcast_port))
+
+
+def simulate_options(info: Dict[str, Any], mcast_group: str = DEFAULT_MCAST_GROUP,
+                     mcast_port: int = DEFAULT_MCAST_PORT) -> str:
+    """The simulator's options that differ from its defaults: the port from dsm.json when it has
+    one (the port the DSM bound), else `mcast_port`; the group as given (dsm.json has none)."""
+    text = ""
+    if mcast_group != DEFAULT_MCAST_GROUP:
+        text += " --mcast-group %s" % mcast_group
+    if info.get("mcast_port", mcast_port) != DEFAULT_MCAST_PORT:
+        text += " --mcast-port %s" % info.get("mcast_port", mcast_port)
+    return text

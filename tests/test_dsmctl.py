@@ -307,6 +307,12 @@ def test_server_defaults_to_the_statserv_variable(dsm):
     assert (result.returncode, result.stdout) == (0, "%d\n" % dsm.pid)
 
 
+def test_server_may_name_the_run_dir_as_unix_does(dsm):
+    run_dir = os.path.dirname(dsm.statserv_socket)
+    result = run_script([sys.executable, DSMCTL, "--server", run_dir, "get", "/dsm/pid"])
+    assert (result.returncode, result.stdout) == (0, "%d\n" % dsm.pid), result.stderr
+
+
 def test_runs_as_a_module_and_from_a_copied_folder(dsm):
     as_module = run_script([sys.executable, "-m", "DriveStateMonitor.dsmctl", "--server",
                             dsm.statserv_socket, "get", "/dsm/pid"], cwd=ROOT)

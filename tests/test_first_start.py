@@ -178,6 +178,9 @@ def test_run_dsm_ends_with_pid_ports_sockets_web_address_and_the_next_command(la
     again = launch.run("runDSM", launch.args())
     assert again.returncode == 0 and "already running with pid %d" % info["pid"] in again.stdout
     assert "TCP port %d" % info["query_port"] in again.stdout and "next: " in again.stdout
+    # the shared DSM's hint still names the port it hears drives on (the simulator's default
+    # port is not that DSM's)
+    assert "--mcast-port %d" % launch.mcast_port in again.stdout.rstrip("\n").splitlines()[-1]
 
 
 def test_run_dsm_prints_the_web_address_when_the_page_is_on(launches):

@@ -70,6 +70,20 @@ def test_it_runs_exactly_the_found_versions_and_says_which_ran_and_which_are_mis
     assert "Python 3.13  missing: not tested" in out
 
 
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_alone_prints_the_usage_and_finds_installs_and_runs_nothing(flag, monkeypatch, capsys):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--help ran something: %r" % (args,))
+
+    monkeypatch.setattr(run_tests, "find_interpreter", must_not_run)
+    monkeypatch.setattr(run_tests, "set_up_tools", must_not_run)
+    monkeypatch.setattr(run_tests.subprocess, "run", must_not_run)
+    assert run_tests.main([flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tests/runTests")
+    assert "runs nothing" in out and "Exit code" in out
+
+
 def test_a_whole_run_also_lints_and_a_lint_finding_fails_it(monkeypatch, capsys):
     found = {"3.8": "/opt/py38/bin/python3.8", "3.13": "/opt/py313/bin/python3.13"}
     monkeypatch.setattr(run_tests, "find_interpreter", found.get)
