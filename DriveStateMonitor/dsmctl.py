@@ -175,7 +175,8 @@ def add_common_options(parser: argparse.ArgumentParser, defaults: bool,
                  help="the DSM's status port (default %d)" % DEFAULT_STATUS_PORT)
     add_argument("--unix", default=default(None), metavar="PATH",
                  help="send m, s and w to the DSM's Unix socket <run-dir>/%s instead "
-                      "(PATH: the socket, or the run dir)" % DSM_SOCKET_NAME)
+                      "(PATH: the socket, or the run dir); without --server, the Status Server "
+                      "commands go to the statserv.sock beside it" % DSM_SOCKET_NAME)
     add_argument("--request-timeout", type=non_negative_seconds, default=default(10.0), metavar="S",
                  help="how long to wait for each answer (default 10)")
     add_argument("--reconnect-timeout", type=non_negative_seconds, default=default(None), metavar="S",
@@ -1321,6 +1322,13 @@ def run_dsm_command(parser: argparse.ArgumentParser, options: argparse.Namespace
 
 
 def run_statserv_command(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
+    if getattr(options, "unix", None) and options.server == DEFAULT_ADDRESS \
+            and not os.environ.get(ENVIRONMENT_VARIABLE):
+        # --unix names the DSM: its Status Server is the statserv.sock beside its query socket, not
+        # whichever DSM listens on localhost:3111 (an explicit --server or $STATSERV still wins).
+        query_socket = query_address(options)
+        if isinstance(query_socket, str):
+            options.server = os.path.join(os.path.dirname(query_socket), "statserv.sock")
     if "/" in options.server and os.path.isdir(options.server):
         # a run dir, as --unix takes one: its statserv.sock (connecting to the dir itself reads
         # "connection refused", which sends the user looking for a DSM that is running)

@@ -313,6 +313,19 @@ def test_server_may_name_the_run_dir_as_unix_does(dsm):
     assert (result.returncode, result.stdout) == (0, "%d\n" % dsm.pid), result.stderr
 
 
+def test_unix_names_the_dsm_for_the_status_server_commands_too(dsm):
+    """`--unix RUN_DIR get` asks that DSM's Status Server (statserv.sock in the run dir), not
+    whichever DSM listens on localhost:3111; an explicit --server still wins."""
+    run_dir = os.path.dirname(dsm.statserv_socket)
+    env = {key: value for key, value in os.environ.items() if key != "STATSERV"}
+    for unix in (run_dir, os.path.join(run_dir, "dsm.sock")):
+        result = run_script([sys.executable, DSMCTL, "--unix", unix, "get", "/dsm/pid"], env=env)
+        assert (result.returncode, result.stdout) == (0, "%d\n" % dsm.pid), result.stderr
+    wrong = run_script([sys.executable, DSMCTL, "--unix", run_dir, "--server",
+                        os.path.join(run_dir, "nothing.sock"), "get", "/dsm/pid"], env=env)
+    assert wrong.returncode == 2
+
+
 def test_runs_as_a_module_and_from_a_copied_folder(dsm):
     as_module = run_script([sys.executable, "-m", "DriveStateMonitor.dsmctl", "--server",
                             dsm.statserv_socket, "get", "/dsm/pid"], cwd=ROOT)
