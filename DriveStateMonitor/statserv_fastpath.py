@@ -146,6 +146,7 @@ class PlainLines:
         check_length = long_possible and max_line < 6 + MAX_PLAIN_NAME + max_value
         careful = special or check_length
         plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+        wall_now = wall_of(now)  # an object's mtime (shown): the wall clock of the batch's instant
         # Monitors come and go only through MONITOR/UNMONITOR (general lines, after which this is
         # read again) or a connection's end, which only removes them: read once, not per line.
         collects = bool(monitors_of.get(session))
@@ -166,7 +167,7 @@ class PlainLines:
                                 tree.collect(session, entry[0], now)  # reading collects
                             if type(value) is str:
                                 if value.isalnum():  # nothing to escape: the common case
-                                    output += b'. "' + value.encode() + b'"\n'
+                                    output += b'. "%s"\n' % value.encode()
                                 else:
                                     output += b'. "' + escape_text(value).encode(
                                         "utf-8", "backslashreplace") + b'"\n'
@@ -181,8 +182,9 @@ class PlainLines:
                     name, _, value = name.partition(b" ")
                     entry = paths.get(name) or self._path_entry(name)
                     node = nodes.get(entry[0]) if entry is not None else None
+                    # (32: a space; `int in bytes` is one memchr, `b" " in bytes` 8 x as long)
                     if entry is not None and node is not None and node.kind == _OBJECT and value \
-                            and len(value) <= max_value and b" " not in value:
+                            and len(value) <= max_value and 32 not in value:
                         try:
                             text = value.decode()
                         except UnicodeDecodeError:
@@ -209,9 +211,9 @@ class PlainLines:
                                             nodes.get(node.parent_path))):
                                         tree._changed(node, now)
                                     else:  # Tree._changed with nobody to tell
-                                        tree.revision += 1
-                                        node.revision = tree.revision
-                                        node.mtime = wall_of(now)  # shown: the wall clock
+                                        revision = tree.revision + 1
+                                        tree.revision = node.revision = revision
+                                        node.mtime = wall_now
                                 if record is not None:
                                     if put_tail is None:
                                         touch_tail, put_tail = _record_tails(now)
@@ -246,6 +248,7 @@ class PlainLines:
                 return index + 1
             # It may have changed anything: the directory, TRACE, the journal's state, the time.
             plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+            wall_now = wall_of(now)
             collects = bool(monitors_of.get(session))
         return None
 
