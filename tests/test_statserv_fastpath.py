@@ -322,3 +322,15 @@ def test_pipelined_plain_lines_are_acked_only_after_the_journal_fsync(dsm_factor
     client.sendall(b"GET /fast/x\n")
     assert _read_lines(client, 1) == [b'. "%d"' % (count - 1)]
     client.close()
+
+
+def test_the_batch_check_knows_every_byte_that_makes_a_line_not_plain():
+    # A batch is searched per line only if _holds_special finds one of these bytes: it must find
+    # exactly the bytes of _SPECIAL, wherever they are before the batch's last line end.
+    from DriveStateMonitor.statserv_fastpath import _SPECIAL, _holds_special
+    for code in range(256):
+        byte = bytes([code])
+        data = b"GET /a\nPUT /a " + byte + b"\nGET /a\n"
+        end = data.rfind(b"\n")
+        assert _holds_special(data, end) == (_SPECIAL.search(data, 0, end) is not None), byte
+        assert not _holds_special(b"GET /a\n" + byte, 6)  # after the last line end: not looked at
