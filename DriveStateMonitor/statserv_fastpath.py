@@ -137,7 +137,6 @@ class PlainLines:
         session = self._session
         tree = self._tree
         nodes = tree._nodes
-        record = getattr(tree, "record", None)
         monitors_of = tree._monitors_by_subscriber
         max_value = tree.max_value_bytes
         max_line = session._max_line
@@ -146,6 +145,7 @@ class PlainLines:
         check_length = long_possible and max_line < 6 + MAX_PLAIN_NAME + max_value
         careful = special or check_length
         plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+        record = _record_sink(tree)
         wall_now = wall_of(now)  # an object's mtime (shown): the wall clock of the batch's instant
         # Monitors come and go only through MONITOR/UNMONITOR (general lines, after which this is
         # read again) or a connection's end, which only removes them: read once, not per line.
@@ -248,6 +248,7 @@ class PlainLines:
                 return index + 1
             # It may have changed anything: the directory, TRACE, the journal's state, the time.
             plain, paths, output, now, touch_tail, put_tail = self._batch_state()
+            record = _record_sink(tree)
             wall_now = wall_of(now)
             collects = bool(monitors_of.get(session))
         return None
@@ -275,6 +276,16 @@ def _record_tails(now: float) -> Tuple[bytes, bytes]:
     on, PUT's from the value's closing quote on."""
     now_json = repr(float(wall_of(now))).encode("ascii")
     return b"," + now_json + b",null,null,false,null,null,", b'",' + now_json + b",null,"
+
+
+def _record_sink(tree: Any) -> Optional[Callable[[bytes], None]]:
+    """What this batch's journal records (JSON bytes) go through: the tree's `record` hook, or
+    where that is the journal's own `record`, the journal's `appender()` (its queue's append
+    itself while it keeps records: one Python call less per change). Read again after every
+    line the general path handles, which may change the journal's state."""
+    record = getattr(tree, "record", None)
+    appender = getattr(getattr(record, "__self__", None), "appender", None)
+    return appender() if appender is not None else record
 
 
 def _holds_special(data: bytes, end: int) -> bool:
