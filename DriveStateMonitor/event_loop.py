@@ -584,8 +584,13 @@ class StreamTransport:
         """Sends what the kernel takes; waits for writability only for the rest."""
         if self.closed:
             return
+        blocked = False  # the kernel took less than offered: the rest waits for writability
+        if self._tail is not None and not self._out:
+            blocked = not self._send_tail(self._tail)
+            if self.closed:
+                return
         self._seal_tail()
-        while self._out:
+        while self._out and not blocked:
             if len(self._out) > 1 and self.output_size <= 64 * 1024:
                 # Many small replies (pipelining): one send instead of one per reply.
                 joined = memoryview(b"".join(self._out))
@@ -622,6 +627,30 @@ class StreamTransport:
             self.close()
             return
         self._update_interest()
+
+    def _send_tail(self, tail: bytearray) -> bool:
+        """Sends the coalesced small writes straight from the tail when nothing is queued before
+        them (a pass's replies, the common case): no chunk made, queued and accounted only to be
+        sent at once. True if the kernel took all of it (or the send failed and closed it)."""
+        try:
+            sent = self.sock.send(tail)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            log.debug("%s: send failed: %s", self.label, exc)
+            self.abort()
+            return True
+        if sent:
+            self.output_size -= sent
+            self.output_cost -= sent
+            self.loop.output_total -= sent
+            self.last_activity = time.monotonic()
+        if sent < len(tail):
+            del tail[:sent]
+            return False
+        self._tail = None
+        self.output_cost -= CHUNK_OVERHEAD
+        return True
 
     def on_writable(self) -> None:
         # Flushed with every other dirty transport after the before-sleep hooks, so a reply never

@@ -112,11 +112,15 @@ class HttpLineGuard:
             self._mid_line = False
         last = buf.rfind(b"\n")
         if last >= pos:
-            if _HTTP_LINE.match(buf, pos, last + 1) is not None:
-                return self._refuse(buf, pos)
-            http = _HTTP_LINE_AFTER_LF.search(buf, pos, last + 1)
-            if http is not None:
-                return self._refuse(buf, http.start() + 1)
+            # Every HTTP line holds " HTTP/" (a request line) or ":" (a header line): complete
+            # lines with neither (pipelined commands) need no regular expression, which costs
+            # about 0.2 us a line where the two finds cost 0.01 us.
+            if buf.find(b":", pos, last + 1) >= 0 or buf.find(b" HTTP/", pos, last + 1) >= 0:
+                if _HTTP_LINE.match(buf, pos, last + 1) is not None:
+                    return self._refuse(buf, pos)
+                http = _HTTP_LINE_AFTER_LF.search(buf, pos, last + 1)
+                if http is not None:
+                    return self._refuse(buf, http.start() + 1)
             pos = last + 1
         if pos == len(buf):
             return buf, False

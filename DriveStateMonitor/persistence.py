@@ -877,6 +877,12 @@ class Journal:
         # its index and CRC at flush, all of the pass's records in one loop (encode_records).
         self._pending.append(record if type(record) is bytes else _json_payload(record))
 
+    def appender(self) -> Callable[[bytes], None]:
+        """`record` for JSON bytes until the next flush or failure (the caller asks again after
+        anything that may flush): the queue's own append while records are kept, so a hot path
+        pays no Python call per change; `record` itself (which counts the dropped) when not."""
+        return self.record if self.needs_snapshot else self._pending.append
+
     @property
     def pending(self) -> bool:
         return bool(self._pending)

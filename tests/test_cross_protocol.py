@@ -106,6 +106,28 @@ def test_the_guard_passes_every_other_byte_unchanged_in_order(lines, newline, fi
     assert not found and passed + held == stream
 
 
+
+@settings(max_examples=300, deadline=None)
+@given(LINES, st.sampled_from([b"POST / HTTP/1.1", b"host:x", b"HOST : x", b"Origin: null",
+                               b"Sec-Fetch-Mode: navigate", b"GET /x HTTP/1.0\r"]),
+       st.integers(0, 8), st.data())
+def test_an_http_line_among_pipelined_commands_is_found_wherever_it_is(lines, http_line, at,
+                                                                       data):
+    # Chunks of complete commands without ":" or " HTTP/" skip the regular expression: an HTTP
+    # line anywhere among them, in any chunk, is still found and nothing from it on is passed.
+    lines = [line for line in lines if not is_http_line(line)]
+    at = min(at, len(lines))
+    before = b"".join(line + b"\n" for line in lines[:at])
+    stream = before + http_line + b"\n" + b"".join(line + b"\n" for line in lines[at:])
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=3)))
+    guard = HttpLineGuard()
+    passed, found = b"", False
+    for start, end in zip([0] + cuts, cuts + [len(stream)]):
+        out, found = guard.receive_data(stream[start:end])
+        passed += out
+    held, found_at_end = guard.eof_received()
+    assert found and found_at_end and held == b"" and passed == before
+
 def test_a_line_that_cannot_become_http_is_passed_at_once_and_a_long_one_is_not_held():
     guard = HttpLineGuard()
     assert guard.receive_data(b"hello DSM") == (b"hello DSM", False) and not guard.holding

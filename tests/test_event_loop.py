@@ -991,3 +991,39 @@ def test_status_end_of_stream_answers_the_rest_and_closes_when_flushed():
     assert transport.writes == []
     connection.eof_received()
     assert len(transport.writes) == 1 and transport.closing
+
+
+def test_small_writes_sent_from_the_tail_in_part_keep_order_and_exact_accounting(loop):
+    # Small writes go out straight from the coalesced tail when nothing is queued before them;
+    # when the kernel takes only part (TCP: a partial send), the rest waits, later writes after
+    # it, in order; once all is sent the loop's and the transport's output accounting are nothing.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport = StreamTransport(loop, server, "tcp")
+    transport.start(Recorder())
+    peer = Peer(client)
+    try:
+        expected = bytearray()
+        waited = []
+        for round_ in range(6):
+            for i in range(700):
+                line = b"%d.%d %s\n" % (round_, i, b"x" * (i % 90))
+                transport.write(line)
+                expected += line
+            loop.run_once(max_wait=0)
+            waited.append(transport.output_size)
+        assert any(waited)  # the kernel took only part at least once: the rest waited
+        peer.read_until(loop, lambda p: len(p.received) >= len(expected), "all the small writes")
+        loop.run_once(max_wait=0)
+        assert bytes(peer.received) == bytes(expected)
+        assert transport.output_size == 0 and transport.output_cost == 0
+        assert loop.output_total == 0 and transport not in loop._with_output
+    finally:
+        transport.close()
+        peer.close()

@@ -322,3 +322,44 @@ def test_pipelined_plain_lines_are_acked_only_after_the_journal_fsync(dsm_factor
     client.sendall(b"GET /fast/x\n")
     assert _read_lines(client, 1) == [b'. "%d"' % (count - 1)]
     client.close()
+
+
+def test_the_batch_check_knows_every_byte_that_makes_a_line_not_plain():
+    # A batch is searched per line only if _holds_special finds one of these bytes: it must find
+    # exactly the bytes of _SPECIAL, wherever they are before the batch's last line end.
+    from DriveStateMonitor.statserv_fastpath import _SPECIAL, _holds_special
+    for code in range(256):
+        byte = bytes([code])
+        data = b"GET /a\nPUT /a " + byte + b"\nGET /a\n"
+        end = data.rfind(b"\n")
+        assert _holds_special(data, end) == (_SPECIAL.search(data, 0, end) is not None), byte
+        assert not _holds_special(b"GET /a\n" + byte, 6)  # after the last line end: not looked at
+
+
+def test_the_fast_path_writes_the_same_journal_file_through_the_journals_own_queue(tmp_path):
+    # With the journal's own `record` as the tree's hook (--fsync other than always) the fast
+    # path appends to the journal's queue directly: the file holds the same bytes as the
+    # general path's, and while the journal keeps no records (failing) both drop the same count.
+    from DriveStateMonitor.host_clock import Moment
+    from DriveStateMonitor.persistence import FSYNC_NO, Journal, journal_path, read_state_file
+
+    lines = b"".join(b"PUT /a/x v%d\nGET /a/x\nTOUCH /a/x\nPUT /a/x v%d\nPUT /a/n %d\n"
+                     % (i, i % 3, i) for i in range(40))
+    files, dropped = [], []
+    for fast in (True, False):
+        state_dir = str(tmp_path / ("fast" if fast else "general"))
+        tree = JournaledTree()
+        journal = Journal(state_dir, FSYNC_NO, lambda: {"format": 1})
+        assert journal.open(1)
+        tree.record = journal.record
+        clock = lambda: Moment(500.0, 1765000000.25)  # noqa: E731
+        session = StatServSession(tree, clock, is_local=True, fast_path=fast)
+        session.receive_data(b"TOUCH /a/x\nTOUCH /a/n TYPE=int\n" + lines)
+        journal.flush(1.0)
+        files.append(read_state_file(journal_path(state_dir, 1)))
+        journal.needs_snapshot = True  # failing: records are dropped (and counted) until a snapshot
+        session.receive_data(lines)
+        dropped.append(journal.records_dropped)
+        journal._close_fd()
+    assert files[0] == files[1] and files[0].count(b'"tp"') == 120
+    assert dropped[0] == dropped[1] == 160
