@@ -1260,6 +1260,42 @@ class CheckedOutput:
         return getattr(self.stream, name)
 
 
+class ErrorOutput:
+    """Standard error for the length of one command. A line it cannot take (a full disk, closed:
+    `2>&-`, which makes sys.stderr None and print(file=None) write to standard output) is
+    dropped, as there is nowhere left to say so: the command's own exit code stands, not 1 (a
+    keyboard interrupt's) from a traceback nobody sees."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.failed = stream is None
+
+    def _give_up(self) -> None:
+        self.failed = True
+        _silence_stdout(self.stream)  # the interpreter's flush at exit must not fail either
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):
+                self._give_up()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._give_up()
+
+    def isatty(self) -> bool:
+        return not self.failed and self.stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def _silence_stdout(stream: Any) -> None:
     """Points file descriptor 1 at /dev/null after a failed write, so the interpreter's flush at
     exit does not fail again ("Exception ignored ...", exit 120); what is still buffered is lost
@@ -1276,8 +1312,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Runs one command; its exit code. Standard output that cannot be written is one line on
     standard error, exit 7; a reader that leaves early (`| head`, EPIPE) is not an error: exit 0,
     nothing said."""
-    real_stdout = sys.stdout
+    real_stdout, real_stderr = sys.stdout, sys.stderr
     sys.stdout = CheckedOutput(real_stdout)
+    sys.stderr = ErrorOutput(real_stderr)
     try:
         try:
             code = _run(argv)
@@ -1295,7 +1332,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("dsmctl: cannot write standard output: %s" % failure.reason, file=sys.stderr)
         return EXIT_OUTPUT_FAILED
     finally:
-        sys.stdout = real_stdout
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = real_stdout, real_stderr
 
 
 def _run(argv: Optional[List[str]]) -> int:

@@ -450,3 +450,27 @@ def test_a_serial_no_dsm_knows_exits_6_across_the_lab_as_for_one_dsm(fakes, comm
     result = dsmctl(*(command + ["--hosts", fake.address]))
     assert result.returncode == 6, result.stderr
     assert result.stderr.decode().count("ZNOPE") == 1
+
+
+def test_an_unwritable_standard_error_keeps_each_command_s_own_exit_code(dsm_fake, dsm):
+    """stderr full (`2>/dev/full`) or closed (`2>&-`): the error line is dropped, the exit code
+    is the command's (before: 1, a keyboard interrupt's, from a traceback nobody could see), and
+    with stderr closed no error text lands on standard output (print(file=None) writes there: a
+    script's `value=$(dsmctl.py get X 2>&-)` got the error as the value)."""
+    server = ["--server", dsm.statserv_socket]
+    cases = [(server + ["get", "/no/such/object"], 5), (on(dsm_fake) + ["m", "ZNOSUCH"], 6),
+             (["--host", "%s:1" % LOOPBACK, "m"], 2), (server + ["get", "/dsm/pid"], 0),
+             (["no-such-command"], 2)]
+    for command, code in cases:
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([sys.executable, DSMCTL] + command, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=full, timeout=60)
+        assert result.returncode == code, (command, result.returncode)
+        closed = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, DSMCTL]
+                                + command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                timeout=60)
+        assert closed.returncode == code, (command, closed.returncode)
+        assert b"dsmctl:" not in closed.stdout and b"Traceback" not in closed.stdout, command
+    both = subprocess.run(["sh", "-c", 'exec "$@" >/dev/full 2>&-', "sh", sys.executable, DSMCTL]
+                          + server + ["get", "/dsm/pid"], stdin=subprocess.DEVNULL, timeout=60)
+    assert both.returncode == 7
