@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from .local_dirs import open_append_no_follow
 
@@ -45,23 +45,36 @@ class ReopenableFileHandler(CountingStreamHandler):
         self.owns_std_streams = _same_file(stream.fileno(), 2)
 
     def reopen(self) -> None:
+        """Starts the file anew at its path. A full disk or a closed stream loses lines (counted),
+        never raises: what the old file still buffers fails again as it is flushed and closed,
+        and an exception here would count against the loop's kill switch at each SIGHUP."""
         self.acquire()
         try:
             old = self.stream
             try:
                 self.stream = _open_log(self.path)
             except OSError as exc:  # a link planted after logrotate moved the file, say
-                old.write("%s: cannot reopen the log file %s: %s; still writing to the old one\n"
-                          % (logging.getLevelName(logging.ERROR), self.path, exc))
+                complaint = ("%s: cannot reopen the log file %s: %s; still writing to the old "
+                             "one\n" % (logging.getLevelName(logging.ERROR), self.path, exc))
+                _lose_quietly(lambda: old.write(complaint))
                 return
             if self.owns_std_streams:
-                sys.stdout.flush()
-                sys.stderr.flush()
+                _lose_quietly(sys.stdout.flush)
+                _lose_quietly(sys.stderr.flush)
                 os.dup2(self.stream.fileno(), 1)
                 os.dup2(self.stream.fileno(), 2)
-            old.close()
+            _lose_quietly(old.close)  # the descriptor is closed even when the flush fails
         finally:
             self.release()
+
+
+def _lose_quietly(operation: Callable[[], object]) -> None:
+    """Runs a write, flush or close of a log stream; a failure is a lost line, counted."""
+    global _lines_lost
+    try:
+        operation()
+    except (OSError, ValueError):
+        _lines_lost += 1
 
 
 def _open_log(path: str):

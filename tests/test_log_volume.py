@@ -68,9 +68,13 @@ def _full_disk_logger(handler: logging.Handler) -> logging.Logger:
     return logger
 
 
-def test_lines_the_full_log_disk_cannot_take_are_counted_and_stderr_stays_quiet(capfd):
+def test_lines_the_full_log_disk_cannot_take_are_counted_and_stderr_stays_quiet(capfd, tmp_path):
     before = daemon_log.lines_lost()
-    handler = ReopenableFileHandler("/dev/full")  # every write fails with ENOSPC
+    # The log file is a regular file (a device is refused: local_dirs.open_append_no_follow);
+    # its stream is then one where every write fails with ENOSPC, as on a full disk.
+    handler = ReopenableFileHandler(str(tmp_path / "dsm.log"))
+    handler.stream.close()
+    handler.stream = open("/dev/full", "a", buffering=1)
     logger = _full_disk_logger(handler)
     try:
         for index in range(5):
