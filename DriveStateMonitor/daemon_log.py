@@ -137,10 +137,18 @@ class BadInputLog:
     counted and summarised in one line when the next window opens.
     """
 
-    def __init__(self, logger: logging.Logger, per_window: int = 20, window_s: float = 60.0) -> None:
+    def __init__(self, logger: logging.Logger, per_window: int = 20, window_s: float = 60.0,
+                 line: str = "bad input from %s: %s",
+                 summary: str = "%d more bad inputs not logged in the last %.0f s",
+                 level: int = logging.WARNING) -> None:
         self.logger = logger
         self.per_window = per_window
         self.window_s = window_s
+        # What is logged: `line` % (source, what) and `summary` % (count, window_s), at `level`;
+        # another instance rate-limits another kind of per-connection line (idle closes).
+        self.line = line
+        self.summary = summary
+        self.level = level
         self._window_start = float("-inf")
         self._logged = 0
         self.suppressed = 0
@@ -154,7 +162,7 @@ class BadInputLog:
             self._logged = 0
         if self._logged < self.per_window:
             self._logged += 1
-            self.logger.warning("bad input from %s: %s", source, what)
+            self.logger.log(self.level, self.line, source, what)
         else:
             self.suppressed += 1
 
@@ -162,6 +170,5 @@ class BadInputLog:
         """Logs the count of suppressed complaints once their window has passed (called by a
         timer too, so the count of a flood that stopped is not lost)."""
         if self.suppressed and now - self._window_start >= self.window_s:
-            self.logger.warning("%d more bad inputs not logged in the last %.0f s",
-                                self.suppressed, self.window_s)
+            self.logger.log(self.level, self.summary, self.suppressed, self.window_s)
             self.suppressed = 0
