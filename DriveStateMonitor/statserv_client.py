@@ -696,6 +696,7 @@ class StatServClient:
                 return line.rstrip(b"\r").decode("utf-8", "replace")
             self._searched = len(inbox)  # a long line dripping in is searched once: O(n)
             if len(inbox) > MAX_RESPONSE_LINE:
+                self._close()  # out of step with the server: the next call starts over
                 raise _Failed(ErrorCode.PROTOCOL, "the server sent a line longer than %d bytes"
                               % MAX_RESPONSE_LINE)
             wait = timeout
