@@ -488,7 +488,18 @@ def test_run_dsm_makes_and_writes_nothing_past_another_user_s_link_on_the_way(ds
     state dir (then a snapshot) wherever the link pointed; the log and run dirs likewise."""
     base = dsm_factory.new_dirs()
     theirs = _through_nobody_s_link(base)
-    result = run_script([RUN_DSM] + _args(base, **{option: os.path.join(theirs, "dir")}))
+    args = _args(base, **{option: os.path.join(theirs, "dir")})
+    try:
+        result = run_script([RUN_DSM] + args)
+    finally:  # a DSM that started anyway (the bug) is stopped by its pid
+        run_dir = args[args.index("--run-dir") + 1]
+        for pid_file in (os.path.join(run_dir, "dsm.pid"),
+                         os.path.join(base, "real", "dir", "dsm.pid")):
+            try:
+                with open(pid_file) as f:
+                    os.kill(int(f.read().split()[0]), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "on the way is a symlink owned by uid %d" % nobody().pw_uid in result.stderr
     assert option in result.stderr
