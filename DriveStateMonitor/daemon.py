@@ -221,6 +221,10 @@ class DriveStateMonitor:
         self.transports: Set[Connection] = set()
         self.counters: Dict[str, int] = collections.Counter()
         self.bad_input = BadInputLog(logging.getLogger("dsm.input"))
+        # One line per idle connection closed is a stranger's to multiply (open, stay quiet):
+        # rate-limited like bad input.
+        self.idle_closes = BadInputLog(log, line="%s: %s", level=logging.INFO, summary=(
+            "%d more connections closed as idle, not logged, in the last %.0f s"))
         self.log_handler: Optional[ReopenableFileHandler] = None
         self.ports: Dict[str, int] = {}
         self.started_at = wall_of(clock())
@@ -597,8 +601,9 @@ class DriveStateMonitor:
                 self.counters["connections_closed_request_timeout"] += 1
                 transport.protocol.request_timed_out(self.options.request_timeout)
             for transport in idle:
-                log.info("%s: idle for more than %.0f s; closing", transport.label,
-                         self._idle_limit(transport) or 0)
+                self.idle_closes.complain(self.clock(), transport.label,
+                                          "idle for more than %.0f s; closing"
+                                          % (self._idle_limit(transport) or 0))
                 self.counters["connections_closed_idle"] += 1
                 # Output it never took: a reset, or the FIN would wait behind it in the kernel.
                 if getattr(transport, "output_size", 0):  # (a OneShotStatus has none)
@@ -759,6 +764,7 @@ class DriveStateMonitor:
     def _publish_facts_periodically(self) -> None:
         self._publish_facts()
         self.bad_input.flush(self.clock())
+        self.idle_closes.flush(self.clock())
         self.loop.call_later(FACTS_PERIOD_S, self._publish_facts_periodically)
 
     def _complain(self, source: str, what: str) -> None:

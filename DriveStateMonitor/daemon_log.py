@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from .local_dirs import open_append_no_follow
 
@@ -45,23 +45,36 @@ class ReopenableFileHandler(CountingStreamHandler):
         self.owns_std_streams = _same_file(stream.fileno(), 2)
 
     def reopen(self) -> None:
+        """Starts the file anew at its path. A full disk or a closed stream loses lines (counted),
+        never raises: what the old file still buffers fails again as it is flushed and closed,
+        and an exception here would count against the loop's kill switch at each SIGHUP."""
         self.acquire()
         try:
             old = self.stream
             try:
                 self.stream = _open_log(self.path)
             except OSError as exc:  # a link planted after logrotate moved the file, say
-                old.write("%s: cannot reopen the log file %s: %s; still writing to the old one\n"
-                          % (logging.getLevelName(logging.ERROR), self.path, exc))
+                complaint = ("%s: cannot reopen the log file %s: %s; still writing to the old "
+                             "one\n" % (logging.getLevelName(logging.ERROR), self.path, exc))
+                _lose_quietly(lambda: old.write(complaint))
                 return
             if self.owns_std_streams:
-                sys.stdout.flush()
-                sys.stderr.flush()
+                _lose_quietly(sys.stdout.flush)
+                _lose_quietly(sys.stderr.flush)
                 os.dup2(self.stream.fileno(), 1)
                 os.dup2(self.stream.fileno(), 2)
-            old.close()
+            _lose_quietly(old.close)  # the descriptor is closed even when the flush fails
         finally:
             self.release()
+
+
+def _lose_quietly(operation: Callable[[], object]) -> None:
+    """Runs a write, flush or close of a log stream; a failure is a lost line, counted."""
+    global _lines_lost
+    try:
+        operation()
+    except (OSError, ValueError):
+        _lines_lost += 1
 
 
 def _open_log(path: str):
@@ -124,10 +137,18 @@ class BadInputLog:
     counted and summarised in one line when the next window opens.
     """
 
-    def __init__(self, logger: logging.Logger, per_window: int = 20, window_s: float = 60.0) -> None:
+    def __init__(self, logger: logging.Logger, per_window: int = 20, window_s: float = 60.0,
+                 line: str = "bad input from %s: %s",
+                 summary: str = "%d more bad inputs not logged in the last %.0f s",
+                 level: int = logging.WARNING) -> None:
         self.logger = logger
         self.per_window = per_window
         self.window_s = window_s
+        # What is logged: `line` % (source, what) and `summary` % (count, window_s), at `level`;
+        # another instance rate-limits another kind of per-connection line (idle closes).
+        self.line = line
+        self.summary = summary
+        self.level = level
         self._window_start = float("-inf")
         self._logged = 0
         self.suppressed = 0
@@ -141,7 +162,7 @@ class BadInputLog:
             self._logged = 0
         if self._logged < self.per_window:
             self._logged += 1
-            self.logger.warning("bad input from %s: %s", source, what)
+            self.logger.log(self.level, self.line, source, what)
         else:
             self.suppressed += 1
 
@@ -149,6 +170,5 @@ class BadInputLog:
         """Logs the count of suppressed complaints once their window has passed (called by a
         timer too, so the count of a flood that stopped is not lost)."""
         if self.suppressed and now - self._window_start >= self.window_s:
-            self.logger.warning("%d more bad inputs not logged in the last %.0f s",
-                                self.suppressed, self.window_s)
+            self.logger.log(self.level, self.summary, self.suppressed, self.window_s)
             self.suppressed = 0

@@ -116,6 +116,10 @@ DSM_SOCKET_NAME = "dsm.sock"
 END_BYTE = b"\x04"
 # A reply slower than this gets a note on standard error (only when that is a terminal).
 PROGRESS_AFTER = 1.0
+# Past --request-timeout, a reply must keep arriving at least this fast on average, or the command
+# gives up (exit 3): a peer that drips a byte at a time never holds dsmctl for good, while a large
+# reply over a slow link still completes (Apache's mod_reqtimeout MinRate, the same idea).
+MIN_REPLY_RATE = 64 * 1024
 # How long an open pipe on standard input may stay silent before it is taken as no list at all.
 STDIN_GRACE = 0.5
 START_HINT = " \u2014 is it running? (./runDSM)"
@@ -596,7 +600,8 @@ class Progress:
 def exchange(address: Address, request: bytes, replies: int, timeout: float, what: str,
              doing: str) -> List[bytes]:
     """Sends `request` and reads `replies` answers, each ending at the end byte. `timeout`: the
-    longest wait for the next bytes (0: none). CommandFailed 2 (no connection) or 3 (broke)."""
+    longest wait for the next bytes, and for the whole reply beyond what MIN_REPLY_RATE allows
+    for its size (0: none). CommandFailed 2 (no connection) or 3 (broke, or too slow)."""
     sock = connect_dsm(address, timeout, what)
     shown = show_address(address)
     progress = Progress("waiting for the %s at %s to %s" % (what, shown, doing))
@@ -604,11 +609,17 @@ def exchange(address: Address, request: bytes, replies: int, timeout: float, wha
     try:
         with sock:
             sock.sendall(request)  # a few bytes, within the socket's timeout
-            last_data = time.monotonic()
+            started = last_data = time.monotonic()
             found = 0
             while found < replies:
                 ready, _, _ = select.select([sock], [], [], 0.25)
                 now = time.monotonic()
+                if timeout and data and now - started >= timeout + len(data) / MIN_REPLY_RATE:
+                    raise CommandFailed(EXIT_CONNECTION_BROKE,
+                                        "dsmctl: the %s at %s did not answer within %.1f s (%d "
+                                        "bytes so far, slower than %d KiB/s; waiting to %s)"
+                                        % (what, shown, now - started, len(data),
+                                           MIN_REPLY_RATE // 1024, doing))
                 if not ready:
                     if timeout and now - last_data >= timeout:
                         raise CommandFailed(EXIT_CONNECTION_BROKE,
@@ -1261,6 +1272,42 @@ class CheckedOutput:
         return getattr(self.stream, name)
 
 
+class ErrorOutput:
+    """Standard error for the length of one command. A line it cannot take (a full disk, closed:
+    `2>&-`, which makes sys.stderr None and print(file=None) write to standard output) is
+    dropped, as there is nowhere left to say so: the command's own exit code stands, not 1 (a
+    keyboard interrupt's) from a traceback nobody sees."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.failed = stream is None
+
+    def _give_up(self) -> None:
+        self.failed = True
+        _silence_stdout(self.stream)  # the interpreter's flush at exit must not fail either
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):
+                self._give_up()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._give_up()
+
+    def isatty(self) -> bool:
+        return not self.failed and self.stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def _silence_stdout(stream: Any) -> None:
     """Points file descriptor 1 at /dev/null after a failed write, so the interpreter's flush at
     exit does not fail again ("Exception ignored ...", exit 120); what is still buffered is lost
@@ -1277,8 +1324,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Runs one command; its exit code. Standard output that cannot be written is one line on
     standard error, exit 7; a reader that leaves early (`| head`, EPIPE) is not an error: exit 0,
     nothing said."""
-    real_stdout = sys.stdout
+    real_stdout, real_stderr = sys.stdout, sys.stderr
     sys.stdout = CheckedOutput(real_stdout)
+    sys.stderr = ErrorOutput(real_stderr)
     try:
         try:
             code = _run(argv)
@@ -1296,7 +1344,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("dsmctl: cannot write standard output: %s" % failure.reason, file=sys.stderr)
         return EXIT_OUTPUT_FAILED
     finally:
-        sys.stdout = real_stdout
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = real_stdout, real_stderr
 
 
 def _run(argv: Optional[List[str]]) -> int:

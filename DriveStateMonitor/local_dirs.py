@@ -77,7 +77,8 @@ def unusable_dir(path: str, what: str, option: str) -> Optional[str]:
 
 def make_dirs(path: str) -> None:
     """os.makedirs, but every dir it creates (parents too: os.makedirs gives those the umask's
-    mode) is 0755 at most, so a careless umask never leaves a dir others may write."""
+    mode) is 0755 at most, so a careless umask never leaves a dir others may write; and none is
+    made past a link or dir of another user (unsafe_path: OSError EPERM)."""
     missing = []
     head = os.path.abspath(path)
     while not os.path.isdir(head):
@@ -86,6 +87,10 @@ def make_dirs(path: str) -> None:
         if parent == head:
             break
         head = parent
+    if missing:  # nothing is made through another user's link or in a dir others may swap
+        on_the_way = unsafe_path(path)
+        if on_the_way is not None:
+            raise OSError(errno.EPERM, on_the_way, path)
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o755)
@@ -99,6 +104,55 @@ def _user(uid: int) -> str:
         return "uid %d (%s)" % (uid, pwd.getpwuid(uid).pw_name)
     except KeyError:
         return "uid %d" % uid
+
+
+# Links followed at most while walking a path (Linux's MAXSYMLINKS, after which open gives ELOOP).
+_MAX_LINKS = 40
+
+
+def unsafe_path(path: str, euid: Optional[int] = None) -> Optional[str]:
+    """None when every link on the way to `path` is this user's or root's and every dir on the
+    way (the real one each link leads to) is too, and writable by others only if sticky (/tmp);
+    else what is wrong, as a phrase. Whoever owns a link on the way, or may rename entries in a
+    dir on the way, decides where `path` leads (OpenSSH's StrictModes walks the same way up)."""
+    euid = os.geteuid() if euid is None else euid
+    pending = [part for part in os.path.abspath(path).split(os.sep) if part]
+    pending.reverse()
+    here = os.sep
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part in (".", ".."):
+            here = os.path.dirname(here) if part == ".." else here
+            continue
+        try:
+            held = os.stat(here)
+        except OSError:
+            return None  # the rest does not exist yet: it is made below checked dirs
+        if held.st_uid not in (euid, 0):
+            return "%s on the way belongs to %s, who could replace what it holds" % (
+                here, _user(held.st_uid))
+        if held.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not held.st_mode & stat.S_ISVTX:
+            return ("%s on the way may be written by group or others (mode %04o, not sticky), who "
+                    "could replace what it holds" % (here, stat.S_IMODE(held.st_mode)))
+        entry = os.path.join(here, part)
+        try:
+            info = os.lstat(entry)
+        except OSError:
+            return None
+        if not stat.S_ISLNK(info.st_mode):
+            here = entry
+            continue
+        if info.st_uid not in (euid, 0):
+            return "%s on the way is a symlink owned by %s" % (entry, _user(info.st_uid))
+        links += 1
+        if links > _MAX_LINKS:
+            return "%s: too many levels of symbolic links" % path
+        target = os.readlink(entry)
+        if os.path.isabs(target):
+            here = os.sep
+        pending.extend(reversed([part for part in target.split(os.sep) if part]))
+    return None
 
 
 def unsafe_dir(path: str, what: str, option: str) -> Optional[str]:
@@ -140,6 +194,10 @@ def unsafe_dir(path: str, what: str, option: str) -> Optional[str]:
         return ("the %s %s is in %s, which group or others may write (mode %04o, not sticky): "
                 "they could replace it; chmod go-w it or choose another with %s DIR"
                 % (what, path, parent, stat.S_IMODE(above.st_mode), option))
+    on_the_way = unsafe_path(path, euid)
+    if on_the_way is not None:
+        return "cannot use %s as the %s: %s; choose another with %s DIR" % (
+            path, what, on_the_way, option)
     return None
 
 

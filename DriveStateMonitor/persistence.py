@@ -331,6 +331,29 @@ def _numbered(state_dir: str, pattern: "re.Pattern[str]") -> List[int]:
     return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
 
 
+Chain = Tuple[int, List[Tuple[str, Tuple[int, int]]]]
+
+
+def restore_chain(state_dir: str, seq: int) -> Chain:
+    """The files a restore reads before journal `seq` (see the top): the newest snapshot numbered
+    `seq` or below, then the journals from it (from the oldest, with no snapshot) below `seq`; each
+    with its (st_dev, st_ino). Returned with that snapshot's number (-1: none). Files that vanish
+    while listed are left out."""
+    snapshots = [number for number in _numbered(state_dir, _SNAPSHOT_NAME) if number <= seq]
+    base = snapshots[-1] if snapshots else -1
+    paths = [snapshot_path(state_dir, base)] if snapshots else []
+    paths += [journal_path(state_dir, number) for number in _numbered(state_dir, _JOURNAL_NAME)
+              if base <= number < seq]
+    chain = []
+    for path in paths:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        chain.append((path, (info.st_dev, info.st_ino)))
+    return base, chain
+
+
 # --- snapshots ------------------------------------------------------------------------------------
 def _snapshot_line(body: bytes) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
@@ -863,6 +886,10 @@ class Journal:
         # journal written must be the file the configured state dir names now (check_identity).
         self._identity: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
         self._journal_path = ""
+        # The files a restore reads before the open journal (its base snapshot and the journals
+        # between), with their (st_dev, st_ino) when it was opened: removed or replaced, the
+        # changes they hold would be lost at the next restart (restore_chain).
+        self._chain: Chain = (-1, [])
         self._identity_checked = float("-inf")  # monotonic time of the last check in a flush
         self.identity_lost = 0  # times the state dir or journal was found moved, replaced or gone
         self.dir_fsyncs = 0
@@ -915,6 +942,7 @@ class Journal:
             self.dir_fsyncs += 1
             self._identity = ((dir_info.st_dev, dir_info.st_ino), (info.st_dev, info.st_ino))
             self._journal_path = journal_path(self.state_dir, seq)
+            self._chain = restore_chain(self.state_dir, seq)
         except OSError as exc:
             self._failed("cannot open the journal", exc)
             return False
@@ -940,7 +968,9 @@ class Journal:
         """True if the open journal is still the file the configured state dir names now: the
         dir's (st_dev, st_ino) and the journal path's are those seen at open. A state dir moved
         aside (and perhaps replaced), removed, or a journal renamed or removed fails this: records
-        appended then would go where no restart looks. A failure marks the state dir failing
+        appended then would go where no restart looks. So does a file a restart reads before the
+        journal (restore_chain: its base snapshot, earlier journals) removed or replaced: what it
+        held would be gone. A failure marks the state dir failing
         (error, needs_snapshot, no fd), so `refusing` holds back acknowledgements under `always`
         and the recovery snapshot re-establishes the journal in the configured dir. Two stat
         calls (about 10 µs on the 2-core test VM); the flush runs it once per pass that wrote
@@ -955,6 +985,23 @@ class Journal:
             same = ((dir_info.st_dev, dir_info.st_ino), (file_info.st_dev, file_info.st_ino)) \
                 == self._identity
             why = "the state dir was moved or replaced, or the journal renamed"
+            for earlier, identity in self._chain[1] if same else ():
+                try:
+                    earlier_info = os.lstat(earlier)
+                    same = (earlier_info.st_dev, earlier_info.st_ino) == identity
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    # The snapshot child retires older files once its snapshot, a newer base
+                    # of this journal, is in place; the parent may not have reaped it yet.
+                    fresh = restore_chain(self.state_dir, self.seq)
+                    same = fresh[0] > self._chain[0]
+                    if same:
+                        self._chain = fresh
+                    else:
+                        why = "%s, which a restart reads before it, was removed or replaced" \
+                            % earlier
+                    break
         except FileNotFoundError:
             same = False
             why = "the state dir was moved, replaced or removed, or the journal renamed or removed"
@@ -1040,6 +1087,7 @@ class Journal:
 
     def _close_fd(self) -> None:
         self._identity = None
+        self._chain = (-1, [])
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -1181,6 +1229,8 @@ class Journal:
                 self.recovery["files_quarantined"] += 1
                 self._damaged_before.add(os.path.basename(target))  # counted here, not again
         self.quarantine_pending = []
+        if self._fd is not None:  # the new snapshot is the open journal's base from now on
+            self._chain = restore_chain(self.state_dir, self.seq)
 
     def check_vanished(self) -> bool:
         """True (and marked failed) if the journal is no longer the state dir's (check_identity):

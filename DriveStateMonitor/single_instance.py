@@ -31,6 +31,8 @@ import struct
 import stat
 from typing import Any, Dict, List, Optional, Tuple
 
+from .local_dirs import unsafe_path
+
 LOCK_FILE = "dsm.lock"
 PID_FILE = "dsm.pid"
 INFO_FILE = "dsm.json"  # pid and the ports actually bound (useful with port 0)
@@ -51,6 +53,11 @@ def _lock_key(run_dir: str) -> str:
 def ensure_run_dir(run_dir: str) -> bool:
     """Creates the run dir (0755) if absent and checks it (`check_run_dir`); raises RunDirError.
     True if this call created it (then a clean stop removes it again: InstanceLock.release)."""
+    if not os.path.lexists(run_dir):  # made past no link or dir of another user
+        on_the_way = unsafe_path(run_dir)
+        if on_the_way is not None:
+            raise RunDirError("cannot use the run dir %s (--run-dir): %s; choose another "
+                              "--run-dir" % (run_dir, on_the_way))
     try:
         os.makedirs(run_dir, mode=0o755)
         created = True
@@ -91,6 +98,10 @@ def check_run_dir(run_dir: str) -> None:
         raise RunDirError("the run dir %s (--run-dir) is writable by group or others (mode %04o); "
                           "chmod go-w it or choose another --run-dir"
                           % (run_dir, stat.S_IMODE(info.st_mode)))
+    on_the_way = unsafe_path(run_dir)
+    if on_the_way is not None:
+        raise RunDirError("cannot use the run dir %s (--run-dir): %s; choose another --run-dir"
+                          % (run_dir, on_the_way))
 
 
 def _left_behind(run_dir: str) -> str:

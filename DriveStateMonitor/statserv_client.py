@@ -6,7 +6,8 @@ One StatServClient is one connection, used by one thread. Each call sends one re
 lines until its final `.` (success) or `!` (failure). On the way, `@ name` lines (a monitored object
 changed) are remembered for `wait_for_updates`, `#` trace lines are ignored and `*` lines are the body
 of LS, STAT, UPDATES and a directory's MONITOR. The socket is blocking; `timeout` bounds each wait
-for the server.
+for the server, and a whole response too beyond what MIN_RESPONSE_RATE allows for its size (a
+server that drips bytes fails with TIMEOUT); a line longer than MAX_RESPONSE_LINE fails with PROTOCOL.
 
 Errors, CFHT style: no method raises for a failed request. A failure returns None (methods that
 return data) or False (the others) and sets `last_error` (an ErrorCode) and `last_error_text`; a
@@ -85,6 +86,13 @@ _PLAIN_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b"%\"'=")
 _STAT_INTEGERS = frozenset({"entries", "revision", "usecount", "monitors"})
 _STAT_FLOATS = frozenset({"lifetime", "time"})
 _RECV_SIZE = 65536
+# A response must arrive within `timeout` plus what this rate allows for its size (Apache's
+# mod_reqtimeout MinRate): a server that drips a byte at a time fails with TIMEOUT instead of
+# holding the caller for good; a large TREE over a slow link still completes.
+MIN_RESPONSE_RATE = 64 * 1024
+# No line of the protocol comes near this (a request line is at most --max-line, 8 KiB, a value
+# --max-value): a longer one is a server gone wrong, not a reply to keep reading into memory.
+MAX_RESPONSE_LINE = 16 * 1024 * 1024
 _SHORTEST_WAIT = 0.001  # seconds; socket timeouts of 0 make the socket non-blocking instead
 
 
@@ -210,6 +218,7 @@ class StatServClient:
         self._has_connected = False  # after the first connection, a new one is a reconnect
         self._inbox = bytearray()
         self._searched = 0
+        self._received = 0  # bytes read since the connection opened: a response's pace
         # (command, absolute path) -> request line, in the order first made: replayed on reconnect.
         self._intents: "collections.OrderedDict[Tuple[str, str], str]" = collections.OrderedDict()
         self._notices: Dict[str, None] = {}         # `@` names not yet collected, in arrival order
@@ -650,8 +659,9 @@ class StatServClient:
     def _read_response(self) -> _Response:
         """Lines up to the final `.` or `!`; `@` remembered, `#` skipped, `*` collected."""
         lines: List[str] = []
+        pace = (time.monotonic(), self._received)
         while True:
-            line = self._read_line(self.timeout)
+            line = self._read_line(self.timeout, pace)
             first = line[:1]
             if first == "@":
                 self._notices[line[2:]] = None
@@ -669,8 +679,11 @@ class StatServClient:
             else:
                 raise _Broken("unexpected line from the server: %r" % line[:80])
 
-    def _read_line(self, timeout: Optional[float]) -> str:
-        """The next line without its newline; socket.timeout after `timeout` s, _Broken at EOF."""
+    def _read_line(self, timeout: Optional[float],
+                   pace: Optional[Tuple[float, int]] = None) -> str:
+        """The next line without its newline; socket.timeout after `timeout` s (and, with `pace`,
+        the response's start time and bytes read before it, once the response is slower than
+        MIN_RESPONSE_RATE), _Broken at EOF, _Failed(PROTOCOL) for a line past MAX_RESPONSE_LINE."""
         sock = self._sock
         assert sock is not None
         inbox = self._inbox
@@ -682,8 +695,19 @@ class StatServClient:
                 self._searched = 0
                 return line.rstrip(b"\r").decode("utf-8", "replace")
             self._searched = len(inbox)  # a long line dripping in is searched once: O(n)
+            if len(inbox) > MAX_RESPONSE_LINE:
+                self._close()  # out of step with the server: the next call starts over
+                raise _Failed(ErrorCode.PROTOCOL, "the server sent a line longer than %d bytes"
+                              % MAX_RESPONSE_LINE)
+            wait = timeout
+            if pace is not None and timeout:
+                left = pace[0] + timeout + (self._received - pace[1]) / MIN_RESPONSE_RATE \
+                    - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("slower than %d KiB/s" % (MIN_RESPONSE_RATE // 1024))
+                wait = max(min(timeout, left), _SHORTEST_WAIT)
             try:
-                sock.settimeout(timeout)
+                sock.settimeout(wait)
                 chunk = sock.recv(_RECV_SIZE)
             except socket.timeout:
                 raise
@@ -691,6 +715,7 @@ class StatServClient:
                 raise _Broken(str(error)) from None
             if not chunk:
                 raise _Broken("the server closed the connection")
+            self._received += len(chunk)
             inbox += chunk
 
     # -- outcome -------------------------------------------------------------------------------

@@ -62,3 +62,25 @@ def test_reopen_leaves_a_terminal_stderr_alone(tmp_path):
         assert not handler.owns_std_streams
     finally:
         handler.close()
+
+
+def test_reopen_on_a_full_disk_never_raises_and_counts_what_is_lost(tmp_path):
+    """logrotate's SIGHUP while the log disk is full: the old stream still buffers a line that
+    failed, and closing it fails again. Before, that OSError left reopen() at every SIGHUP and
+    each one counted against the loop's kill switch: about 30 of them stopped the DSM (exit 4)."""
+    from DriveStateMonitor import daemon_log
+    handler = ReopenableFileHandler(str(tmp_path / "dsm.log"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        for _ in range(40):
+            handler.stream.close()
+            handler.stream = open("/dev/full", "a", buffering=1)  # what a full disk answers
+            before = daemon_log.lines_lost()
+            handler.emit(logging.LogRecord("dsm", logging.INFO, __file__, 1, "a line", None, None))
+            handler.reopen()
+            assert daemon_log.lines_lost() >= before + 2  # the line, and its retry at close
+        handler.emit(logging.LogRecord("dsm", logging.INFO, __file__, 1, "after", None, None))
+        handler.flush()
+        assert (tmp_path / "dsm.log").read_text().endswith("after\n")
+    finally:
+        handler.close()

@@ -10,10 +10,12 @@ import csv
 import io
 import json
 import os
+import resource
 import socketserver
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Dict, List
 
 import pytest
@@ -450,3 +452,120 @@ def test_a_serial_no_dsm_knows_exits_6_across_the_lab_as_for_one_dsm(fakes, comm
     result = dsmctl(*(command + ["--hosts", fake.address]))
     assert result.returncode == 6, result.stderr
     assert result.stderr.decode().count("ZNOPE") == 1
+
+
+def test_an_unwritable_standard_error_keeps_each_command_s_own_exit_code(dsm_fake, dsm):
+    """stderr full (`2>/dev/full`) or closed (`2>&-`): the error line is dropped, the exit code
+    is the command's (before: 1, a keyboard interrupt's, from a traceback nobody could see), and
+    with stderr closed no error text lands on standard output (print(file=None) writes there: a
+    script's `value=$(dsmctl.py get X 2>&-)` got the error as the value)."""
+    server = ["--server", dsm.statserv_socket]
+    cases = [(server + ["get", "/no/such/object"], 5), (on(dsm_fake) + ["m", "ZNOSUCH"], 6),
+             (["--host", "%s:1" % LOOPBACK, "m"], 2), (server + ["get", "/dsm/pid"], 0),
+             (["no-such-command"], 2)]
+    for command, code in cases:
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([sys.executable, DSMCTL] + command, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=full, timeout=60)
+        assert result.returncode == code, (command, result.returncode)
+        closed = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, DSMCTL]
+                                + command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                timeout=60)
+        assert closed.returncode == code, (command, closed.returncode)
+        assert b"dsmctl:" not in closed.stdout and b"Traceback" not in closed.stdout, command
+    both = subprocess.run(["sh", "-c", 'exec "$@" >/dev/full 2>&-', "sh", sys.executable, DSMCTL]
+                          + server + ["get", "/dsm/pid"], stdin=subprocess.DEVNULL, timeout=60)
+    assert both.returncode == 7
+
+
+class RawPeer:
+    """A loopback server that answers every connection with `behave(sock)` (in a thread): a DSM
+    or Status Server gone wrong. Stopped (listener closed, threads left to die) by the test."""
+
+    def __init__(self, behave) -> None:
+        outer = self
+        self.stopping = threading.Event()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.settimeout(10)
+                try:
+                    behave(self.request, outer.stopping)
+                except OSError:  # the client gave up: what the test wants
+                    pass
+
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self.server = socketserver.ThreadingTCPServer((LOOPBACK, 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _drip(first: bytes, handshake: bytes = b""):
+    """Reads a request, sends `handshake` whole, then `first`, then a byte every 0.2 s (bounded:
+    at most 300 of them, or until the test stops the peer)."""
+    def behave(sock, stopping) -> None:
+        sock.recv(4096)
+        if handshake:
+            sock.sendall(handshake)
+            sock.recv(4096)
+        sock.sendall(first)
+        for _ in range(300):
+            if stopping.wait(0.2):
+                return
+            sock.sendall(b"x")
+    return behave
+
+
+def _flood(sock, stopping) -> None:
+    """Reads a request, then sends a line that never ends, as fast as the client reads (bounded:
+    1 GiB, or until the client leaves)."""
+    sock.recv(4096)
+    blob = b"x" * 65536
+    for _ in range(16384):
+        if stopping.is_set():
+            return
+        sock.sendall(blob)
+
+
+@pytest.mark.parametrize("command", [["m"], ["s"], ["m", "--json"], ["w", "--yes"]])
+def test_a_dsm_that_drips_its_answer_fails_in_bounded_time_with_exit_3(command):
+    """A peer that sends a byte every 0.2 s kept `dsmctl --host PEER m` waiting for ever (each
+    byte restarted --request-timeout). Past the timeout a reply must arrive at 64 KiB/s or more."""
+    peer = RawPeer(_drip(b'{"A": {"model": "'))
+    try:
+        started = time.monotonic()
+        result = dsmctl("--host", "%s:%d" % (LOOPBACK, peer.port), "--request-timeout", "1",
+                        *command)
+        assert time.monotonic() - started < 15
+        assert result.returncode == 3, result.stderr
+        assert b"did not answer within" in result.stderr and b"KiB/s" in result.stderr
+    finally:
+        peer.stop()
+
+
+def test_a_status_server_that_drips_or_floods_fails_in_bounded_time_and_memory():
+    """The Status Server client (dsmctl get/ls/tree/stat, and lab scripts): a server that drips
+    its reply held it for ever; one that sends a line without end grew it without bound (7.9 GB
+    in 20 s seen). Now TIMEOUT past the pace, and PROTOCOL past 16 MiB in one line."""
+    ok_register = b". registered\n"
+    for behave, code, text in [(_drip(b"* a", ok_register), 3, b"no answer"),
+                               (_drip(b"* a"), 2, b"cannot connect"),
+                               (_flood, 2, b"longer than")]:
+        peer = RawPeer(behave)
+        try:
+            started = time.monotonic()
+            result = subprocess.run(
+                [sys.executable, DSMCTL, "--server", "%s:%d" % (LOOPBACK, peer.port),
+                 "--request-timeout", "1", "get", "/x"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)))
+            assert time.monotonic() - started < 15
+            assert text in result.stderr, result.stderr
+            assert result.returncode in (code, 2, 3), result.returncode
+        finally:
+            peer.stop()

@@ -469,3 +469,67 @@ def test_stop_dsm_never_blocks_on_fifos_planted_as_the_lock_and_pid_files(tmp_pa
         os.mkfifo(os.path.join(run_dir, name))
     result = run_script([STOP_DSM, "--run-dir", run_dir], timeout=20)
     assert result.returncode == 0 and "no DSM is running" in result.stdout, result
+
+
+# --- links and dirs of another user on the way to a dir, not only as its last name ---------------
+def _through_nobody_s_link(base: str) -> str:
+    """`base/theirs` -> `base/real` (0755, this user's), the link owned by nobody: the way to
+    every dir under `base/theirs` is another user's to redirect."""
+    os.makedirs(os.path.join(base, "real"), mode=0o755)
+    plant_link(os.path.join(base, "real"), os.path.join(base, "theirs"), nobody().pw_uid)
+    return os.path.join(base, "theirs")
+
+
+@needs_root
+@pytest.mark.parametrize("option", ["--state-dir", "--log-dir", "--run-dir"])
+def test_run_dsm_makes_and_writes_nothing_past_another_user_s_link_on_the_way(dsm_factory,
+                                                                              option):
+    """Before: `--state-dir /tmp/theirs/state` with /tmp/theirs nobody's link made a root-owned
+    state dir (then a snapshot) wherever the link pointed; the log and run dirs likewise."""
+    base = dsm_factory.new_dirs()
+    theirs = _through_nobody_s_link(base)
+    args = _args(base, **{option: os.path.join(theirs, "dir")})
+    try:
+        result = run_script([RUN_DSM] + args)
+    finally:  # a DSM that started anyway (the bug) is stopped by its pid
+        run_dir = args[args.index("--run-dir") + 1]
+        for pid_file in (os.path.join(run_dir, "dsm.pid"),
+                         os.path.join(base, "real", "dir", "dsm.pid")):
+            try:
+                with open(pid_file) as f:
+                    os.kill(int(f.read().split()[0]), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "on the way is a symlink owned by uid %d" % nobody().pw_uid in result.stderr
+    assert option in result.stderr
+    assert os.listdir(os.path.join(base, "real")) == []
+
+
+@needs_root
+def test_a_dir_on_the_way_owned_by_another_user_is_refused_and_nothing_made(tmp_path):
+    """nobody could rename what their dir holds (a root-made dir below it) and put a link in its
+    place: the way is theirs whatever the last dirs are."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(str(theirs), nobody().pw_uid, -1)
+    target = str(theirs / "a" / "state")
+    problem = local_dirs.unusable_dir(target, "state dir", "--state-dir")
+    assert problem is not None and "belongs to uid %d" % nobody().pw_uid in problem, problem
+    assert os.listdir(str(theirs)) == []
+    with pytest.raises(Exception, match="belongs to uid"):
+        ensure_run_dir(str(theirs / "run"))
+    assert os.listdir(str(theirs)) == []
+
+
+def test_this_user_s_links_on_the_way_are_followed(tmp_path):
+    """An admin who moved a tree to another disk and linked it back: still usable, and the
+    dirs are made in the link's target."""
+    (tmp_path / "disk").mkdir(mode=0o755)
+    os.symlink(str(tmp_path / "disk"), str(tmp_path / "moved"))
+    os.symlink("moved/../disk", str(tmp_path / "relative"))
+    for name in ("moved", "relative"):
+        assert local_dirs.unusable_dir(str(tmp_path / name / name / "state"), "state dir",
+                                       "--state-dir") is None
+        assert os.path.isdir(str(tmp_path / "disk" / name / "state"))
+    assert local_dirs.unsafe_path(str(tmp_path / "moved" / "x")) is None

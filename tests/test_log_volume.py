@@ -113,3 +113,22 @@ def test_lost_lines_are_a_metric():
     text = render_metrics(facts)
     assert "# TYPE dsm_log_lines_lost_total counter\n" in text
     assert "\ndsm_log_lines_lost_total 7\n" in text
+
+
+def test_connections_closed_as_idle_write_a_bounded_number_of_log_lines(dsm_factory):
+    """Open, stay quiet, get closed: before, one INFO line per connection (a stranger's to
+    multiply: 1,000 connections every --idle-timeout). Now rate-limited like bad input."""
+    dsm = dsm_factory.start("--idle-timeout", "0.5", "--statserv-idle-timeout", "0.5")
+    quiet = []
+    for port in (dsm.query_port, dsm.status_port, dsm.statserv_port):
+        for _ in range(40):
+            quiet.append(socket.create_connection((LOOPBACK, port), timeout=10))
+    try:
+        for sock in quiet:  # each is closed by the DSM's idle sweep: its end of stream
+            while sock.recv(4096):  # bounded: the socket's 10 s timeout
+                pass
+    finally:
+        for sock in quiet:
+            sock.close()
+    lines = dsm.log_text().count("idle for more than")
+    assert 1 <= lines <= 20, lines

@@ -360,3 +360,99 @@ def test_strace_shows_the_state_dir_fsynced_before_the_first_acknowledgement(dsm
                          if re.search(r"fsync\(\d+<%s/journal-\d+\.log>\)" % re.escape(real_dir),
                                       line))
     assert dir_fsync < journal_fsync < ack, (dir_fsync, journal_fsync, ack)
+
+
+# --- the files a restart reads before the journal: its base snapshot and earlier journals --------
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+def test_a_base_snapshot_removed_or_replaced_fails_the_next_flush(tmp_path, change):
+    """Journal 2 builds on snapshot 2: without it a restart replays journal 2 alone, and every
+    change the snapshot held is gone. Found at the next flush like a moved journal, recovered
+    the same way (a full snapshot), after which the dir again holds everything."""
+    state_dir = str(tmp_path / "state")
+    journal = _journal(state_dir)
+    journal.record(["w", 1.0])
+    journal.flush(0.0)
+    assert journal.start_snapshot()
+    assert wait_for(lambda: journal.poll_snapshot() is not None, 10, "the snapshot child")
+    base = persistence.snapshot_path(state_dir, journal.seq)
+    assert os.path.exists(base)
+    if change == "removed":
+        os.unlink(base)
+    else:  # the same bytes under the same name, another file: a restore reads whatever is there
+        shutil.copyfile(base, base + ".copy")
+        os.rename(base + ".copy", base)
+    journal.record(["w", 2.0])
+    journal.flush(10.0)
+    status = journal.status()
+    assert status["state"] == "failing" and status["identity_lost"] == 1, status
+    assert "which a restart reads before it" in status["error"]
+    assert journal.refusing is not None
+    assert journal.start_snapshot()
+    wait_for(lambda: journal.poll_snapshot() is not None, 10, "the recovery snapshot")
+    assert journal.status()["state"] == "ok" and load_state(state_dir).snapshot == {"format": 1}
+    journal.close()
+
+
+def test_an_earlier_journal_removed_fails_the_next_flush(tmp_path):
+    """No snapshot yet: a restart replays every journal from the oldest; journal 1 (written by
+    an earlier run) holds changes journal 2 does not."""
+    state_dir = str(tmp_path / "state")
+    first = _journal(state_dir)
+    first.record(["w", 1.0])
+    first.flush(0.0)
+    first.close()
+    journal = Journal(state_dir, FSYNC_ALWAYS, lambda: {"format": 1})
+    assert journal.open(2)
+    journal.record(["w", 2.0])
+    journal.flush(0.0)
+    assert journal.status()["identity_lost"] == 0
+    os.unlink(journal_path(state_dir, 1))
+    journal.record(["w", 3.0])
+    journal.flush(1.0)
+    assert journal.status()["identity_lost"] == 1 and journal.refusing is not None
+    journal.close()
+
+
+def test_fsync_always_loses_nothing_when_the_base_snapshot_is_removed(dsm_factory):
+    """A clean stop leaves snapshot N; the next run journals on top of it. Removed while that run
+    acknowledges statuses, then kill -9: before, the restart replayed the journal alone and every
+    status of the first run was gone (200 of 200, nothing logged)."""
+    state_dir = new_state_dir(dsm_factory)
+    dsm = start(dsm_factory, state_dir, "--state-retry", "60", "--history", "100")
+    acked: Dict[str, List[Dict[str, Any]]] = {}
+    for n in range(20):
+        outcome, entry = send_status(dsm, "BASE-%d" % (n % 3), n)
+        assert outcome == "acked"
+        acked.setdefault("BASE-%d" % (n % 3), []).append(entry)
+    dsm.stop()
+    dsm = start(dsm_factory, state_dir, "--state-retry", "60", "--history", "100")
+    snapshots = [name for name in os.listdir(state_dir) if name.startswith("snapshot-")]
+    assert snapshots
+    for name in snapshots:
+        os.unlink(os.path.join(state_dir, name))
+    for n in range(20, 40):
+        outcome, entry = send_status(dsm, "BASE-%d" % (n % 3), n)
+        if outcome == "acked":
+            acked.setdefault("BASE-%d" % (n % 3), []).append(entry)
+    wait_for(lambda: journal_fact(dsm, "state") == "ok" and
+             journal_fact(dsm, "identity_lost") == "1", 10, "recovered, identity_lost 1")
+    assert "which a restart reads before it" in dsm.log_text()
+    kill9(dsm)
+    second = start(dsm_factory, state_dir, "--history", "100")
+    assert_acked_kept(second, acked)
+
+
+def test_files_the_snapshot_child_retires_before_it_is_reaped_are_no_loss(tmp_path):
+    """The child removes journal 1 once snapshot 2 (the open journal's new base) is in place; a
+    flush between that and the parent reaping the child finds a newer base, not a loss."""
+    state_dir = str(tmp_path / "state")
+    journal = _journal(state_dir)
+    journal.record(["w", 1.0])
+    journal.flush(0.0)
+    assert journal.start_snapshot()
+    wait_for(lambda: not os.path.exists(journal_path(state_dir, 1)), 10, "journal 1 retired")
+    journal.record(["w", 2.0])
+    journal.flush(10.0)
+    assert journal.status()["identity_lost"] == 0 and journal.refusing is None
+    wait_for(lambda: journal.poll_snapshot() is not None, 10, "the snapshot child")
+    journal.close()
