@@ -27,6 +27,7 @@ even where a check could be raced.
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import pwd
 import stat
@@ -106,15 +107,39 @@ def _user(uid: int) -> str:
         return "uid %d" % uid
 
 
+def _strangers_may_rename(info: os.stat_result) -> bool:
+    """True when someone other than the dir's owner may rename entries in it, so could swap what
+    it holds for a link: writable by others without the sticky bit (/tmp has it), or by a group
+    the owner did not make for itself. A group-writable dir of root's is root's own choice of
+    who administers it (Ubuntu's /var/log is 0775 root:syslog); one of a user's, with the user's
+    private group (Debian and Ubuntu give each user one; umask 002 makes its dirs 0775), has no
+    stranger in its group."""
+    mode = info.st_mode
+    if mode & stat.S_ISVTX or not mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    if mode & stat.S_IWOTH:
+        return True
+    if info.st_uid == 0:
+        return False
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+        group = grp.getgrgid(info.st_gid)
+    except KeyError:
+        return True
+    return not (group.gr_name == owner and set(group.gr_mem) <= {owner})
+
+
 # Links followed at most while walking a path (Linux's MAXSYMLINKS, after which open gives ELOOP).
 _MAX_LINKS = 40
 
 
 def unsafe_path(path: str, euid: Optional[int] = None) -> Optional[str]:
     """None when every link on the way to `path` is this user's or root's and every dir on the
-    way (the real one each link leads to) is too, and writable by others only if sticky (/tmp);
-    else what is wrong, as a phrase. Whoever owns a link on the way, or may rename entries in a
-    dir on the way, decides where `path` leads (OpenSSH's StrictModes walks the same way up)."""
+    way (the real one each link leads to) is too, and no stranger may rename entries in it
+    (`_strangers_may_rename`: writable by others only if sticky, like /tmp; by a group only if
+    the dir is root's or the group is its owner's own); else what is wrong, as a phrase. Whoever
+    owns a link on the way, or may rename entries in a dir on the way, decides where `path` leads
+    (OpenSSH's StrictModes walks the same way up)."""
     euid = os.geteuid() if euid is None else euid
     pending = [part for part in os.path.abspath(path).split(os.sep) if part]
     pending.reverse()
@@ -132,7 +157,7 @@ def unsafe_path(path: str, euid: Optional[int] = None) -> Optional[str]:
         if held.st_uid not in (euid, 0):
             return "%s on the way belongs to %s, who could replace what it holds" % (
                 here, _user(held.st_uid))
-        if held.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not held.st_mode & stat.S_ISVTX:
+        if _strangers_may_rename(held):
             return ("%s on the way may be written by group or others (mode %04o, not sticky), who "
                     "could replace what it holds" % (here, stat.S_IMODE(held.st_mode)))
         entry = os.path.join(here, part)
@@ -190,7 +215,7 @@ def unsafe_dir(path: str, what: str, option: str) -> Optional[str]:
     if above.st_uid not in (euid, 0):
         return ("the %s %s is in %s, which belongs to %s: that user could replace it; choose "
                 "another with %s DIR" % (what, path, parent, _user(above.st_uid), option))
-    if above.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not above.st_mode & stat.S_ISVTX:
+    if _strangers_may_rename(above):
         return ("the %s %s is in %s, which group or others may write (mode %04o, not sticky): "
                 "they could replace it; chmod go-w it or choose another with %s DIR"
                 % (what, path, parent, stat.S_IMODE(above.st_mode), option))

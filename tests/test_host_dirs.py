@@ -522,6 +522,43 @@ def test_a_dir_on_the_way_owned_by_another_user_is_refused_and_nothing_made(tmp_
     assert os.listdir(str(theirs)) == []
 
 
+def _dir_stat(mode: int, uid: int, gid: int) -> os.stat_result:
+    return os.stat_result((mode, 0, 0, 2, uid, gid, 4096, 0, 0, 0))
+
+
+def test_who_may_rename_entries_in_a_dir_on_the_way():
+    """Writable by others: only with the sticky bit (/tmp). Writable by a group: root's dirs are
+    root's choice (Ubuntu's /var/log is 0775 root:syslog), a user's dir is fine with the user's
+    own private group (umask 002 makes 0775 dirs), anything else lets a stranger swap entries."""
+    import grp
+    strangers = local_dirs._strangers_may_rename
+    assert not strangers(_dir_stat(0o40755, 12345, 12345))
+    assert strangers(_dir_stat(0o40777, 0, 0))
+    assert not strangers(_dir_stat(0o41777, 0, 0))
+    assert not strangers(_dir_stat(0o40775, 0, grp.getgrnam("adm").gr_gid))
+    private = [(user.pw_uid, user.pw_gid) for user in pwd.getpwall() if user.pw_uid != 0
+               and any(g.gr_gid == user.pw_gid and g.gr_name == user.pw_name and not g.gr_mem
+                       for g in grp.getgrall())]
+    if private:
+        uid, gid = private[0]
+        assert not strangers(_dir_stat(0o40775, uid, gid))
+    assert strangers(_dir_stat(0o40775, nobody().pw_uid, grp.getgrnam("adm").gr_gid))
+    assert strangers(_dir_stat(0o40775, 4242424, 4242424))  # no such user or group: not trusted
+
+
+@needs_root
+def test_root_s_default_log_dir_under_a_group_writable_var_log_is_usable(tmp_path):
+    """Ubuntu's /var/log is 0775 root:syslog: root's default log dir below it must still work."""
+    import grp
+    var_log = tmp_path / "var" / "log"
+    var_log.mkdir(parents=True)
+    os.chmod(str(var_log), 0o775)
+    os.chown(str(var_log), 0, grp.getgrnam("adm").gr_gid)
+    target = str(var_log / "DriveStateMonitor")
+    assert local_dirs.unusable_dir(target, "log dir", "--log-dir") is None
+    assert os.path.isdir(target)
+
+
 def test_this_user_s_links_on_the_way_are_followed(tmp_path):
     """An admin who moved a tree to another disk and linked it back: still usable, and the
     dirs are made in the link's target."""
