@@ -540,10 +540,10 @@ class VirtualTable {
 // every FEED_RETRY_MS. Every callback is guarded: nothing one DSM sends stops another's feed.
 //
 // It asks for the snapshot in parts (?parts=1: snapshot-start, snapshot-part..., snapshot-end;
-// an older DSM ignores it and sends one `snapshot`). Each event is parsed when it arrives (a part
-// is bounded, so is its JSON.parse) and queued; the queue is applied in order, SLICE_MS at a time,
-// yielding to the browser (setTimeout) between slices: the first part's rows are drawn at once,
-// and no task holds the main thread for the whole snapshot.
+// an older DSM ignores it and sends one `snapshot`). Events are queued as they arrive (the browser
+// may hand over many in one task) and parsed and applied in order, SLICE_MS at a time, yielding to
+// the browser (setTimeout) between slices: a part is bounded, so is each JSON.parse; the first
+// part's rows are drawn at once, and no task holds the main thread for the whole snapshot.
 //
 // handlers: snapshot(drives, statuses), change(wipe, drives, statuses),
 //           snapshotBegin(), snapshotPart(drives, statuses), snapshotEnd(),
@@ -564,7 +564,7 @@ class DriveFeed {
     this.mode = "connecting";
     this.feedTriedAt = 0;
     this.events = 0;
-    this.inbox = [];        // parsed events not applied yet, in order: [kind, data]
+    this.inbox = [];        // events not applied yet, in order: [kind, JSON text, id]
     this.draining = false;  // a slice of the inbox is scheduled
     this.partial = null;    // the snapshot in parts being received: {epoch, rev, parts, got}
   }
@@ -623,26 +623,23 @@ class DriveFeed {
       this.later(() => this.open(), 0);
       return;
     }
-    let data;
-    try {
-      data = JSON.parse(event.data);
-      if (!this.inSequence(kind, data)) throw new Error("snapshot part out of sequence");
-    } catch (error) {
-      // A broken event: start over with a snapshot rather than guess.
-      this.lastId = null;
-      this.partial = null;
-      this.report("down", "the change feed sent an unreadable event; starting over");
-      this.closeSource();
-      this.later(() => this.open(), RETRY_MS);
-      return;
-    }
-    this.events += 1;
-    if (typeof event.lastEventId === "string" && event.lastEventId) this.lastId = event.lastEventId;
     this.stopTimer();
     this.mode = "live";
-    this.inbox.push([kind, data]);
+    this.inbox.push([kind, event.data, event.lastEventId]);
     if (!this.draining) this.drain();
-    this.report("live", "");
+    if (this.mode === "live") this.report("live", "");
+  }
+
+  // A broken event: start over with a snapshot rather than guess (what is queued after it came
+  // from the same stream: dropped).
+  startOver() {
+    this.lastId = null;
+    this.partial = null;
+    this.inbox = [];
+    this.mode = "connecting";
+    this.report("down", "the change feed sent an unreadable event; starting over");
+    this.closeSource();
+    this.later(() => this.open(), RETRY_MS);
   }
 
   // Whether a snapshot's parts come as announced: same epoch and rev, numbered 1..parts.
@@ -665,22 +662,33 @@ class DriveFeed {
     return partial.got === partial.parts && field(data, "parts") === partial.parts;
   }
 
-  // Applies queued events in order until SLICE_MS has passed, then yields to the browser.
+  // Parses and applies queued events in order until SLICE_MS has passed, then yields.
   drain() {
     this.draining = false;
     const started = performance.now();
+    const inbox = this.inbox;
     let next = 0;
-    while (next < this.inbox.length) {
-      const [kind, data] = this.inbox[next];
+    while (next < inbox.length) {
+      const [kind, text, id] = inbox[next];
       next += 1;
+      let data;
+      try {
+        data = JSON.parse(text);
+        if (!this.inSequence(kind, data)) throw new Error("snapshot part out of sequence");
+      } catch (error) {
+        this.startOver();
+        return;
+      }
+      this.events += 1;
+      if (typeof id === "string" && id) this.lastId = id;
       this.guard(() => this.apply(kind, data));
-      if (next < this.inbox.length && performance.now() - started >= SLICE_MS) {
+      if (next < inbox.length && performance.now() - started >= SLICE_MS) {
         this.draining = true;
         setTimeout(() => this.drain(), 0);
         break;
       }
     }
-    this.inbox.splice(0, next);
+    inbox.splice(0, next);
   }
 
   apply(kind, data) {
