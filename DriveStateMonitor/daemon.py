@@ -780,7 +780,8 @@ class DriveStateMonitor:
                               load_static_files(), lambda: wall_of(self.clock()))
         self.event_streams = EventStreams(ChangeFeed(epoch), self._http_drives_json,
                                           self._http_status_json, self._feed_drive_row,
-                                          self._feed_status_row)
+                                          self._feed_status_row,
+                                          lambda: self.store.snapshot_rows())
         self.web_app.streams = self.event_streams
         self.store.touched, self.store.touched_status = set(), set()
         self.loop.add_before_sleep(self._publish_changes)

@@ -37,7 +37,7 @@ import collections
 import heapq
 import json
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple
 
 from .host_clock import wall_of
 
@@ -345,14 +345,7 @@ class DriveStore:
 
     def multicast_json(self, end: bytes = b"") -> bytes:
         """The `m` reply's JSON: {serial: {fields..., last_seen, ...}}, followed by `end`."""
-        parts = self._m_parts
-        for drive in self._stale:
-            if drive.m_tail is None and self.drives.get(drive.serial) is drive:
-                separator = ", " if len(parts[drive.slot + 1]) > 1 else ""  # body "{": no fields
-                drive.m_tail = (separator + dumps_default(self.added_fields(drive))[1:]
-                                + ", ").encode("utf-8")
-                parts[drive.slot + 2] = drive.m_tail
-        self._stale = []
+        parts = self._refresh_tails()
         if len(parts) == 1:
             return b"{}" + end
         last_tail = parts[-1]
@@ -361,6 +354,34 @@ class DriveStore:
             return b"".join(parts)
         finally:
             parts[-1] = last_tail
+
+    def _refresh_tails(self) -> List[Any]:
+        """The `m` reply's parts, each drive's added fields (its tail) up to date."""
+        parts = self._m_parts
+        for drive in self._stale:
+            if drive.m_tail is None and self.drives.get(drive.serial) is drive:
+                separator = ", " if len(parts[drive.slot + 1]) > 1 else ""  # body "{": no fields
+                drive.m_tail = (separator + dumps_default(self.added_fields(drive))[1:]
+                                + ", ").encode("utf-8")
+                parts[drive.slot + 2] = drive.m_tail
+        self._stale = []
+        return parts
+
+    def snapshot_rows(self) -> Iterator[Tuple[str, Optional[bytes], Optional[bytes]]]:
+        """Every row of the `m` and `s` replies: (serial, its drive object as the `m` reply has
+        it or None, its status list as the `s` reply has it or None), JSON bytes cut from the
+        replies' cached parts (no encoding); drives first, in the `m` reply's order, then the
+        serials with statuses only. The change feed's snapshot in parts (change_feed.py)."""
+        parts = self._refresh_tails()
+        statuses = self.statuses
+        for serial, drive in self.drives.items():
+            history = statuses.get(serial)
+            # body "{fields" + tail ", added fields}, ": the object without its ", ".
+            yield (serial, (parts[drive.slot + 1] + parts[drive.slot + 2])[:-2],
+                   None if history is None else b"[" + b", ".join(history) + b"]")
+        for serial, history in statuses.items():
+            if serial not in self.drives:
+                yield serial, None, b"[" + b", ".join(history) + b"]"
 
     def _shared(self, text: str) -> str:
         """One string object for each distinct short text (models, firmware, addresses)."""

@@ -6,7 +6,8 @@
     GET /api/drives/<serial>    one drive's `m` view plus its status history ("statuses")
     GET /api/status             the `s` reply as JSON
     GET /api/lab                the DSMs of --lab FILE and their page URLs ({"hosts": []} without)
-    GET /api/events             the change feed as server-sent events (EventStreams, change_feed.py)
+    GET /api/events             the change feed as server-sent events (EventStreams, change_feed.py);
+                                `?parts=1`: its snapshot in bounded parts (the page asks for it)
 
 The JSON endpoints carry an `ETag` made of the process's epoch and the store's change counters (no
 hashing), answer `If-None-Match` with 304 and no body, and send gzip to a client that accepts it
@@ -34,7 +35,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Op
                     Union)
 from urllib.parse import parse_qs, unquote
 
-from .change_feed import ChangeFeed
+from .change_feed import ChangeFeed, SnapshotRow
 from .daemon_log import BadInputLog
 from .event_loop import StreamTransport
 from .http_protocol import HttpServerConnection, Request, RequestError, server_sent_event
@@ -357,6 +358,7 @@ class EventStreams:
     def __init__(self, feed: ChangeFeed, drives_json: Callable[[], bytes],
                  status_json: Callable[[], bytes], drive_row: Callable[[str], Optional[bytes]],
                  status_row: Callable[[str], Optional[bytes]],
+                 snapshot_rows: Callable[[], Iterable[SnapshotRow]],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.feed = feed
         self.clock = clock  # monotonic s: how long nobody has watched
@@ -364,10 +366,12 @@ class EventStreams:
         self.status_json = status_json
         self.drive_row = drive_row
         self.status_row = status_row
+        self.snapshot_rows = snapshot_rows  # every row, for a snapshot in parts
         self.open: Set["EventStream"] = set()
         self.resyncs = 0     # streams closed as too slow
         self.opened = 0      # streams opened since start
         self._snapshot: Tuple[Any, bytes] = (None, b"")
+        self._snapshot_parts: Tuple[Any, List[bytes]] = (None, [])
         # None while a stream is open; a new process has never been watched: no client holds an
         # id of its epoch, so nothing needs encoding until the first stream opens.
         self._unwatched_since: Optional[float] = float("-inf")
@@ -383,13 +387,26 @@ class EventStreams:
                                                      self.feed.event_id(self.feed.rev)))
         return self._snapshot[1]
 
-    def start(self, transport: StreamTransport, last_id: Optional[str]) -> "EventStream":
+    def snapshot_parts(self) -> List[bytes]:
+        """The same snapshot as framed events in bounded parts (ChangeFeed.snapshot_parts),
+        shared as `snapshot` is: built at most once per revision and second."""
+        key = (self.feed.rev, int(self.clock()))
+        if self._snapshot_parts[0] != key:
+            self._snapshot_parts = (key, self.feed.snapshot_parts(self.snapshot_rows(),
+                                                                  server_sent_event))
+        return self._snapshot_parts[1]
+
+    def start(self, transport: StreamTransport, last_id: Optional[str],
+              parts: bool = False) -> "EventStream":
         """Opens a stream on `transport` (its head already written): the retry line, then either
-        the events after `last_id` (still in the window) or a snapshot."""
+        the events after `last_id` (still in the window) or a snapshot (in parts if `parts`)."""
         stream = EventStream(self, transport)
         transport.write(b"retry: %d\n\n" % RETRY_MS)
         missed = self.feed.since(last_id)
-        if missed is None:
+        if missed is None and parts:
+            for encoded in self.snapshot_parts():
+                transport.write(encoded)
+        elif missed is None:
             transport.write(self.snapshot())
         else:
             for encoded in missed:
@@ -405,6 +422,7 @@ class EventStreams:
         """Numbers this pass's changes as one event and sends it to every open stream; its rev.
         Nobody watching for UNWATCHED_GRACE_S: numbered, not encoded (ChangeFeed.skip)."""
         self._snapshot = (None, b"")  # stale now: its memory goes with the last stream sent it
+        self._snapshot_parts = (None, [])
         if not self.open:
             now = self.clock()
             if self._unwatched_since is None:
@@ -493,6 +511,14 @@ def events_last_id(request: Request) -> Optional[str]:
     return last_id
 
 
+def events_in_parts(request: Request) -> bool:
+    """True when the client asks for the snapshot in parts (`?parts=1`); without it, one
+    `snapshot` event, as pages and scripts written before the parts expect."""
+    if "?" not in request.target:
+        return False
+    return parse_qs(request.target.split("?", 1)[1]).get("parts", [""])[-1] == "1"
+
+
 class WebConnection(PipelinedConnection):
     """One HTTP connection: requests answered in order, with back-pressure, closed when due.
     After `GET /api/events` it carries that one event stream until either side closes it."""
@@ -576,5 +602,6 @@ class WebConnection(PipelinedConnection):
         if request.method == "HEAD":
             return head
         self.transport.write(head)
-        self.stream = self.app.streams.start(self.transport, events_last_id(request))
+        self.stream = self.app.streams.start(self.transport, events_last_id(request),
+                                             events_in_parts(request))
         return b""

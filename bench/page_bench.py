@@ -98,11 +98,11 @@ def cleanup() -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def old_code() -> str:
-    """The DriveStateMonitor folder of OLD_COMMIT, unpacked into a temporary dir."""
+def old_code(commit: str = OLD_COMMIT) -> str:
+    """The DriveStateMonitor folder of `commit`, unpacked into a temporary dir."""
     base = tempfile.mkdtemp(prefix="dsm-old-page")
     _temp_dirs.append(base)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", OLD_COMMIT, "DriveStateMonitor"],
+    archive = subprocess.run(["git", "-C", ROOT, "archive", commit, "DriveStateMonitor"],
                              stdout=subprocess.PIPE, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(base)
@@ -528,6 +528,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--only", choices=("host", "lab"), help="one setup only")
     parser.add_argument("--shots", default=os.path.join(os.path.dirname(ROOT), "feed-page-shots"),
                         help="where the 10,000-drive screenshots go (default: %(default)s)")
+    parser.add_argument("--old", default=OLD_COMMIT, metavar="COMMIT",
+                        help="the commit whose page is 'old' (default: %(default)s, the polling "
+                             "page before issue 20)")
     args = parser.parse_args(argv)
     try:
         from playwright.sync_api import sync_playwright
@@ -542,7 +545,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     window = 10.0 if args.quick else 30.0
     samples = 3 if args.quick else 7
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    old = old_code()
+    old = old_code(args.old)
     new = os.path.join(ROOT, "DriveStateMonitor")
     results: Dict[str, Dict[str, Any]] = {}
     try:
@@ -551,7 +554,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                  args=["--no-sandbox", "--disable-gpu"])
             try:
                 runs = []
-                for name, code in (("old page (%s)" % OLD_COMMIT, old), ("new page", new)):
+                for name, code in (("old page (%s)" % args.old, old), ("new page", new)):
                     if args.only in (None, "host"):
                         runs.append(("%s, 1 DSM" % name, one_dsm, code, name, 1, 10000 // scale,
                                      "%s-10000-drives.png" % name.split()[0]))

@@ -1,5 +1,6 @@
 """The change feed (change_feed.py), pure: revisions, the window, resumption, and a client that
-applies snapshot + changes ending with exactly the state the JSON endpoints show."""
+applies snapshot (whole or in parts, cut off part-way or not) + changes ending with exactly the
+state the JSON endpoints show."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from DriveStateMonitor.change_feed import ChangeFeed, make_epoch
+from DriveStateMonitor.change_feed import DEFAULT_PART_ROWS, ChangeFeed, make_epoch
 from DriveStateMonitor.http_protocol import server_sent_event
 
 
@@ -33,6 +34,13 @@ class ModelStore:
 
     def status_row(self, serial: str) -> Optional[bytes]:
         return json.dumps(self.statuses[serial]).encode() if serial in self.statuses else None
+
+    def snapshot_rows(self) -> List[Tuple[str, Optional[bytes], Optional[bytes]]]:
+        """As DriveStore.snapshot_rows: drives first, then serials with statuses only."""
+        rows = [(serial, json.dumps(drive).encode(), self.status_row(serial))
+                for serial, drive in self.drives.items()]
+        return rows + [(serial, None, self.status_row(serial)) for serial in self.statuses
+                       if serial not in self.drives]
 
     def apply(self, op: Tuple[str, str, int]) -> None:
         kind, serial, value = op
@@ -82,20 +90,58 @@ def parse_events(stream: bytes) -> List[Dict[str, str]]:
 
 
 class Viewer:
-    """A page: rows by serial, the last id seen, every rev received."""
+    """A page: rows by serial, the last id seen, every rev received. A snapshot in parts is
+    applied as the page does (drive_rows.js): each part sets its rows at once, and only
+    `snapshot-end` forgets the rows no part named."""
 
-    def __init__(self) -> None:
+    def __init__(self, part_rows: int = DEFAULT_PART_ROWS) -> None:
         self.drives: Dict[str, Any] = {}
         self.statuses: Dict[str, Any] = {}
         self.last_id: Optional[str] = None
         self.revs: List[int] = []
         self.snapshots = 0
+        self.part_rows = part_rows
+        self.pending: Optional[Dict[str, Any]] = None  # a snapshot in parts under way
+
+    def receive_part(self, event: Dict[str, str], data: Dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "snapshot-start":
+            assert "id" not in event  # a cut-off snapshot leaves the client's id as it was
+            self.pending = {"epoch": data["epoch"], "rev": data["rev"], "parts": data["parts"],
+                            "got": 0, "drives": set(self.drives), "statuses": set(self.statuses)}
+            return
+        pending = self.pending
+        assert pending is not None and (data["epoch"], data["rev"]) == (pending["epoch"],
+                                                                        pending["rev"])
+        if kind == "snapshot-part":
+            assert "id" not in event
+            pending["got"] += 1
+            assert data["part"] == pending["got"]
+            assert 0 < len(set(data["drives"]) | set(data["status"])) <= self.part_rows
+            for table, unseen, rows in ((self.drives, pending["drives"], data["drives"]),
+                                        (self.statuses, pending["statuses"], data["status"])):
+                table.update(rows)
+                unseen.difference_update(rows)
+            return
+        assert kind == "snapshot-end" and pending["got"] == data["parts"] == pending["parts"]
+        for serial in pending["drives"]:
+            del self.drives[serial]
+        for serial in pending["statuses"]:
+            del self.statuses[serial]
+        self.pending = None
+        self.snapshots += 1
 
     def receive(self, stream: bytes) -> None:
         for event in parse_events(stream):
             data = json.loads(event["data"])
+            if event["event"] in ("snapshot-start", "snapshot-part", "snapshot-end"):
+                self.receive_part(event, data)
+                if event["event"] != "snapshot-end":
+                    continue
             assert event["id"] == "%s-%d" % (data["epoch"], data["rev"])
-            if event["event"] == "snapshot":
+            if event["event"] == "snapshot-end":
+                pass
+            elif event["event"] == "snapshot":
                 self.snapshots += 1
                 self.drives, self.statuses = data["drives"], data["status"]
             else:
@@ -113,9 +159,14 @@ class Viewer:
             self.revs.append(data["rev"])
 
 
-def connect(feed: ChangeFeed, store: ModelStore, last_id: Optional[str]) -> bytes:
-    """What EventStreams.start sends: the missed events, or a snapshot."""
+def connect(feed: ChangeFeed, store: ModelStore, last_id: Optional[str],
+            part_rows: Optional[int] = None, cut: Optional[int] = None) -> bytes:
+    """What EventStreams.start sends: the missed events, or a snapshot (in parts of `part_rows`
+    rows when given; only its first `cut` events when given: the connection dropped)."""
     missed = feed.since(last_id)
+    if missed is None and part_rows is not None:
+        events = feed.snapshot_parts(store.snapshot_rows(), server_sent_event, part_rows)
+        return b"".join(events[:cut])
     if missed is None:
         return server_sent_event(feed.snapshot_data(store.drives_json(), store.status_json()),
                                  "snapshot", feed.event_id(feed.rev))
@@ -129,18 +180,20 @@ ops = st.one_of(st.tuples(st.just("drive"), serials, st.integers(0, 99)),
 # A pass: some changes, then what the viewer does: stays, drops (and reconnects with its last id,
 # or without), or reconnects later.
 passes = st.lists(st.tuples(st.lists(ops, max_size=4),
-                            st.sampled_from(["stay", "drop", "resume", "fresh"])), max_size=25)
+                            st.sampled_from(["stay", "drop", "resume", "fresh", "cut"]),
+                            st.integers(0, 6)), max_size=25)
 
 
 @settings(max_examples=300)
-@given(passes, st.integers(1, 6), st.integers(200, 5000))
-def test_snapshot_and_changes_end_with_the_endpoints_state(script, max_events, max_bytes):
+@given(passes, st.integers(1, 6), st.integers(200, 5000), st.sampled_from([None, 1, 2, 3]))
+def test_snapshot_and_changes_end_with_the_endpoints_state(script, max_events, max_bytes,
+                                                           part_rows):
     feed = ChangeFeed("e1", max_events=max_events, max_bytes=max_bytes)
     store = ModelStore()
-    viewer = Viewer()
-    viewer.receive(connect(feed, store, None))
+    viewer = Viewer(part_rows or DEFAULT_PART_ROWS)
+    viewer.receive(connect(feed, store, None, part_rows))
     connected = True
-    for changes, action in script:
+    for changes, action, cut in script:
         for op in changes:
             store.apply(op)
         encoded = store.end_pass(feed)
@@ -148,12 +201,18 @@ def test_snapshot_and_changes_end_with_the_endpoints_state(script, max_events, m
             viewer.receive(encoded)
         if action == "drop":
             connected = False
+        elif action == "cut":
+            # A fresh snapshot cut off after `cut` events, then a reconnection with the id the
+            # viewer had: what is left of the cut snapshot must not spoil the rows.
+            viewer.receive(connect(feed, store, None, part_rows, cut))
+            viewer.receive(connect(feed, store, viewer.last_id, part_rows))
+            connected = True
         elif action in ("resume", "fresh") or not connected:
             before = len(viewer.revs)
             last_id = None if action == "fresh" else viewer.last_id
             resumable = feed.since(last_id) is not None
             snapshots = viewer.snapshots
-            viewer.receive(connect(feed, store, last_id))
+            viewer.receive(connect(feed, store, last_id, part_rows))
             connected = True
             new_revs = viewer.revs[before:]
             if resumable:  # no duplicate and no lost revision
@@ -166,7 +225,7 @@ def test_snapshot_and_changes_end_with_the_endpoints_state(script, max_events, m
         if connected:
             assert viewer.drives == store.drives
             assert viewer.statuses == store.statuses
-    viewer.receive(connect(feed, store, viewer.last_id) if not connected else b"")
+    viewer.receive(connect(feed, store, viewer.last_id, part_rows) if not connected else b"")
     assert (viewer.drives, viewer.statuses) == (store.drives, store.statuses)
 
 
@@ -235,6 +294,43 @@ def test_snapshot_embeds_the_replies_as_they_are():
     assert data == {"epoch": "abc", "rev": 0, "drives": {"A": {"x": 1}}, "status": {"A": []}}
 
 
+def test_snapshot_in_parts_bounded_by_rows_and_bytes_with_one_id_at_the_end():
+    feed = ChangeFeed("abc")
+    store = ModelStore()
+    for n in range(7):
+        store.apply(("drive", "D%d" % n, n))
+        store.apply(("status", "D%d" % n, n))
+    store.apply(("status", "S", 1))  # statuses only, never announced
+    store.apply(("drive", "BIG", 1))
+    store.drives["BIG"]["blob"] = "x" * 3000  # a row bigger than a part on its own
+    store.end_pass(feed)
+    events = parse_events(b"".join(feed.snapshot_parts(store.snapshot_rows(), server_sent_event,
+                                                       part_rows=3, part_bytes=1000)))
+    assert [e["event"] for e in events] == ["snapshot-start"] + ["snapshot-part"] * 5 + \
+        ["snapshot-end"]
+    assert [e.get("id") for e in events] == [None] * 6 + ["abc-1"]
+    start, parts, end = (json.loads(events[0]["data"]), [json.loads(e["data"]) for e in events[1:-1]],
+                         json.loads(events[-1]["data"]))
+    assert start == {"epoch": "abc", "rev": 1, "parts": 5, "rows": 9}
+    assert end == {"epoch": "abc", "rev": 1, "parts": 5}
+    drives: Dict[str, Any] = {}
+    statuses: Dict[str, Any] = {}
+    for number, (event, part) in enumerate(zip(events[1:-1], parts), 1):
+        assert part["part"] == number and (part["epoch"], part["rev"]) == ("abc", 1)
+        serials = set(part["drives"]) | set(part["status"])
+        assert 1 <= len(serials) <= 3
+        assert len(event["data"]) <= 1000 + 100 or serials == {"BIG"}  # rows, plus the frame
+        assert set(part["status"]) <= serials and not set(drives) & set(part["drives"])
+        for serial in part["drives"]:  # a drive and its statuses arrive in the same part
+            assert (serial in part["status"]) == (serial in store.statuses)
+        drives.update(part["drives"])
+        statuses.update(part["status"])
+    assert drives == store.drives and statuses == store.statuses
+    empty = parse_events(b"".join(ChangeFeed("e").snapshot_parts([], server_sent_event)))
+    assert [json.loads(e["data"]) for e in empty] == [
+        {"epoch": "e", "rev": 0, "parts": 0, "rows": 0}, {"epoch": "e", "rev": 0, "parts": 0}]
+
+
 def test_epoch_is_the_start_time_in_milliseconds_hex():
     assert make_epoch(1.5) == "5dc"
     assert make_epoch(1796675713.657) != make_epoch(1796675713.658)
@@ -282,3 +378,24 @@ def test_store_notes_every_content_change_and_not_a_repeat():
     assert not store.wiped
     store.wipe(T0 + 102)
     assert store.wiped and store.touched == store.touched_status == set()  # every row forgotten
+
+
+def test_store_snapshot_rows_are_the_rows_of_its_replies():
+    from test_drive_store import T0, announce, announcement_bytes, status
+    from DriveStateMonitor.drive_store import DriveStore
+
+    store = DriveStore(drive_lifetime=10.0)
+    announce(store, announcement_bytes("N1"), T0)
+    announce(store, announcement_bytes("N2"), T0)
+    status(store, "N1", 1, "ok")
+    status(store, "N1", 2, "busy")
+    status(store, "S1", 3, "orphan")  # statuses only
+    store.expire_due(T0 + 100)         # a tail that changed after the reply was joined
+    announce(store, announcement_bytes("N2", ip="10.0.0.1"), T0 + 101)
+    rows = list(store.snapshot_rows())
+    assert [serial for serial, _, _ in rows] == ["N1", "N2", "S1"]
+    drives = {serial: json.loads(drive) for serial, drive, _ in rows if drive is not None}
+    statuses = {serial: json.loads(history) for serial, _, history in rows if history is not None}
+    assert drives == json.loads(store.multicast_json())
+    assert statuses == json.loads(store.status_json())
+    assert drives["N1"]["state"] == "expired" and drives["N2"]["state"] == "alive"

@@ -125,6 +125,37 @@ def test_stream_shows_snapshot_then_status_and_expiry_changes(dsm_factory):
         reader.close()
 
 
+def test_parts_snapshot_of_a_real_dsm_is_its_endpoints_and_resumes_by_its_id(dsm_factory):
+    dsm = web_dsm(dsm_factory, "--drive-lifetime", "600")
+    for serial in ("PART1", "PART2"):
+        dsm.announce(announcement(serial))
+    wait_for(lambda: len(dsm.query_json("m")) == 2, 10, "both drives heard")
+    status(dsm, "PART1", "busy")
+    status(dsm, "ORPHAN", "no drive")  # statuses only
+    reader = EventReader(dsm, target="/api/events?parts=1")
+    try:
+        events = reader.wait_events(3, "the snapshot in parts")
+        assert [e["event"] for e in events] == ["snapshot-start", "snapshot-part", "snapshot-end"]
+        start, part, end = (e["data"] for e in events)
+        assert start["parts"] == end["parts"] == part["part"] == 1 and start["rows"] == 3
+        assert "id" not in events[0] and "id" not in events[1]
+        assert events[2]["id"] == "%s-%d" % (end["epoch"], end["rev"])
+        assert part["drives"] == json.loads(get(dsm, "/api/drives")[1])
+        assert part["status"] == json.loads(get(dsm, "/api/status")[1])
+        # Resumed by the id snapshot-end carried: only what came after, no snapshot again.
+        status(dsm, "PART2", "ok")
+        wait_for(lambda: reader.wait_events(4, "the change")[3:], 15, "the change")
+        resumed = EventReader(dsm, "Last-Event-ID: %s\r\n" % events[2]["id"],
+                              target="/api/events?parts=1")
+        try:
+            [change] = resumed.wait_events(1, "the missed change")
+            assert change["event"] == "change" and list(change["data"]["status"]) == ["PART2"]
+        finally:
+            resumed.close()
+    finally:
+        reader.close()
+
+
 def test_last_event_id_resumes_and_a_restarted_dsm_sends_a_snapshot(dsm_factory):
     state_dir = os.path.join(dsm_factory.new_dirs(), "state")
     dsm = web_dsm(dsm_factory, "--state-dir", state_dir)

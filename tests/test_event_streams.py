@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from DriveStateMonitor.change_feed import ChangeFeed
+from DriveStateMonitor.change_feed import DEFAULT_PART_ROWS, ChangeFeed
 from DriveStateMonitor.event_loop import EventLoop, StreamTransport
 from DriveStateMonitor.http_protocol import Request
 from DriveStateMonitor.web_service import (KEEPALIVE, RESYNC, UNWATCHED_GRACE_S, EventStreams,
@@ -39,6 +39,11 @@ class Rows:
     def status_row(self, serial: str) -> Optional[bytes]:
         return json.dumps(self.statuses[serial]).encode() if serial in self.statuses else None
 
+    def snapshot_rows(self) -> List[Tuple[str, Optional[bytes], Optional[bytes]]]:
+        return [(serial, self.drive_row(serial), self.status_row(serial))
+                for serial in list(self.drives) + [s for s in self.statuses
+                                                   if s not in self.drives]]
+
     def versions(self) -> Tuple[int, int]:
         return self.version, self.version
 
@@ -51,7 +56,8 @@ class Served:
         self.rows = Rows()
         self.feed = ChangeFeed("ep", max_events=max_events)
         self.streams = EventStreams(self.feed, self.rows.drives_json, self.rows.status_json,
-                                    self.rows.drive_row, self.rows.status_row)
+                                    self.rows.drive_row, self.rows.status_row,
+                                    self.rows.snapshot_rows)
         self.app = WebApp(WebData(self.rows.drives_json, lambda serial: None,
                                   self.rows.status_json, lambda: {}, (), self.rows.versions,
                                   "ep"), {}, lambda: 0.0)
@@ -134,6 +140,35 @@ def test_stream_head_snapshot_then_change_and_pipelined_request_is_not_answered(
     assert events[1]["id"] == "ep-1"
     assert stream.count(b"HTTP/1.1") == 0  # the pipelined GET /api/drives got no answer
     assert len(served.streams.open) == 1
+
+
+def test_parts_query_gets_the_snapshot_in_bounded_parts_then_changes(served):
+    for n in range(DEFAULT_PART_ROWS * 2 + 10):
+        served.rows.drives["D%04d" % n] = {"n": n}
+    served.rows.statuses["D0001"] = [{"status": "ok"}]
+    sock = served.connect()
+    sock.sendall(b"GET /api/events?parts=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    body = read_until(served, sock, b"event: snapshot-end").partition(b"\r\n\r\n")[2]
+    served.change("B", {"n": -1})
+    body += read_until(served, sock, b"event: change")
+    events = parse_events(body[len(b"retry: 2000\n\n"):])
+    assert [e["event"] for e in events] == ["snapshot-start"] + ["snapshot-part"] * 3 + \
+        ["snapshot-end", "change"]
+    assert [e.get("id") for e in events] == [None] * 4 + ["ep-0", "ep-1"]
+    parts = [json.loads(e["data"]) for e in events[1:4]]
+    assert [len(part["drives"]) for part in parts] == [DEFAULT_PART_ROWS, DEFAULT_PART_ROWS, 10]
+    assert parts[0]["status"] == {"D0001": [{"status": "ok"}]}
+    joined = {serial: row for part in parts for serial, row in part["drives"].items()}
+    assert joined == {serial: row for serial, row in served.rows.drives.items() if serial != "B"}
+    assert b"event: snapshot\n" not in body
+
+
+def test_viewers_asking_for_parts_together_share_the_same_parts(served):
+    served.rows.drives["A"] = {"n": 1}
+    first = served.streams.snapshot_parts()
+    assert served.streams.snapshot_parts() is first and len(first) == 3
+    served.change("A", {"n": 2})
+    assert served.streams.snapshot_parts() is not first
 
 
 def test_last_event_id_in_window_gets_only_what_it_missed(served):

@@ -286,6 +286,12 @@ def test_page_shows_the_whole_lab_and_a_banner_for_a_stopped_dsm(lab, dsm_factor
         page = wait_for(lambda: (lambda p: p if p["banners"] else None)(
             browser.evaluate(LAB_PAGE)), timeout=20, what="a banner for bench-c")
         assert [banner[0] for banner in page["banners"]] == ["bench-c"]
+        # Its feed, now ended, had asked for the snapshot in parts (docs/protocol.md).
+        ended = wait_for(lambda: browser.evaluate(
+            'performance.getEntriesByType("resource").map((e) => e.name)'
+            '.filter((name) => name.includes("/api/events"))'), timeout=10,
+            what="the ended feed in the page's resource timing")
+        assert ended and all(name.endswith("/api/events?parts=1") for name in ended), ended
         assert "does not answer" in page["banners"][0][1]
         # The others stay on screen; bench-c's last data stays too, marked stale.
         assert [row[:2] for row in page["rows"]] == [row[:2] for row in every]

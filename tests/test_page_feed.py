@@ -1,6 +1,7 @@
 """The live page following a real DSM's change feed (GET /api/events) in headless Chromium: drives
 going silent and coming back, statuses arriving, a wipe, the DSM restarting, a feed cut in the
-middle of an event, fields of any JSON type, and 10,000 drives with a small DOM.
+middle of an event, a snapshot in parts (rows shown before the last part; cut part-way; from an
+older DSM that sends it whole), fields of any JSON type, and 10,000 drives with a small DOM.
 
 Skipped where /usr/bin/chromium is absent. The 10,000-drive test is heavy (about 10 s): it runs
 once per CI run, under Python 3.11 only, or wherever DSM_HEAVY_BROWSER_TESTS=1 (=0 skips it
@@ -247,7 +248,7 @@ def test_page_resumes_after_a_cut_mid_event_and_after_the_dsm_restarts(dsm_facto
     try:
         browser = HeadlessChromium("http://%s:%d/" % (LOOPBACK, proxy.port))
         page_when(browser, rows_match_the_dsm(dsm), "the page's rows to be the DSM's")
-        assert [s["first_event"] for s in proxy.streams] == ["snapshot"]
+        assert [s["first_event"] for s in proxy.streams] == ["snapshot-start"]
 
         # Cut in the middle of the event that carries ZR2's status: the page resumes from the id
         # it had (Last-Event-ID), gets that change again, and nothing is lost or doubled.
@@ -274,12 +275,171 @@ def test_page_resumes_after_a_cut_mid_event_and_after_the_dsm_restarts(dsm_facto
         page_when(browser, lambda p: p["connection"] == "ok" and not p["banner"],
                   "the page back on the feed", timeout=30)
         assert proxy.streams[-1]["last_id"] == resumed["last_id"] or proxy.streams[-1]["last_id"]
-        assert proxy.streams[-1]["first_event"] == "snapshot"
+        assert proxy.streams[-1]["first_event"] == "snapshot-start"
         page_when(browser, rows_match_the_dsm(back), "the restarted DSM's rows, once each")
         send_status(back, "ZR3", "FAIL", "2026-11-24 14:02:00")
         state = page_when(browser, lambda p: by_serial(p)["ZR3"]["ticks"] == ["FAIL"],
                           "a status sent to the restarted DSM")
         assert by_serial(state)["ZR2"]["ticks"] == ["PASS"]
+    finally:
+        if browser is not None:
+            browser.close()
+        proxy.close()
+
+
+class PartsProxy:
+    """A TCP proxy in front of the DSM's HTTP port for the snapshot in parts. `mode`:
+    "hold": passes each stream up to the end of its first `snapshot-part` event, then holds the
+    rest until `release`; "cut": passes the first stream up to the middle of its second
+    `snapshot-part` event and closes both sides (a network failure); "whole": removes `parts=1`
+    from each request, as a DSM from before the parts would ignore it (one `snapshot`)."""
+
+    def __init__(self, upstream_port: int, mode: str) -> None:
+        self.upstream_port = upstream_port
+        self.mode = mode
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.released = threading.Event()
+        self.held = threading.Event()
+        self.lock = threading.Lock()
+        self.first_events: List[str] = []
+        self.sockets: List[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection((LOOPBACK, self.upstream_port), timeout=5)
+            except OSError:
+                return
+            upstream.settimeout(None)
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._responses, args=(upstream, client), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                if self.mode == "whole":
+                    data = data.replace(b"?parts=1&", b"?").replace(b"?parts=1", b"")
+                upstream.sendall(data)
+        except OSError:
+            pass
+        CuttingProxy._close(client, upstream)
+
+    def _responses(self, upstream: socket.socket, client: socket.socket) -> None:
+        received = b""
+        passing = True  # passed through as it comes once the point of interest is past
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                received += data
+                if passing and b"text/event-stream" in received and self.mode != "whole":
+                    marker = b"event: snapshot-part\n"
+                    at = received.find(marker)
+                    if self.mode == "cut":
+                        at = received.find(marker, at + 1) if at >= 0 else -1
+                    end = received.find(b"\n\n", at) if at >= 0 else -1
+                    if end < 0:
+                        continue  # not there yet: keep reading
+                    with self.lock:
+                        first = self.first_events
+                        first.append(received.split(b"event: ", 1)[1].split(b"\n")[0].decode())
+                    if self.mode == "cut" and len(first) == 1:
+                        client.sendall(received[:at + (end - at) // 2])
+                        break
+                    if self.mode == "hold":
+                        client.sendall(received[:end + 2])
+                        received = received[end + 2:]
+                        self.held.set()
+                        self.released.wait(30)
+                    passing = False
+                client.sendall(received)
+                received = b""
+        except OSError:
+            pass
+        CuttingProxy._close(client, upstream)
+
+    def close(self) -> None:
+        self.released.set()
+        self.listener.close()
+        with self.lock:
+            CuttingProxy._close(*self.sockets)
+
+
+PART_ROWS = 500  # change_feed.DEFAULT_PART_ROWS: the test's drives need three parts
+PARTED_SERIALS = ["ZP%04d" % number for number in range(PART_ROWS * 2 + 100)]
+
+
+def every_parted_row(state: Dict[str, Any]) -> bool:
+    """Every serial once (rows are keyed by serial: a count short of it is a row lost), alive."""
+    total = len(PARTED_SERIALS)
+    return state.get("total") == str(total) and state["summary"].startswith(
+        "%d drives: %d alive, 0 expired \u00b7 0 unannounced" % (total, total))
+
+
+@pytest.fixture
+def parted_dsm(dsm_factory):
+    from DriveStateMonitor.change_feed import DEFAULT_PART_ROWS
+    assert DEFAULT_PART_ROWS == PART_ROWS
+    dsm = start_web_dsm(dsm_factory)
+    announce_many(dsm, PARTED_SERIALS)
+    return dsm
+
+
+@needs_chromium
+def test_page_shows_the_first_parts_rows_before_the_last_part_arrives(parted_dsm):
+    proxy = PartsProxy(parted_dsm.info["http_port"], "hold")
+    browser: Optional[HeadlessChromium] = None
+    try:
+        browser = HeadlessChromium("http://%s:%d/" % (LOOPBACK, proxy.port))
+        wait_for(proxy.held.is_set, timeout=20, what="the first part passed, the rest held")
+        state = page_when(browser, lambda p: p["total"] == str(PART_ROWS) and p["rows"],
+                          "the first part's rows on screen while the rest is held")
+        assert state["rows"][0]["serial"] == "ZP0000" and state["feed"] == "live"
+        proxy.released.set()
+        page_when(browser, every_parted_row, "every part applied")
+        assert proxy.first_events == ["snapshot-start"]
+    finally:
+        if browser is not None:
+            browser.close()
+        proxy.close()
+
+
+@needs_chromium
+def test_snapshot_cut_part_way_then_whole_from_an_older_dsm_leaves_each_row_once(parted_dsm):
+    # Cut in the middle of the second part: the page keeps the first part's rows, reconnects,
+    # gets a whole new snapshot and ends with every row once.
+    proxy = PartsProxy(parted_dsm.info["http_port"], "cut")
+    browser: Optional[HeadlessChromium] = None
+    try:
+        browser = HeadlessChromium("http://%s:%d/" % (LOOPBACK, proxy.port))
+        page_when(browser, every_parted_row, "every row after the cut")
+        assert len(proxy.first_events) >= 2  # cut once, then a stream that went through
+        send_status(parted_dsm, "ZP0999", "PASS", "2026-11-24 14:00:00")
+        browser.evaluate('(() => { const f = document.getElementById("host-filter-serial");'
+                         ' f.value = "ZP0999";'
+                         ' f.dispatchEvent(new Event("input", {bubbles: true})); })()')
+        page_when(browser, lambda p: [r["ticks"] for r in p["rows"]] == [["PASS"]],
+                  "a change after the cut snapshot")
+    finally:
+        if browser is not None:
+            browser.close()
+        proxy.close()
+    # A DSM that ignores ?parts=1 (one `snapshot`, as before the parts): the same rows.
+    proxy = PartsProxy(parted_dsm.info["http_port"], "whole")
+    browser = None
+    try:
+        browser = HeadlessChromium("http://%s:%d/" % (LOOPBACK, proxy.port))
+        state = page_when(browser, every_parted_row, "every row, whole snapshot")
+        assert state["feed"] == "live"
     finally:
         if browser is not None:
             browser.close()

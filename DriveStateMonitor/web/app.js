@@ -91,17 +91,7 @@
     form.addEventListener("change", readFilters);
     // "5 s ago" grows old: redraw the rows in view (only those) now and then.
     setInterval(() => table.render(new Set(table.drawn.keys())), AGO_REFRESH_MS);
-    const feed = new DriveFeed("", {
-      snapshot: (drives, statuses) => {
-        rows.replaceHost(HOST, drives, statuses);
-        schedule();
-      },
-      change: (wipe, drives, statuses) => {
-        rows.applyChange(HOST, wipe, drives, statuses);
-        schedule();
-      },
-      status: showStatus,
-    });
+    const feed = new DriveFeed("", rowsFeedHandlers(rows, HOST, schedule, showStatus));
     window.dsmHostFeed = feed;  // for a look from the console (and the browser tests)
     feed.start();
   }

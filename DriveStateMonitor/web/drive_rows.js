@@ -148,6 +148,7 @@ function compareRows(sort, a, b) {
 class DriveRows {
   constructor() {
     this.hosts = new Map();       // host name ("" on this host's view) -> HostData
+    this.unseen = new Map();      // host -> {drives, statuses}: a snapshot in parts under way
     this.rows = new Map();        // key -> row
     this.changed = new Set();     // keys changed since the last flush
     this.statesSeen = new Map();  // key -> the states seen in order (data-states-seen)
@@ -172,12 +173,51 @@ class DriveRows {
 
   // A snapshot: every row of `host` becomes what `drives` and `statuses` (whole JSON maps) say.
   replaceHost(host, drives, statuses) {
+    this.unseen.delete(host);
     const data = this.hostData(host);
     const before = data.serials();
     data.drives = recordMap(drives);
     data.statuses = recordMap(statuses);
     for (const serial of data.serials()) before.add(serial);
     for (const serial of before) this.updateRow(host, serial);
+  }
+
+  // A snapshot in parts (docs/protocol.md): each part's rows are set at once; the rows no part
+  // has named yet stay as they were until `endSnapshot` forgets those no part named at all. A
+  // snapshot cut off part-way is simply never ended (a new `beginSnapshot` starts afresh).
+  beginSnapshot(host) {
+    const data = this.hostData(host);
+    this.unseen.set(host, {drives: new Set(data.drives.keys()),
+                           statuses: new Set(data.statuses.keys())});
+  }
+
+  applyPart(host, drives, statuses) {
+    const data = this.hostData(host);
+    const unseen = this.unseen.get(host) || {drives: new Set(), statuses: new Set()};
+    const touched = new Set();
+    for (const [serial, drive] of recordMap(drives)) {
+      data.drives.set(serial, drive);
+      unseen.drives.delete(serial);
+      touched.add(serial);
+    }
+    for (const [serial, list] of recordMap(statuses)) {
+      data.statuses.set(serial, list);
+      unseen.statuses.delete(serial);
+      touched.add(serial);
+    }
+    for (const serial of touched) this.updateRow(host, serial);
+  }
+
+  endSnapshot(host) {
+    const unseen = this.unseen.get(host);
+    if (!unseen) return;
+    this.unseen.delete(host);
+    const data = this.hostData(host);
+    for (const serial of unseen.drives) data.drives.delete(serial);
+    for (const serial of unseen.statuses) data.statuses.delete(serial);
+    for (const serial of new Set([...unseen.drives, ...unseen.statuses])) {
+      this.updateRow(host, serial);
+    }
   }
 
   // A change event: `drives`/`statuses` map serial -> new value, or null for gone; `wipe` first
@@ -499,8 +539,16 @@ class VirtualTable {
 // DSM, or refused) it polls /api/drives and /api/status every POLL_MS and tries the feed again
 // every FEED_RETRY_MS. Every callback is guarded: nothing one DSM sends stops another's feed.
 //
+// It asks for the snapshot in parts (?parts=1: snapshot-start, snapshot-part..., snapshot-end;
+// an older DSM ignores it and sends one `snapshot`). Events are queued as they arrive (the browser
+// may hand over many in one task) and parsed and applied in order, SLICE_MS at a time, yielding to
+// the browser (setTimeout) between slices: a part is bounded, so is each JSON.parse; the first
+// part's rows are drawn at once, and no task holds the main thread for the whole snapshot.
+//
 // handlers: snapshot(drives, statuses), change(wipe, drives, statuses),
+//           snapshotBegin(), snapshotPart(drives, statuses), snapshotEnd(),
 //           status(state, detail): state "live" | "polling" | "down"
+const SLICE_MS = 8;
 const POLL_MS = 2000;
 const RETRY_MS = 2000;
 const FEED_RETRY_MS = 30000;
@@ -516,6 +564,9 @@ class DriveFeed {
     this.mode = "connecting";
     this.feedTriedAt = 0;
     this.events = 0;
+    this.inbox = [];        // events not applied yet, in order: [kind, JSON text, id]
+    this.draining = false;  // a slice of the inbox is scheduled
+    this.partial = null;    // the snapshot in parts being received: {epoch, rev, parts, got}
   }
 
   start() {
@@ -529,7 +580,7 @@ class DriveFeed {
   open() {
     this.closeSource();
     this.feedTriedAt = Date.now();
-    const query = this.lastId ? "?since=" + encodeURIComponent(this.lastId) : "";
+    const query = "?parts=1" + (this.lastId ? "&since=" + encodeURIComponent(this.lastId) : "");
     let source;
     try {
       source = new EventSource(this.base + "/api/events" + query);
@@ -546,6 +597,9 @@ class DriveFeed {
       this.receive(kind, event);
     };
     source.addEventListener("snapshot", take("snapshot"));
+    for (const kind of ["snapshot-start", "snapshot-part", "snapshot-end"]) {
+      source.addEventListener(kind, take(kind));
+    }
     source.addEventListener("change", take("change"));
     source.addEventListener("resync", take("resync"));
     source.onerror = () => {
@@ -565,33 +619,91 @@ class DriveFeed {
   receive(kind, event) {
     if (kind === "resync") {
       this.lastId = null;
+      this.partial = null;
       this.later(() => this.open(), 0);
       return;
     }
-    let data;
-    try {
-      data = JSON.parse(event.data);
-    } catch (error) {
-      // A broken event: start over with a snapshot rather than guess.
-      this.lastId = null;
-      this.report("down", "the change feed sent an unreadable event; starting over");
-      this.closeSource();
-      this.later(() => this.open(), RETRY_MS);
-      return;
-    }
-    this.events += 1;
-    if (typeof event.lastEventId === "string" && event.lastEventId) this.lastId = event.lastEventId;
     this.stopTimer();
     this.mode = "live";
-    this.guard(() => {
-      if (kind === "snapshot") {
-        this.handlers.snapshot(field(data, "drives"), field(data, "status"));
-      } else {
-        this.handlers.change(field(data, "wipe") === true, field(data, "drives"),
-                             field(data, "status"));
+    this.inbox.push([kind, event.data, event.lastEventId]);
+    if (!this.draining) this.drain();
+    if (this.mode === "live") this.report("live", "");
+  }
+
+  // A broken event: start over with a snapshot rather than guess (what is queued after it came
+  // from the same stream: dropped).
+  startOver() {
+    this.lastId = null;
+    this.partial = null;
+    this.inbox = [];
+    this.mode = "connecting";
+    this.report("down", "the change feed sent an unreadable event; starting over");
+    this.closeSource();
+    this.later(() => this.open(), RETRY_MS);
+  }
+
+  // Whether a snapshot's parts come as announced: same epoch and rev, numbered 1..parts.
+  inSequence(kind, data) {
+    const partial = this.partial;
+    if (kind === "snapshot-start") {
+      this.partial = {epoch: field(data, "epoch"), rev: field(data, "rev"),
+                      parts: field(data, "parts"), got: 0};
+      return true;
+    }
+    if (kind !== "snapshot-part" && kind !== "snapshot-end") return true;
+    if (!partial || field(data, "epoch") !== partial.epoch || field(data, "rev") !== partial.rev) {
+      return false;
+    }
+    if (kind === "snapshot-part") {
+      partial.got += 1;
+      return field(data, "part") === partial.got;
+    }
+    this.partial = null;
+    return partial.got === partial.parts && field(data, "parts") === partial.parts;
+  }
+
+  // Parses and applies queued events in order until SLICE_MS has passed, then yields.
+  drain() {
+    this.draining = false;
+    const started = performance.now();
+    const inbox = this.inbox;
+    let next = 0;
+    while (next < inbox.length) {
+      const [kind, text, id] = inbox[next];
+      next += 1;
+      let data;
+      try {
+        data = JSON.parse(text);
+        if (!this.inSequence(kind, data)) throw new Error("snapshot part out of sequence");
+      } catch (error) {
+        this.startOver();
+        return;
       }
-    });
-    this.report("live", "");
+      this.events += 1;
+      if (typeof id === "string" && id) this.lastId = id;
+      this.guard(() => this.apply(kind, data));
+      if (next < inbox.length && performance.now() - started >= SLICE_MS) {
+        this.draining = true;
+        setTimeout(() => this.drain(), 0);
+        break;
+      }
+    }
+    inbox.splice(0, next);
+  }
+
+  apply(kind, data) {
+    const handlers = this.handlers;
+    if (kind === "snapshot") {
+      handlers.snapshot(field(data, "drives"), field(data, "status"));
+    } else if (kind === "snapshot-start") {
+      handlers.snapshotBegin();
+    } else if (kind === "snapshot-part") {
+      handlers.snapshotPart(field(data, "drives"), field(data, "status"));
+    } else if (kind === "snapshot-end") {
+      handlers.snapshotEnd();
+    } else {
+      handlers.change(field(data, "wipe") === true, field(data, "drives"), field(data, "status"));
+    }
   }
 
   async poll(why) {
@@ -661,6 +773,23 @@ class DriveFeed {
     if (this.source) this.source.close();
     this.source = null;
   }
+}
+
+// A DriveFeed's handlers that keep `host`'s rows in `rows`, calling `changed()` after each update
+// and `status(state, detail)` on the feed's state.
+function rowsFeedHandlers(rows, host, changed, status) {
+  const then = (update) => (...args) => {
+    update(...args);
+    changed();
+  };
+  return {
+    snapshot: then((drives, statuses) => rows.replaceHost(host, drives, statuses)),
+    snapshotBegin: then(() => rows.beginSnapshot(host)),
+    snapshotPart: then((drives, statuses) => rows.applyPart(host, drives, statuses)),
+    snapshotEnd: then(() => rows.endSnapshot(host)),
+    change: then((wipe, drives, statuses) => rows.applyChange(host, wipe, drives, statuses)),
+    status,
+  };
 }
 
 // Calls `callback` once per frame at most, also where frames do not run (a hidden tab).

@@ -70,17 +70,8 @@
 
   function follow(name) {
     const host = labHosts.get(name);
-    const feed = new DriveFeed(host.url, {
-      snapshot: (drives, statuses) => {
-        rows.replaceHost(name, drives, statuses);
-        schedule();
-      },
-      change: (wipe, drives, statuses) => {
-        rows.applyChange(name, wipe, drives, statuses);
-        schedule();
-      },
-      status: (state, detail) => hostStatus(name, state, detail),
-    });
+    const feed = new DriveFeed(host.url, rowsFeedHandlers(
+      rows, name, schedule, (state, detail) => hostStatus(name, state, detail)));
     host.feed = feed;
     try {
       feed.start();
