@@ -20,24 +20,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from DriveStateMonitor.statserv_protocol import StatServSession
 from DriveStateMonitor.statserv_tree import (
-    DIRECTORY, EXPIRED, NONEXISTENT, UNDEFINED, StatServError, Tree, ValueWord,
+    DIRECTORY, EXPIRED, NONEXISTENT, UNDEFINED, Tree, ValueWord,
 )
-
-
-class Recorder:
-    """A monitor subscriber that remembers what it was told."""
-
-    def __init__(self) -> None:
-        self.notified: List[str] = []
-
-    def notify(self, path: str) -> None:
-        self.notified.append(path)
-
-
-def error_code(call, *args, **kwargs) -> str:
-    with pytest.raises(StatServError) as caught:
-        call(*args, **kwargs)
-    return caught.value.code
+from test_statserv_tree import Recorder, error_code  # the tree's tests' subscriber and error helper
 
 
 # -- the model ----------------------------------------------------------------------------------
