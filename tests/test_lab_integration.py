@@ -23,18 +23,34 @@ class Lab:
     """Three DSMs that list each other in one lab file (their HTTP ports chosen up front)."""
 
     def __init__(self, dsm_factory, tmp_path) -> None:
+        self.path = str(tmp_path / "lab")
+        # Ports chosen up front can be taken before a DSM binds them (by another process, or as
+        # an earlier DSM's own port 0): then the whole lab starts again on new ones, a few times.
+        for attempt in range(3):
+            try:
+                self.dsms = self._start(dsm_factory)
+                return
+            except AssertionError as failure:
+                if "Address already in use" not in str(failure) or attempt == 2:
+                    raise
+
+    def _start(self, dsm_factory) -> dict:
         http_ports = [free_tcp_port() for _ in NAMES]
         query_ports = [free_tcp_port() for _ in NAMES]
-        self.path = str(tmp_path / "lab")
         with open(self.path, "w") as f:
             f.write("# the test lab\n")
             for name, query, http in zip(NAMES, query_ports, http_ports):
                 f.write("%s:%d name=%s http=%d\n" % (LOOPBACK, query, name, http))
-        self.dsms = {}
-        for name, query, http in zip(NAMES, query_ports, http_ports):
-            dsm = dsm_factory.start("--query-port", str(query), "--http-port", str(http),
-                                    "--lab", self.path)
-            self.dsms[name] = dsm
+        dsms = {}
+        try:
+            for name, query, http in zip(NAMES, query_ports, http_ports):
+                dsms[name] = dsm_factory.start("--query-port", str(query), "--http-port", str(http),
+                                               "--lab", self.path)
+        except AssertionError:
+            for dsm in dsms.values():
+                dsm.stop()
+            raise
+        return dsms
 
     def fill(self) -> None:
         """ZA10F3K2 heard by bench-a and bench-b; ZB20G4L7 on bench-b; ZC30H5M8 on bench-c with
