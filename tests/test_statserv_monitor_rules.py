@@ -46,7 +46,7 @@ class ModelMonitor:
         self.notified = False
         self.last_notice = -math.inf
         self.base: Dict[str, Any] = {}      # value last reported, per '' or entry name
-        self.collected(values)
+        self.collected(values, everything=True)
 
     @property
     def is_dir(self) -> bool:
@@ -58,10 +58,15 @@ class ModelMonitor:
     def value_of(self, name: str, values: Dict[str, Any]) -> Any:
         return values[name if name else self.path.rpartition("/")[2]]
 
-    def collected(self, values: Dict[str, Any]) -> None:
+    def collected(self, values: Dict[str, Any], everything: bool = False) -> None:
+        """What the client was just given: MONITOR's answer (every name), or a collect, which
+        reports a directory's changed entries only, so an entry changed within its deadband keeps
+        the value last reported before (spec: "from each numeric entry's own last reported
+        value")."""
+        names = self.names_of(values) if everything or not self.is_dir else sorted(self.dirty)
+        self.base.update({name: self.value_of(name, values) for name in names})
         self.dirty = set()
         self.notified = False
-        self.base = {name: self.value_of(name, values) for name in self.names_of(values)}
 
     def saw(self, name: str, new: Any, now: float) -> Optional[str]:
         """A change of `name`; returns the notice due now, if any."""
