@@ -33,8 +33,8 @@ PAGE = """(() => {
     statusClass: row.dataset.statusClass, text: row.innerText,
     ticks: [...row.querySelectorAll(".tick")].map((tick) => tick.textContent)}));
   const banner = document.getElementById("banner");
-  return {rows: rows, connection: document.body.dataset.connection,
-          feed: document.body.dataset.feed, total: document.body.dataset.rows,
+  return {rows: rows, connection: document.body.dataset.connection || null,
+          feed: document.body.dataset.feed || null, total: document.body.dataset.rows || null,
           banner: banner.hidden ? "" : banner.innerText,
           summary: document.getElementById("summary").innerText,
           shown: document.getElementById("host-shown").innerText};
@@ -534,7 +534,7 @@ def test_any_json_value_in_any_field_renders_and_the_page_polls_without_eventsou
 
 
 DOM_SIZE = """(() => ({rows: document.querySelectorAll("#drive-rows tr").length,
-  nodes: document.getElementsByTagName("*").length, total: document.body.dataset.rows,
+  nodes: document.getElementsByTagName("*").length, total: document.body.dataset.rows || null,
   serials: [...document.querySelectorAll("#drive-rows tr")].map((row) => row.dataset.serial),
   summary: document.getElementById("summary").innerText}))()"""
 

@@ -395,7 +395,7 @@ ROW_STATE = """(() => {
                                 text: row.innerText,
                                 ticks: row.querySelectorAll(".tick").length};
   }
-  return {rows: rows, connection: document.body.dataset.connection,
+  return {rows: rows, connection: document.body.dataset.connection || null,
           banner: document.getElementById("banner").hidden ? "" :
                   document.getElementById("banner").innerText};
 })()"""
