@@ -225,6 +225,36 @@ def test_fsync_always_syncs_the_journal_and_counts_it(dsm_factory):
     assert int(journal_fact(dsm, "records_dropped")) == 0
 
 
+def test_a_pipelined_pass_is_journaled_in_group_frames_that_survive_kill_9_and_a_clean_stop(
+        dsm_factory):
+    # 300 PUTs and TOUCHes in one write: one or a few passes, so group frames (persistence.py).
+    from DriveStateMonitor.persistence import MAGIC, read_state_file, scan_journal
+    state_dir = new_state_dir(dsm_factory)
+    first = start(dsm_factory, state_dir)
+    lines = b"".join(b"TOUCH /lab/g%d\nPUT /lab/g%d v%d\n" % (n % 7, n % 7, n) for n in range(150))
+    with first.connect_statserv() as sock:
+        sock.sendall(lines)
+        replies = b""
+        deadline = time.monotonic() + 20
+        while replies.count(b"\n") < 300 and time.monotonic() < deadline:
+            replies += sock.recv(65536)
+    assert replies == b".\n" * 300
+    data = read_state_file(newest_journal(state_dir))
+    scan = scan_journal(data)
+    assert len(scan.records) >= 300 and data.count(MAGIC) < len(scan.records) // 10
+    kill9(first)
+
+    second = start(dsm_factory, state_dir)
+    assert [get(second, "/lab/g%d" % n) for n in range(7)] == [
+        '. "v%d"' % max(i for i in range(150) if i % 7 == n) for n in range(7)]
+    second.stop()  # clean: the final snapshot holds everything; no later journal has a group
+    assert second.proc.returncode == 0
+    snapshots, journals = state_files(state_dir)
+    later = [seq for seq in journals if seq >= snapshots[-1]]
+    assert all(data.count(MAGIC) == len(scan_journal(data).records) for data in
+               (read_state_file(os.path.join(state_dir, "journal-%d.log" % seq)) for seq in later))
+
+
 @pytest.mark.parametrize("tail", ["half-record", "garbage"])
 def test_torn_journal_tail_is_dropped_and_the_good_records_come_back(dsm_factory, tail):
     state_dir = new_state_dir(dsm_factory)
@@ -551,14 +581,14 @@ def test_removed_state_dir_is_recreated_with_a_fresh_snapshot_and_nothing_is_los
 
 
 def test_a_journal_grown_past_its_limit_gets_an_early_snapshot(dsm_factory):
-    dsm = dsm_factory.start("--snapshot-journal-bytes", "20000", "--state-retry", "0.2",
+    dsm = dsm_factory.start("--snapshot-journal-bytes", "10000", "--state-retry", "0.2",
                             "--snapshot-interval", "3600")
     state_dir = dsm.args[dsm.args.index("--state-dir") + 1]
     # One write: the DSM closes a status connection once all it received is answered
     # (pipelining.answered_and_idle; the original took one status per connection), so statuses
     # written one by one could find it closed after the first, and the rest reset.
     statuses = b"".join(b'{"serial_number": "JB", "time_stamp": %d, "status": "002"}\n' % n
-                        for n in range(400))  # about 60 bytes of journal each: past 20,000
+                        for n in range(400))  # about 60 bytes of journal each: past 10,000
     with socket.create_connection((LOOPBACK, dsm.status_port), timeout=10) as sock:
         sock.sendall(statuses)
         recv_until_end(sock, count=400)

@@ -15,7 +15,8 @@ import pytest
 from DriveStateMonitor.drive_publisher import DrivePublisher
 from DriveStateMonitor.drive_view import DriveView
 from DriveStateMonitor.drive_store import DriveStore
-from DriveStateMonitor.persistence import (FSYNC_ALWAYS, MAGIC, Journal, Loaded, decode_records,
+from DriveStateMonitor.persistence import (FSYNC_ALWAYS, GROUP_RECORDS, MAGIC, Journal, Loaded,
+                                           decode_records, embedded_announcement, encode_records,
                                            decode_snapshot, encode_snapshot, snapshot_file_intact,
                                            encode_record, journal_path, load_state, scan_journal,
                                            snapshot_path, write_snapshot)
@@ -112,6 +113,81 @@ def test_journal_of_the_older_format_still_loads():
                    for p in (json.dumps(r, separators=(",", ":")).encode() for r in RECORDS))
     records, used = decode_records(old)
     assert records == RECORDS and used == len(old)
+
+
+def group_journal(records: List[Any], first: int = 0) -> bytes:
+    """`records` as one pass's flush writes them (group frames)."""
+    return encode_records([encode_record(r)[16:] for r in records], first)
+
+
+def test_a_pass_of_records_is_framed_in_groups_that_decode_to_the_same_records():
+    many = [["tp", "/lab/x", str(n), 101.0, None, n] for n in range(2 * GROUP_RECORDS + 1)]
+    data = group_journal(many)
+    assert data.count(MAGIC) == 3  # two full groups and one record alone
+    scan = scan_journal(data)
+    assert [index for index, _ in scan.records] == list(range(len(many)))
+    assert decode_records(data) == (many, len(data)) and not scan.damaged
+
+
+def test_an_announcement_record_is_never_grouped_and_keeps_its_datagram_byte_for_byte():
+    # The datagram's own bytes (odd spacing, a repeated key) come back as they were sent.
+    datagram = b'{"serial_number": "ZA1",  "model":"x", "model":"y"}'
+    payloads = [encode_record(RECORDS[0])[16:],
+                embedded_announcement("ZA1", datagram, 103.0, "10.0.0.1", "lo"),
+                encode_record(RECORDS[1])[16:]]
+    data = encode_records(payloads, 0)
+    assert data.count(MAGIC) == 3  # the pass fell back to a frame each
+    records, _ = decode_records(data)
+    assert records[1] == ["a", "ZA1", datagram.decode(), 103.0, "10.0.0.1", "lo"]
+    assert records[0] == RECORDS[0] and records[2] == RECORDS[1]
+
+
+@pytest.mark.parametrize("position", ["magic", "length", "index", "crc", "payload"])
+def test_a_damaged_group_costs_its_own_records_only(position):
+    many = [["tp", "/lab/x", str(n), 101.0, None, n] for n in range(3 * GROUP_RECORDS)]
+    groups = [group_journal(many[n:n + GROUP_RECORDS], n)
+              for n in range(0, len(many), GROUP_RECORDS)]
+    victim = bytearray(groups[1])
+    offset = {"magic": 1, "length": 4, "index": 8, "crc": 13, "payload": 40}[position]
+    victim[offset] ^= 0x5A
+    data = groups[0] + bytes(victim) + groups[2]
+    scan = scan_journal(data)
+    assert decode_records(data)[0] == many[:GROUP_RECORDS] + many[2 * GROUP_RECORDS:]
+    assert scan.damaged and not scan.torn
+
+
+def test_a_torn_last_group_is_cut_off_and_the_groups_before_it_kept():
+    many = [["tp", "/lab/x", str(n), 101.0, None, n] for n in range(2 * GROUP_RECORDS)]
+    good = group_journal(many[:GROUP_RECORDS])
+    last = group_journal(many[GROUP_RECORDS:], GROUP_RECORDS)
+    for cut in range(1, len(last), 7):
+        scan = scan_journal(good + last[:cut])
+        assert decode_records(good + last[:cut]) == (many[:GROUP_RECORDS], len(good))
+        assert scan.torn and not scan.damaged, "cut at %d" % cut
+
+
+def test_a_group_element_that_is_not_a_record_is_lost_alone_and_reported():
+    # A writer never puts these in a group (a CRC-valid frame holding them was made by hand):
+    # the element is lost as a frame of its own would be, the rest of the group kept.
+    payload = json.dumps([RECORDS[0], [], ["A", ["ZA1", 1.0, "s", "lo"], {}], 7, RECORDS[1]],
+                         separators=(",", ":")).encode()
+    scan = scan_journal(encode_record(payload, 0))
+    assert scan.records == [(0, RECORDS[0]), (4, RECORDS[1])]
+    assert scan.damaged and scan.invalid_records == 3
+
+
+def test_a_load_replays_group_frames_and_counts_a_damaged_groups_records_as_lost(tmp_path):
+    state_dir = str(tmp_path)
+    many = [["tt", "/lab/o%d" % n, 100.0, None, None, False, None, None, n + 1]
+            for n in range(3 * GROUP_RECORDS)]
+    groups = [group_journal(many[n:n + GROUP_RECORDS], n)
+              for n in range(0, len(many), GROUP_RECORDS)]
+    victim = bytearray(groups[1])
+    victim[-3] ^= 0x5A
+    write_journal(state_dir, 1, groups[0] + bytes(victim) + groups[2])
+    loaded = load_state(state_dir)
+    assert loaded.records == many[:GROUP_RECORDS] + many[2 * GROUP_RECORDS:]
+    assert loaded.records_skipped == GROUP_RECORDS
 
 
 # --- load_state ---------------------------------------------------------------------------------
@@ -574,7 +650,7 @@ def test_snapshot_stores_no_derived_drive_objects_and_restores_them_from_the_rec
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from DriveStateMonitor.announcement import Announcement, parse_announcement  # noqa: E402
-from DriveStateMonitor.persistence import EMBEDDED_ANNOUNCEMENT, embedded_announcement  # noqa: E402
+from DriveStateMonitor.persistence import EMBEDDED_ANNOUNCEMENT  # noqa: E402
 
 DATAGRAMS = [
     b'{"serial_number": "ZA1", "model": "ST4000NK0001"}',

@@ -232,14 +232,22 @@ def test_path_cache_is_bounded():
     assert len(world.subject._plain_lines._paths) <= PATH_CACHE_SIZE
 
 
-def test_journal_frames_a_pass_of_records_as_one_by_one():
-    """The journal frames its queued payloads at flush (encode_records): the same bytes as
-    encode_record of each, numbered on, across the 32-bit wrap of the index too."""
-    from DriveStateMonitor.persistence import encode_records
-    payloads = [b'["tp","/a","1",1.5,null]', b'["tt","/b",2,null,null,false,null]', b"[]"]
+def test_journal_frames_a_pass_of_records_in_groups_that_read_back_one_by_one():
+    """The journal frames its queued payloads at flush (encode_records), GROUP_RECORDS to a
+    frame: read back, the same records with the indexes one frame each would have had, across
+    the 32-bit wrap of the index too."""
+    from DriveStateMonitor.persistence import GROUP_RECORDS, MAGIC, encode_records, scan_journal
+    payloads = [b'["tp","/a","%d",1.5,null,%d]' % (n, n) for n in range(GROUP_RECORDS + 3)]
     for first in (0, 7, 0xFFFFFFFE):
-        assert encode_records(payloads, first) == b"".join(
-            encode_record(payload, first + number) for number, payload in enumerate(payloads))
+        data = encode_records(payloads, first)
+        assert data.count(MAGIC) == 2  # a full group and one of three
+        scan = scan_journal(data)
+        # (Across the wrap the indexes read as reordered: a file never holds 2**32 records.)
+        assert scan.good_end == len(data) and scan.damaged == (first == 0xFFFFFFFE)
+        assert scan.records == [((first + number) & 0xFFFFFFFF, ["tp", "/a", str(number), 1.5,
+                                                                None, number])
+                                for number in range(len(payloads))]
+    assert encode_records(payloads[:1], 5) == encode_record(payloads[0], 5)  # alone: as ever
 
 
 # -- through a real DSM ---------------------------------------------------------------------------
