@@ -35,6 +35,8 @@ The Status Server tree (--server):
     dsmctl.py stat NAME                     every attribute
     dsmctl.py watch NAME... [--count N] [--timeout S]
                                             print "time path = value" for each change, live
+                                            (a name not there yet: a note on stderr, then
+                                            its changes once it is created)
     dsmctl.py rm NAME / rmdir PATH          remove an object / an empty directory
 
 --server host:port or a Unix socket path (default $STATSERV, else localhost:3111); --json prints
@@ -86,8 +88,8 @@ import time  # noqa: E402
 from typing import (Any, Callable, Dict, Iterable, List, NoReturn, Optional, Set, Tuple,  # noqa: E402
                     Union)
 
-from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, ErrorCode,  # noqa: E402
-                              StatServClient, is_valid, parse_address)
+from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, NONEXISTENT,  # noqa: E402
+                              ErrorCode, StatServClient, is_valid, parse_address)
 from . import drive_simulator  # noqa: E402
 from . import lab  # noqa: E402
 from .options import non_negative_seconds, positive_int, positive_seconds  # noqa: E402
@@ -472,7 +474,10 @@ def change_line(when: float, path: str, value: Any) -> str:
 
 def command_watch(client: StatServClient, options: argparse.Namespace) -> int:
     for name in options.names:
-        _check(client, client.monitor(name))
+        if _check(client, client.monitor(name)) is NONEXISTENT:
+            # Watching a name before it exists is allowed (it shows when created), but a typo
+            # would otherwise wait in silence for ever.
+            warn("dsmctl: %s does not exist (yet): watching for it to appear" % name)
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     printed = 0
     while options.count is None or printed < options.count:

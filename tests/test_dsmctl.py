@@ -231,9 +231,23 @@ def test_watch_several_names_until_the_count(dsm, client, procs):
     assert second and second.groups() == ("/w/b", '"two words"')
 
 
-def test_watch_ends_at_its_timeout(dsm):
+def test_watch_ends_at_its_timeout(dsm, client):
+    assert client.touch("/quiet")
     result = ctl(server_of(dsm), "watch", "/quiet", "--timeout", "0.3")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_watch_of_a_name_not_there_yet_says_so_and_prints_it_when_it_appears(dsm, client, procs):
+    watch = start_watch(procs, server_of(dsm), "/w/late", "--count", "1")
+    # The note comes once the monitor is in place (a typo would otherwise wait in silence).
+    ready, _, _ = select.select([watch.stderr], [], [], 10)
+    assert ready and watch.stderr.readline() == (
+        "dsmctl: /w/late does not exist (yet): watching for it to appear\n")
+    assert client.touch("/w/late") and client.put("/w/late", "here")
+    out, err = watch.communicate(timeout=10)
+    assert watch.returncode == 0 and err == "", err
+    match = CHANGE_LINE.match(out.rstrip("\n"))
+    assert match and match.group(1) == "/w/late", out
 
 
 def test_watch_of_an_impossible_name_exits_5(dsm):
