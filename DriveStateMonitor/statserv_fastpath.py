@@ -104,9 +104,9 @@ class PlainLines:
         tail = data[end + 1:]
         lines = data[:end].split(b"\n")
         session._searched = 0
-        stopped_at = self._handle(lines, end > session._max_line, _holds_special(data, end))
-        if stopped_at is not None:  # SAVE waits or LOGOFF: the rest waits in the buffer
-            tail = b"\n".join(lines[stopped_at:]) + b"\n" + tail
+        rest = self._handle(lines, end > session._max_line, _holds_special(data, end))
+        if rest is not None:  # SAVE waits or LOGOFF: the rest waits in the buffer
+            tail = b"\n".join(rest) + b"\n" + tail
         session._inbox = bytearray(tail)
 
     def _path_entry(self, name: bytes) -> Optional[Tuple[str, bytes]]:
@@ -127,9 +127,10 @@ class PlainLines:
         self._paths[name] = entry
         return entry
 
-    def _handle(self, lines: List[bytes], long_possible: bool, special: bool) -> Optional[int]:
-        """Handle `lines` in order; the index of the first line not handled (SAVE waiting, LOGOFF)
-        or None when all were.
+    def _handle(self, lines: List[bytes], long_possible: bool, special: bool
+                ) -> Optional[List[bytes]]:
+        """Handle `lines` in order; the lines not handled (after SAVE waiting, LOGOFF) or None when
+        all were.
 
         One loop with everything it touches in locals, PUT's rules written out in it rather than
         called: at a few hundred thousand lines a second, a call or an attribute lookup per line
@@ -150,7 +151,9 @@ class PlainLines:
         # Monitors come and go only through MONITOR/UNMONITOR (general lines, after which this is
         # read again) or a connection's end, which only removes them: read once, not per line.
         collects = bool(monitors_of.get(session))
-        for index, line in enumerate(lines):
+        budget = tree.byte_budget  # set once by the daemon
+        remaining = iter(lines)  # not enumerate: the place is needed only where handling stops
+        for line in remaining:
             if plain and not (careful and (_SPECIAL.search(line) is not None
                                            or (check_length and len(line) > max_line))):
                 command, _, name = line.partition(b" ")
@@ -191,7 +194,6 @@ class PlainLines:
                             text = None
                         old = node.value
                         old_cost = len(old) if type(old) is str else 0
-                        budget = tree.byte_budget
                         if text is not None and not (
                                 budget is not None and len(text) > old_cost
                                 and tree.byte_size + len(text) - old_cost > budget()):
@@ -204,8 +206,9 @@ class PlainLines:
                                 else:
                                     node.deadline = None
                                 if type(old) is not type(new) or old != new:
-                                    tree._text_bytes += (len(new) if type(new) is str
-                                                         else 0) - old_cost
+                                    grown = (len(new) if type(new) is str else 0) - old_cost
+                                    if grown:  # (an attribute store less when the size holds)
+                                        tree._text_bytes += grown
                                     node.value = new
                                     if tree._monitor_count and (node.monitors or _monitored(
                                             nodes.get(node.parent_path))):
@@ -245,7 +248,7 @@ class PlainLines:
             else:
                 session._handle_line(line)
             if session._closing or session._waiting:
-                return index + 1
+                return list(remaining)
             # It may have changed anything: the directory, TRACE, the journal's state, the time.
             plain, paths, output, now, touch_tail, put_tail = self._batch_state()
             record = _record_sink(tree)
