@@ -978,7 +978,7 @@ class Journal:
             self._journal_path = journal_path(self.state_dir, seq)
             self._chain = restore_chain(self.state_dir, seq)
         except OSError as exc:
-            self._failed("cannot open the journal", exc)
+            self.fail("cannot open the journal", exc)
             return False
         if not self.check_identity():  # the dir was swapped while the journal was being opened
             return False
@@ -1049,7 +1049,7 @@ class Journal:
                      "nothing written to it since counts; writing a full snapshot and a new "
                      "journal into %s%s", path, self.state_dir, why, self.state_dir,
                      "; changes are refused until then" if self.fsync == FSYNC_ALWAYS else "")
-        self._failed("the journal is not the file the state dir names",
+        self.fail("the journal is not the file the state dir names",
                      FileNotFoundError(errno.ENOENT, why))
         return False
 
@@ -1071,16 +1071,17 @@ class Journal:
         (under `everysec` and `no`, and idle, once per IDENTITY_CHECK_S)."""
         wrote = False
         if self._pending and self._fd is not None and not self.needs_snapshot:
-            data = encode_records(self._pending, self._index)
-            self._index += len(self._pending)
             try:
+                # (Framing a large pass allocates: under a memory cap that fails as a write does.)
+                data = encode_records(self._pending, self._index)
                 written = 0
                 view = memoryview(data)
                 while written < len(data):
                     written += os.write(self._fd, view[written:])
-            except OSError as exc:
-                self._failed("cannot write the journal", exc)
+            except (OSError, MemoryError) as exc:
+                self.fail("cannot write the journal", exc)
                 return
+            self._index += len(self._pending)
             self.records_written += len(self._pending)
             self.journal_bytes += len(data)
             self._pending = []
@@ -1095,7 +1096,7 @@ class Journal:
             try:
                 os.fsync(self._fd)
             except OSError as exc:
-                self._failed("cannot fsync the journal", exc)
+                self.fail("cannot fsync the journal", exc)
                 return
             self.fsyncs += 1
             self._last_fsync = monotonic_now
@@ -1108,8 +1109,13 @@ class Journal:
             self._identity_checked = monotonic_now
             self.check_identity()
 
-    def _failed(self, what: str, exc: OSError) -> None:
-        self.error = "%s in %s: %s" % (what, self.state_dir, exc.strerror or exc)
+    def fail(self, what: str, exc: BaseException) -> None:
+        """The state dir failed (`what`, because of `exc`): the queued records are dropped and
+        counted, the journal closed, and a recovery snapshot is due (which holds them); with
+        `--fsync always`, changes are refused until it lands (`refusing`)."""
+        reason = getattr(exc, "strerror", None) or str(exc) or (
+            "out of memory" if isinstance(exc, MemoryError) else type(exc).__name__)
+        self.error = "%s in %s: %s" % (what, self.state_dir, reason)
         self.records_dropped += len(self._pending)
         self._pending = []
         self.needs_snapshot = True
@@ -1139,7 +1145,7 @@ class Journal:
         try:
             self._make_state_dir()
         except OSError as exc:
-            self._failed("cannot create the state dir", exc)
+            self.fail("cannot create the state dir", exc)
             return False
         if self.checked_from > 0:  # the child may rename never-read files: tell them apart
             self._damaged_before = self._damaged_names()

@@ -291,6 +291,45 @@ def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(ser
         journal.close()
 
 
+@pytest.mark.parametrize("failure", ["out of memory framing the pass", "a bug in the flush"])
+def test_a_journal_flush_that_raises_withdraws_the_ack_and_fails_the_state_dir(
+        server, tmp_path, monkeypatch, failure):
+    # Not only an OSError: a MemoryError while framing a large pass (a memory cap), or any
+    # exception escaping the flush, must not let the pass's replies acknowledge what is not on
+    # disk. It is a failing state dir: withdrawn, refused, records counted, a snapshot due.
+    from DriveStateMonitor import persistence
+    journal = Journal(str(tmp_path / "state"), FSYNC_ALWAYS, lambda: {"format": 1})
+    assert journal.open(1)
+    guard = AckGuard(server.loop, journal)
+    server.loop.add_before_sleep(lambda: guard.flush(time.monotonic()))
+
+    def store_and_journal(report):
+        server.sink.store(report)
+        guard.record(["s", report.serial_number, 1])
+        return None
+
+    def raises(*args, **kwargs):
+        raise MemoryError() if failure.startswith("out of memory") else RuntimeError("a bug")
+
+    server.port.store = store_and_journal
+    monkeypatch.setattr(persistence, "encode_records", raises)
+    if failure == "a bug in the flush":
+        monkeypatch.setattr(Journal, "flush", raises)
+    client = server.connect(ORIGINAL)
+    try:
+        server.accept(one_shot=True)
+        assert server.sink.stored
+        assert read_to_end(server.loop, client) == b""  # closed unanswered, never a false ack
+        assert guard.withdrawn == 1 and journal.refusing is not None
+        assert journal.needs_snapshot and journal.records_dropped == 1
+        assert ("out of memory" if failure.startswith("out of memory") else "a bug") \
+            in journal.error
+        assert server.loop.internal_failures == 0  # a failing state dir, not the kill switch
+    finally:
+        monkeypatch.undo()
+        journal.close()
+
+
 # --- a connection that says nothing, or says it late ----------------------------------------------
 def test_a_status_sent_after_the_accept_is_read_when_it_arrives(server):
     client = server.connect(b"", then_close=False)
