@@ -5,7 +5,7 @@ Theory of operation
 The state dir holds
 
     snapshot-<N>.json   the whole store as it stood when journal N was started
-    journal-<N>.log     every change after that, one record each
+    journal-<N>.log     every change after that, in checksummed frames (below)
 
 and a restore is the newest intact snapshot N followed by journals N, N+1, ... in order (with no
 snapshot, every journal from the oldest). Every file read back is checked item by item, and damage
