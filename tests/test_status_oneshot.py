@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import time
+from typing import Tuple
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -267,7 +268,9 @@ def test_the_ack_leaves_only_after_the_passes_journal_flush(server):
     assert len(server.closed) == 1 and not server.open
 
 
-def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(server, tmp_path):
+def journaled_server(server, tmp_path) -> Tuple[Journal, AckGuard]:
+    """`server` storing each status with a journal record under --fsync always, flushed through
+    an AckGuard in the loop's before-sleep hook, as the daemon wires them."""
     journal = Journal(str(tmp_path / "state"), FSYNC_ALWAYS, lambda: {"format": 1})
     assert journal.open(1)
     guard = AckGuard(server.loop, journal)
@@ -279,6 +282,11 @@ def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(ser
         return None
 
     server.port.store = store_and_journal
+    return journal, guard
+
+
+def test_a_failed_journal_flush_with_fsync_always_withdraws_the_one_shot_ack(server, tmp_path):
+    journal, guard = journaled_server(server, tmp_path)
     client = server.connect(ORIGINAL)
     os.close(journal._fd)  # the journal's next write fails (EBADF), as on a dying disk
     journal._fd = os.open(os.devnull, os.O_RDONLY)
@@ -298,20 +306,11 @@ def test_a_journal_flush_that_raises_withdraws_the_ack_and_fails_the_state_dir(
     # exception escaping the flush, must not let the pass's replies acknowledge what is not on
     # disk. It is a failing state dir: withdrawn, refused, records counted, a snapshot due.
     from DriveStateMonitor import persistence
-    journal = Journal(str(tmp_path / "state"), FSYNC_ALWAYS, lambda: {"format": 1})
-    assert journal.open(1)
-    guard = AckGuard(server.loop, journal)
-    server.loop.add_before_sleep(lambda: guard.flush(time.monotonic()))
-
-    def store_and_journal(report):
-        server.sink.store(report)
-        guard.record(["s", report.serial_number, 1])
-        return None
+    journal, guard = journaled_server(server, tmp_path)
 
     def raises(*args, **kwargs):
         raise MemoryError() if failure.startswith("out of memory") else RuntimeError("a bug")
 
-    server.port.store = store_and_journal
     monkeypatch.setattr(persistence, "encode_records", raises)
     if failure == "a bug in the flush":
         monkeypatch.setattr(Journal, "flush", raises)
