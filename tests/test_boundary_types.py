@@ -18,12 +18,11 @@ from hypothesis import example, given, settings, strategies as st
 from DriveStateMonitor.announcement import INTERFACE_TEXT_FIELDS, TEXT_FIELDS
 from DriveStateMonitor.daemon import DriveStateMonitor
 from DriveStateMonitor.metrics import render_metrics
-from DriveStateMonitor.options import parse_options
 from DriveStateMonitor.query_protocol import Query
 from DriveStateMonitor.status_protocol import StatusError, parse_status
 from DriveStateMonitor.statserv_protocol import StatServSession
+from test_boundary_contract import NOW, in_process_dsm as dsm_in
 
-NOW = 1_700_000_000.0
 SENDER = ("10.20.30.41", 8123)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10 ** 20, 10 ** 20)
@@ -38,18 +37,10 @@ PLACES = st.sampled_from([("field", name) for name in TEXT_FIELDS]
 
 @contextlib.contextmanager
 def in_process_dsm() -> Iterator[DriveStateMonitor]:
-    """A DriveStateMonitor with its stores and journal, no sockets: inputs go straight in."""
+    """test_boundary_contract's in-process DSM (no sockets) in a temporary dir of its own."""
     with tempfile.TemporaryDirectory() as work:
-        options = parse_options(["--state-dir", os.path.join(work, "state"), "--run-dir",
-                                 os.path.join(work, "run"), "--interfaces", "lo", "--fsync", "no"])
-        daemon = DriveStateMonitor(options, clock=lambda: NOW)
-        daemon._restore()
-        daemon._iface_names = {1: "lo"}
-        try:
+        with dsm_in(os.path.join(work, "state")) as daemon:
             yield daemon
-        finally:
-            daemon.journal.close()
-            daemon.loop.close()
 
 
 def is_text(value: Any) -> bool:

@@ -13,15 +13,13 @@ from DriveStateMonitor.change_feed import DEFAULT_PART_ROWS, ChangeFeed, make_ep
 from DriveStateMonitor.http_protocol import server_sent_event
 
 
-class ModelStore:
-    """The rows /api/drives and /api/status show, as plain dicts, with the store's touched set."""
+class JsonRows:
+    """The rows /api/drives and /api/status show, as plain dicts, served as the store serves them
+    (whole bodies, a row, the snapshot's rows)."""
 
     def __init__(self) -> None:
         self.drives: Dict[str, Any] = {}
         self.statuses: Dict[str, List[Any]] = {}
-        self.touched: set = set()
-        self.touched_status: set = set()
-        self.wiped = False
 
     def drives_json(self) -> bytes:
         return json.dumps(self.drives).encode()
@@ -37,10 +35,19 @@ class ModelStore:
 
     def snapshot_rows(self) -> List[Tuple[str, Optional[bytes], Optional[bytes]]]:
         """As DriveStore.snapshot_rows: drives first, then serials with statuses only."""
-        rows = [(serial, json.dumps(drive).encode(), self.status_row(serial))
-                for serial, drive in self.drives.items()]
-        return rows + [(serial, None, self.status_row(serial)) for serial in self.statuses
-                       if serial not in self.drives]
+        return [(serial, self.drive_row(serial), self.status_row(serial))
+                for serial in list(self.drives) + [s for s in self.statuses
+                                                   if s not in self.drives]]
+
+
+class ModelStore(JsonRows):
+    """JsonRows with the store's touched sets, changed by `apply`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touched: set = set()
+        self.touched_status: set = set()
+        self.wiped = False
 
     def apply(self, op: Tuple[str, str, int]) -> None:
         kind, serial, value = op

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 
@@ -16,33 +16,15 @@ from DriveStateMonitor.http_protocol import Request
 from DriveStateMonitor.web_service import (KEEPALIVE, RESYNC, UNWATCHED_GRACE_S, EventStreams,
                                            WebApp, WebConnection, WebData, accepts_gzip)
 from dsm_harness import wait_for
-from test_change_feed import parse_events
+from test_change_feed import JsonRows, parse_events
 
 
-class Rows:
-    """The rows the endpoints show, and the touched serials of the current pass."""
+class Rows(JsonRows):
+    """The rows the endpoints show, with the versions WebData asks for."""
 
     def __init__(self) -> None:
-        self.drives: Dict[str, object] = {}
-        self.statuses: Dict[str, list] = {}
+        super().__init__()
         self.version = 0
-
-    def drives_json(self) -> bytes:
-        return json.dumps(self.drives).encode()
-
-    def status_json(self) -> bytes:
-        return json.dumps(self.statuses).encode()
-
-    def drive_row(self, serial: str) -> Optional[bytes]:
-        return json.dumps(self.drives[serial]).encode() if serial in self.drives else None
-
-    def status_row(self, serial: str) -> Optional[bytes]:
-        return json.dumps(self.statuses[serial]).encode() if serial in self.statuses else None
-
-    def snapshot_rows(self) -> List[Tuple[str, Optional[bytes], Optional[bytes]]]:
-        return [(serial, self.drive_row(serial), self.status_row(serial))
-                for serial in list(self.drives) + [s for s in self.statuses
-                                                   if s not in self.drives]]
 
     def versions(self) -> Tuple[int, int]:
         return self.version, self.version
