@@ -355,7 +355,7 @@ def show(line: str = "", flush: bool = False) -> None:
 def warn(line: str) -> None:
     """One line on standard error, escaped like show(); what was printed before comes first."""
     sys.stdout.flush()
-    print(escape_controls(line), file=sys.stderr)
+    print(escape_controls(line), file=sys.stderr, flush=True)  # Python < 3.9 buffers a piped stderr
 
 
 def print_json(data: Any) -> None:
