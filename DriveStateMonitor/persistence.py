@@ -1050,7 +1050,7 @@ class Journal:
                      "journal into %s%s", path, self.state_dir, why, self.state_dir,
                      "; changes are refused until then" if self.fsync == FSYNC_ALWAYS else "")
         self.fail("the journal is not the file the state dir names",
-                     FileNotFoundError(errno.ENOENT, why))
+                  FileNotFoundError(errno.ENOENT, why))
         return False
 
     @property
