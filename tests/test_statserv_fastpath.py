@@ -338,10 +338,11 @@ def test_the_batch_check_knows_every_byte_that_makes_a_line_not_plain():
     from DriveStateMonitor.statserv_fastpath import _SPECIAL, _holds_special
     for code in range(256):
         byte = bytes([code])
-        data = b"GET /a\nPUT /a " + byte + b"\nGET /a\n"
-        end = data.rfind(b"\n")
-        assert _holds_special(data, end) == (_SPECIAL.search(data, 0, end) is not None), byte
-        assert not _holds_special(b"GET /a\n" + byte, 6)  # after the last line end: not looked at
+        for lines in (1, 40):  # a short batch is searched, a long one scanned per byte
+            data = b"GET /a\n" * lines + b"PUT /a " + byte + b"\nGET /a\n"
+            end = data.rfind(b"\n")
+            assert _holds_special(data, end) == (_SPECIAL.search(data, 0, end) is not None), byte
+            assert not _holds_special(b"GET /a\n" * lines + byte, 7 * lines - 1)  # after the end
 
 
 def test_the_fast_path_writes_the_same_journal_file_through_the_journals_own_queue(tmp_path):

@@ -312,6 +312,7 @@ def test_a_journal_flush_that_raises_withdraws_the_ack_and_fails_the_state_dir(
         raise MemoryError() if failure.startswith("out of memory") else RuntimeError("a bug")
 
     monkeypatch.setattr(persistence, "encode_records", raises)
+    monkeypatch.setattr(persistence, "encode_record", raises)  # (a pass of one record)
     if failure == "a bug in the flush":
         monkeypatch.setattr(Journal, "flush", raises)
     client = server.connect(ORIGINAL)
