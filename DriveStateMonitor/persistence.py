@@ -22,7 +22,12 @@ costs only the damaged items — never the start (docs/durability.md):
   torn *last* record — cut short by a crash mid-append — is cut off in place.
 - A pass's records go in *group frames* of up to GROUP_RECORDS: one frame (same MAGIC, length,
   CRC) whose payload is the JSON list of the records and whose index is its first record's; the
-  reader numbers the others on from it. A frame costs about 0.3 us of Python (two packs, two
+  reader numbers the others on from it. The length field's top bits hold the count (less one,
+  so a lone record's field is its length as before): a damaged last group is counted in full.
+- MAGIC never occurs inside a payload, so a frame ends at the next MAGIC or the file's end: a
+  frame failing its check is tried again with that extent as its length, and if the CRC then
+  holds, only the length field was damaged — the frame is kept (the file is still reported and
+  quarantined). Before, such a flip in the last frame read as a torn tail and was cut off. A frame costs about 0.3 us of Python (two packs, two
   CRC calls, the joins), more than a PUT's own work on the Status Server's fast path; grouped, a
   record costs its share of a join (docs/performance.md). The price: damage to a group frame
   costs its records (at most GROUP_RECORDS, all written in the same loop pass) where a frame
@@ -91,6 +96,11 @@ MAX_RECORD = 64 * 1024 * 1024
 # Records of one pass framed together (a group frame; see the top): the frame's cost is paid once
 # for these, and damage to one costs at most these.
 GROUP_RECORDS = 32
+# The length field holds the payload's length in its low bits and, for a group, the number of
+# records less one in its top 5 (0 for a lone record, so older single frames read the same): a
+# reader knows how many records a frame held even when its payload is damaged.
+_LENGTH_MASK = (1 << 27) - 1  # 128 MiB, above MAX_RECORD
+_COUNT_SHIFT = 27
 SNAPSHOT_FORMAT = 2
 # How often a flush checks the journal is still the state dir's (Journal.check_identity) when
 # idle and under `everysec` and `no`; under `always`, also every pass that wrote.
@@ -154,12 +164,13 @@ def decode_payload(payload: bytes) -> Any:
     return json.loads(text)
 
 
-def encode_record(record: Any, index: int = 0) -> bytes:
-    """One framed record: magic, length, index, CRC32, payload. `record` is a JSON-able value, or
-    bytes already holding its JSON (the hot paths build those by concatenation instead of
-    encoding twice); `index` is its place in its journal file, 0 for the first."""
+def encode_record(record: Any, index: int = 0, count: int = 1) -> bytes:
+    """One frame: magic, length, index, CRC32, payload. `record` is a JSON-able value, or bytes
+    already holding its JSON (the hot paths build those by concatenation instead of encoding
+    twice); `index` is its place in its journal file, 0 for the first; `count` > 1 makes it a
+    group frame of that many records (the payload their JSON list; encode_records)."""
     payload = record if isinstance(record, bytes) else _json_payload(record)
-    length = len(payload)
+    length = len(payload) | (count - 1) << _COUNT_SHIFT
     index &= 0xFFFFFFFF
     crc = zlib.crc32(payload, zlib.crc32(_FIELDS.pack(length, index)))
     return _HEAD.pack(MAGIC, length, index, crc) + payload  # one pack: hot at 100,000s a second
@@ -188,7 +199,7 @@ def encode_records(payloads: List[bytes], first_index: int) -> bytes:
             parts.extend(encode_record(payload, index + offset)
                          for offset, payload in enumerate(chunk))
         else:
-            parts.append(encode_record(b"[" + body + b"]", index))
+            parts.append(encode_record(b"[" + body + b"]", index, len(chunk)))
     return b"".join(parts)
 
 
@@ -205,6 +216,9 @@ class JournalScan:
         self.bad_regions = 0
         self.bytes_skipped = 0
         self.invalid_records = 0  # elements of intact group frames that are not records
+        self.lengths_repaired = 0  # frames whose damaged length field the CRC let us repair
+        self.expected_end = 0  # one past the last index the intact frames cover
+        self.trailing_lost = 0  # records of the damaged frame(s) after the last intact one
         self.torn = False
         self.damaged = False
         self.legacy = False
@@ -221,40 +235,59 @@ def _tail_is_torn(data: bytes, start: int) -> bool:
         return MAGIC.startswith(tail[:len(MAGIC)])
     if not tail.startswith(MAGIC):
         return False
-    length, _ = _FIELDS.unpack_from(tail, len(MAGIC))
+    field, _ = _FIELDS.unpack_from(tail, len(MAGIC))
+    length = field & _LENGTH_MASK
     return length <= MAX_RECORD and _HEADER_SIZE + length > len(tail)
 
 
-def _decode_at(data: bytes, offset: int) -> Optional[Tuple[int, List[Any], int]]:
+def _decode_at(data: bytes, offset: int, extent: Optional[int] = None
+               ) -> Optional[Tuple[int, List[Any], int]]:
     """The frame at `offset` as (index of its first record, its records, end) — one record, or a
     group's in order (None in place of an element that is not a record) — or None if it fails
-    any check."""
+    any check. With `extent`, the frame is taken to end there whatever its length field says:
+    the payload's CRC (over the fields with that length) tells whether only the length was
+    damaged (MAGIC never occurs in a payload, so the next MAGIC or the file's end bounds it)."""
     if data[offset:offset + len(MAGIC)] != MAGIC or offset + _HEADER_SIZE > len(data):
         return None
-    length, index = _FIELDS.unpack_from(data, offset + len(MAGIC))
+    field, index = _FIELDS.unpack_from(data, offset + len(MAGIC))
     start = offset + _HEADER_SIZE
+    if extent is not None:
+        field = (field & ~_LENGTH_MASK) | (extent - start)
+    length = field & _LENGTH_MASK
+    count = (field >> _COUNT_SHIFT) + 1
     end = start + length
     if length > MAX_RECORD or end > len(data):
         return None
     (crc,) = _CRC.unpack_from(data, offset + len(MAGIC) + _FIELDS.size)
     payload = data[start:end]
-    fields = data[offset + len(MAGIC):offset + len(MAGIC) + _FIELDS.size]
-    if zlib.crc32(payload, zlib.crc32(fields)) != crc:
+    if zlib.crc32(payload, zlib.crc32(_FIELDS.pack(field, index))) != crc:
         return None
     try:
         record = decode_payload(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested past the stack
         return None
     if not isinstance(record, list) or not record:
         return None
     if isinstance(record[0], str):
-        return index, [record], end
-    if len(record) > GROUP_RECORDS:
+        return (index, [record], end) if count == 1 else None
+    if count == 1 or len(record) != count:
         return None
     # A group frame: its records in order. One that is not a record (or an embedded
     # announcement, which is never grouped) is None: lost, as it would be in a frame of its own.
     return index, [each if isinstance(each, list) and each and isinstance(each[0], str)
                    and each[0] != "A" else None for each in record], end
+
+
+def _frame_count(data: bytes, offset: int, expected_index: int) -> int:
+    """How many records the damaged frame at `offset` held, as its header says, where the header
+    is believable (MAGIC, the index the frame before implies, a length that ends the file); 1
+    (at least) where it is not."""
+    if data[offset:offset + len(MAGIC)] != MAGIC or offset + _HEADER_SIZE > len(data):
+        return 1
+    field, index = _FIELDS.unpack_from(data, offset + len(MAGIC))
+    if index != expected_index or offset + _HEADER_SIZE + (field & _LENGTH_MASK) != len(data):
+        return 1
+    return (field >> _COUNT_SHIFT) + 1
 
 
 def scan_journal(data: bytes) -> JournalScan:
@@ -266,6 +299,12 @@ def scan_journal(data: bytes) -> JournalScan:
     in_bad = False
     while offset < size:
         decoded = _decode_at(data, offset)
+        if decoded is None:
+            # Only the length field damaged? The frame ends at the next MAGIC or the file's end.
+            following = data.find(MAGIC, offset + 1)
+            decoded = _decode_at(data, offset, size if following < 0 else following)
+            if decoded is not None:
+                scan.lengths_repaired += 1
         if decoded is not None:
             index, records, end = decoded
             for number, record in enumerate(records):
@@ -273,6 +312,7 @@ def scan_journal(data: bytes) -> JournalScan:
                     scan.records.append(((index + number) & 0xFFFFFFFF, record))
                 else:  # an intact group holding a non-record: its index is missing
                     scan.invalid_records += 1
+            scan.expected_end = max(scan.expected_end, index + len(records))
             scan.good_end = offset = end
             in_bad = False
             continue
@@ -288,7 +328,9 @@ def scan_journal(data: bytes) -> JournalScan:
         tail_only = scan.bad_regions == 1 and scan.bytes_skipped == size - scan.good_end
         scan.torn = tail_only and _tail_is_torn(data, scan.good_end)
         scan.damaged = not scan.torn
-    if scan.invalid_records:
+        if scan.good_end < size and not scan.torn:
+            scan.trailing_lost = _frame_count(data, scan.good_end, scan.expected_end)
+    if scan.invalid_records or scan.lengths_repaired:
         scan.damaged = True
     if not scan.records and size and not data.startswith(MAGIC):
         legacy, used = decode_legacy_records(data)
@@ -851,7 +893,9 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
         loaded.records.extend(record for _, record in ordered)
         loaded.records_duplicated += duplicates
         if scan.damaged:
-            lost = missing + (1 if scan.good_end < len(data) and not scan.torn else 0)
+            # Gaps in the indexes (and non-records in groups) below the last intact frame's
+            # end, and what the damaged frame after it held (as its header says, or at least 1).
+            lost = max(missing, scan.expected_end - len(ordered)) + scan.trailing_lost
             loaded.records_skipped += lost
             loaded.bytes_skipped += scan.bytes_skipped
             loaded.damaged.append(path)
@@ -1068,7 +1112,15 @@ class Journal:
         """Writes the queued records; fsyncs as the policy says; then checks that the journal
         written is still the state dir's (check_identity): before this pass's replies leave, so
         under `always` a change that went elsewhere is never acknowledged. Once per loop pass
-        (under `everysec` and `no`, and idle, once per IDENTITY_CHECK_S)."""
+        (under `everysec` and `no`, and idle, once per IDENTITY_CHECK_S), and before a snapshot.
+        Never raises: whatever fails is a failing state dir (`fail`)."""
+        try:
+            self._flush(monotonic_now)
+        except Exception as exc:  # a bug: what this pass queued is not known to be on disk
+            log.exception("the journal flush failed")
+            self.fail("cannot write the journal", exc)
+
+    def _flush(self, monotonic_now: float) -> None:
         wrote = False
         if self._pending and self._fd is not None and not self.needs_snapshot:
             try:

@@ -90,13 +90,7 @@ class AckGuard:
     def flush(self, monotonic_now: float) -> None:
         """The loop's last before-sleep hook: write (and fsync) the pass's records."""
         lost_before = self.journal.identity_lost
-        try:
-            self.journal.flush(monotonic_now)
-        except Exception as exc:  # a bug in the flush: this pass is not known to be on disk
-            # Its replies must not acknowledge what may not be on disk: handled as a failing
-            # state dir (records dropped and counted, a recovery snapshot, `always` withdraws).
-            log.exception("the journal flush failed")
-            self.journal.fail("cannot write the journal", exc)
+        self.journal.flush(monotonic_now)  # never raises: a failure is a failing state dir
         if self.journal.identity_lost != lost_before and self.on_identity_lost is not None:
             self.on_identity_lost()
         if self._acknowledgers and self.journal.refusing:

@@ -78,9 +78,11 @@ def test_corrupt_record_is_skipped_and_replay_resynchronises_on_the_next_header(
     data = b"".join(parts[:2]) + bytes(victim) + b"".join(parts[3:])
     scan = scan_journal(data)
     records, used = decode_records(data)
-    assert records == RECORDS[:2] + RECORDS[3:]
-    assert used == len(data)
-    assert scan.damaged and not scan.torn and scan.bad_regions == 1
+    assert used == len(data) and scan.damaged and not scan.torn
+    if position == "length":  # the CRC shows only the length was hit: repaired, nothing lost
+        assert records == RECORDS and scan.lengths_repaired == 1 and scan.bad_regions == 0
+    else:
+        assert records == RECORDS[:2] + RECORDS[3:] and scan.bad_regions == 1
 
 
 def test_huge_length_field_mid_file_skips_one_record_not_the_rest():
@@ -152,7 +154,8 @@ def test_a_damaged_group_costs_its_own_records_only(position):
     victim[offset] ^= 0x5A
     data = groups[0] + bytes(victim) + groups[2]
     scan = scan_journal(data)
-    assert decode_records(data)[0] == many[:GROUP_RECORDS] + many[2 * GROUP_RECORDS:]
+    kept = many if position == "length" else many[:GROUP_RECORDS] + many[2 * GROUP_RECORDS:]
+    assert decode_records(data)[0] == kept  # a length field alone is repaired
     assert scan.damaged and not scan.torn
 
 
@@ -171,9 +174,72 @@ def test_a_group_element_that_is_not_a_record_is_lost_alone_and_reported():
     # the element is lost as a frame of its own would be, the rest of the group kept.
     payload = json.dumps([RECORDS[0], [], ["A", ["ZA1", 1.0, "s", "lo"], {}], 7, RECORDS[1]],
                          separators=(",", ":")).encode()
-    scan = scan_journal(encode_record(payload, 0))
+    scan = scan_journal(encode_record(payload, 0, 5))
     assert scan.records == [(0, RECORDS[0]), (4, RECORDS[1])]
-    assert scan.damaged and scan.invalid_records == 3
+    assert scan.damaged and scan.invalid_records == 3 and scan.expected_end == 5
+    # A group frame whose header says another count than its list holds is not one.
+    for count in (1, 4, 6):
+        assert scan_journal(encode_record(payload, 0, count)).records == []
+
+
+def last_group_journal(count: int = GROUP_RECORDS) -> Any:
+    """A journal of two passes (`count` records the last), its records, and where the last
+    group frame starts."""
+    many = [["tt", "/lab/o%d" % n, 100.0, None, None, False, None, None, n + 1]
+            for n in range(GROUP_RECORDS + count)]
+    first = group_journal(many[:GROUP_RECORDS])
+    return first + group_journal(many[GROUP_RECORDS:], GROUP_RECORDS), many, len(first)
+
+
+def test_damage_to_the_last_group_counts_every_record_its_header_says_it_held(tmp_path):
+    # After a kill the last frame is usually a group: a flipped payload byte there costs its
+    # records, and the count (in the frame's header) is what is reported, not "1".
+    for count in (2, 17, GROUP_RECORDS):
+        data, many, last = last_group_journal(count)
+        victim = bytearray(data)
+        victim[last + 30] ^= 0x5A
+        state_dir = str(tmp_path / str(count))
+        os.makedirs(state_dir)
+        write_journal(state_dir, 1, bytes(victim))
+        loaded = load_state(state_dir)
+        assert loaded.records == many[:GROUP_RECORDS]
+        assert loaded.records_skipped == count and loaded.damaged
+
+
+def test_a_flipped_length_field_is_repaired_not_taken_for_a_torn_tail(tmp_path):
+    # A bit of the last frame's length flipped made it run past the end of the file, which read
+    # as a crash's torn tail and was cut off (a group of acknowledged records, silently). The
+    # CRC over the fields with the frame's real extent shows only the length was hit.
+    data, many, last = last_group_journal()
+    for bit in (0, 9, 20, 26):
+        victim = bytearray(data)
+        struct.pack_into("<I", victim, last + 4,
+                         struct.unpack_from("<I", victim, last + 4)[0] ^ (1 << bit))
+        scan = scan_journal(bytes(victim))
+        assert [record for _, record in scan.records] == many, bit
+        assert scan.damaged and not scan.torn and scan.lengths_repaired == 1
+    state_dir = str(tmp_path)
+    write_journal(state_dir, 1, bytes(victim))
+    loaded = load_state(state_dir)
+    assert loaded.records == many and loaded.records_skipped == 0 and loaded.damaged
+    assert os.path.getsize(journal_path(state_dir, 1)) == len(data)  # nothing cut off
+
+
+def test_json_nested_past_the_stack_in_a_frame_with_a_valid_crc_is_damage_not_a_crash(tmp_path):
+    deep = b'["tp",' + b"[" * 100000 + b"]" * 100000 + b"]"
+    data = encode_record(RECORDS[0], 0) + encode_record(deep, 1) + encode_record(RECORDS[1], 2)
+    scan = scan_journal(data)
+    assert [record for _, record in scan.records] == [RECORDS[0], RECORDS[1]] and scan.damaged
+    write_journal(str(tmp_path), 1, data)
+    loaded = load_state(str(tmp_path))
+    assert loaded.records == [RECORDS[0], RECORDS[1]] and loaded.records_skipped == 1
+
+
+def test_non_records_at_the_end_of_a_group_are_counted_as_lost(tmp_path):
+    payload = json.dumps([RECORDS[0], RECORDS[1], [], 7], separators=(",", ":")).encode()
+    write_journal(str(tmp_path), 1, encode_record(payload, 0, 4))
+    loaded = load_state(str(tmp_path))
+    assert loaded.records == [RECORDS[0], RECORDS[1]] and loaded.records_skipped == 2
 
 
 def test_a_load_replays_group_frames_and_counts_a_damaged_groups_records_as_lost(tmp_path):

@@ -314,7 +314,7 @@ def test_a_journal_flush_that_raises_withdraws_the_ack_and_fails_the_state_dir(
     monkeypatch.setattr(persistence, "encode_records", raises)
     monkeypatch.setattr(persistence, "encode_record", raises)  # (a pass of one record)
     if failure == "a bug in the flush":
-        monkeypatch.setattr(Journal, "flush", raises)
+        monkeypatch.setattr(Journal, "_flush", raises)
     client = server.connect(ORIGINAL)
     try:
         server.accept(one_shot=True)
