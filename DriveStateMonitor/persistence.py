@@ -24,17 +24,18 @@ costs only the damaged items — never the start (docs/durability.md):
   CRC) whose payload is the JSON list of the records and whose index is its first record's; the
   reader numbers the others on from it. The length field's top bits hold the count (less one,
   so a lone record's field is its length as before): a damaged last group is counted in full.
+  A frame costs about 0.3 us of Python (two packs, two CRC calls, the joins), more than a PUT's
+  own work on the Status Server's fast path; grouped, a record costs its share of a join
+  (docs/performance.md). The price: damage to a group frame costs its records (at most
+  GROUP_RECORDS, all written in the same loop pass) where a frame each cost one. An
+  announcement record is never grouped (its datagram is cut out byte for byte, which a group's
+  JSON decoding would not keep); neither is a lone record. A DSM from before group frames reads
+  one as damage: it skips the group's records, quarantines the file and keeps it — stop cleanly
+  (which writes a snapshot) before going back to such a version.
 - MAGIC never occurs inside a payload, so a frame ends at the next MAGIC or the file's end: a
   frame failing its check is tried again with that extent as its length, and if the CRC then
   holds, only the length field was damaged — the frame is kept (the file is still reported and
-  quarantined). Before, such a flip in the last frame read as a torn tail and was cut off. A frame costs about 0.3 us of Python (two packs, two
-  CRC calls, the joins), more than a PUT's own work on the Status Server's fast path; grouped, a
-  record costs its share of a join (docs/performance.md). The price: damage to a group frame
-  costs its records (at most GROUP_RECORDS, all written in the same loop pass) where a frame
-  each cost one. An announcement record is never grouped (its datagram is cut out byte for byte,
-  which a group's JSON decoding would not keep); neither is a lone record. A DSM from before
-  group frames reads one as damage: it skips the group's records, quarantines the file and keeps
-  it — stop cleanly (which writes a snapshot) before going back to such a version.
+  quarantined). Before, such a flip in the last frame read as a torn tail and was cut off.
 - A snapshot is one line per item, each `<crc32> <n> <JSON>`, closed by `end <count>`; it is
   written to a temporary file, fsynced, read back and checked before it replaces anything. A
   damaged newest snapshot falls back to the previous one, kept with its journals for this; with
@@ -900,8 +901,9 @@ def load_state(state_dir: str, repair: bool = True) -> Loaded:
             loaded.bytes_skipped += scan.bytes_skipped
             loaded.damaged.append(path)
             log.error("journal %s is damaged: %d bytes in %d places failed their check, %d "
-                      "records lost, %d duplicated; the %d intact records are used", path,
-                      scan.bytes_skipped, scan.bad_regions, lost, duplicates, len(ordered))
+                      "records lost, %d duplicated, %d frames' length fields repaired; the %d "
+                      "intact records are used", path, scan.bytes_skipped, scan.bad_regions, lost,
+                      duplicates, scan.lengths_repaired, len(ordered))
         elif scan.torn:
             loaded.torn.append(path)
             log.warning("journal %s: dropped a torn last record of %d bytes after %d records",
