@@ -229,30 +229,44 @@ def test_a_pipelined_pass_is_journaled_in_group_frames_that_survive_kill_9_and_a
         dsm_factory):
     # 300 PUTs and TOUCHes in one write: one or a few passes, so group frames (persistence.py).
     from DriveStateMonitor.persistence import MAGIC, read_state_file, scan_journal
+
+    def pipeline(dsm, round_: int) -> bytes:
+        """300 lines in one write, all answered; the journal they went to."""
+        lines = b"".join(b"TOUCH /lab/g%d\nPUT /lab/g%d v%d.%d\n" % (n % 7, n % 7, round_, n)
+                         for n in range(150))
+        with dsm.connect_statserv() as sock:
+            sock.sendall(lines)
+            replies = b""
+            deadline = time.monotonic() + 20
+            while replies.count(b"\n") < 300 and time.monotonic() < deadline:
+                replies += sock.recv(65536)
+        assert replies == b".\n" * 300
+        data = read_state_file(newest_journal(state_dir))
+        assert data.count(MAGIC) < len(scan_journal(data).records) // 10  # grouped
+        return data
+
+    def values(dsm, round_: int) -> None:
+        assert [get(dsm, "/lab/g%d" % n) for n in range(7)] == [
+            '. "v%d.%d"' % (round_, max(i for i in range(150) if i % 7 == n)) for n in range(7)]
+
     state_dir = new_state_dir(dsm_factory)
     first = start(dsm_factory, state_dir)
-    lines = b"".join(b"TOUCH /lab/g%d\nPUT /lab/g%d v%d\n" % (n % 7, n % 7, n) for n in range(150))
-    with first.connect_statserv() as sock:
-        sock.sendall(lines)
-        replies = b""
-        deadline = time.monotonic() + 20
-        while replies.count(b"\n") < 300 and time.monotonic() < deadline:
-            replies += sock.recv(65536)
-    assert replies == b".\n" * 300
-    data = read_state_file(newest_journal(state_dir))
-    scan = scan_journal(data)
-    assert len(scan.records) >= 300 and data.count(MAGIC) < len(scan.records) // 10
+    pipeline(first, 1)
     kill9(first)
 
     second = start(dsm_factory, state_dir)
-    assert [get(second, "/lab/g%d" % n) for n in range(7)] == [
-        '. "v%d"' % max(i for i in range(150) if i % 7 == n) for n in range(7)]
-    second.stop()  # clean: the final snapshot holds everything; no later journal has a group
+    values(second, 1)
+    pipeline(second, 2)  # groups in the journal the clean stop is to make unneeded
+    second.stop()
     assert second.proc.returncode == 0
+    # The final snapshot holds everything, and no journal a restart replays after it (the only
+    # ones an older DSM would read) holds a group.
     snapshots, journals = state_files(state_dir)
-    later = [seq for seq in journals if seq >= snapshots[-1]]
-    assert all(data.count(MAGIC) == len(scan_journal(data).records) for data in
-               (read_state_file(os.path.join(state_dir, "journal-%d.log" % seq)) for seq in later))
+    for seq in [seq for seq in journals if seq >= snapshots[-1]]:
+        data = read_state_file(os.path.join(state_dir, "journal-%d.log" % seq))
+        assert data.count(MAGIC) == len(scan_journal(data).records), seq
+    third = start(dsm_factory, state_dir)
+    values(third, 2)
 
 
 @pytest.mark.parametrize("tail", ["half-record", "garbage"])
