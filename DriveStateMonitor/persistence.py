@@ -1127,9 +1127,7 @@ class Journal:
         if self._pending and self._fd is not None and not self.needs_snapshot:
             try:
                 # (Framing a large pass allocates: under a memory cap that fails as a write does.)
-                pending = self._pending
-                data = encode_records(pending, self._index) if len(pending) > 1 \
-                    else encode_record(pending[0], self._index)
+                data = encode_records(self._pending, self._index)
                 written = 0
                 view = memoryview(data)
                 while written < len(data):
