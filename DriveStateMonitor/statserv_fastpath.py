@@ -69,8 +69,9 @@ MAX_PLAIN_NAME = 1024
 
 _OBJECT = "object"
 # Bytes that make a line not plain somewhere in it (quote, %XX, tab, CR, keyword or option).
-_SPECIAL = re.compile(rb"[%\"'\t\r=]")
-_SPECIAL_BYTES = (b"%", b'"', b"'", b"\t", b"\r", b"=")
+_SPECIAL_CHARS = b"%\"'\t\r="
+_SPECIAL = re.compile(b"[" + re.escape(_SPECIAL_CHARS) + b"]")
+_SPECIAL_BYTES = tuple(_SPECIAL_CHARS[i:i + 1] for i in range(len(_SPECIAL_CHARS)))
 # What a plain name may hold: printable ASCII without space (resolve's rule) and none of _SPECIAL.
 _PLAIN_NAME = re.compile(rb"[!#$&(-<>-~]+\Z")
 
