@@ -88,8 +88,9 @@ import time  # noqa: E402
 from typing import (Any, Callable, Dict, Iterable, List, NoReturn, Optional, Set, Tuple,  # noqa: E402
                     Union)
 
-from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE, NONEXISTENT,  # noqa: E402
-                              ErrorCode, StatServClient, is_valid, parse_address)
+from .statserv_client import (DEFAULT_ADDRESS, DIRECTORY, ENVIRONMENT_VARIABLE,  # noqa: E402
+                              MIN_RESPONSE_RATE, NONEXISTENT, ErrorCode, StatServClient, is_valid,
+                              parse_address)
 from . import drive_simulator  # noqa: E402
 from . import lab  # noqa: E402
 from .options import non_negative_seconds, positive_int, positive_seconds  # noqa: E402
@@ -118,10 +119,6 @@ DSM_SOCKET_NAME = "dsm.sock"
 END_BYTE = b"\x04"
 # A reply slower than this gets a note on standard error (only when that is a terminal).
 PROGRESS_AFTER = 1.0
-# Past --request-timeout, a reply must keep arriving at least this fast on average, or the command
-# gives up (exit 3): a peer that drips a byte at a time never holds dsmctl for good, while a large
-# reply over a slow link still completes (Apache's mod_reqtimeout MinRate, the same idea).
-MIN_REPLY_RATE = 64 * 1024
 # How long an open pipe on standard input may stay silent before it is taken as no list at all.
 STDIN_GRACE = 0.5
 START_HINT = " \u2014 is it running? (./runDSM)"
@@ -605,8 +602,9 @@ class Progress:
 def exchange(address: Address, request: bytes, replies: int, timeout: float, what: str,
              doing: str) -> List[bytes]:
     """Sends `request` and reads `replies` answers, each ending at the end byte. `timeout`: the
-    longest wait for the next bytes, and for the whole reply beyond what MIN_REPLY_RATE allows
-    for its size (0: none). CommandFailed 2 (no connection) or 3 (broke, or too slow)."""
+    longest wait for the next bytes, and for the whole reply beyond what MIN_RESPONSE_RATE (the
+    Status Server client's rule) allows for its size (0: none). CommandFailed 2 (no connection)
+    or 3 (broke, or too slow)."""
     sock = connect_dsm(address, timeout, what)
     shown = show_address(address)
     progress = Progress("waiting for the %s at %s to %s" % (what, shown, doing))
@@ -619,12 +617,12 @@ def exchange(address: Address, request: bytes, replies: int, timeout: float, wha
             while found < replies:
                 ready, _, _ = select.select([sock], [], [], 0.25)
                 now = time.monotonic()
-                if timeout and data and now - started >= timeout + len(data) / MIN_REPLY_RATE:
+                if timeout and data and now - started >= timeout + len(data) / MIN_RESPONSE_RATE:
                     raise CommandFailed(EXIT_CONNECTION_BROKE,
                                         "dsmctl: the %s at %s did not answer within %.1f s (%d "
                                         "bytes so far, slower than %d KiB/s; waiting to %s)"
                                         % (what, shown, now - started, len(data),
-                                           MIN_REPLY_RATE // 1024, doing))
+                                           MIN_RESPONSE_RATE // 1024, doing))
                 if not ready:
                     if timeout and now - last_data >= timeout:
                         raise CommandFailed(EXIT_CONNECTION_BROKE,
